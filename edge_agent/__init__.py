@@ -1,0 +1,3 @@
+"""edge-agent: durable agentic workflows on edge devices."""
+
+__version__ = "0.1.0"
