@@ -1,0 +1,62 @@
+"""What every CLI command needs: the config, the database, and the daemon if it runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import Config, load_config
+from edge_agent.control_socket import request
+from edge_agent.store import Store
+
+
+class CliError(Exception):
+    """A user-facing failure: printed without a traceback, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class Context:
+    def __init__(self, config_path: str | None, as_json: bool) -> None:
+        self.config_path = config_path
+        self.as_json = as_json
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @property
+    def socket(self) -> Path:
+        return self.config.device.runtime_dir / "control.sock"
+
+    def daemon(self, cmd: str, **fields: Any) -> Any:
+        """Ask the running daemon; None when it does not answer."""
+        try:
+            return request(self.socket, cmd, **fields)
+        except (OSError, ValueError):
+            return None
+
+    def store(self, *, write: bool = False) -> Store:
+        path = self.config.db_path
+        if not write and not path.exists():
+            raise CliError(f"no database at {path} yet: the daemon has never run here and no "
+                           "run was started")
+        if write:
+            return Store(path, synchronous=self.config.device.synchronous)
+        return Store(path, readonly=True)
+
+    def out(self, data: Any, text: str | None = None) -> None:
+        if self.as_json:
+            json.dump(data, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        else:
+            print(text if text is not None else data)
+
+    def note(self, message: str) -> None:
+        """A side remark for people; kept off stdout so --json stays parseable."""
+        print(message, file=sys.stderr)

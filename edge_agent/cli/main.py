@@ -1,0 +1,117 @@
+"""`edge-agent`: the device CLI. Each command is a few lines over the library."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+from edge_agent.cli.context import CliError, Context
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default $EDGE_AGENT_CONFIG or "
+                        "/etc/edge-agent/config.toml)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    p = argparse.ArgumentParser(prog="edge-agent", parents=[common],
+                                description="Durable agentic workflows on this device.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help)
+
+    add("run", "run the daemon (what systemd starts)")
+    s = add("status", "is the device in sync? daemon, sync streams, runs, approvals")
+    s.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    s = add("start", "queue a run of WORKFLOW (starts when the daemon runs)")
+    s.add_argument("workflow")
+    s.add_argument("--input", help="the run's input as JSON")
+    s = add("runs", "list runs, or `runs show RUN_ID`")
+    s.add_argument("rest", nargs="*", metavar="show RUN_ID")
+    s.add_argument("--state", help="only runs in this state")
+    s.add_argument("--limit", type=int, default=50)
+    add("approvals", "pending approvals with their prompts")
+    for name, text in (("approve", "approve the run's pending gate"),
+                       ("reject", "reject the run's pending gate")):
+        s = add(name, text)
+        s.add_argument("run_id")
+        s.add_argument("--note", help="why")
+        s.add_argument("--by", default=getpass.getuser(), help="who decides (default: you)")
+        if name == "approve":
+            s.add_argument("--patch", help="JSON object merged into the run's context")
+    s = add("cancel", "cancel a run")
+    s.add_argument("run_id")
+    s.add_argument("--by", default=getpass.getuser())
+    s = add("trace", "a run as a tree: steps, model calls, tool calls, retries, approvals")
+    s.add_argument("run_id")
+    s = add("config", "configuration commands")
+    csub = s.add_subparsers(dest="config_command", required=True, metavar="check")
+    c = csub.add_parser("check", parents=[common], help="validate a config file (exit 78 if bad)")
+    c.add_argument("path", nargs="?", help="file to check (default: --config)")
+    s = add("tools", "tools: `tools list`, `tools call NAME --args JSON [--dry-run]`")
+    tsub = s.add_subparsers(dest="tools_command", required=True, metavar="list|call")
+    tsub.add_parser("list", parents=[common], help="declared tools")
+    c = tsub.add_parser("call", parents=[common], help="call one tool now (not journaled)")
+    c.add_argument("name")
+    c.add_argument("--args", default="{}", help="arguments as JSON")
+    c.add_argument("--dry-run", action="store_true", help="validate only, touch nothing")
+    s = add("conflicts", "replicated documents with unresolved siblings")
+    s.add_argument("rest", nargs="*", metavar="resolve KEY")
+    s.add_argument("--take", help="keep this sibling version")
+    s.add_argument("--value", help="resolve with this JSON value")
+    s = add("sync", "sync commands: `sync now`")
+    s.add_argument("action", choices=["now"])
+    s = add("model", "model commands: `model make-test-model PATH`")
+    s.add_argument("action", choices=["make-test-model"])
+    s.add_argument("path")
+    s = add("install-service", "install the systemd unit, users, dirs and example config")
+    s.add_argument("--root", default="/", help="install below this root (for packaging)")
+    s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    ctx = Context(args.config, args.json)
+    try:
+        return _dispatch(ctx, args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return ConfigError.exit_code
+    except CliError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return exc.code
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
+    from edge_agent.cli import runs, status, trace
+    cmd = args.command
+    if cmd == "run":
+        from edge_agent.daemon import run_daemon
+        return run_daemon(args.config)
+    if cmd == "config":
+        return status.cmd_config_check(ctx, args)
+    simple = {"status": status.cmd_status, "start": runs.cmd_start, "runs": runs.cmd_runs,
+              "approvals": runs.cmd_approvals, "approve": runs.cmd_decide,
+              "reject": runs.cmd_decide, "cancel": runs.cmd_cancel, "trace": trace.cmd_trace}
+    if cmd in simple:
+        return simple[cmd](ctx, args)
+    if cmd == "sync":
+        return status.cmd_sync_now(ctx, args)
+    from edge_agent.cli import extras
+    return extras.dispatch(ctx, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

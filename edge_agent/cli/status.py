@@ -1,0 +1,135 @@
+"""`edge-agent status`, `config check`, `sync now`: how the device stands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from edge_agent.cli.context import CliError, Context
+from edge_agent.cli.render import table
+from edge_agent.config import config_path, load_config
+from edge_agent.engine import queries as q
+from edge_agent.errors import ConfigError
+from edge_agent.lock import lock_holder
+from edge_agent.runtime import outbox_streams
+
+
+def collect_status(ctx: Context) -> dict[str, Any]:
+    live = ctx.daemon("status")
+    holder = lock_holder(ctx.config.device.data_dir)
+    data: dict[str, Any] = {
+        "daemon": {"running": live is not None or bool(holder), "pid": (live or {}).get("pid")
+                   or (holder if holder and holder > 0 else None),
+                   "uptime_s": (live or {}).get("uptime_s"), "version": (live or {}).get(
+                       "version"), "config": str(ctx.config.path),
+                   "answering": live is not None},
+        "device_id": ctx.config.device.id,
+    }
+    if live is not None and live.get("sync"):
+        sync = live["sync"]
+    else:
+        sync = {"configured": ctx.config.sync is not None, "connected": False,
+                "broker": (f"{ctx.config.sync.host}:{ctx.config.sync.port}"
+                           if ctx.config.sync else None),
+                "last_sync": None, "streams": {}}
+    if ctx.config.db_path.exists():
+        store = ctx.store()
+        try:
+            counts = store.read(q.count_by_status)
+            pending = len(store.read(lambda c: q.list_approvals(c, pending_only=True)))
+            if not sync["streams"]:
+                sync["streams"] = outbox_streams(store)
+            conflicts = _conflicts(store)
+        finally:
+            store.close()
+    else:
+        counts, pending, conflicts = {}, 0, 0
+    data["sync"] = sync
+    data["runs"] = counts
+    data["approvals_pending"] = pending
+    data["conflicts"] = conflicts
+    data["models"] = sorted(ctx.config.models)
+    return data
+
+
+def _conflicts(store: Any) -> int:
+    try:
+        row = store.read(lambda c: c.execute(
+            "SELECT count(*) FROM docs WHERE siblings IS NOT NULL AND siblings != '[]'"
+            " AND siblings != ''").fetchone())
+    except Exception:  # noqa: BLE001 - a database from before replicated docs
+        return 0
+    return int(row[0])
+
+
+def render_status(data: dict[str, Any]) -> str:
+    d, s = data["daemon"], data["sync"]
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+    def paint(text: str, ok: bool) -> str:
+        return f"\033[{32 if ok else 31}m{text}\033[0m" if color else text
+    if d["answering"]:
+        daemon = paint(f"running (pid {d['pid']}, up {int(d['uptime_s'] or 0)}s, "
+                       f"v{d['version']})", True)
+    elif d["running"]:
+        daemon = paint(f"running (pid {d['pid']}) but not answering its socket", False)
+    else:
+        daemon = paint("not running (read from the database directly)", False)
+    if not s["configured"]:
+        sync = "not configured (offline: the outbox keeps everything within its bounds)"
+    else:
+        sync = paint(f"{'connected' if s['connected'] else 'disconnected'} to {s['broker']}",
+                     s["connected"]) + f", last sync {s['last_sync'] or 'never'}"
+    streams = table(["stream", "pending", "bytes", "oldest", "acked", "dropped"], [
+        [n, v["pending"], v["pending_bytes"],
+         "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",
+         v["acked_seq"], v["dropped"]] for n, v in s["streams"].items()])
+    runs = ", ".join(f"{k} {v}" for k, v in sorted(data["runs"].items())) or "none"
+    in_sync = s["configured"] and all(v["pending"] == 0 for v in s["streams"].values())
+    return "\n".join([
+        f"device    {data['device_id']}   config {d['config']}",
+        f"daemon    {daemon}",
+        f"sync      {sync}" + (paint("  [in sync]", True) if in_sync else ""),
+        streams,
+        f"runs      {runs}",
+        f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
+        f"models {', '.join(data['models']) or 'none'}",
+    ])
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    while True:
+        data = collect_status(ctx)
+        if args.watch and not ctx.as_json:
+            print("\033[2J\033[H", end="")
+        ctx.out(data, render_status(data))
+        if not args.watch:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
+    path = args.path or ctx.config_path
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        if ctx.as_json:
+            ctx.out({"ok": False, "errors": [i.render(exc.file) for i in exc.issues]})
+        else:
+            print(exc)
+        return ConfigError.exit_code
+    ctx.out({"ok": True, "path": str(config_path(path))}, "ok")
+    return 0
+
+
+def cmd_sync_now(ctx: Context, args: argparse.Namespace) -> int:
+    if ctx.config.sync is None:
+        raise CliError("sync is not configured: add a [sync] table to the config", 1)
+    reply = ctx.daemon("sync_now")
+    if reply is None:
+        raise CliError("the daemon is not running; records stay in the outbox until it runs", 1)
+    ctx.out(reply, "sync requested")
+    return 0

@@ -1,0 +1,87 @@
+"""`edge-agent trace RUN_ID`: the run as a tree, from the local store, offline."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from edge_agent.cli.context import CliError, Context
+from edge_agent.engine import queries as q
+from edge_agent.engine.records import loads
+
+
+def build_trace(store: Any, run_id: str) -> dict[str, Any]:
+    run = store.read(lambda c: q.get_run(c, run_id))
+    if run is None:
+        raise CliError(f"no run {run_id!r}", 1)
+    steps = store.read(lambda c: q.steps(c, run_id))
+    calls = store.read(lambda c: q.tool_calls(c, run_id))
+    approvals = store.read(lambda c: q.list_approvals(c, pending_only=False, run_id=run_id))
+    turns = store.read(lambda c: [dict(r) for r in c.execute(
+        "SELECT scope, key, value, created_at FROM memo WHERE run_id = ? ORDER BY created_at",
+        (run_id,))])
+    nodes: list[dict[str, Any]] = []
+    for s in steps:
+        item = {"node": s["node"], "visit": s["visit"], "attempt": s["attempt"],
+                "status": s["status"], "error": s["error"], "error_kind": s["error_kind"],
+                "duration_ms": round((s["finished_at"] - s["started_at"]) * 1000, 1),
+                "started_at": s["started_at"], "children": []}
+        prefix = f"{run_id}/{s['node']}#{s['visit']}"
+        for c in calls:
+            if c["idem_key"].startswith(prefix) and (
+                    f"/a{s['attempt']}" in c["idem_key"] or "." in c["idem_key"]):
+                item["children"].append({
+                    "tool": c["tool"], "args": c["args"], "status": c["status"],
+                    "attempt": c["attempt"], "error": c["error"], "key": c["idem_key"],
+                    "duration_ms": None if c["finished_at"] is None else
+                    round((c["finished_at"] - c["started_at"]) * 1000, 1)})
+        for t in turns:
+            if t["scope"].startswith(f"{s['node']}#{s['visit']}"):
+                value = loads(t["value"]) or {}
+                item["children"].append({"model_turn": t["key"], "scope": t["scope"],
+                                         "summary": {k: value.get(k) for k in
+                                                     ("tool", "finish_reason", "tokens",
+                                                      "completion_tokens") if k in value}})
+        for a in approvals:
+            if a["node"] == s["node"]:
+                item["children"].append({"approval": a["kind"], "prompt": a["prompt"],
+                                         "decision": a["status"], "by": a["decided_by"],
+                                         "origin": a["origin"], "note": a["note"]})
+        nodes.append(item)
+    return {"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
+            "trace_id": run.trace_id, "error": run.error, "steps": nodes}
+
+
+def render_trace(t: dict[str, Any]) -> str:
+    lines = [f"run {t['run_id']} ({t['workflow']}) {t['status']}  trace {t['trace_id']}"]
+    for i, s in enumerate(t["steps"]):
+        last = i == len(t["steps"]) - 1
+        branch = "└─" if last else "├─"
+        reason = f"  {s['error_kind']}: {s['error']}" if s["error"] else ""
+        retry = f" attempt {s['attempt']}" if s["attempt"] > 1 or s["status"] == "failed" else ""
+        lines.append(f"{branch} {s['node']}{retry} [{s['status']}] {s['duration_ms']}ms{reason}")
+        pad = "   " if last else "│  "
+        for j, c in enumerate(s["children"]):
+            twig = "└─" if j == len(s["children"]) - 1 else "├─"
+            if "tool" in c:
+                text = f"tool {c['tool']} {c['status']}" + (f": {c['error']}" if c["error"]
+                                                            else "")
+            elif "model_turn" in c:
+                text = f"model {c['model_turn']} {c['summary']}"
+            else:
+                text = (f"approval ({c['approval']}) {c['decision']} by {c['by'] or '-'}"
+                        f" from {c['origin'] or '-'}" + (f": {c['note']}" if c["note"] else ""))
+            lines.append(f"{pad}{twig} {text}")
+    if t["error"]:
+        lines.append(f"error: {t['error']}")
+    return "\n".join(lines)
+
+
+def cmd_trace(ctx: Context, args: argparse.Namespace) -> int:
+    store = ctx.store()
+    try:
+        data = build_trace(store, args.run_id)
+    finally:
+        store.close()
+    ctx.out(data, render_trace(data))
+    return 0

@@ -1,0 +1,321 @@
+"""Load the device configuration: parse TOML, overlay the environment, validate once."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+
+from edge_agent.config.model import (
+    AgentConfig, Config, DeviceConfig, ModelConfig, RetryPolicy, SyncConfig, TelemetryConfig,
+    TlsConfig, ToolConfig, WorkflowConfig,
+)
+from edge_agent.config.reader import Table
+from edge_agent.config.workflows import parse_retry, parse_workflow
+from edge_agent.errors import ConfigError, ConfigIssue
+
+DEFAULT_PATH = Path("/etc/edge-agent/config.toml")
+SECTIONS = ("device", "model", "tools", "agents", "workflows", "sync", "telemetry")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STREAMS = ("control", "checkpoints", "traces", "metrics")
+
+# Environment variables that override single keys, applied before validation.
+ENV_OVERLAY = {
+    "EDGE_AGENT_DEVICE_ID": ("device", "id"),
+    "EDGE_AGENT_DATA_DIR": ("device", "data_dir"),
+    "EDGE_AGENT_RUNTIME_DIR": ("device", "runtime_dir"),
+    "EDGE_AGENT_LOG_FORMAT": ("telemetry", "log_format"),
+    "EDGE_AGENT_LOG_LEVEL": ("telemetry", "log_level"),
+}
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $EDGE_AGENT_CONFIG, else /etc/edge-agent/config.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("EDGE_AGENT_CONFIG")
+    return Path(env) if env else DEFAULT_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the file; raise ConfigError listing every problem."""
+    file = config_path(path)
+    name = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(name, [ConfigIssue("", "file not found", has_value=False)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, [ConfigIssue("", f"cannot read: {exc}", has_value=False)]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, [ConfigIssue("", f"TOML syntax error: {exc}",
+                                             has_value=False)]) from exc
+    return parse_config(data, file.resolve(), os.environ if env is None else env)
+
+
+def parse_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
+    issues: list[ConfigIssue] = []
+    for var, (section, key) in ENV_OVERLAY.items():
+        if var in env:
+            data.setdefault(section, {})
+            if isinstance(data[section], dict):
+                data[section][key] = env[var]
+    base = path.parent
+    root = Table(data, "", issues)
+    device = _device(root, base)
+    models = {n: m for n, t in root.tables("model").items() if (m := _model(n, t, base))}
+    tools = {n: tc for n, t in root.tables("tools").items() if (tc := _tool(n, t, base))}
+    agents = {n: a for n, t in root.tables("agents").items()
+              if (a := _agent(n, t, models, tools))}
+    for a in agents.values():
+        for target in a.handoff:
+            if target not in agents:
+                issues.append(ConfigIssue(f"agents.{a.name}.handoff", "names no [agents.*] entry",
+                                          target))
+    workflows: dict[str, WorkflowConfig] = {}
+    for n, t in root.tables("workflows").items():
+        wf = parse_workflow(n, t, tools, agents)
+        if wf is not None:
+            workflows[n] = wf
+    sync = _sync(root, base)
+    telemetry = _telemetry(root)
+    root.finish()
+    if issues or device is None:
+        raise ConfigError(str(path), issues or [ConfigIssue("device", "is required",
+                                                            has_value=False)])
+    return Config(path=path, device=device, models=MappingProxyType(models),
+                  tools=MappingProxyType(tools), agents=MappingProxyType(agents),
+                  workflows=MappingProxyType(workflows), sync=sync, telemetry=telemetry)
+
+
+def _path(t: Table, key: str, base: Path, default: str | None = None) -> Path | None:
+    value = t.str(key, default)
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _device(root: Table, base: Path) -> DeviceConfig | None:
+    t = root.table("device", required=True)
+    if t is None:
+        return None
+    dev_id = t.str("id", required=True)
+    if dev_id is not None and not _ID.match(dev_id):
+        t.error("id", "must be 1-64 letters, digits, '.', '_' or '-' (it names MQTT topics)",
+                dev_id)
+        dev_id = None
+    data_dir = _path(t, "data_dir", base, "/var/lib/edge-agent")
+    runtime_dir = _path(t, "runtime_dir", base, os.environ.get("RUNTIME_DIRECTORY")
+                        or "/run/edge-agent")
+    sync_mode = t.str("synchronous", "FULL", choices=("FULL", "NORMAL", "EXTRA"))
+    drain = t.float("drain_timeout_s", 30.0, min=0.0)
+    t.finish()
+    if dev_id is None or data_dir is None or runtime_dir is None:
+        return None
+    return DeviceConfig(id=dev_id, data_dir=data_dir, runtime_dir=runtime_dir,
+                        synchronous=sync_mode, drain_timeout_s=drain)
+
+
+def _model(name: str, t: Table, base: Path) -> ModelConfig | None:
+    kind = t.str("kind", "llama", choices=("llama", "openai"))
+    fields: dict[str, Any] = {"name": name, "kind": kind}
+    if kind == "llama":
+        fields["path"] = _path(t, "path", base)
+        if fields["path"] is None:
+            t.error("path", "is required")
+        fields["n_ctx"] = t.int("n_ctx", 2048, min=64, max=1 << 20)
+        fields["n_gpu_layers"] = t.int("n_gpu_layers", 0, min=-1)
+        fields["n_threads"] = t.int("n_threads", min=1, max=256)
+        fields["chat_format"] = t.str("chat_format")
+    else:
+        fields["base_url"] = t.str("base_url", required=True)
+        if fields["base_url"] and not re.match(r"^https?://", fields["base_url"]):
+            t.error("base_url", "must start with http:// or https://", fields["base_url"])
+        fields["api_key_env"] = t.str("api_key_env")
+        fields["api_key_file"] = _path(t, "api_key_file", base)
+        fields["model_id"] = t.str("model_id")
+        if t.has("api_key"):
+            t.raw("api_key")
+            t.error("api_key", "keys never live in the config file; use api_key_env or "
+                    "api_key_file", "***")
+    fields["seed"] = t.int("seed", 0, min=0)
+    fields["timeout_s"] = t.float("timeout_s", 120.0, min=0.0, exclusive_min=True)
+    t.finish()
+    return ModelConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _schema(t: Table, key: str) -> Mapping[str, Any] | None:
+    value = t.dict(key)
+    if value is None:
+        return None
+    try:
+        jsonschema.Draft202012Validator.check_schema(value)
+    except jsonschema.SchemaError as exc:
+        t.error(key, f"is not a valid JSON Schema: {exc.message}", value)
+        return None
+    return MappingProxyType(value)
+
+
+def _tool(name: str, t: Table, base: Path) -> ToolConfig | None:
+    from edge_agent.tools.registry import KINDS, check_tool_options
+
+    kind = t.str("kind", required=True, choices=tuple(sorted(KINDS)))
+    fields: dict[str, Any] = {
+        "name": name, "kind": kind,
+        "description": t.str("description", "", nonempty=False),
+        "params": _schema(t, "params") or MappingProxyType({"type": "object"}),
+        "result": _schema(t, "result"),
+        "timeout_s": t.float("timeout_s", 10.0, min=0.0, exclusive_min=True),
+        "idempotent": t.bool("idempotent", False),
+        "location": t.str("location", "local", choices=("local", "remote")),
+        "retry": parse_retry(t) or RetryPolicy(),
+        "on_unknown": t.str("on_unknown", "escalate", choices=("escalate", "fail",
+                                                               "assume_failed")),
+    }
+    options = t.rest()
+    if kind is not None:
+        for sub, message, value in check_tool_options(kind, options, base):
+            t.error(sub, message, value)
+    fields["options"] = MappingProxyType(options)
+    if kind is None:
+        return None
+    return ToolConfig(**fields)
+
+
+def _agent(name: str, t: Table, models: Mapping[str, ModelConfig],
+           tools: Mapping[str, ToolConfig]) -> AgentConfig | None:
+    model = t.str("model", required=True)
+    if model is not None and model not in models:
+        t.error("model", "names no [model.*] entry", model)
+    allowed = t.list_of_str("tools", ()) or ()
+    for tool in allowed:
+        if tool not in tools:
+            t.error("tools", "names no [tools.*] entry", tool)
+    agent = AgentConfig(
+        name=name, model=model or "",
+        system=t.str("system", "", nonempty=False),
+        tools=allowed,
+        handoff=t.list_of_str("handoff", ()) or (),
+        max_turns=t.int("max_turns", 8, min=1, max=100),
+        output_schema=_schema(t, "output_schema"),
+        allow_remote=t.bool("allow_remote", False),
+        max_tokens=t.int("max_tokens", 256, min=1, max=32768),
+        temperature=t.float("temperature", 0.2, min=0.0, max=5.0),
+    )
+    t.finish()
+    return agent if model else None
+
+
+def _sync(root: Table, base: Path) -> SyncConfig | None:
+    t = root.table("sync")
+    if t is None:
+        return None
+    broker = t.str("broker", required=True)
+    host, port = None, None
+    if broker is not None:
+        m = re.match(r"^(\[[^\]]+\]|[^:\s]+):(\d{1,5})$", broker)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            t.error("broker", "must be host:port", broker)
+        else:
+            host, port = m.group(1).strip("[]"), int(m.group(2))
+    tls = None
+    tt = t.table("tls")
+    if tt is not None:
+        tls = TlsConfig(ca=_path(tt, "ca", base), cert=_path(tt, "cert", base),
+                        key=_path(tt, "key", base))
+        if (tls.cert is None) != (tls.key is None):
+            tt.error("cert", "cert and key go together", str(tls.cert or tls.key))
+        tt.finish()
+    limits: dict[str, int] = {}
+    lt = t.table("outbox_max_bytes")
+    if lt is not None:
+        for stream in lt.data:
+            if stream not in STREAMS:
+                lt.error(stream, "is not a stream (" + ", ".join(STREAMS) + ")", lt.data[stream])
+                lt.raw(stream)
+            else:
+                limits[stream] = lt.int(stream, min=1024)
+        lt.finish()
+    collections = t.dict("collections", {})
+    cfg = dict(
+        tls=tls,
+        username=t.str("username"),
+        password_file=_path(t, "password_file", base),
+        password_env=t.str("password_env"),
+        topic_prefix=t.str("topic_prefix", "edge"),
+        protocol=t.str("protocol", "5", choices=("5", "3.1.1")),
+        batch_max_records=t.int("batch_max_records", 500, min=1, max=100_000),
+        batch_max_bytes=t.int("batch_max_bytes", 256 * 1024, min=1024, max=256 * 1024 * 1024),
+        linger_s=t.float("linger_s", 0.05, min=0.0, max=60.0),
+        window=t.int("window", 8, min=1, max=1000),
+        compression=t.bool("compression", True),
+        keepalive_s=t.int("keepalive_s", 30, min=5, max=65535),
+        ack_timeout_s=t.float("ack_timeout_s", 10.0, min=0.0, exclusive_min=True),
+        outbox_max_bytes=MappingProxyType({k: v for k, v in limits.items() if v is not None}),
+        collections=MappingProxyType(_collections(t, collections)),
+    )
+    prefix = cfg["topic_prefix"]
+    if prefix is not None and any(c in prefix for c in "#+") :
+        t.error("topic_prefix", "must not contain MQTT wildcards", prefix)
+    t.finish()
+    if host is None or port is None:
+        return None
+    return SyncConfig(host=host, port=port, **{k: v for k, v in cfg.items() if v is not None})
+
+
+def _collections(t: Table, collections: dict[str, Any]) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    try:
+        from sync.documents import CollectionRules
+    except ImportError:  # the replication layer is optional at parse time
+        CollectionRules = None  # type: ignore[assignment,misc]  # noqa: N806
+    for name, rules in collections.items():
+        if not isinstance(rules, dict):
+            t.error(f"collections.{name}", "must be a table", rules)
+            continue
+        if CollectionRules is not None:
+            try:
+                CollectionRules.from_mapping(rules)
+            except Exception as exc:  # the rules' own typed error names the key
+                t.error(f"collections.{name}", str(exc), rules)
+                continue
+        out[name] = MappingProxyType(rules)
+    return out
+
+
+def _telemetry(root: Table) -> TelemetryConfig:
+    t = root.table("telemetry")
+    if t is None:
+        return TelemetryConfig()
+    levels = t.dict("levels", {})
+    for logger, level in levels.items():
+        if not isinstance(level, str) or level.upper() not in _LEVELS:
+            t.error(f"levels.{logger}", "must be one of " + ", ".join(_LEVELS), level)
+    endpoint = t.str("otlp_endpoint")
+    if endpoint is not None and not re.match(r"^https?://", endpoint):
+        t.error("otlp_endpoint", "must start with http:// or https://", endpoint)
+        endpoint = None
+    level = t.str("log_level", "INFO")
+    if level is not None and level.upper() not in _LEVELS:
+        t.error("log_level", "must be one of " + ", ".join(_LEVELS), level)
+        level = "INFO"
+    cfg = TelemetryConfig(
+        log_format=t.str("log_format", "json", choices=("json", "text")) or "json",
+        log_level=(level or "INFO").upper(),
+        levels=MappingProxyType({k: str(v).upper() for k, v in levels.items()}),
+        otlp_endpoint=endpoint,
+        service_name=t.str("service_name", "edge-agent") or "edge-agent",
+    )
+    t.finish()
+    return cfg

@@ -1,0 +1,256 @@
+"""The composition root: the one place that wires config, store, engine, tools, models, sync.
+
+Startup order: config (errors exit 78), data-dir lock, store and migrations, tools and models,
+engine recovery, sync, control socket, then READY=1. SIGTERM drains, a second SIGTERM
+aborts; SIGHUP reloads tools, agents and workflows, keeping the old ones if the new are bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import Config, load_config
+from edge_agent.control_socket import ControlServer
+from edge_agent.engine import Engine, queue_run
+from edge_agent.engine import queries as q
+from edge_agent.errors import ConfigError
+from edge_agent.lock import DataDirLock
+from edge_agent.notify import SystemdNotifier, watchdog_interval
+from edge_agent.runtime import build_agent_runner, build_tools, close_tools, sync_status
+from edge_agent.store import GroupCommitter, Store
+
+log = logging.getLogger(__name__)
+EXTERNAL_POLL_S = 0.25
+
+
+class Daemon:
+    """`edge-agent run`: one event loop that owns everything."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.notifier = SystemdNotifier()
+        self.lock = DataDirLock(config.device.data_dir)
+        self.store: Store | None = None
+        self.writer: GroupCommitter | None = None
+        self.engine: Engine | None = None
+        self.sync: Any = None
+        self.control: ControlServer | None = None
+        self.tools: dict[str, Any] = {}
+        self._stop = asyncio.Event()
+        self._terms = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._last_commit_ok = time.monotonic()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.config.device.runtime_dir / "control.sock"
+
+    async def run(self) -> int:
+        self.lock.acquire()
+        try:
+            return await self._run()
+        finally:
+            self.lock.release()
+
+    async def _run(self) -> int:
+        cfg = self.config
+        self.store = Store(cfg.db_path, synchronous=cfg.device.synchronous)
+        self.writer = GroupCommitter(self.store)
+        self.tools = build_tools(cfg)
+        self.sync = self._build_sync()
+        self.engine = Engine(store=self.store, writer=self.writer, workflows=cfg.workflows,
+                             tools=self.tools, agent_runner=build_agent_runner(cfg, self.tools),
+                             notify=self._outbox_changed,
+                             outbox_limits=cfg.sync.outbox_max_bytes if cfg.sync else None)
+        await self.engine.start()
+        if self.sync is not None:
+            await self.sync.start()
+        self.control = ControlServer(self.socket_path, self._handlers())
+        await self.control.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_term)
+        loop.add_signal_handler(signal.SIGINT, self._on_term)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        self._tasks = [loop.create_task(self._watch_external(), name="external-changes"),
+                       loop.create_task(self._status_loop(), name="status")]
+        interval = watchdog_interval()
+        if interval:
+            self._tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
+        self._tasks += [loop.create_task(self._trigger(wf), name=f"trigger-{wf.name}")
+                        for wf in cfg.workflows.values() if wf.trigger and wf.trigger.every_s]
+        status = self.status_line()
+        self.notifier.ready(status)
+        log.info("edge-agent %s ready: %s (pid %d)", __version__, status, os.getpid())
+        await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    def _build_sync(self) -> Any:
+        if self.config.sync is None:
+            return None
+        from edge_agent.runtime import build_sync
+        assert self.store is not None
+        return build_sync(self.config, self)
+
+    def _outbox_changed(self) -> None:
+        if self.sync is not None:
+            self.sync.notify()
+
+    # signals and shutdown ---------------------------------------------------------------------
+    def _on_term(self) -> None:
+        self._terms += 1
+        if self._terms == 1:
+            log.info("stopping: draining in-flight steps (send SIGTERM again to abort)")
+            self.notifier.stopping()
+            self._stop.set()
+        else:
+            log.warning("second stop signal: aborting now")
+            os._exit(1)
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.control:
+            await self.control.shutdown()
+        if self.engine:
+            await self.engine.shutdown(timeout=self.config.device.drain_timeout_s)
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.sync.shutdown(), 10)
+        close_tools(self.tools)
+        if self.writer:
+            self.writer.shutdown()
+        if self.store:
+            self.store.close()
+        self.notifier.close()
+        log.info("stopped")
+
+    async def reload(self) -> None:
+        """SIGHUP: new tools, agents and workflows; runs in flight keep going."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("reload rejected, keeping the running configuration:\n%s", exc)
+            self.notifier.status("reload rejected: config errors (see log)")
+            return
+        try:
+            tools = build_tools(new)
+        except Exception as exc:  # noqa: BLE001 - a bad tool must not take the daemon down
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return
+        old_tools, self.tools = self.tools, tools
+        self.config = new
+        assert self.engine is not None
+        self.engine.workflows = new.workflows
+        self.engine.tools = tools
+        self.engine.journal.tools = tools
+        self.engine.agent_runner = build_agent_runner(new, tools)
+        close_tools({k: v for k, v in old_tools.items() if k not in tools})
+        log.info("reloaded %d tools, %d agents, %d workflows", len(tools), len(new.agents),
+                 len(new.workflows))
+        self.notifier.status(self.status_line())
+
+    # background loops -------------------------------------------------------------------------
+    async def _watch_external(self) -> None:
+        """Notice writes by other processes (the CLI) with one cheap pragma per tick."""
+        assert self.store is not None and self.engine is not None
+        conn = self.store.conn  # the loop thread's own connection, reads only
+        last = conn.execute("PRAGMA data_version").fetchone()[0]
+        while True:
+            await asyncio.sleep(EXTERNAL_POLL_S)
+            now = conn.execute("PRAGMA data_version").fetchone()[0]
+            if now != last:
+                last = now
+                self.engine.wake(None)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            self.notifier.status(self.status_line())
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping only while the loop runs and the store can commit."""
+        assert self.writer is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(
+                    self.writer.submit(lambda c: c.execute("SELECT 1"))), interval)
+            except Exception as exc:  # noqa: BLE001 - no ping is the signal
+                log.error("watchdog: store cannot commit: %s", exc)
+                continue
+            self.notifier.watchdog()
+
+    async def _trigger(self, wf: Any) -> None:
+        assert self.writer is not None and self.engine is not None
+        while True:
+            await asyncio.sleep(wf.trigger.every_s)
+            run_id = queue_run(self.writer.write, workflow=wf.name, input=dict(wf.trigger.input),
+                               workflows=self.config.workflows, origin="trigger")
+            self.engine.wake(run_id)
+
+    # status -----------------------------------------------------------------------------------
+    def status_line(self) -> str:
+        assert self.store is not None and self.engine is not None
+        counts = self.store.read(q.count_by_status)
+        pending = sum(s["pending"] for s in sync_status(self.store, self.sync)["streams"]
+                      .values())
+        cloud = ("cloud not configured" if self.sync is None else
+                 "cloud connected" if self.sync.connected else "cloud offline")
+        waiting = counts.get("waiting_approval", 0)
+        return (f"{self.engine.active} runs active, {waiting} waiting approval, "
+                f"outbox {pending} pending, {cloud}")
+
+    def _handlers(self) -> dict[str, Any]:
+        async def status(req: dict[str, Any]) -> Any:
+            return {"pid": os.getpid(), "uptime_s": time.time() - self.started_at,
+                    "version": __version__, "config": str(self.config.path),
+                    "active": self.engine.active if self.engine else 0,
+                    "sync": sync_status(self.store, self.sync) if self.store else None,
+                    "models": sorted(self.config.models), "status_line": self.status_line()}
+
+        async def wake(req: dict[str, Any]) -> Any:
+            assert self.engine is not None
+            self.engine.wake(req.get("run_id"))
+            return {"woken": req.get("run_id") or "all"}
+
+        async def sync_now(req: dict[str, Any]) -> Any:
+            if self.sync is None:
+                raise RuntimeError("sync is not configured ([sync] table missing)")
+            self.sync.notify()
+            return {"requested": True}
+
+        async def block_loop(req: dict[str, Any]) -> Any:
+            time.sleep(float(req.get("seconds", 1)))  # a test hook: a hung loop
+            return {"blocked": True}
+
+        handlers = {"status": status, "wake": wake, "sync_now": sync_now}
+        if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":
+            handlers["block_loop"] = block_loop
+        return handlers
+
+
+def run_daemon(config_path: str | None) -> int:
+    from edge_agent.logs import setup_logging
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, flush=True)
+        return ConfigError.exit_code
+    t = config.telemetry
+    setup_logging(t.log_format, t.log_level, t.levels)
+    from edge_agent.lock import AlreadyRunning
+    try:
+        return asyncio.run(Daemon(config).run())
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 75  # EX_TEMPFAIL

@@ -1,0 +1,420 @@
+"""What each node kind does. Every outcome is committed by the engine's transition helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
+from edge_agent.engine import queries as q
+from edge_agent.engine.bindings import StepFailed, UnknownOutcome
+from edge_agent.engine.journal import DurableAgentContext, call_key
+from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
+from edge_agent.expressions import ExpressionError, evaluate, evaluate_condition
+
+if TYPE_CHECKING:
+    from edge_agent.engine.engine import Engine
+
+Tx = Callable[[sqlite3.Connection], Any]
+MAX_HANDOFFS = 8
+NO_RETRY = RetryPolicy()
+
+
+def _both(*fns: Tx | None) -> Tx:
+    def run(conn: sqlite3.Connection) -> None:
+        for fn in fns:
+            if fn is not None:
+                fn(conn)
+    return run
+
+
+class NodeRunner:
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+
+    async def run(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        handler = getattr(self, f"_{node.kind}")
+        result: bool = await handler(run, wf, node)
+        return result
+
+    # tool -------------------------------------------------------------------------------------
+    async def _tool(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        assert node.tool is not None
+        binding = self.e.tools.get(node.tool)
+        if binding is None:
+            await self.e.finish(run.run_id, FAILED, error=f"tool {node.tool!r} is not loaded")
+            return False
+        policy = node.retry or binding.retry
+        state = dict(run.node_state)
+        attempt = int(state.get("attempt", 1))
+        scope = f"{node.name}#{run.visit(node.name)}"
+        key = call_key(run.run_id, scope, 0, 0, attempt)
+        if "approval_id" in state:
+            return await self._decided(run, node, state, policy)
+        if state.get("retry_at") and not await self.e.sleep_until(run.run_id, state["retry_at"]):
+            return True  # woken early: re-read the run (cancel, shutdown)
+        try:
+            args = self._args(node, run.context)
+        except ExpressionError as exc:
+            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            return False
+        row = await self.e.read(lambda c: q.journal_get(c, key, attempt))
+        if row is not None:
+            if row["status"] in ("intent", "unknown"):
+                on_unknown = node.on_unknown or binding.on_unknown
+                return await self._unknown(run, node, state, policy, on_unknown, key, attempt,
+                                           node.tool, args)
+            if row["status"] in ("ok", "confirmed"):
+                return await self.e.advance(run, node, output=row["result"], next_node=node.next,
+                                            attempt=attempt)
+        res = await self.e.in_thread(functools.partial(
+            self.e.journal.execute, run_id=run.run_id, node=scope, key=key, attempt=attempt,
+            name=node.tool, args=args, write_result=False))
+        record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope, key=key,
+                                   attempt=attempt, name=node.tool, args=args, res=res)
+        if res.ok:
+            return await self.e.advance(run, node, output=res.result, next_node=node.next,
+                                        attempt=attempt, started_at=res.started_at, extra=record)
+        return await self._failed(run, node, state, policy, attempt, error=res.error or "failed",
+                                  kind=res.kind or "failed", retryable=res.retryable,
+                                  extra=record, started_at=res.started_at)
+
+    def _args(self, node: NodeConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+        args = dict(node.args)
+        for name, source in node.args_from.items():
+            args[name] = evaluate(source, context)
+        return args
+
+    # agent and handoff ------------------------------------------------------------------------
+    async def _agent(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        if self.e.agent_runner is None:
+            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: no model is loaded to "
+                                "run agents")
+            return False
+        policy = node.retry or NO_RETRY
+        state = dict(run.node_state)
+        if "approval_id" in state:
+            return await self._decided(run, node, state, policy)
+        if state.get("retry_at") and not await self.e.sleep_until(run.run_id, state["retry_at"]):
+            return True
+        attempt = int(state.get("attempt", 1))
+        segment = int(state.get("segment", 0))
+        agent = str(state.get("agent", node.agent))
+        try:
+            message = state.get("message")
+            if message is None:
+                value = evaluate(node.input, run.context) if node.input else run.context["input"]
+                message = value if isinstance(value, str) else json.dumps(value, default=str)
+        except ExpressionError as exc:
+            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            return False
+        scope = f"{node.name}#{run.visit(node.name)}.{attempt}.{segment}"
+        ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
+        try:
+            outcome = await self.e.in_thread(self.e.agent_runner, agent, message, ctx)
+        except UnknownOutcome as u:
+            binding = self.e.tools.get(u.tool)
+            on_unknown = node.on_unknown or (binding.on_unknown if binding else "escalate")
+            return await self._unknown(run, node, state, policy, on_unknown, u.key, u.attempt,
+                                       u.tool, u.args)
+        except Exception as exc:  # noqa: BLE001 - the node's policy decides
+            return await self._failed(run, node, state, policy, attempt, error=str(exc),
+                                      kind=getattr(exc, "kind", type(exc).__name__),
+                                      retryable=bool(getattr(exc, "retryable", False)))
+        target = getattr(outcome, "handoff_to", None)
+        if target:
+            if segment + 1 >= MAX_HANDOFFS:
+                await self.e.finish(run.run_id, FAILED, error=f"{node.name}: more than "
+                                    f"{MAX_HANDOFFS} handoffs")
+                return False
+            text = outcome.output if isinstance(outcome.output, str) else dumps(outcome.output)
+            new_state = {"attempt": attempt, "segment": segment + 1, "agent": target,
+                         "message": text}
+            now = self.e.clock()
+
+            def handoff(c: sqlite3.Connection) -> None:
+                q.insert_step(c, run_id=run.run_id, node=node.name, visit=run.visit(node.name),
+                              attempt=attempt, status="handoff", started_at=now, finished_at=now,
+                              output={"from": agent, "to": target, "context": outcome.output})
+                self.e.emit(c, "checkpoints", "agent.handoff", {
+                    "run_id": run.run_id, "node": node.name, "from": agent, "to": target,
+                    "ts": now})
+            await self.e.set_state(run, new_state, extra=handoff)
+            return True
+        return await self.e.advance(run, node, output=outcome.output, next_node=node.next,
+                                    attempt=attempt)
+
+    _handoff = _agent
+
+    # branch, end ------------------------------------------------------------------------------
+    async def _branch(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        try:
+            chosen = next(r.next for r in node.branch
+                          if r.when is None or evaluate_condition(r.when, run.context))
+        except ExpressionError as exc:
+            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            return False
+        return await self.e.advance(run, node, output={"next": chosen}, next_node=chosen,
+                                    store_output=False)
+
+    async def _end(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        try:
+            output = (evaluate(node.output, run.context) if node.output else
+                      {k: v for k, v in run.context.items() if k != "input"})
+        except ExpressionError as exc:
+            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            return False
+        return await self.e.advance(run, node, output=output, next_node=None, store_output=False)
+
+    # approval ---------------------------------------------------------------------------------
+    async def _approval(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        spec = node.approval
+        assert spec is not None
+        state = dict(run.node_state)
+        if "approval_id" not in state:
+            shown = ({k: run.context.get(k) for k in spec.show} if spec.show else run.context)
+            await self.open_approval(run, node, state, kind="gate", prompt=spec.prompt,
+                                     context={"context": shown, "on_timeout": spec.on_timeout},
+                                     timeout_s=spec.timeout_s)
+            return False
+        appr = await self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
+        if appr is None or appr["status"] == "pending":
+            return False
+        decision = {"decision": appr["status"], "by": appr["decided_by"],
+                    "origin": appr["origin"], "note": appr["note"]}
+        if appr["status"] == "approved":
+            patch = appr["patch"] if isinstance(appr["patch"], dict) else None
+            return await self.e.advance(run, node, output=decision, next_node=node.next,
+                                        patch=patch)
+        if node.on_reject:
+            return await self.e.advance(run, node, output=decision, next_node=node.on_reject)
+        await self.e.finish(run.run_id, CANCELLED, error=f"rejected at {node.name} by "
+                            f"{appr['decided_by']} ({appr['origin']})"
+                            + (f": {appr['note']}" if appr["note"] else ""))
+        return False
+
+    async def open_approval(self, run: Run, node: NodeConfig, state: dict[str, Any], *,
+                            kind: str, prompt: str, context: Any, timeout_s: float | None = None,
+                            extra: Tx | None = None) -> None:
+        now = self.e.clock()
+        timeout_at = now + timeout_s if timeout_s else None
+
+        def tx(c: sqlite3.Connection) -> int:
+            if extra is not None:
+                extra(c)
+            aid = q.create_approval(c, run_id=run.run_id, node=node.name, kind=kind,
+                                    prompt=prompt, context=context, now=now,
+                                    timeout_at=timeout_at)
+            q.update_run(c, run.run_id, now, node_state={**state, "approval_id": aid})
+            self.e.emit(c, "control", "approval.requested", {
+                "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
+                "prompt": prompt, "timeout_at": timeout_at, "ts": now})
+            return aid
+        aid = await self.e.write(tx)
+        if timeout_at is not None:
+            self.e.schedule_timeout(timeout_at, aid, run.run_id)
+        self.e._changed(run.run_id)
+
+    async def approval_timed_out(self, approval_id: int) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            appr = q.get_approval(c, approval_id)
+            if appr is None or appr["status"] != "pending":
+                return
+            now = self.e.clock()
+            on_timeout = (appr["context"] or {}).get("on_timeout", "reject")
+            status = {"approve": "approved", "reject": "rejected"}.get(on_timeout, "escalated")
+            q.decide(c, approval_id, status=status, by="timeout", origin="timeout",
+                     note="no decision before the timeout", patch=None, now=now)
+            self.e.emit(c, "control", "approval.decided", {
+                "run_id": appr["run_id"], "approval_id": approval_id, "decision": status,
+                "by": "timeout", "origin": "timeout", "ts": now})
+            if status == "escalated":
+                new = q.create_approval(c, run_id=appr["run_id"], node=appr["node"],
+                                        kind="escalation", prompt="(timed out, escalated) "
+                                        + appr["prompt"], context=appr["context"], now=now,
+                                        timeout_at=None)
+                run = q.get_run(c, appr["run_id"])
+                if run is not None:
+                    q.update_run(c, run.run_id, now,
+                                 node_state={**run.node_state, "approval_id": new})
+                self.e.emit(c, "control", "approval.requested", {
+                    "run_id": appr["run_id"], "approval_id": new, "node": appr["node"],
+                    "kind": "escalation", "prompt": appr["prompt"], "ts": now})
+        await self.e.write(tx)
+
+    # failure, unknown outcomes, decisions -----------------------------------------------------
+    async def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
+                      policy: RetryPolicy, attempt: int, *, error: str, kind: str,
+                      retryable: bool, extra: Tx | None = None,
+                      started_at: float | None = None) -> bool:
+        now = self.e.clock()
+        visit = run.visit(node.name)
+
+        def step_row(c: sqlite3.Connection) -> None:
+            q.insert_step(c, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
+                          status="failed", error=error, error_kind=kind,
+                          started_at=started_at or now, finished_at=now)
+        base = int(state.get("budget_base", 0))
+        if policy.should_retry(attempt - base, kind, retryable):
+            delay = self.e.backoff(policy, attempt - base)
+            new_state = {k: v for k, v in state.items() if k not in ("approval_id",)}
+            new_state.update(attempt=attempt + 1, retry_at=now + delay, last_error=error)
+
+            def retry_record(c: sqlite3.Connection) -> None:
+                self.e.emit(c, "checkpoints", "step.retry", {
+                    "run_id": run.run_id, "node": node.name, "attempt": attempt, "error": error,
+                    "kind": kind, "delay_s": delay, "ts": now})
+            await self.e.set_state(run, new_state, extra=_both(extra, step_row, retry_record))
+            return True
+        if node.fallback:
+            info = {"node": node.name, "error": error, "kind": kind, "attempts": attempt}
+            return await self.e.advance(run, node, output=info, next_node=node.fallback,
+                                        attempt=attempt, extra=extra, step_status="failed",
+                                        patch={"error": info}, store_output=False)
+        if node.escalate == "approval":
+            prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
+                      "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "
+                      "with that output; reject to fail the run.")
+            await self.open_approval(run, node, {**state, "attempt": attempt}, kind="escalation",
+                                     prompt=prompt, context={"error": error, "kind": kind},
+                                     extra=_both(extra, step_row))
+            return False
+        await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {kind}: {error} (attempt "
+                            f"{attempt})", extra=_both(extra, step_row))
+        return False
+
+    async def _unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
+                       policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
+                       args: Any) -> bool:
+        def mark(status: str) -> Tx:
+            return lambda c: c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE"
+                                       " idem_key = ? AND attempt = ?",
+                                       (status, self.e.clock(), key, attempt))
+        if on_unknown == "fail":
+            await self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
+                                error=f"{node.name}: outcome of {tool} is unknown (on_unknown = "
+                                "fail)")
+            return False
+        if on_unknown == "assume_failed":
+            return await self._failed(run, node, state, policy, int(state.get("attempt", 1)),
+                                      error=f"outcome of {tool} unknown; assumed failed",
+                                      kind="unknown_outcome", retryable=True,
+                                      extra=mark("assumed_failed"))
+        prompt = (f"Did {tool}({dumps(args)}) take effect? The daemon stopped after starting it "
+                  "and before its result was recorded. Approve = it did (the run continues); "
+                  "reject = it did not (the step is retried).")
+        await self.open_approval(run, node, {**state, "unknown_key": key,
+                                             "unknown_attempt": attempt},
+                                 kind="unknown_outcome", prompt=prompt,
+                                 context={"tool": tool, "args": args, "key": key},
+                                 extra=mark("unknown"))
+        return False
+
+    async def _decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
+                       policy: RetryPolicy) -> bool:
+        appr = await self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
+        if appr is None or appr["status"] == "pending":
+            if run.status != WAITING:
+                await self.e.set_state(run, state, status=WAITING)
+            return False
+        approved = appr["status"] == "approved"
+        attempt = int(state.get("attempt", 1))
+        rest = {k: v for k, v in state.items()
+                if k not in ("approval_id", "unknown_key", "unknown_attempt", "retry_at")}
+        if appr["kind"] == "unknown_outcome":
+            key, call_attempt = state["unknown_key"], int(state["unknown_attempt"])
+            status = "confirmed" if approved else "assumed_failed"
+            result = {"outcome": "confirmed", "by": appr["decided_by"]} if approved else None
+            mark: Tx = lambda c: c.execute(  # noqa: E731
+                "UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
+                " AND attempt = ?", (status, None if result is None else dumps(result),
+                                     self.e.clock(), key, call_attempt))
+            if node.kind == "tool":
+                if approved:
+                    return await self.e.advance(run, node, output=result, next_node=node.next,
+                                                attempt=attempt, extra=mark)
+                # "it did not take effect": retry, without spending an attempt on it
+                rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
+                await self.e.set_state(run, rest, extra=mark, status="running")
+                return True
+            await self.e.set_state(run, rest, extra=mark, status="running")  # agent replays
+            return True
+        # escalation after attempts ran out
+        if not approved:
+            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: escalation rejected by "
+                                f"{appr['decided_by']}" + (f": {appr['note']}" if appr["note"]
+                                                           else ""))
+            return False
+        patch = appr["patch"] if isinstance(appr["patch"], dict) else {}
+        if "skip_output" in patch:
+            return await self.e.advance(run, node, output=patch["skip_output"],
+                                        next_node=node.next, attempt=attempt,
+                                        step_status="skipped")
+        rest.update(attempt=attempt + 1, budget_base=attempt)
+        await self.e.set_state(run, rest, status="running")
+        return True
+
+    # parallel ---------------------------------------------------------------------------------
+    async def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+        from edge_agent.engine.parallel import run_parallel
+        return await run_parallel(self, run, wf, node)
+
+    async def run_branch(self, run: Run, bnode: NodeConfig, scope: str) -> dict[str, Any]:
+        """One parallel branch, with its own retries; its tool calls are journaled."""
+        if bnode.kind == "agent":
+            if self.e.agent_runner is None:
+                return {"ok": False, "error": "no model is loaded to run agents"}
+            ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
+            try:
+                message = (evaluate(bnode.input, run.context) if bnode.input
+                           else run.context["input"])
+                out = await self.e.in_thread(self.e.agent_runner, str(bnode.agent),
+                                             message if isinstance(message, str)
+                                             else dumps(message), ctx)
+            except Exception as exc:  # noqa: BLE001 - recorded as the branch's failure
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "output": out.output}
+        assert bnode.tool is not None
+        binding = self.e.tools.get(bnode.tool)
+        if binding is None:
+            return {"ok": False, "error": f"tool {bnode.tool!r} is not loaded"}
+        policy = bnode.retry or binding.retry
+        try:
+            args = self._args(bnode, run.context)
+        except ExpressionError as exc:
+            return {"ok": False, "error": str(exc)}
+        attempt = 0
+        while True:
+            attempt += 1
+            key = call_key(run.run_id, scope, 0, 0, attempt)
+            row = await self.e.read(lambda c, key=key, a=attempt: q.journal_get(c, key, a))
+            if row is not None and row["status"] in ("ok", "confirmed"):
+                return {"ok": True, "output": row["result"], "attempt": attempt}
+            if row is not None and row["status"] in ("intent", "unknown"):
+                if (bnode.on_unknown or binding.on_unknown) != "assume_failed":
+                    return {"ok": False, "error": f"outcome of {bnode.tool} unknown",
+                            "kind": "unknown_outcome"}
+                err, kind, retryable = "outcome unknown; assumed failed", "unknown_outcome", True
+            elif row is not None:
+                err, kind = row["error"], row["error_kind"]
+                retryable = bool((row["result"] or {}).get("retryable"))
+            else:
+                res = await self.e.in_thread(functools.partial(
+                    self.e.journal.execute, run_id=run.run_id, node=scope, key=key,
+                    attempt=attempt, name=bnode.tool, args=args, write_result=True))
+                if res.ok:
+                    return {"ok": True, "output": res.result, "attempt": attempt}
+                err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable
+                if not policy.should_retry(attempt, kind, retryable):
+                    return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
+                await asyncio.sleep(self.e.backoff(policy, attempt))
+                continue
+            if not policy.should_retry(attempt, kind or "failed", retryable):
+                return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
+
+
+__all__ = ["NodeRunner", "StepFailed"]

@@ -1,0 +1,66 @@
+"""Run and step rows as plain data, and the JSON encoding the store uses for them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED = (
+    "queued", "running", "waiting_approval", "completed", "failed", "cancelled")
+STATUSES = (QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED)
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    workflow: str
+    status: str
+    node: str | None
+    node_state: dict[str, Any]
+    visits: dict[str, int]
+    input: Any
+    context: dict[str, Any]
+    output: Any
+    error: str | None
+    origin: str
+    trace_id: str | None
+    span_id: str | None
+    cancel_requested: bool
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Run:
+        return cls(run_id=row["run_id"], workflow=row["workflow"], status=row["status"],
+                   node=row["node"], node_state=loads(row["node_state"]) or {},
+                   visits=loads(row["visits"]) or {}, input=loads(row["input"]),
+                   context=loads(row["context"]) or {}, output=loads(row["output"]),
+                   error=row["error"], origin=row["origin"], trace_id=row["trace_id"],
+                   span_id=row["span_id"], cancel_requested=bool(row["cancel_requested"]),
+                   created_at=row["created_at"], updated_at=row["updated_at"],
+                   finished_at=row["finished_at"])
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def visit(self, node: str) -> int:
+        return int(self.visits.get(node, 1))
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "workflow": self.workflow, "status": self.status,
+                "node": self.node, "created_at": self.created_at,
+                "updated_at": self.updated_at, "finished_at": self.finished_at,
+                "error": self.error}

@@ -1,0 +1,86 @@
+"""The runtime's root exception and its few subclasses.
+
+Every error carries its own retryability so callers never guess from the type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class EdgeAgentError(Exception):
+    """Root of every error raised by edge_agent."""
+
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a configuration file: where it is, what is wrong, what was found."""
+
+    path: str
+    message: str
+    value: Any = None
+    has_value: bool = True
+
+    def render(self, file: str) -> str:
+        where = f"{file}: {self.path}: " if self.path else f"{file}: "
+        got = f" (got {self.value!r})" if self.has_value else ""
+        return f"{where}{self.message}{got}"
+
+
+class ConfigError(EdgeAgentError):
+    """The configuration cannot be used; lists every problem found, not just the first."""
+
+    exit_code = 78  # EX_CONFIG: systemd must not restart-loop on it
+
+    def __init__(self, file: str, issues: list[ConfigIssue]) -> None:
+        self.file = file
+        self.issues = issues
+        super().__init__("\n".join(i.render(file) for i in issues))
+
+
+class StoreError(EdgeAgentError):
+    """The device database failed."""
+
+
+class StoreFull(StoreError):
+    """The disk or the database's page limit is full; committed data is intact."""
+
+    retryable = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: database or disk is full; committed data is intact, "
+                         "writes resume once space is freed")
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer edge-agent."""
+
+    def __init__(self, path: str, found: int, known: int) -> None:
+        self.path, self.found, self.known = path, found, known
+        super().__init__(f"{path}: schema version {found} is newer than this edge-agent "
+                         f"understands ({known}); upgrade edge-agent or restore a backup")
+
+
+class WorkflowError(EdgeAgentError):
+    """A run cannot continue as declared (bad expression result, unknown node, ...)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, node: str | None = None) -> None:
+        self.run_id, self.node = run_id, node
+        where = "".join(f"{k}={v} " for k, v in (("run", run_id), ("node", node)) if v)
+        super().__init__(f"{where}{message}".strip())
+
+
+class RunNotFound(EdgeAgentError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run {run_id!r}")
+
+
+class NoPendingApproval(EdgeAgentError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} has no pending approval")

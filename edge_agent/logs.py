@@ -1,0 +1,90 @@
+"""Structured logging: JSON lines for journald, or text for people; ids from contextvars.
+
+One filter adds device, workflow, run, agent, step, attempt and trace ids to every record.
+Libraries only call `logging.getLogger(__name__)`; the daemon and the CLI configure handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+FIELDS = ("device_id", "workflow", "run_id", "agent", "step", "attempt", "trace_id", "span_id")
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "edge_agent_log_context", default={})
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add ids to every log line emitted inside the block (and tasks started in it)."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items()
+                                                if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind(**fields: Any) -> None:
+    """Set ids for the rest of the current task or thread context."""
+    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ids = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS
+                       if getattr(record, k, None) is not None and k not in ("span_id",))
+        base = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} " \
+               f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        if ids:
+            base += f"  [{ids}]"
+        if record.exc_info:
+            base += "\n" + self.formatException(record.exc_info)
+        return base
+
+
+def setup_logging(fmt: str = "json", level: str = "INFO",
+                  levels: Mapping[str, str] | None = None, stream: Any = None) -> None:
+    """Configure the root logger once, for the daemon or the CLI."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name, lvl in (levels or {}).items():
+        logging.getLogger(name).setLevel(lvl.upper())

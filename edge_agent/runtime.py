@@ -1,0 +1,72 @@
+"""Builders the daemon and the CLI share: tools from config, the agent runner, sync status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from edge_agent.config import Config
+from edge_agent.engine.bindings import AgentRunner, ToolBinding
+from edge_agent.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_tools(cfg: Config) -> dict[str, ToolBinding]:
+    from edge_agent.tools.registry import build_tool
+    out: dict[str, ToolBinding] = {}
+    for name, tc in cfg.tools.items():
+        if tc.location == "remote" or tc.kind == "remote":
+            continue  # executed by the cloud side; not available on this device yet
+        tool = build_tool(name, tc.kind, description=tc.description, params=tc.params,
+                          result_schema=tc.result, idempotent=tc.idempotent,
+                          timeout_s=tc.timeout_s, options=tc.options, base_dir=cfg.base_dir)
+        out[name] = ToolBinding(tool, retry=tc.retry, on_unknown=tc.on_unknown)
+    return out
+
+
+def close_tools(tools: Mapping[str, ToolBinding]) -> None:
+    for binding in tools.values():
+        close = getattr(binding.tool, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - closing must not stop a shutdown
+                log.warning("closing tool %s: %s", getattr(binding.tool, "name", "?"), exc)
+
+
+def build_agent_runner(cfg: Config, tools: Mapping[str, ToolBinding]) -> AgentRunner | None:
+    if not cfg.agents:
+        return None
+    from edge_agent.agent_runtime import make_agent_runner
+    return make_agent_runner(cfg, tools)
+
+
+def build_sync(cfg: Config, daemon: Any) -> Any:
+    from edge_agent.sync_runtime import make_sync
+    return make_sync(cfg, daemon)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def outbox_streams(store: Store) -> dict[str, dict[str, Any]]:
+    from sync.outbox import Outbox
+    stats = store.read(lambda c: Outbox(c).stats())
+    return {name: {"pending": s.pending, "pending_bytes": s.pending_bytes,
+                   "oldest_pending_age_s": s.oldest_pending_age_s, "acked_seq": s.acked_seq,
+                   "last_seq": s.last_seq, "dropped": s.dropped}
+            for name, s in stats.items()}
+
+
+def sync_status(store: Store, sync: Any) -> dict[str, Any]:
+    return {"configured": sync is not None,
+            "connected": bool(sync is not None and sync.connected),
+            "broker": getattr(sync, "broker", None),
+            "last_sync": iso(getattr(sync, "last_sync", None)),
+            "streams": outbox_streams(store)}

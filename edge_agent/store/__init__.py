@@ -1,0 +1,6 @@
+"""The device database and its group-committing writer."""
+
+from edge_agent.store.db import Store
+from edge_agent.store.writer import GroupCommitter
+
+__all__ = ["GroupCommitter", "Store"]

@@ -1,0 +1,415 @@
+"""Each node kind, each join, retries, escalations, approvals, cancel — against a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
+
+from edge_agent.config.model import RetryPolicy
+from edge_agent.engine import ToolBinding, decide_approval, request_cancel
+from edge_agent.engine import queries as q
+from edge_agent.engine.graph import Workflow, tool_config
+from edge_agent.errors import ConfigError
+
+STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
+
+
+def stamp_parts() -> Any:
+    return (Workflow("stamp_parts")
+            .tool("first", "stamp", args={"part": "A"}, next="check")
+            .branch("check", [("input.count > 1", "second")], default="gate")
+            .tool("second", "stamp", args={"part": "B"}, next="gate")
+            .approval("gate", prompt="Ship it?", timeout_s=3600, next="done")
+            .end("done")
+            .build(tools={"stamp": tool_config("stamp", STAMP)}))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("count,parts", [(2, ["A", "B"]), (1, ["A"])])
+def test_branch_then_approval_then_end(db_path: Path, ledger: Path, count: int,
+                                       parts: list[str]) -> None:
+    stamp = LedgerTool("stamp", ledger)
+    h = Harness(db_path, {"stamp_parts": stamp_parts()}, {"stamp": ToolBinding(stamp)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("stamp_parts", {"count": count})
+            await h.wait(rid, "waiting_approval")
+            assert [e["args"]["part"] for e in ledger_lines(ledger)] == parts
+            decide_approval(h.writer.write, rid, approve=True, by="alice", note="ok",
+                            patch={"shipped_by": "alice"})
+            h.engine.wake(rid)
+            done = await h.wait(rid, "completed")
+            assert done.context["first"] == {"done": "stamp", "part": "A"}
+            assert done.context["shipped_by"] == "alice"
+            assert done.context["gate"]["by"] == "alice"
+            nodes = [s["node"] for s in h.steps(rid)]
+            assert nodes == ["first", "check"] + (["second"] if count > 1 else []) + \
+                ["gate", "done"]
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_every_transition_appends_an_outbox_record(db_path: Path, ledger: Path) -> None:
+    h = Harness(db_path, {"stamp_parts": stamp_parts()},
+                {"stamp": ToolBinding(LedgerTool("stamp", ledger))})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("stamp_parts", {"count": 2})
+            await h.wait(rid, "waiting_approval")
+            kinds = [r[0] for r in h.store.conn.execute(
+                "SELECT kind FROM outbox WHERE stream = 'checkpoints' ORDER BY seq")]
+            assert kinds == ["run.queued", "run.started", "step.completed", "step.completed",
+                             "step.completed"]
+            control = [r[0] for r in h.store.conn.execute(
+                "SELECT kind FROM outbox WHERE stream = 'control'")]
+            assert control == ["approval.requested"]
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_retry_until_success_records_every_attempt(db_path: Path, ledger: Path) -> None:
+    flaky = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("busy", kind="timeout",
+                                                                   retryable=True) if n < 3 else None)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=fast_retry(5))
+          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(flaky)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            await h.wait(rid, "completed")
+            steps = [(s["node"], s["attempt"], s["status"]) for s in h.steps(rid)]
+            assert steps == [("a", 1, "failed"), ("a", 2, "failed"), ("a", 3, "completed"),
+                             ("done", 1, "completed")]
+            assert len(ledger_lines(ledger)) == 1
+            retries = h.store.conn.execute(
+                "SELECT count(*) FROM outbox WHERE kind = 'step.retry'").fetchone()[0]
+            assert retries == 2
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_non_retryable_error_fails_at_once(db_path: Path, ledger: Path) -> None:
+    bad = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("jammed", kind="device_error"))
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=fast_retry(5))
+          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(bad)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            r = await h.wait(rid, "failed")
+            assert "jammed" in r.error and "device_error" in r.error
+            assert bad.calls == 1
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_retry_on_names_the_kinds_that_retry(db_path: Path, ledger: Path) -> None:
+    bad = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("garbage", kind="bad_reply")
+                     if n == 1 else None)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done",
+                             retry=fast_retry(3, retry_on=frozenset({"bad_reply"})))
+          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(bad)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            await h.wait(h.queue("w", {}), "completed")
+            assert bad.calls == 2
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_exhausted_attempts_go_to_fallback(db_path: Path, ledger: Path) -> None:
+    bad = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("gone", kind="device_gone",
+                                                                 retryable=True))
+    ok = LedgerTool("alarm", ledger)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=fast_retry(2),
+                             fallback="alarm")
+          .tool("alarm", "alarm", args_from={"part": "error.kind"}, next="done")
+          .end("done").build(tools={"stamp": tool_config("stamp", STAMP),
+                                    "alarm": tool_config("alarm")}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(bad), "alarm": ToolBinding(ok)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            r = await h.wait(h.queue("w", {}), "completed")
+            assert bad.calls == 2
+            assert r.context["error"]["attempts"] == 2
+            assert ledger_lines(ledger) == [{"tool": "alarm", "key": ledger_lines(ledger)[0]["key"],
+                                             "args": {"part": "device_gone"}}]
+        finally:
+            await h.stop()
+    run(main())
+
+
+@pytest.mark.parametrize("decision", ["retry", "skip", "reject"])
+def test_escalation_to_a_human(db_path: Path, ledger: Path, decision: str) -> None:
+    calls = {"n": 0}
+
+    def fail(n: int) -> LedgerError | None:
+        return LedgerError("stuck", kind="timeout", retryable=True) if n <= 2 else None
+    tool = LedgerTool("stamp", ledger, fail=fail)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=fast_retry(2),
+                             escalate="approval")
+          .end("done", output="a").build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            await h.wait(rid, "waiting_approval")
+            appr = h.store.read(lambda c: q.pending_approval(c, rid))
+            assert appr["kind"] == "escalation" and "2 attempt" in appr["prompt"]
+            if decision == "reject":
+                decide_approval(h.writer.write, rid, approve=False, by="bob")
+                h.engine.wake(rid)
+                r = await h.wait(rid, "failed")
+                assert "escalation rejected by bob" in r.error
+            elif decision == "skip":
+                decide_approval(h.writer.write, rid, approve=True, by="bob",
+                                patch={"skip_output": {"manual": True}})
+                h.engine.wake(rid)
+                r = await h.wait(rid, "completed")
+                assert r.output == {"manual": True}
+                assert tool.calls == 2
+            else:
+                decide_approval(h.writer.write, rid, approve=True, by="bob")
+                h.engine.wake(rid)
+                r = await h.wait(rid, "completed")
+                assert tool.calls == 3 and r.output["part"] == "A"
+            calls["n"] = tool.calls
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_approval_reject_cancels_or_routes(db_path: Path, ledger: Path) -> None:
+    wf = (Workflow("w").approval("gate", prompt="go?", next="done").end("done").build())
+    wf2 = (Workflow("w2").approval("gate", prompt="go?", next="done", on_reject="no")
+           .end("done").end("no", output="'rejected'").build())
+    h = Harness(db_path, {"w": wf, "w2": wf2}, {})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            a, b = h.queue("w", {}), h.queue("w2", {})
+            await h.wait(a, "waiting_approval")
+            await h.wait(b, "waiting_approval")
+            for rid in (a, b):
+                decide_approval(h.writer.write, rid, approve=False, by="carol", note="bad weld")
+                h.engine.wake(rid)
+            ra = await h.wait(a, "cancelled")
+            assert "rejected at gate by carol" in ra.error and "bad weld" in ra.error
+            rb = await h.wait(b, "completed")
+            assert rb.output == "rejected"
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_approval_timeout_survives_restart_with_remaining_wait(db_path: Path) -> None:
+    wf = (Workflow("w").approval("gate", prompt="go?", next="done", timeout_s=1.0,
+                                 on_timeout="approve").end("done").build())
+    h = Harness(db_path, {"w": wf}, {})
+
+    async def main() -> None:
+        await h.start()
+        rid = h.queue("w", {})
+        await h.wait(rid, "waiting_approval")
+        created = time.time()
+        await h.stop()
+        await asyncio.sleep(0.3)
+        await h.start()
+        try:
+            r = await h.wait(rid, "completed", timeout=5)
+            waited = r.finished_at - created
+            assert 0.6 < waited < 1.6, waited  # the remainder, not a fresh full second
+            assert r.context["gate"]["origin"] == "timeout"
+            assert r.context["gate"]["decision"] == "approved"
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_retry_backoff_survives_restart(db_path: Path, ledger: Path) -> None:
+    tool = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("x", kind="timeout",
+                                                                  retryable=True) if n == 1 else None)
+    policy = RetryPolicy(max_attempts=2, initial_delay_s=1.0, multiplier=1, jitter=0.0)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=policy)
+          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
+
+    async def main() -> None:
+        await h.start()
+        rid = h.queue("w", {})
+        deadline = time.time() + 5
+        while tool.calls < 1 and time.time() < deadline:
+            await asyncio.sleep(0.01)
+        failed_at = time.time()
+        await asyncio.sleep(0.1)
+        await h.stop()
+        state = Harness(db_path, {}, {})
+        await state.start()
+        run_row = state.store.read(lambda c: q.get_run(c, rid))
+        assert run_row.node_state["attempt"] == 2 and run_row.node_state["retry_at"] > failed_at
+        await state.stop()
+        await h.start()
+        try:
+            r = await h.wait(rid, "completed")
+            assert r.finished_at - failed_at < 1.9  # waited the rest, not a new full delay
+            assert r.finished_at - failed_at > 0.8
+        finally:
+            await h.stop()
+    run(main())
+
+
+@pytest.mark.parametrize("join,quorum,expect_status,succeeded", [
+    ("all", None, "failed", None),
+    ("any", None, "completed", None),
+    ("first_success", None, "completed", ["fast"]),
+    ("quorum", 2, "completed", None),
+])
+def test_parallel_joins(db_path: Path, ledger: Path, join: str, quorum: int | None,
+                        expect_status: str, succeeded: list[str] | None) -> None:
+    tools = {
+        "fast": LedgerTool("fast", ledger, delay_s=0.01),
+        "medium": LedgerTool("medium", ledger, delay_s=0.2),
+        "slow": LedgerTool("slow", ledger, delay_s=1.0),
+        "broken": LedgerTool("broken", ledger, delay_s=0.05,
+                             fail=lambda n: LedgerError("nope", kind="device_error")),
+    }
+    wf = (Workflow("w")
+          .parallel("p", ["fast", "medium", "slow", "broken"], join=join, quorum=quorum,
+                    next="done")
+          .tool("fast", "fast").tool("medium", "medium").tool("slow", "slow")
+          .tool("broken", "broken")
+          .end("done", output="p")
+          .build(tools={n: tool_config(n) for n in tools}))
+    h = Harness(db_path, {"w": wf}, {n: ToolBinding(t) for n, t in tools.items()})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            r = await h.wait(rid, expect_status)
+            steps = {s["node"]: s["status"] for s in h.steps(rid)}
+            if expect_status == "failed":
+                assert "broken" in r.error
+                assert steps["slow"] == "cancelled"
+            else:
+                if succeeded:
+                    assert r.output["succeeded"] == succeeded
+                assert steps["slow"] == "cancelled"
+                assert "slow" not in r.context  # a cancelled branch leaves no result
+                assert r.context["fast"]["done"] == "fast"
+            if join == "quorum":
+                assert sorted(r.output["succeeded"]) == ["fast", "medium"]
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_cancel_a_waiting_run(db_path: Path) -> None:
+    wf = Workflow("w").approval("gate", prompt="go?", next="done").end("done").build()
+    h = Harness(db_path, {"w": wf}, {})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            await h.wait(rid, "waiting_approval")
+            request_cancel(h.writer.write, rid)
+            h.engine.wake(rid)
+            await h.wait(rid, "cancelled")
+            assert h.store.read(lambda c: q.pending_approval(c, rid)) is None
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_wake_from_outside_the_process_sees_new_runs(db_path: Path, ledger: Path) -> None:
+    """The CLI writes the database; the engine's wake(None) picks it up."""
+    from edge_agent.engine import queue_run
+    from edge_agent.store import Store
+    wf = Workflow("w").tool("a", "stamp", args={"part": "Z"}, next="done").end("done").build(
+        tools={"stamp": tool_config("stamp", STAMP)})
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(LedgerTool("stamp", ledger))})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            other = Store(db_path)
+            rid = queue_run(other.write, workflow="w", input={}, workflows={"w": wf})
+            other.close()
+            h.engine.wake(None)
+            await h.wait(rid, "completed")
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_cycle_bound_and_runtime_expression_error(db_path: Path, ledger: Path) -> None:
+    loop = (Workflow("loop").tool("a", "stamp", args={"part": "A"}, next="again", max_visits=3)
+            .branch("again", [("true", "a")], default="done").end("done")
+            .build(tools={"stamp": tool_config("stamp", STAMP)}))
+    bad = (Workflow("bad").branch("b", [("input.missing > 1", "done")], default="done")
+           .end("done").build())
+    tool = LedgerTool("stamp", ledger)
+    h = Harness(db_path, {"loop": loop, "bad": bad}, {"stamp": ToolBinding(tool)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            r = await h.wait(h.queue("loop", {}), "failed")
+            assert "max_visits=3" in r.error and tool.calls == 3
+            r = await h.wait(h.queue("bad", {}), "failed")
+            assert "input.missing" in r.error
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_graph_validation_errors() -> None:
+    tools = {"stamp": tool_config("stamp", STAMP)}
+    cases = [
+        (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="nowhere").end("done"),
+         "names no node"),
+        (Workflow("w").tool("a", "stamp", args={"part": 3}, next="done").end("done"),
+         "do not match the parameters"),
+        (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done"), "has no end node"),
+        (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="b")
+         .branch("b", [("true", "a")], default="done").end("done"), "cycle without a bound"),
+        (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done").end("done")
+         .end("orphan"), "unreachable"),
+        (Workflow("w").branch("b", [("input.count >", "done")], default="done").end("done"),
+         "invalid expression"),
+        (Workflow("w").tool("a", "nosuch", next="done").end("done"), "names no [tools.*]"),
+    ]
+    for builder, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            builder.build(tools=tools)
+        assert expected in str(info.value), (expected, str(info.value))
