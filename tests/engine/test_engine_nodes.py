@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
+from support.engine import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
 
 from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import ToolBinding, decide_approval, request_cancel

@@ -1,0 +1,110 @@
+"""`tools`, `conflicts`, `model`, `install-service`: commands over the other rooms."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from edge_agent.cli.context import CliError, Context
+from edge_agent.cli.render import table
+
+
+def dispatch(ctx: Context, args: argparse.Namespace) -> int:
+    handler = {"tools": cmd_tools, "conflicts": cmd_conflicts, "model": cmd_model,
+               "install-service": cmd_install_service}[args.command]
+    return handler(ctx, args)
+
+
+def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
+    cfg = ctx.config
+    if args.tools_command == "list":
+        rows = [{"name": t.name, "kind": t.kind, "idempotent": t.idempotent,
+                 "location": t.location, "timeout_s": t.timeout_s,
+                 "description": t.description, "params": dict(t.params)}
+                for t in cfg.tools.values()]
+        ctx.out({"tools": rows}, table(
+            ["name", "kind", "idempotent", "location", "description"],
+            [[r["name"], r["kind"], r["idempotent"], r["location"], r["description"][:50]]
+             for r in rows]))
+        return 0
+    import jsonschema
+    if args.name not in cfg.tools:
+        raise CliError(f"no tool {args.name!r} (declared: {', '.join(sorted(cfg.tools))})", 1)
+    try:
+        call_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--args: not valid JSON ({exc.msg})", 64) from None
+    tc = cfg.tools[args.name]
+    try:
+        jsonschema.validate(call_args, dict(tc.params))
+    except jsonschema.ValidationError as exc:
+        raise CliError(f"--args do not match {args.name}'s parameters: {exc.message}", 65) \
+            from None
+    if args.dry_run:
+        ctx.out({"tool": args.name, "args": call_args, "valid": True, "dry_run": True},
+                f"{args.name}: arguments valid (dry run, nothing touched)")
+        return 0
+    from edge_agent.runtime import build_tools, close_tools
+    tools = build_tools(cfg)
+    try:
+        result = tools[args.name].tool.call(call_args, idempotency_key="cli-" + args.name)
+    except Exception as exc:  # noqa: BLE001 - reported as a tool failure
+        data: dict[str, Any] = {"tool": args.name, "ok": False, "error": str(exc),
+                                "kind": getattr(exc, "kind", None),
+                                "retryable": getattr(exc, "retryable", None)}
+        ctx.out(data, f"{args.name} failed ({data['kind']}): {exc}")
+        return 1
+    finally:
+        close_tools(tools)
+    ctx.out({"tool": args.name, "ok": True, "result": result}, json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_conflicts(ctx: Context, args: argparse.Namespace) -> int:
+    from edge_agent.replication import list_conflicts, resolve_conflict
+    if args.rest:
+        if args.rest[0] != "resolve" or len(args.rest) != 2:
+            raise CliError("usage: edge-agent conflicts resolve KEY --take VERSION|--value JSON",
+                           64)
+        if (args.take is None) == (args.value is None):
+            raise CliError("give exactly one of --take VERSION or --value JSON", 64)
+        value = None
+        if args.value is not None:
+            try:
+                value = json.loads(args.value)
+            except json.JSONDecodeError as exc:
+                raise CliError(f"--value: not valid JSON ({exc.msg})", 64) from None
+        store = ctx.store(write=True)
+        try:
+            result = resolve_conflict(store, ctx.config, args.rest[1], take=args.take,
+                                      value=value)
+        finally:
+            store.close()
+        ctx.daemon("sync_now")
+        ctx.out(result, f"resolved {args.rest[1]}")
+        return 0
+    store = ctx.store()
+    try:
+        rows = list_conflicts(store)
+    finally:
+        store.close()
+    ctx.out({"conflicts": rows}, table(
+        ["key", "collection", "versions"],
+        [[r["key"], r["collection"], ", ".join(v["version"] for v in r["siblings"])]
+         for r in rows]))
+    return 0
+
+
+def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
+    from edge_agent.inference.testmodel import make_test_model
+    path = make_test_model(args.path)
+    ctx.out({"path": str(path)}, f"wrote test model {path}")
+    return 0
+
+
+def cmd_install_service(ctx: Context, args: argparse.Namespace) -> int:
+    from edge_agent.install import install_service
+    steps = install_service(root=args.root, reload=not args.no_reload)
+    ctx.out({"installed": steps}, "\n".join(steps))
+    return 0

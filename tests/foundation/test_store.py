@@ -1,0 +1,168 @@
+"""The device database: pragmas, nesting, migrations, full disk, two processes, group commit."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import SchemaTooNew, StoreError, StoreFull
+from edge_agent.store import GroupCommitter, Store
+
+MIGRATIONS = [(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]),
+              (2, ["ALTER TABLE t ADD COLUMN w TEXT"])]
+
+
+def test_pragmas_and_schema(tmp_path: Path) -> None:
+    s = Store(tmp_path / "a.db")
+    try:
+        c = s.conn
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert c.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert c.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"runs", "steps", "tool_calls", "approvals", "timers", "outbox"} <= tables
+    finally:
+        s.close()
+    s = Store(tmp_path / "b.db", synchronous="NORMAL")
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    s.close()
+
+
+def test_atomic_nests_with_savepoints(tmp_path: Path) -> None:
+    s = Store(tmp_path / "a.db", migrations=MIGRATIONS)
+    with s.atomic() as c:
+        c.execute("INSERT INTO t (v) VALUES ('outer')")
+        with pytest.raises(RuntimeError):
+            with s.atomic() as c2:
+                c2.execute("INSERT INTO t (v) VALUES ('inner')")
+                raise RuntimeError("boom")
+        with s.atomic() as c3:
+            c3.execute("INSERT INTO t (v) VALUES ('inner2')")
+    assert [r[0] for r in s.conn.execute("SELECT v FROM t ORDER BY id")] == ["outer", "inner2"]
+    with pytest.raises(ValueError):
+        with s.atomic() as c:
+            c.execute("INSERT INTO t (v) VALUES ('lost')")
+            raise ValueError
+    assert s.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    s.close()
+
+
+def test_migrations_apply_once_and_refuse_newer(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    Store(path, migrations=MIGRATIONS[:1]).close()
+    s = Store(path, migrations=MIGRATIONS)
+    assert s.conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+    s.conn.execute("INSERT INTO t (v, w) VALUES ('x', 'y')")  # column from migration 2
+    s.close()
+    Store(path, migrations=MIGRATIONS).close()  # idempotent
+    with pytest.raises(SchemaTooNew, match="schema version 2 is newer"):
+        Store(path, migrations=MIGRATIONS[:1])
+    with pytest.raises(SchemaTooNew):
+        Store(path, migrations=MIGRATIONS[:1], readonly=True)
+
+
+def test_failed_migration_leaves_nothing_half_done(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    Store(path, migrations=MIGRATIONS[:1]).close()
+    broken = MIGRATIONS[:1] + [(2, ["ALTER TABLE t ADD COLUMN w TEXT", "SYNTAX ERROR HERE"])]
+    with pytest.raises(StoreError):
+        Store(path, migrations=broken)
+    s = Store(path, migrations=MIGRATIONS)  # the good migration 2 still applies cleanly
+    assert s.conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+    s.close()
+
+
+def test_full_database_is_a_typed_error_and_recovers(tmp_path: Path) -> None:
+    s = Store(tmp_path / "full.db", migrations=MIGRATIONS)
+    s.write(lambda c: c.execute("INSERT INTO t (v) VALUES ('kept')"))
+    pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+    s.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(StoreFull) as info:
+        for _ in range(1000):
+            s.write(lambda c: c.execute("INSERT INTO t (v) VALUES (?)", ("x" * 4000,)))
+    assert info.value.retryable and "full" in str(info.value)
+    assert s.conn.execute("SELECT v FROM t WHERE id = 1").fetchone()[0] == "kept"
+    assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    s.conn.execute("PRAGMA max_page_count = 1000000")
+    s.write(lambda c: c.execute("INSERT INTO t (v) VALUES ('again')"))
+    s.close()
+
+
+def test_group_commit_shares_commits_and_isolates_failures(tmp_path: Path) -> None:
+    s = Store(tmp_path / "g.db", migrations=MIGRATIONS)
+    w = GroupCommitter(s)
+    try:
+        def bad(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO t (v) VALUES ('bad')")
+            raise KeyError("nope")
+        futures = [w.submit(lambda c, i=i: c.execute("INSERT INTO t (v) VALUES (?)", (str(i),)))
+                   for i in range(500)]
+        failing = w.submit(bad)
+        for f in futures:
+            f.result(timeout=10)
+        with pytest.raises(KeyError):
+            failing.result(timeout=10)
+        assert s.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 500
+        assert s.conn.execute("SELECT count(*) FROM t WHERE v = 'bad'").fetchone()[0] == 0
+        assert w.commits < w.writes  # batches really formed
+    finally:
+        w.shutdown()
+        s.close()
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from edge_agent.store import Store
+    s = Store(sys.argv[1], migrations=[(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])])
+    end = time.time() + float(sys.argv[2])
+    n = 0
+    while time.time() < end:
+        with s.atomic() as c:
+            c.execute("INSERT INTO t (v) VALUES (?)", (sys.argv[3],))
+            c.execute("SELECT count(*) FROM t").fetchone()
+        n += 1
+    print(n)
+""")
+
+
+def test_two_processes_never_see_database_is_locked(tmp_path: Path) -> None:
+    path = tmp_path / "two.db"
+    Store(path, migrations=MIGRATIONS[:1]).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), "3", name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("daemon", "cli")]
+    reads = 0
+    errors: list[str] = []
+
+    def reader() -> None:
+        nonlocal reads
+        s = Store(path, migrations=MIGRATIONS[:1], readonly=True)
+        try:
+            while any(p.poll() is None for p in procs):
+                s.conn.execute("SELECT count(*) FROM t").fetchone()
+                reads += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append(str(exc))
+        finally:
+            s.close()
+    t = threading.Thread(target=reader)
+    t.start()
+    outs = [p.communicate(timeout=60) for p in procs]
+    t.join()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "locked" not in err
+        assert int(out) > 10
+    assert not errors and reads > 10
+    s = Store(path, migrations=MIGRATIONS[:1])
+    total = s.conn.execute("SELECT count(*) FROM t").fetchone()[0]
+    assert total == sum(int(o) for o, _ in outs)
+    s.close()

@@ -1,0 +1,136 @@
+"""Engine fixtures: a real SQLite file per test, tools that write a device-side ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config.model import RetryPolicy
+from edge_agent.engine import Engine, ToolBinding
+from edge_agent.engine import queries as q
+from edge_agent.store import GroupCommitter, Store
+
+
+class LedgerError(Exception):
+    def __init__(self, message: str, *, kind: str = "failed", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+
+
+class LedgerTool:
+    """Appends each execution to a file, as a device would remember what it did."""
+
+    def __init__(self, name: str, ledger: Path, *, idempotent: bool = False,
+                 fail: Callable[[int], LedgerError | None] | None = None,
+                 delay_s: float = 0.0, result: Callable[[Mapping[str, Any]], dict] | None = None
+                 ) -> None:
+        self.name = name
+        self.ledger = ledger
+        self.idempotent = idempotent
+        self.fail = fail
+        self.delay_s = delay_s
+        self.result = result
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def call(self, args: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        with self._lock:
+            self.calls += 1
+            n = self.calls
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        err = self.fail(n) if self.fail else None
+        if err is not None:
+            raise err
+        with open(self.ledger, "a") as f:
+            f.write(json.dumps({"tool": self.name, "key": idempotency_key, "args": dict(args)})
+                    + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return self.result(args) if self.result else {"done": self.name, **dict(args)}
+
+
+def ledger_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "edge-agent.db"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.jsonl"
+
+
+class Harness:
+    """Starts an engine over a store, and waits for runs to settle."""
+
+    def __init__(self, db_path: Path, workflows: Mapping[str, Any],
+                 tools: Mapping[str, ToolBinding], agent_runner: Any = None) -> None:
+        self.db_path = db_path
+        self.workflows = workflows
+        self.tools = tools
+        self.agent_runner = agent_runner
+        self.store: Store | None = None
+        self.writer: GroupCommitter | None = None
+        self.engine: Engine | None = None
+
+    async def start(self) -> Engine:
+        self.store = Store(self.db_path)
+        self.writer = GroupCommitter(self.store)
+        self.engine = Engine(store=self.store, writer=self.writer, workflows=self.workflows,
+                             tools=self.tools, agent_runner=self.agent_runner)
+        await self.engine.start()
+        return self.engine
+
+    async def stop(self) -> None:
+        if self.engine:
+            await self.engine.shutdown(timeout=5)
+        if self.writer:
+            self.writer.shutdown()
+        if self.store:
+            self.store.close()
+        self.engine = self.writer = self.store = None
+
+    def queue(self, workflow: str, input: Any) -> str:
+        from edge_agent.engine import queue_run
+        assert self.writer is not None
+        run_id = queue_run(self.writer.write, workflow=workflow, input=input,
+                           workflows=self.workflows)
+        assert self.engine is not None
+        self.engine.wake(run_id)
+        return run_id
+
+    async def wait(self, run_id: str, *statuses: str, timeout: float = 10.0) -> Any:
+        assert self.store is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.store.read(lambda c: q.get_run(c, run_id))
+            if run is not None and run.status in statuses:
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} is {run.status if run else None}, "
+                                     f"wanted {statuses}")
+            await asyncio.sleep(0.01)
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return self.store.read(lambda c: q.steps(c, run_id))
+
+
+def fast_retry(n: int = 3, **kw: Any) -> RetryPolicy:
+    return RetryPolicy(max_attempts=n, initial_delay_s=kw.pop("initial_delay_s", 0.01),
+                       multiplier=1.0, max_delay_s=1.0, jitter=0.0, **kw)
