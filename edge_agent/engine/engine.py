@@ -1,21 +1,26 @@
 """The durable workflow engine: drives runs node by node, one transaction per transition.
 
-One asyncio task per active run; blocking work (tools, agents) runs in a thread pool; every
-write goes through the group-committing writer. A run waiting for a human costs nothing: its
-task ends and a decision (from any process) wakes it again.
+The event loop owns scheduling: which runs to drive, timers, wake-ups, shutdown. Driving a
+run is blocking work (SQLite, tools, models), so a worker thread takes an active run through
+as many nodes as it can without waiting, committing each transition through the shared
+group-committing writer. When a run must wait (a retry backoff, a human) the thread hands it
+back to the loop, which holds nothing for it but a timer: a waiting run costs no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import contextvars
 import heapq
 import logging
 import random
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
@@ -24,10 +29,14 @@ from edge_agent.engine.bindings import AgentRunner, ToolBinding
 from edge_agent.engine.control import emit
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
+from edge_agent.logs import log_context
 from edge_agent.store import GroupCommitter, Store
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
+# What a node handler returns: True = go on, False = stop (finished or waiting for a human),
+# a float = sleep until that time (durable: the due time is already committed).
+Next = bool | float
 
 
 class Engine:
@@ -37,7 +46,7 @@ class Engine:
                  workflows: Mapping[str, WorkflowConfig], tools: Mapping[str, ToolBinding],
                  agent_runner: AgentRunner | None = None, notify: Callable[[], None] | None = None,
                  outbox_limits: Mapping[str, int] | None = None, max_workers: int = 32,
-                 clock: Callable[[], float] = time.time,
+                 device_id: str | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.store = store
         self.writer = writer
@@ -46,17 +55,23 @@ class Engine:
         self.agent_runner = agent_runner
         self.notify = notify or (lambda: None)
         self.outbox_limits = outbox_limits
+        self.device_id = device_id
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
-        self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="step")
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="run")
+        self.branch_pool = ThreadPoolExecutor(max_workers=max_workers,
+                                              thread_name_prefix="branch")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._driving: dict[str, Future[Any]] = {}
         self._again: set[str] = set()
-        self._wakeups: dict[str, asyncio.Event] = {}
+        self._sleepers: dict[str, asyncio.TimerHandle] = {}
+        self._fresh: dict[str, Run] = {}
         self._timeouts: list[tuple[float, int, str]] = []
-        self._timer_changed = asyncio.Event()
+        self._timer_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._accepting = False
+        self.stopping = threading.Event()
         self._listeners: list[Callable[[str], None]] = []
         from edge_agent.engine.nodes import NodeRunner
         self.nodes = NodeRunner(self)
@@ -71,125 +86,151 @@ class Engine:
 
     async def start(self) -> None:
         """Recover: every unfinished run resumes from its last checkpoint."""
+        self._loop = asyncio.get_running_loop()
+        self._timer_changed = asyncio.Event()
         self._accepting = True
-        for at, approval_id in await self.read(q.due_approval_timeouts):
-            run_id = (await self.read(lambda c: q.get_approval(c, approval_id)) or {}).get("run_id")
-            if run_id:
-                heapq.heappush(self._timeouts, (at, approval_id, run_id))
-        self._timer_task = asyncio.create_task(self._timer_loop(), name="approval-timeouts")
-        for run_id in await self.read(q.unfinished_run_ids):
+        self.stopping.clear()
+        for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
+            heapq.heappush(self._timeouts, (at, approval_id, run_id))
+        self._timer_task = self._loop.create_task(self._timer_loop(), name="approval-timeouts")
+        for run_id in await self._in_pool(lambda: self.store.read(q.unfinished_run_ids)):
             self.wake(run_id)
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking work, let in-flight steps reach their checkpoint, then stop."""
-        if not self._accepting and not self._tasks:
+        if not self._accepting:
             return
         self._accepting = False
-        for ev in self._wakeups.values():
-            ev.set()
+        self.stopping.set()
+        for handle in self._sleepers.values():
+            handle.cancel()
+        self._sleepers.clear()
         if self._timer_task:
             self._timer_task.cancel()
-        tasks = [t for t in self._tasks.values() if not t.done()]
-        if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
-            for t in pending:
-                t.cancel()
+        futures = [asyncio.wrap_future(f) for f in self._driving.values() if not f.done()]
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=timeout)
             if pending:
-                await asyncio.wait(pending, timeout=1.0)
+                log.warning("%d runs did not reach a checkpoint within %.0fs; they resume from "
+                            "their last one at the next start", len(pending), timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.branch_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def active(self) -> int:
-        return sum(1 for t in self._tasks.values() if not t.done())
+        return sum(1 for f in self._driving.values() if not f.done())
 
     def on_change(self, listener: Callable[[str], None]) -> None:
-        """Called with a run id after each committed transition (for tests and status)."""
+        """Called (from a worker thread) with a run id after each committed transition."""
         self._listeners.append(listener)
 
-    # I/O helpers ------------------------------------------------------------------------------
-    async def write(self, fn: Tx) -> Any:
-        result = await asyncio.wrap_future(self.writer.submit(fn))
-        self.notify()
-        return result
+    async def _in_pool(self, fn: Callable[[], Any]) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self.pool, contextvars.copy_context().run, fn)
 
-    async def read(self, fn: Tx) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, lambda: self.store.read(fn))
+    def _pending_timeouts(self) -> list[tuple[float, int, str]]:
+        rows = self.store.read(q.due_approval_timeouts)
+        out = []
+        for at, approval_id in rows:
+            appr = self.store.read(lambda c, a=approval_id: q.get_approval(c, a))
+            if appr:
+                out.append((at, approval_id, appr["run_id"]))
+        return out
 
-    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    def emit(self, conn: sqlite3.Connection, stream: str, kind: str,
-             payload: Mapping[str, Any]) -> None:
-        emit(conn, stream, kind, payload, self.outbox_limits)
-
-    # waking and driving -----------------------------------------------------------------------
+    # waking and driving (loop side) -----------------------------------------------------------
     def wake(self, run_id: str | None = None) -> None:
-        """Make the engine look at a run (or, with None, at everything changed from outside)."""
-        if not self._accepting:
+        """Make the engine look at a run (or, with None, at everything changed from outside).
+        Call from the event loop thread."""
+        if not self._accepting or self._loop is None:
             return
         if run_id is None:
-            asyncio.get_running_loop().create_task(self._wake_changed())
+            self._loop.create_task(self._wake_changed())
             return
-        ev = self._wakeups.get(run_id)
-        if ev is not None:
-            ev.set()
-        task = self._tasks.get(run_id)
-        if task is not None and not task.done():
+        sleeper = self._sleepers.pop(run_id, None)
+        if sleeper is not None:
+            sleeper.cancel()
+        current = self._driving.get(run_id)
+        if current is not None and not current.done():
             self._again.add(run_id)
             return
-        self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id),
-                                                                     name=f"run-{run_id}")
+        fut = self.pool.submit(contextvars.copy_context().run, self._drive, run_id)
+        self._driving[run_id] = fut
+        loop = self._loop
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._driven, run_id, f))
+
+    def _driven(self, run_id: str, fut: Future[Any]) -> None:
+        if self._driving.get(run_id) is fut:
+            del self._driving[run_id]
+        try:
+            outcome = fut.result()
+        except BaseException as exc:  # noqa: BLE001 - logged in _drive already
+            outcome = None
+            log.debug("driving %s ended with %r", run_id, exc)
+        if not self._accepting or self._loop is None:
+            return
+        if run_id in self._again:
+            self._again.discard(run_id)
+            self.wake(run_id)
+        elif isinstance(outcome, float):
+            delay = max(0.0, outcome - self.clock())
+            self._sleepers[run_id] = self._loop.call_later(delay, self._wake_sleeper, run_id)
+
+    def _wake_sleeper(self, run_id: str) -> None:
+        self._sleepers.pop(run_id, None)
+        self.wake(run_id)
+
+    async def settle(self, run_id: str) -> None:
+        """Wake a run and wait until it finishes, waits for a human, or sleeps."""
+        self.wake(run_id)
+        while (f := self._driving.get(run_id)) is not None and not f.done():
+            await asyncio.wrap_future(f)
+            await asyncio.sleep(0)  # let _driven run
 
     async def _wake_changed(self) -> None:
-        for run_id in await self.read(q.runs_to_wake):
+        for run_id in await self._in_pool(lambda: self.store.read(q.runs_to_wake)):
             self.wake(run_id)
-        for at, approval_id in await self.read(q.due_approval_timeouts):
-            if not any(a == approval_id for _, a, _ in self._timeouts):
-                appr = await self.read(lambda c: q.get_approval(c, approval_id))
-                if appr:
-                    self.schedule_timeout(at, approval_id, appr["run_id"])
+        known = {a for _, a, _ in self._timeouts}
+        for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
+            if approval_id not in known:
+                self.schedule_timeout(at, approval_id, run_id)
 
-    async def _drive(self, run_id: str) -> None:
+    # driving (worker thread side) -------------------------------------------------------------
+    def _drive(self, run_id: str) -> Any:
         try:
-            while self._accepting:
-                self._again.discard(run_id)
-                if not await self.step(run_id):
-                    if run_id in self._again and self._accepting:
-                        continue
-                    return
-        except asyncio.CancelledError:
-            raise
+            with log_context(run_id=run_id, device_id=self.device_id):
+                while not self.stopping.is_set():
+                    outcome = self.step(run_id)
+                    if outcome is not True:
+                        return outcome
         except Exception as exc:  # noqa: BLE001 - a bug must fail one run, not the daemon
             log.exception("run %s failed inside the engine", run_id)
-            await self.finish(run_id, FAILED, error=f"engine error: {exc}")
-        finally:
-            if self._tasks.get(run_id) is asyncio.current_task():
-                del self._tasks[run_id]
-            self._wakeups.pop(run_id, None)
+            self.finish(run_id, FAILED, error=f"engine error: {exc}")
+        return None
 
-    async def step(self, run_id: str) -> bool:
-        """Advance a run by one node. False when it waits or is finished."""
-        run: Run | None = await self.read(lambda c: q.get_run(c, run_id))
+    def step(self, run_id: str) -> Next:
+        """Advance a run by one node."""
+        fresh = self._fresh.pop(run_id, None)
+        run = fresh if fresh is not None and run_id not in self._again else \
+            self.store.read(lambda c: q.get_run(c, run_id))
         if run is None or run.finished:
             return False
         wf = self.workflows.get(run.workflow)
         if wf is None:
-            await self.finish(run_id, FAILED, error=f"workflow {run.workflow!r} is not loaded")
+            self.finish(run_id, FAILED, error=f"workflow {run.workflow!r} is not loaded")
             return False
         if run.cancel_requested:
-            await self.finish(run_id, CANCELLED, error="cancelled on request")
+            self.finish(run_id, CANCELLED, error="cancelled on request")
             return False
         if run.status == QUEUED or run.node is None:
-            await self.write(lambda c: self._begin(c, run, wf))
+            self.write(lambda c: self._begin(c, run, wf))
             return True
         node = wf.nodes.get(run.node)
         if node is None:
-            await self.finish(run_id, FAILED, error=f"node {run.node!r} is not in workflow "
-                              f"{wf.name!r} any more")
+            self.finish(run_id, FAILED, error=f"node {run.node!r} is not in workflow "
+                        f"{wf.name!r} any more")
             return False
-        result: bool = await self.nodes.run(run, wf, node)
-        return result
+        with log_context(workflow=run.workflow, step=node.name, trace_id=run.trace_id):
+            return self.nodes.run(run, wf, node)
 
     def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig) -> None:
         now = self.clock()
@@ -197,12 +238,32 @@ class Engine:
                      visits={wf.start: 1}, node_state={}, span_id=secrets.token_hex(8))
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
                                                        "node": wf.start, "ts": now})
+        self._remember(conn, run.run_id)
+
+    # I/O helpers (worker threads) -------------------------------------------------------------
+    def write(self, fn: Tx) -> Any:
+        result = self.writer.write(fn)
+        self.notify()
+        return result
+
+    def read(self, fn: Tx) -> Any:
+        return self.store.read(fn)
+
+    def emit(self, conn: sqlite3.Connection, stream: str, kind: str,
+             payload: Mapping[str, Any]) -> None:
+        emit(conn, stream, kind, payload, self.outbox_limits)
+
+    def _remember(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Keep the row just written, so the next step needs no read."""
+        run = q.get_run(conn, run_id)
+        if run is not None:
+            self._fresh[run_id] = run
 
     # transitions ------------------------------------------------------------------------------
-    async def advance(self, run: Run, node: NodeConfig, *, output: Any, next_node: str | None,
-                      attempt: int = 1, started_at: float | None = None,
-                      extra: Tx | None = None, patch: Mapping[str, Any] | None = None,
-                      step_status: str = "completed", store_output: bool = True) -> bool:
+    def advance(self, run: Run, node: NodeConfig, *, output: Any, next_node: str | None,
+                attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
+                patch: Mapping[str, Any] | None = None, step_status: str = "completed",
+                store_output: bool = True) -> bool:
         """Commit a finished node and move on: one transaction, one outbox record."""
         wf = self.workflows[run.workflow]
 
@@ -242,13 +303,18 @@ class Engine:
                          context=context, visits=visits)
             record["next"] = next_node
             self.emit(conn, "checkpoints", "step.completed", record)
+            # the row as just written, so the next step needs no read; a wake from outside
+            # (cancel, decision) makes the next step read the database instead
+            self._fresh[run.run_id] = dataclasses.replace(
+                run, status=RUNNING, node=next_node, node_state={}, context=context,
+                visits=visits, updated_at=now)
             return True
-        cont: bool = await self.write(tx)
+        cont: bool = self.write(tx)
         self._changed(run.run_id)
         return cont
 
-    async def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
-                        status: str | None = None) -> None:
+    def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
+                  status: str | None = None) -> None:
         def tx(conn: sqlite3.Connection) -> None:
             if extra is not None:
                 extra(conn)
@@ -256,11 +322,12 @@ class Engine:
             if status:
                 fields["status"] = status
             q.update_run(conn, run.run_id, self.clock(), **fields)
-        await self.write(tx)
+            self._remember(conn, run.run_id)
+        self.write(tx)
         self._changed(run.run_id)
 
-    async def finish(self, run_id: str, status: str, *, error: str | None = None,
-                     output: Any = None, extra: Tx | None = None) -> None:
+    def finish(self, run_id: str, status: str, *, error: str | None = None, output: Any = None,
+               extra: Tx | None = None) -> None:
         def tx(conn: sqlite3.Connection) -> None:
             if extra is not None:
                 extra(conn)
@@ -276,33 +343,29 @@ class Engine:
             self.emit(conn, "checkpoints", "run.finished", {
                 "run_id": run_id, "workflow": run.workflow, "node": run.node,
                 "run_status": status, "error": error, "ts": now})
-        await self.write(tx)
+        self._fresh.pop(run_id, None)
+        self.write(tx)
+        if status == FAILED:
+            log.warning("run %s failed: %s", run_id, error)
         self._changed(run_id)
 
     def _changed(self, run_id: str) -> None:
         for listener in self._listeners:
             listener(run_id)
 
-    # waiting ----------------------------------------------------------------------------------
-    async def sleep_until(self, run_id: str, due: float) -> bool:
-        """Durable wait: the due time is committed, so a restart waits only the remainder.
-        False if woken early (cancel, shutdown)."""
-        remaining = due - self.clock()
-        if remaining <= 0:
-            return True
-        ev = self._wakeups.setdefault(run_id, asyncio.Event())
-        ev.clear()
-        try:
-            await asyncio.wait_for(ev.wait(), remaining)
-        except TimeoutError:
-            return True
-        return False
-
+    # approval timeouts (loop side) ------------------------------------------------------------
     def schedule_timeout(self, at: float, approval_id: int, run_id: str) -> None:
+        """Thread-safe: called by worker threads when they open an approval with a timeout."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._push_timeout, at, approval_id, run_id)
+
+    def _push_timeout(self, at: float, approval_id: int, run_id: str) -> None:
         heapq.heappush(self._timeouts, (at, approval_id, run_id))
-        self._timer_changed.set()
+        if self._timer_changed is not None:
+            self._timer_changed.set()
 
     async def _timer_loop(self) -> None:
+        assert self._timer_changed is not None
         while True:
             self._timer_changed.clear()
             delay = self._timeouts[0][0] - self.clock() if self._timeouts else 3600.0
@@ -314,7 +377,7 @@ class Engine:
                 continue
             at, approval_id, run_id = heapq.heappop(self._timeouts)
             try:
-                await self.nodes.approval_timed_out(approval_id)
+                await self._in_pool(lambda a=approval_id: self.nodes.approval_timed_out(a))
             except Exception:  # noqa: BLE001 - keep the timer loop alive
                 log.exception("approval %s timeout handling failed", approval_id)
             self.wake(run_id)

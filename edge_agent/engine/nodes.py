@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sqlite3
@@ -36,17 +35,17 @@ class NodeRunner:
     def __init__(self, engine: Engine) -> None:
         self.e = engine
 
-    async def run(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def run(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
         handler = getattr(self, f"_{node.kind}")
-        result: bool = await handler(run, wf, node)
+        result: bool | float = handler(run, wf, node)
         return result
 
     # tool -------------------------------------------------------------------------------------
-    async def _tool(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def _tool(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
         assert node.tool is not None
         binding = self.e.tools.get(node.tool)
         if binding is None:
-            await self.e.finish(run.run_id, FAILED, error=f"tool {node.tool!r} is not loaded")
+            self.e.finish(run.run_id, FAILED, error=f"tool {node.tool!r} is not loaded")
             return False
         policy = node.retry or binding.retry
         state = dict(run.node_state)
@@ -54,32 +53,33 @@ class NodeRunner:
         scope = f"{node.name}#{run.visit(node.name)}"
         key = call_key(run.run_id, scope, 0, 0, attempt)
         if "approval_id" in state:
-            return await self._decided(run, node, state, policy)
-        if state.get("retry_at") and not await self.e.sleep_until(run.run_id, state["retry_at"]):
-            return True  # woken early: re-read the run (cancel, shutdown)
+            return self._decided(run, node, state, policy)
+        if state.get("retry_at") and state["retry_at"] > self.e.clock():
+            return float(state["retry_at"])  # durable backoff: the loop wakes the run then
         try:
             args = self._args(node, run.context)
         except ExpressionError as exc:
-            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
-        row = await self.e.read(lambda c: q.journal_get(c, key, attempt))
+        # An idempotent call writes its journal row only with the transition, so there is
+        # nothing to replay: re-running it is the recovery. Only fenced calls need a look.
+        row = None if binding.idempotent else self.e.read(lambda c: q.journal_get(c, key, attempt))
         if row is not None:
             if row["status"] in ("intent", "unknown"):
                 on_unknown = node.on_unknown or binding.on_unknown
-                return await self._unknown(run, node, state, policy, on_unknown, key, attempt,
+                return self._unknown(run, node, state, policy, on_unknown, key, attempt,
                                            node.tool, args)
             if row["status"] in ("ok", "confirmed"):
-                return await self.e.advance(run, node, output=row["result"], next_node=node.next,
+                return self.e.advance(run, node, output=row["result"], next_node=node.next,
                                             attempt=attempt)
-        res = await self.e.in_thread(functools.partial(
-            self.e.journal.execute, run_id=run.run_id, node=scope, key=key, attempt=attempt,
-            name=node.tool, args=args, write_result=False))
+        res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key, attempt=attempt,
+                                     name=node.tool, args=args, write_result=False)
         record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope, key=key,
                                    attempt=attempt, name=node.tool, args=args, res=res)
         if res.ok:
-            return await self.e.advance(run, node, output=res.result, next_node=node.next,
+            return self.e.advance(run, node, output=res.result, next_node=node.next,
                                         attempt=attempt, started_at=res.started_at, extra=record)
-        return await self._failed(run, node, state, policy, attempt, error=res.error or "failed",
+        return self._failed(run, node, state, policy, attempt, error=res.error or "failed",
                                   kind=res.kind or "failed", retryable=res.retryable,
                                   extra=record, started_at=res.started_at)
 
@@ -90,17 +90,17 @@ class NodeRunner:
         return args
 
     # agent and handoff ------------------------------------------------------------------------
-    async def _agent(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def _agent(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
         if self.e.agent_runner is None:
-            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: no model is loaded to "
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: no model is loaded to "
                                 "run agents")
             return False
         policy = node.retry or NO_RETRY
         state = dict(run.node_state)
         if "approval_id" in state:
-            return await self._decided(run, node, state, policy)
-        if state.get("retry_at") and not await self.e.sleep_until(run.run_id, state["retry_at"]):
-            return True
+            return self._decided(run, node, state, policy)
+        if state.get("retry_at") and state["retry_at"] > self.e.clock():
+            return float(state["retry_at"])
         attempt = int(state.get("attempt", 1))
         segment = int(state.get("segment", 0))
         agent = str(state.get("agent", node.agent))
@@ -110,25 +110,25 @@ class NodeRunner:
                 value = evaluate(node.input, run.context) if node.input else run.context["input"]
                 message = value if isinstance(value, str) else json.dumps(value, default=str)
         except ExpressionError as exc:
-            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
         scope = f"{node.name}#{run.visit(node.name)}.{attempt}.{segment}"
         ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
         try:
-            outcome = await self.e.in_thread(self.e.agent_runner, agent, message, ctx)
+            outcome = self.e.agent_runner(agent, message, ctx)
         except UnknownOutcome as u:
             binding = self.e.tools.get(u.tool)
             on_unknown = node.on_unknown or (binding.on_unknown if binding else "escalate")
-            return await self._unknown(run, node, state, policy, on_unknown, u.key, u.attempt,
+            return self._unknown(run, node, state, policy, on_unknown, u.key, u.attempt,
                                        u.tool, u.args)
         except Exception as exc:  # noqa: BLE001 - the node's policy decides
-            return await self._failed(run, node, state, policy, attempt, error=str(exc),
+            return self._failed(run, node, state, policy, attempt, error=str(exc),
                                       kind=getattr(exc, "kind", type(exc).__name__),
                                       retryable=bool(getattr(exc, "retryable", False)))
         target = getattr(outcome, "handoff_to", None)
         if target:
             if segment + 1 >= MAX_HANDOFFS:
-                await self.e.finish(run.run_id, FAILED, error=f"{node.name}: more than "
+                self.e.finish(run.run_id, FAILED, error=f"{node.name}: more than "
                                     f"{MAX_HANDOFFS} handoffs")
                 return False
             text = outcome.output if isinstance(outcome.output, str) else dumps(outcome.output)
@@ -143,61 +143,61 @@ class NodeRunner:
                 self.e.emit(c, "checkpoints", "agent.handoff", {
                     "run_id": run.run_id, "node": node.name, "from": agent, "to": target,
                     "ts": now})
-            await self.e.set_state(run, new_state, extra=handoff)
+            self.e.set_state(run, new_state, extra=handoff)
             return True
-        return await self.e.advance(run, node, output=outcome.output, next_node=node.next,
+        return self.e.advance(run, node, output=outcome.output, next_node=node.next,
                                     attempt=attempt)
 
     _handoff = _agent
 
     # branch, end ------------------------------------------------------------------------------
-    async def _branch(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def _branch(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
         try:
             chosen = next(r.next for r in node.branch
                           if r.when is None or evaluate_condition(r.when, run.context))
         except ExpressionError as exc:
-            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
-        return await self.e.advance(run, node, output={"next": chosen}, next_node=chosen,
+        return self.e.advance(run, node, output={"next": chosen}, next_node=chosen,
                                     store_output=False)
 
-    async def _end(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def _end(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
         try:
             output = (evaluate(node.output, run.context) if node.output else
                       {k: v for k, v in run.context.items() if k != "input"})
         except ExpressionError as exc:
-            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
-        return await self.e.advance(run, node, output=output, next_node=None, store_output=False)
+        return self.e.advance(run, node, output=output, next_node=None, store_output=False)
 
     # approval ---------------------------------------------------------------------------------
-    async def _approval(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def _approval(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
         spec = node.approval
         assert spec is not None
         state = dict(run.node_state)
         if "approval_id" not in state:
             shown = ({k: run.context.get(k) for k in spec.show} if spec.show else run.context)
-            await self.open_approval(run, node, state, kind="gate", prompt=spec.prompt,
+            self.open_approval(run, node, state, kind="gate", prompt=spec.prompt,
                                      context={"context": shown, "on_timeout": spec.on_timeout},
                                      timeout_s=spec.timeout_s)
             return False
-        appr = await self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
+        appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
         if appr is None or appr["status"] == "pending":
             return False
         decision = {"decision": appr["status"], "by": appr["decided_by"],
                     "origin": appr["origin"], "note": appr["note"]}
         if appr["status"] == "approved":
             patch = appr["patch"] if isinstance(appr["patch"], dict) else None
-            return await self.e.advance(run, node, output=decision, next_node=node.next,
+            return self.e.advance(run, node, output=decision, next_node=node.next,
                                         patch=patch)
         if node.on_reject:
-            return await self.e.advance(run, node, output=decision, next_node=node.on_reject)
-        await self.e.finish(run.run_id, CANCELLED, error=f"rejected at {node.name} by "
+            return self.e.advance(run, node, output=decision, next_node=node.on_reject)
+        self.e.finish(run.run_id, CANCELLED, error=f"rejected at {node.name} by "
                             f"{appr['decided_by']} ({appr['origin']})"
                             + (f": {appr['note']}" if appr["note"] else ""))
         return False
 
-    async def open_approval(self, run: Run, node: NodeConfig, state: dict[str, Any], *,
+    def open_approval(self, run: Run, node: NodeConfig, state: dict[str, Any], *,
                             kind: str, prompt: str, context: Any, timeout_s: float | None = None,
                             extra: Tx | None = None) -> None:
         now = self.e.clock()
@@ -214,12 +214,12 @@ class NodeRunner:
                 "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
                 "prompt": prompt, "timeout_at": timeout_at, "ts": now})
             return aid
-        aid = await self.e.write(tx)
+        aid = self.e.write(tx)
         if timeout_at is not None:
             self.e.schedule_timeout(timeout_at, aid, run.run_id)
         self.e._changed(run.run_id)
 
-    async def approval_timed_out(self, approval_id: int) -> None:
+    def approval_timed_out(self, approval_id: int) -> None:
         def tx(c: sqlite3.Connection) -> None:
             appr = q.get_approval(c, approval_id)
             if appr is None or appr["status"] != "pending":
@@ -244,10 +244,10 @@ class NodeRunner:
                 self.e.emit(c, "control", "approval.requested", {
                     "run_id": appr["run_id"], "approval_id": new, "node": appr["node"],
                     "kind": "escalation", "prompt": appr["prompt"], "ts": now})
-        await self.e.write(tx)
+        self.e.write(tx)
 
     # failure, unknown outcomes, decisions -----------------------------------------------------
-    async def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
+    def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
                       policy: RetryPolicy, attempt: int, *, error: str, kind: str,
                       retryable: bool, extra: Tx | None = None,
                       started_at: float | None = None) -> bool:
@@ -268,26 +268,26 @@ class NodeRunner:
                 self.e.emit(c, "checkpoints", "step.retry", {
                     "run_id": run.run_id, "node": node.name, "attempt": attempt, "error": error,
                     "kind": kind, "delay_s": delay, "ts": now})
-            await self.e.set_state(run, new_state, extra=_both(extra, step_row, retry_record))
+            self.e.set_state(run, new_state, extra=_both(extra, step_row, retry_record))
             return True
         if node.fallback:
             info = {"node": node.name, "error": error, "kind": kind, "attempts": attempt}
-            return await self.e.advance(run, node, output=info, next_node=node.fallback,
+            return self.e.advance(run, node, output=info, next_node=node.fallback,
                                         attempt=attempt, extra=extra, step_status="failed",
                                         patch={"error": info}, store_output=False)
         if node.escalate == "approval":
             prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
                       "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "
                       "with that output; reject to fail the run.")
-            await self.open_approval(run, node, {**state, "attempt": attempt}, kind="escalation",
+            self.open_approval(run, node, {**state, "attempt": attempt}, kind="escalation",
                                      prompt=prompt, context={"error": error, "kind": kind},
                                      extra=_both(extra, step_row))
             return False
-        await self.e.finish(run.run_id, FAILED, error=f"{node.name}: {kind}: {error} (attempt "
+        self.e.finish(run.run_id, FAILED, error=f"{node.name}: {kind}: {error} (attempt "
                             f"{attempt})", extra=_both(extra, step_row))
         return False
 
-    async def _unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
+    def _unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
                        args: Any) -> bool:
         def mark(status: str) -> Tx:
@@ -295,31 +295,31 @@ class NodeRunner:
                                        " idem_key = ? AND attempt = ?",
                                        (status, self.e.clock(), key, attempt))
         if on_unknown == "fail":
-            await self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
+            self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
                                 error=f"{node.name}: outcome of {tool} is unknown (on_unknown = "
                                 "fail)")
             return False
         if on_unknown == "assume_failed":
-            return await self._failed(run, node, state, policy, int(state.get("attempt", 1)),
+            return self._failed(run, node, state, policy, int(state.get("attempt", 1)),
                                       error=f"outcome of {tool} unknown; assumed failed",
                                       kind="unknown_outcome", retryable=True,
                                       extra=mark("assumed_failed"))
         prompt = (f"Did {tool}({dumps(args)}) take effect? The daemon stopped after starting it "
                   "and before its result was recorded. Approve = it did (the run continues); "
                   "reject = it did not (the step is retried).")
-        await self.open_approval(run, node, {**state, "unknown_key": key,
+        self.open_approval(run, node, {**state, "unknown_key": key,
                                              "unknown_attempt": attempt},
                                  kind="unknown_outcome", prompt=prompt,
                                  context={"tool": tool, "args": args, "key": key},
                                  extra=mark("unknown"))
         return False
 
-    async def _decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
+    def _decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy) -> bool:
-        appr = await self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
+        appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
         if appr is None or appr["status"] == "pending":
             if run.status != WAITING:
-                await self.e.set_state(run, state, status=WAITING)
+                self.e.set_state(run, state, status=WAITING)
             return False
         approved = appr["status"] == "approved"
         attempt = int(state.get("attempt", 1))
@@ -335,35 +335,35 @@ class NodeRunner:
                                      self.e.clock(), key, call_attempt))
             if node.kind == "tool":
                 if approved:
-                    return await self.e.advance(run, node, output=result, next_node=node.next,
+                    return self.e.advance(run, node, output=result, next_node=node.next,
                                                 attempt=attempt, extra=mark)
                 # "it did not take effect": retry, without spending an attempt on it
                 rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
-                await self.e.set_state(run, rest, extra=mark, status="running")
+                self.e.set_state(run, rest, extra=mark, status="running")
                 return True
-            await self.e.set_state(run, rest, extra=mark, status="running")  # agent replays
+            self.e.set_state(run, rest, extra=mark, status="running")  # agent replays
             return True
         # escalation after attempts ran out
         if not approved:
-            await self.e.finish(run.run_id, FAILED, error=f"{node.name}: escalation rejected by "
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: escalation rejected by "
                                 f"{appr['decided_by']}" + (f": {appr['note']}" if appr["note"]
                                                            else ""))
             return False
         patch = appr["patch"] if isinstance(appr["patch"], dict) else {}
         if "skip_output" in patch:
-            return await self.e.advance(run, node, output=patch["skip_output"],
+            return self.e.advance(run, node, output=patch["skip_output"],
                                         next_node=node.next, attempt=attempt,
                                         step_status="skipped")
         rest.update(attempt=attempt + 1, budget_base=attempt)
-        await self.e.set_state(run, rest, status="running")
+        self.e.set_state(run, rest, status="running")
         return True
 
     # parallel ---------------------------------------------------------------------------------
-    async def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+    def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
         from edge_agent.engine.parallel import run_parallel
-        return await run_parallel(self, run, wf, node)
+        return run_parallel(self, run, wf, node)
 
-    async def run_branch(self, run: Run, bnode: NodeConfig, scope: str) -> dict[str, Any]:
+    def run_branch(self, run: Run, bnode: NodeConfig, scope: str) -> dict[str, Any]:
         """One parallel branch, with its own retries; its tool calls are journaled."""
         if bnode.kind == "agent":
             if self.e.agent_runner is None:
@@ -372,9 +372,8 @@ class NodeRunner:
             try:
                 message = (evaluate(bnode.input, run.context) if bnode.input
                            else run.context["input"])
-                out = await self.e.in_thread(self.e.agent_runner, str(bnode.agent),
-                                             message if isinstance(message, str)
-                                             else dumps(message), ctx)
+                out = self.e.agent_runner(str(bnode.agent), message if isinstance(message, str)
+                                          else dumps(message), ctx)
             except Exception as exc:  # noqa: BLE001 - recorded as the branch's failure
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "output": out.output}
@@ -391,7 +390,7 @@ class NodeRunner:
         while True:
             attempt += 1
             key = call_key(run.run_id, scope, 0, 0, attempt)
-            row = await self.e.read(lambda c, key=key, a=attempt: q.journal_get(c, key, a))
+            row = self.e.read(lambda c, key=key, a=attempt: q.journal_get(c, key, a))
             if row is not None and row["status"] in ("ok", "confirmed"):
                 return {"ok": True, "output": row["result"], "attempt": attempt}
             if row is not None and row["status"] in ("intent", "unknown"):
@@ -403,15 +402,16 @@ class NodeRunner:
                 err, kind = row["error"], row["error_kind"]
                 retryable = bool((row["result"] or {}).get("retryable"))
             else:
-                res = await self.e.in_thread(functools.partial(
-                    self.e.journal.execute, run_id=run.run_id, node=scope, key=key,
-                    attempt=attempt, name=bnode.tool, args=args, write_result=True))
+                res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
+                                             attempt=attempt, name=bnode.tool, args=args,
+                                             write_result=True)
                 if res.ok:
                     return {"ok": True, "output": res.result, "attempt": attempt}
                 err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable
                 if not policy.should_retry(attempt, kind, retryable):
                     return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
-                await asyncio.sleep(self.e.backoff(policy, attempt))
+                if self.e.stopping.wait(self.e.backoff(policy, attempt)):
+                    return {"ok": False, "error": "stopped", "kind": "cancelled"}
                 continue
             if not policy.should_retry(attempt, kind or "failed", retryable):
                 return {"ok": False, "error": err, "kind": kind, "attempt": attempt}

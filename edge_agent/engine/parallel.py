@@ -8,8 +8,9 @@ the journal, because the side effect may have happened.
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
 import sqlite3
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
@@ -35,21 +36,22 @@ def join_outcome(node: NodeConfig, done: dict[str, dict[str, Any]]) -> bool | No
     return False if total - failed < need else None
 
 
-async def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
+def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
     e = runner.e
     visit = run.visit(node.name)
     done: dict[str, dict[str, Any]] = dict(run.node_state.get("done", {}))
     outcome = join_outcome(node, done)
-    tasks: dict[asyncio.Task[dict[str, Any]], str] = {}
+    tasks: dict[Future[dict[str, Any]], str] = {}
     if outcome is None:
         for b in node.branches:
             if b not in done:
                 scope = f"{node.name}/{b}#{visit}"
-                task = asyncio.create_task(runner.run_branch(run, wf.nodes[b], scope))
+                task = e.branch_pool.submit(contextvars.copy_context().run, runner.run_branch,
+                                            run, wf.nodes[b], scope)
                 tasks[task] = b
     waiting = set(tasks)
     while outcome is None and waiting:
-        finished, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
         for task in finished:
             name = tasks[task]
             result = task.result()
@@ -63,10 +65,10 @@ async def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: N
                               status="completed" if result["ok"] else "failed",
                               output=result.get("output"), error=result.get("error"),
                               error_kind=result.get("kind"), started_at=now, finished_at=now)
-            await e.set_state(run, {**run.node_state, "done": done}, extra=record)
+            e.set_state(run, {**run.node_state, "done": done}, extra=record)
         outcome = join_outcome(node, done)
     for task in waiting:
-        task.cancel()
+        task.cancel()  # not started yet: never runs; running: its journal records what it did
     cancelled = [b for b in node.branches if b not in done]
 
     def mark_cancelled(c: sqlite3.Connection) -> None:
@@ -79,14 +81,14 @@ async def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: N
                "failed": sorted(b for b, r in done.items() if not r["ok"]),
                "cancelled": cancelled}
     if outcome:
-        return await e.advance(run, node, output=summary, next_node=node.next,
+        return e.advance(run, node, output=summary, next_node=node.next,
                                extra=mark_cancelled, patch=outputs)
     errors = "; ".join(f"{b}: {r.get('error')}" for b, r in sorted(done.items()) if not r["ok"])
     if node.fallback:
-        return await e.advance(run, node, output=summary, next_node=node.fallback,
+        return e.advance(run, node, output=summary, next_node=node.fallback,
                                extra=mark_cancelled, step_status="failed",
                                patch={"error": {"node": node.name, "error": errors}, **outputs},
                                store_output=False)
-    await e.finish(run.run_id, FAILED, error=f"{node.name}: join {node.join!r} not met: "
+    e.finish(run.run_id, FAILED, error=f"{node.name}: join {node.join!r} not met: "
                    f"{errors}", extra=mark_cancelled)
     return False

@@ -272,11 +272,11 @@ def test_retry_backoff_survives_restart(db_path: Path, ledger: Path) -> None:
         failed_at = time.time()
         await asyncio.sleep(0.1)
         await h.stop()
-        state = Harness(db_path, {}, {})
-        await state.start()
-        run_row = state.store.read(lambda c: q.get_run(c, rid))
+        from edge_agent.store import Store
+        store = Store(db_path, readonly=True)
+        run_row = store.read(lambda c: q.get_run(c, rid))
+        store.close()
         assert run_row.node_state["attempt"] == 2 and run_row.node_state["retry_at"] > failed_at
-        await state.stop()
         await h.start()
         try:
             r = await h.wait(rid, "completed")

@@ -1,0 +1,150 @@
+"""Durable steps per second: edge-agent against raw SQLite commits, DBOS and LangGraph.
+
+Run: .venv/bin/python -m bench.engine_steps [--quick]
+Peers are installed into their own virtualenvs under .bench-venvs/ on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config.model import RetryPolicy
+from edge_agent.engine import Engine, ToolBinding, queue_run
+from edge_agent.engine import queries as q
+from edge_agent.engine.graph import Workflow, tool_config
+from edge_agent.store import GroupCommitter, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = {"dbos": ["dbos"], "langgraph": ["langgraph", "langgraph-checkpoint-sqlite"]}
+
+
+class Noop:
+    def __init__(self, idempotent: bool) -> None:
+        self.name = "noop"
+        self.idempotent = idempotent
+
+    def call(self, args: Any, *, idempotency_key: str) -> dict[str, Any]:
+        return {"ok": True}
+
+
+def raw_commits(path: Path, n: int, sync: str) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={sync}")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    start = time.perf_counter()
+    for i in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", (str(i),))
+        conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
+               idempotent: bool = True) -> tuple[float, float]:
+    wf = Workflow("bench")
+    for i in range(k):
+        wf.tool(f"s{i}", "noop", next=f"s{i + 1}" if i + 1 < k else "done")
+    wf.end("done")
+    workflows = {"bench": wf.build(tools={"noop": tool_config("noop")})}
+    store = Store(path, synchronous=sync)
+    writer = GroupCommitter(store)
+    engine = Engine(store=store, writer=writer, workflows=workflows,
+                    tools={"noop": ToolBinding(Noop(idempotent), retry=RetryPolicy())})
+    await engine.start()
+    ids = [queue_run(writer.write, workflow="bench", input={}, workflows=workflows)
+           for _ in range(runs)]
+    commits0 = writer.commits
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        while ids:
+            await engine.settle(ids.pop())
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    steps = runs * (k + 1)  # k tool nodes and the end node, each a checkpointed transition
+    commits = writer.commits - commits0
+    await engine.shutdown()
+    writer.shutdown()
+    store.close()
+    return steps / elapsed, commits / steps
+
+
+def peer(name: str, path: Path, runs: int, k: int) -> float | None:
+    venv = ROOT / ".bench-venvs" / name
+    py = venv / "bin" / "python"
+    if not py.exists():
+        print(f"installing {name} into {venv.relative_to(ROOT)} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", *PEERS[name]])
+        if r.returncode != 0:
+            return None
+    r = subprocess.run([str(py), str(ROOT / "bench" / "peers" / f"{name}_steps.py"), str(path),
+                        str(runs), str(k)], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        print(f"{name} failed: {r.stderr[-800:]}", file=sys.stderr)
+        return None
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    return float(data["steps"] / data["seconds"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    runs, k = (20, 20) if args.quick else (60, 25)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR", ROOT)) as tmp:
+        d = Path(tmp)
+        results["raw_full"] = raw_commits(d / "raw_full.db", 3000, "FULL")
+        results["raw_normal"] = raw_commits(d / "raw_normal.db", 3000, "NORMAL")
+        for sync in ("FULL", "NORMAL"):
+            rate, cps = asyncio.run(ours(d / f"seq_{sync}.db", runs, k, sync, 1))
+            results[f"ours_seq_{sync.lower()}"], results[f"commits_per_step_{sync.lower()}"] = \
+                rate, cps
+        results["ours_seq_full_nonidem"], results["commits_per_step_nonidem"] = asyncio.run(
+            ours(d / "seq_nonidem.db", runs, k, "FULL", 1, idempotent=False))
+        results["ours_16_full"], results["commits_per_step_16"] = asyncio.run(
+            ours(d / "conc.db", runs * 4, k, "FULL", 16))
+        if not args.no_peers:
+            results["dbos"] = peer("dbos", d / "dbos.db", runs, k)
+            results["langgraph"] = peer("langgraph", d / "lg.db", runs, k)
+    raw = results["raw_full"]
+    rows = [
+        ("raw SQLite single-row commits, FULL", raw, None),
+        ("raw SQLite single-row commits, NORMAL", results["raw_normal"], None),
+        ("edge-agent sequential, FULL (idempotent steps)", results["ours_seq_full"], raw),
+        ("edge-agent sequential, NORMAL", results["ours_seq_normal"], results["raw_normal"]),
+        ("edge-agent sequential, FULL, non-idempotent", results["ours_seq_full_nonidem"], raw),
+        ("edge-agent 16 concurrent runs, FULL", results["ours_16_full"], raw),
+    ]
+    print(f"{'benchmark':52} {'steps/s':>10} {'vs raw':>8}")
+    for name, value, anchor in rows:
+        ratio = f"{value / anchor:.2f}x" if anchor else ""
+        print(f"{name:52} {value:10.0f} {ratio:>8}")
+    for peer_name in ("dbos", "langgraph"):
+        v = results.get(peer_name)
+        if v:
+            print(f"{peer_name + ' sequential, SQLite':52} {v:10.0f} {v / raw:7.2f}x   "
+                  f"edge-agent is {results['ours_seq_full'] / v:.1f}x")
+    print(f"commits per step: idempotent {results['commits_per_step_full']:.2f}, "
+          f"non-idempotent {results['commits_per_step_nonidem']:.2f}, "
+          f"16 concurrent {results['commits_per_step_16']:.2f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
