@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def build_tools(cfg: Config) -> dict[str, ToolBinding]:
-    from edge_agent.tools.registry import build_tool
     out: dict[str, ToolBinding] = {}
+    if not cfg.tools:
+        return out
+    from edge_agent.tools.registry import build_tool
     for name, tc in cfg.tools.items():
         if tc.location == "remote" or tc.kind == "remote":
             continue  # executed by the cloud side; not available on this device yet

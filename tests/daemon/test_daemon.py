@@ -26,7 +26,12 @@ def test_ready_after_recovery_then_status_lines(config: Path, tmp_path: Path,
     d = start(daemons, config, tmp_path)
     ready = d.wait_for("READY=1")
     status = [line for _, line in d.messages if line.startswith("STATUS=")]
-    assert status and "1 waiting approval" in status[0] and "cloud not configured" in status[0]
+    assert status and "cloud not configured" in status[0]
+    assert "1 runs active" in status[0] or "1 waiting approval" in status[0]
+    deadline = time.time() + 10
+    while cli_json(config, "runs")["runs"][0]["status"] != "waiting_approval":
+        assert time.time() < deadline
+        time.sleep(0.05)
     runs = cli_json(config, "runs")["runs"]
     assert [(r["run_id"], r["status"]) for r in runs] == [(rid, "waiting_approval")]
     assert ready
