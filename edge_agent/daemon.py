@@ -240,7 +240,7 @@ class Daemon:
 
 
 def run_daemon(config_path: str | None) -> int:
-    from edge_agent.logs import setup_logging
+    from edge_agent.telemetry.logs import setup_logging
     try:
         config = load_config(config_path)
     except ConfigError as exc:

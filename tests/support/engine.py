@@ -79,11 +79,13 @@ class Harness:
     """Starts an engine over a store, and waits for runs to settle."""
 
     def __init__(self, db_path: Path, workflows: Mapping[str, Any],
-                 tools: Mapping[str, ToolBinding], agent_runner: Any = None) -> None:
+                 tools: Mapping[str, ToolBinding], agent_runner: Any = None,
+                 spans: bool = False) -> None:
         self.db_path = db_path
         self.workflows = workflows
         self.tools = tools
         self.agent_runner = agent_runner
+        self.spans = spans
         self.store: Store | None = None
         self.writer: GroupCommitter | None = None
         self.engine: Engine | None = None
@@ -91,8 +93,14 @@ class Harness:
     async def start(self) -> Engine:
         self.store = Store(self.db_path)
         self.writer = GroupCommitter(self.store)
+        sink = None
+        if self.spans:
+            from edge_agent.telemetry.spans import SpanSink
+            sink = SpanSink(device_id="test-device",
+                            emit=lambda c, stream, kind, payload: _raw_emit(c, stream, kind,
+                                                                            payload))
         self.engine = Engine(store=self.store, writer=self.writer, workflows=self.workflows,
-                             tools=self.tools, agent_runner=self.agent_runner)
+                             tools=self.tools, agent_runner=self.agent_runner, spans=sink)
         await self.engine.start()
         return self.engine
 
@@ -134,3 +142,17 @@ class Harness:
 def fast_retry(n: int = 3, **kw: Any) -> RetryPolicy:
     return RetryPolicy(max_attempts=n, initial_delay_s=kw.pop("initial_delay_s", 0.01),
                        multiplier=1.0, max_delay_s=1.0, jitter=0.0, **kw)
+
+
+def _raw_emit(conn: Any, stream: str, kind: str, payload: bytes) -> None:
+    from sync.outbox import Outbox
+    Outbox(conn).append(stream, kind, payload)
+
+
+def spans_in(store: Store) -> list[dict[str, Any]]:
+    from edge_agent.telemetry.spans import decode
+    out: list[dict[str, Any]] = []
+    for (payload,) in store.conn.execute(
+            "SELECT payload FROM outbox WHERE stream = 'traces' ORDER BY seq"):
+        out += decode(bytes(payload))
+    return out

@@ -1,0 +1,1 @@
+"""Observability: structured logs, OpenTelemetry spans that travel through the outbox."""

@@ -1,0 +1,50 @@
+"""Spans are written with the durable records: one trace per run, across retries and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from support.engine import Harness, LedgerError, LedgerTool, fast_retry, spans_in
+
+from edge_agent.engine import ToolBinding, decide_approval
+from edge_agent.engine.graph import Workflow, tool_config
+
+
+def test_one_trace_with_parent_links_retries_and_approval(db_path: Path, ledger: Path) -> None:
+    tool = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("busy", kind="timeout",
+                                                                  retryable=True) if n < 3 else None)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="gate", retry=fast_retry(5))
+          .approval("gate", prompt="ok?", next="done").end("done")
+          .build(tools={"stamp": tool_config("stamp")}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)}, spans=True)
+
+    async def main() -> None:
+        await h.start()
+        rid = h.queue("w", {})
+        await h.wait(rid, "waiting_approval")
+        await h.stop()  # a restart in the middle: the trace must continue
+        await h.start()
+        try:
+            decide_approval(h.writer.write, rid, approve=True, by="dana", origin="cloud")
+            h.engine.wake(rid)
+            await h.wait(rid, "completed")
+            spans = spans_in(h.store)
+        finally:
+            await h.stop()
+        assert len({s["trace_id"] for s in spans}) == 1
+        by_id = {s["span_id"]: s for s in spans}
+        run_span = next(s for s in spans if s["name"] == "run w")
+        assert run_span["parent_id"] is None and run_span["error"] is None
+        steps = [s for s in spans if s["name"].startswith("step ")]
+        assert all(s["parent_id"] == run_span["span_id"] for s in steps)
+        failed = [s for s in steps if s["name"] == "step a" and s["error"]]
+        assert len(failed) == 2
+        assert all(s["attributes"]["edge_agent.retry_reason"] == "timeout: busy" for s in failed)
+        tools = [s for s in spans if s["name"] == "tool stamp"]
+        assert len(tools) == 3 and all(by_id[t["parent_id"]]["name"] == "step a" for t in tools)
+        wait = next(s for s in spans if s["name"] == "approval wait")
+        assert wait["attributes"]["edge_agent.approval.decided_by"] == "dana"
+        assert wait["attributes"]["edge_agent.approval.origin"] == "cloud"
+        assert by_id[wait["parent_id"]]["name"] == "step gate"
+    asyncio.run(main())
