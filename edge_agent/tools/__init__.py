@@ -1,0 +1,1 @@
+"""Tools: what agents and workflows act on."""
