@@ -89,14 +89,16 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
         assert per_node and max(per_node.values()) == 1, per_node.most_common(3)
         for r in runs:
             part = r.input["part"]
-            expected = {"press", "weigh", "route", "finish"} | (
+            expected = {"press", "inspect", "weigh", "route", "finish"} | (
                 set() if part % 2 == 0 else {"fan", "label", "light"})
             completed = {s["node"] for s in store.read(lambda c, r=r: q.steps(c, r.run_id))
                          if s["status"] == "completed"}
             assert expected <= completed, (r.run_id, expected - completed)
-            presses = [e for e in entries if e["tool"] == "press"
-                       and e["key"].startswith(r.run_id + "/")]
-            assert len(presses) == 1
+            for tool in ("press", "mark"):
+                done = [e for e in entries if e["tool"] == tool
+                        and e["key"].startswith(r.run_id + "/")]
+                assert len(done) == 1, (r.run_id, tool, done)
+            assert r.context["inspect"]["marked"] == str(part)
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         store.close()

@@ -413,3 +413,89 @@ def test_graph_validation_errors() -> None:
         with pytest.raises(ConfigError) as info:
             builder.build(tools=tools)
         assert expected in str(info.value), (expected, str(info.value))
+
+
+class _Out:
+    def __init__(self, output: Any, handoff_to: str | None = None) -> None:
+        self.output, self.handoff_to = output, handoff_to
+
+
+def test_agent_handoff_is_a_checkpoint_and_tool_calls_are_journaled(db_path: Path,
+                                                                     ledger: Path) -> None:
+    from edge_agent.config.model import AgentConfig
+    seen: list[tuple[str, str]] = []
+
+    def runner(agent: str, message: str, ctx: Any) -> _Out:
+        seen.append((agent, message))
+        plan = ctx.remembered("turn:0", lambda: {"part": agent.upper()})
+        ctx.call_tool("stamp", {"part": plan["part"]}, turn=0, index=0)
+        if agent == "triage":
+            return _Out({"summary": "needs a specialist"}, handoff_to="specialist")
+        return _Out({"verdict": "pass", "from": message})
+    agents = {n: AgentConfig(name=n, model="m", tools=("stamp",)) for n in ("triage",
+                                                                           "specialist")}
+    wf = (Workflow("w").agent("look", "triage", input="input.task", next="done")
+          .end("done", output="look")
+          .build(tools={"stamp": tool_config("stamp", STAMP)}, agents=agents))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(LedgerTool("stamp", ledger))},
+                agent_runner=runner)
+
+    async def main() -> None:
+        await h.start()
+        try:
+            r = await h.wait(h.queue("w", {"task": "inspect part 9"}), "completed")
+            assert r.output == {"verdict": "pass", "from": '{"summary":"needs a specialist"}'}
+            assert seen[0] == ("triage", "inspect part 9")
+            steps = [(s["node"], s["status"]) for s in h.steps(r.run_id)]
+            assert steps == [("look", "handoff"), ("look", "completed"), ("done", "completed")]
+            handoff = h.steps(r.run_id)[0]["output"]
+            assert handoff["from"] == "triage" and handoff["to"] == "specialist"
+            assert [e["args"]["part"] for e in ledger_lines(ledger)] == ["TRIAGE", "SPECIALIST"]
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_unknown_outcome_after_a_crash_asks_a_human(db_path: Path, ledger: Path) -> None:
+    """An intent with no result (the process died mid-call) is never silently repeated."""
+    from edge_agent.engine.journal import call_key
+    from edge_agent.store import Store
+    tool = LedgerTool("stamp", ledger)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done").end("done")
+          .build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
+
+    async def prepare(approve: bool) -> None:
+        store = Store(db_path)
+        from edge_agent.engine import queue_run
+        rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
+        now = time.time()
+        store.write(lambda c: (q.update_run(c, rid, now, status="running", node="a",
+                                            visits={"a": 1}, node_state={"attempt": 1}),
+                               q.journal_intent(c, key=call_key(rid, "a#1", 0, 0, 1), attempt=1,
+                                                run_id=rid, node="a#1", tool="stamp",
+                                                args={"part": "A"}, now=now)))
+        store.close()
+        await h.start()
+        try:
+            await h.wait(rid, "waiting_approval")
+            appr = h.store.read(lambda c: q.pending_approval(c, rid))
+            assert appr["kind"] == "unknown_outcome" and "take effect" in appr["prompt"]
+            assert tool.calls == 0
+            decide_approval(h.writer.write, rid, approve=approve, by="op")
+            h.engine.wake(rid)
+            r = await h.wait(rid, "completed")
+            assert tool.calls == (0 if approve else 1)
+            calls = h.store.read(lambda c: q.tool_calls(c, rid))
+            assert calls[0]["status"] == ("confirmed" if approve else "assumed_failed")
+            if not approve:
+                assert calls[1]["status"] == "ok" and calls[1]["attempt"] == 2
+            assert r.context["a"] == ({"outcome": "confirmed", "by": "op"} if approve
+                                      else {"done": "stamp", "part": "A"})
+        finally:
+            await h.stop()
+    run(prepare(True))
+    db_path.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    run(prepare(False))

@@ -16,9 +16,29 @@ from support.engine import Harness, LedgerError, LedgerTool
 from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import ToolBinding, queue_run
 from edge_agent.engine import queries as q
+from edge_agent.config.model import AgentConfig
 from edge_agent.engine.graph import Workflow, tool_config
 
-TOOLS = ("press", "weigh", "label", "light")  # press and label are not idempotent
+
+def agent_config(name: str) -> AgentConfig:
+    return AgentConfig(name=name, model="none", tools=("mark",))
+
+
+class Outcome:
+    def __init__(self, output: object, handoff_to: str | None = None) -> None:
+        self.output, self.handoff_to = output, handoff_to
+
+
+def scripted_agent(agent: str, message: str, ctx: object) -> Outcome:
+    """An agent loop that follows the journal rules: each turn remembered, each call journaled.
+    It thinks (a slow 'model turn'), marks the part, thinks again, and answers."""
+    import time
+    plan = ctx.remembered("turn:0", lambda: (time.sleep(0.01), {"mark": message})[1])
+    result = ctx.call_tool("mark", {"part": plan["mark"]}, turn=0, index=0)
+    answer = ctx.remembered("turn:1", lambda: (time.sleep(0.01), {"ok": True})[1])
+    return Outcome({"marked": result["part"], **answer})
+
+TOOLS = ("press", "weigh", "label", "light", "mark")  # press, label, mark: not idempotent
 IDEMPOTENT = {"weigh", "light"}
 
 
@@ -26,14 +46,15 @@ def workflows() -> dict:
     tools = {n: tool_config(n) for n in TOOLS}
     retry = RetryPolicy(max_attempts=4, initial_delay_s=0.01, multiplier=2, jitter=0.5)
     wf = (Workflow("cell")
-          .tool("press", "press", args_from={"part": "input.part"}, next="weigh", retry=retry)
+          .tool("press", "press", args_from={"part": "input.part"}, next="inspect", retry=retry)
+          .agent("inspect", "inspector", input="string(input.part)", next="weigh", retry=retry)
           .tool("weigh", "weigh", args_from={"part": "input.part"}, next="route", retry=retry)
           .branch("route", [("input.part % 2 == 0", "finish")], default="fan")
           .parallel("fan", ["label", "light"], join="all", next="finish")
-          .tool("label", "label", args_from={"part": "input.part"})
-          .tool("light", "light", args={"on": True})
+          .tool("label", "label", args_from={"part": "input.part"}, retry=retry)
+          .tool("light", "light", args={"on": True}, retry=retry)
           .end("finish")
-          .build(tools=tools))
+          .build(tools=tools, agents={"inspector": agent_config("inspector")}))
     return {"cell": wf}
 
 
@@ -49,7 +70,7 @@ def make_tools(ledger: Path) -> dict[str, ToolBinding]:
 
 
 async def main(db: Path, ledger: Path, runs: int) -> None:
-    h = Harness(db, workflows(), make_tools(ledger))
+    h = Harness(db, workflows(), make_tools(ledger), agent_runner=scripted_agent)
     engine = await h.start()
     for i in range(runs):
         queue_run(h.writer.write, workflow="cell", input={"part": i}, workflows=h.workflows,
