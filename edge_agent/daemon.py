@@ -26,6 +26,9 @@ from edge_agent.lock import DataDirLock
 from edge_agent.notify import SystemdNotifier, watchdog_interval
 from edge_agent.runtime import build_agent_runner, build_tools, close_tools, sync_status
 from edge_agent.store import GroupCommitter, Store
+from edge_agent.telemetry.export import OtlpHttpExporter
+from edge_agent.telemetry.logs import bind
+from edge_agent.telemetry.spans import SpanSink
 
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
@@ -48,13 +51,14 @@ class Daemon:
         self._stop = asyncio.Event()
         self._terms = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self._last_commit_ok = time.monotonic()
+        self.exporter: OtlpHttpExporter | None = None
 
     @property
     def socket_path(self) -> Path:
         return self.config.device.runtime_dir / "control.sock"
 
     async def run(self) -> int:
+        bind(device_id=self.config.device.id)
         self.lock.acquire()
         try:
             return await self._run()
@@ -67,10 +71,11 @@ class Daemon:
         self.writer = GroupCommitter(self.store)
         self.tools = build_tools(cfg)
         self.sync = self._build_sync()
+        limits = cfg.sync.outbox_max_bytes if cfg.sync else None
         self.engine = Engine(store=self.store, writer=self.writer, workflows=cfg.workflows,
                              tools=self.tools, agent_runner=build_agent_runner(cfg, self.tools),
-                             notify=self._outbox_changed,
-                             outbox_limits=cfg.sync.outbox_max_bytes if cfg.sync else None)
+                             notify=self._outbox_changed, outbox_limits=limits,
+                             device_id=cfg.device.id, spans=self._span_sink(limits))
         await self.engine.start()
         if self.sync is not None:
             await self.sync.start()
@@ -93,6 +98,17 @@ class Daemon:
         await self._stop.wait()
         await self.shutdown()
         return 0
+
+    def _span_sink(self, limits: Any) -> SpanSink:
+        from sync.outbox import Outbox
+        t = self.config.telemetry
+        if t.otlp_endpoint:
+            self.exporter = OtlpHttpExporter(t.otlp_endpoint)
+
+        def emit(conn: Any, stream: str, kind: str, payload: bytes) -> None:
+            Outbox(conn, limits=limits).append(stream, kind, payload)
+        return SpanSink(device_id=self.config.device.id, service=t.service_name, emit=emit,
+                        export=self.exporter)
 
     def _build_sync(self) -> Any:
         if self.config.sync is None:
@@ -127,6 +143,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sync.shutdown(), 10)
         close_tools(self.tools)
+        if self.exporter is not None:
+            self.exporter.shutdown()
         if self.writer:
             self.writer.shutdown()
         if self.store:

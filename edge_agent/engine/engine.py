@@ -239,6 +239,7 @@ class Engine:
         now = self.clock()
         q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
                      visits={wf.start: 1}, node_state={}, span_id=secrets.token_hex(8))
+        log.info("run started: workflow %s from %s", wf.name, run.origin)
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
                                                        "node": wf.start, "ts": now})
         self._remember(conn, run.run_id)
@@ -292,6 +293,7 @@ class Engine:
                 q.update_run(conn, run.run_id, now, status=COMPLETED, node=None, context=context,
                              output=output, node_state={}, finished_at=now)
                 self.trace_run(conn, run, COMPLETED, now)
+                log.info("run completed at %s", node.name)
                 record["run_status"] = COMPLETED
                 self.emit(conn, "checkpoints", "run.finished", record)
                 return False
@@ -310,6 +312,8 @@ class Engine:
                          context=context, visits=visits)
             record["next"] = next_node
             self.emit(conn, "checkpoints", "step.completed", record)
+            log.debug("step %s %s (attempt %d) -> %s", node.name, step_status, attempt,
+                      next_node)
             # the row as just written, so the next step needs no read; a wake from outside
             # (cancel, decision) makes the next step read the database instead
             self._fresh[run.run_id] = dataclasses.replace(
@@ -354,7 +358,9 @@ class Engine:
         self._fresh.pop(run_id, None)
         self.write(tx)
         if status == FAILED:
-            log.warning("run %s failed: %s", run_id, error)
+            log.warning("run failed: %s", error)
+        else:
+            log.info("run %s%s", status, f": {error}" if error else "")
         self._changed(run_id)
 
     # spans -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -14,6 +15,8 @@ from edge_agent.engine.bindings import StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext, call_key
 from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
 from edge_agent.expressions import ExpressionError, evaluate, evaluate_condition
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from edge_agent.engine.engine import Engine
@@ -284,6 +287,8 @@ class NodeRunner:
                                   "edge_agent.retry_reason": f"{kind}: {error}" if will_retry
                                   else None,
                                   "edge_agent.retry_delay_s": delay if will_retry else None})
+        log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
+                    f"; retrying in {delay:.2f}s" if will_retry else "")
         if will_retry:
             new_state = {k: v for k, v in state.items() if k not in ("approval_id",)}
             new_state.update(attempt=attempt + 1, retry_at=now + delay, last_error=error)
