@@ -58,8 +58,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
 def _conflicts(store: Any) -> int:
     try:
         row = store.read(lambda c: c.execute(
-            "SELECT count(*) FROM docs WHERE siblings IS NOT NULL AND siblings != '[]'"
-            " AND siblings != ''").fetchone())
+            "SELECT count(*) FROM docs WHERE siblings != '{}'").fetchone())
     except Exception:  # noqa: BLE001 - a database from before replicated docs
         return 0
     return int(row[0])

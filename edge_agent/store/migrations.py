@@ -123,6 +123,12 @@ class _Lazy(Sequence[str]):
         return len(self._all())
 
 
+def _docs_schema() -> Sequence[str]:
+    from sync.replica import SqliteDocStore
+    return SqliteDocStore.SCHEMA
+
+
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _Lazy(ENGINE_V1, _outbox_schema)),
+    (2, _Lazy(_docs_schema)),
 ]

@@ -1,0 +1,73 @@
+"""Replicated documents on the device: the docs table, conflicts, and their resolution.
+
+Every local write of a replicated document commits with its outbox record (stream
+`control`, kind `doc.version`), so a resolution replicates like any write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgpack
+
+from edge_agent.config import Config
+from edge_agent.errors import EdgeAgentError
+from edge_agent.store import Store
+from sync.documents import CollectionRules, DocumentError, Version
+from sync.replica import Replica, SqliteDocStore
+
+
+def replica(conn: sqlite3.Connection, config: Config) -> Replica:
+    rules = {name: CollectionRules.from_mapping(r) for name, r in
+             (config.sync.collections.items() if config.sync else ())}
+    return Replica(config.device.id, SqliteDocStore(conn), rules=rules)
+
+
+def record_version(conn: sqlite3.Connection, version: Version) -> None:
+    from sync.outbox import Outbox
+    Outbox(conn).append("control", "doc.version", msgpack.packb(version.encode()))
+
+
+def write_doc(store: Store, config: Config, collection: str, key: str,
+              changes: dict[str, Any]) -> Version:
+    def tx(conn: sqlite3.Connection) -> Version:
+        version = replica(conn, config).write(collection, key, changes)
+        record_version(conn, version)
+        return version
+    result: Version = store.write(tx)
+    return result
+
+
+def list_conflicts(store: Store) -> list[dict[str, Any]]:
+    rows = store.read(lambda c: c.execute(
+        "SELECT collection, key, versions, siblings FROM docs WHERE siblings != '{}'"
+        " ORDER BY collection, key").fetchall())
+    out = []
+    for collection, key, versions, siblings in rows:
+        import json
+        vs = [Version.decode(v) for v in json.loads(versions)]
+        out.append({"key": f"{collection}/{key}", "collection": collection,
+                    "fields": json.loads(siblings),
+                    "siblings": [{"version": v.digest[:12], "value": v.value,
+                                  "clock": dict(v.clock)} for v in vs]})
+    return out
+
+
+def resolve_conflict(store: Store, config: Config, full_key: str, *, take: str | None,
+                     value: Any) -> dict[str, Any]:
+    collection, sep, key = full_key.rpartition("/")
+    if not sep:
+        raise EdgeAgentError(f"a conflict key is COLLECTION/KEY (got {full_key!r})")
+
+    def tx(conn: sqlite3.Connection) -> Version:
+        try:
+            version = replica(conn, config).resolve_conflict(
+                collection, key, take=take, value=value if isinstance(value, dict) else
+                None if value is None else {"value": value})
+        except DocumentError as exc:
+            raise EdgeAgentError(str(exc)) from exc
+        record_version(conn, version)
+        return version
+    version: Version = store.write(tx)
+    return {"key": full_key, "version": version.digest[:12], "value": version.value}

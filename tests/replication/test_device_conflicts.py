@@ -1,0 +1,62 @@
+"""`edge-agent conflicts` lists manual siblings; `conflicts resolve` ends them and replicates."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import msgpack
+from support.daemon import cli, cli_json
+
+from edge_agent.config import load_config
+from edge_agent.store import Store
+from sync.documents import CollectionRules, Version
+from sync.replica import MemoryDocStore, Replica
+
+CONFIG = """
+[device]
+id = "dev-a"
+data_dir = "data"
+runtime_dir = "run"
+[sync]
+broker = "127.0.0.1:1"
+[sync.collections.notes]
+default = "manual"
+"""
+
+
+def test_conflicts_list_and_resolve(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    from edge_agent.replication import replica, write_doc
+    store = Store(cfg.db_path)
+    mine = write_doc(store, cfg, "notes", "shift", {"text": "edge says"})
+    theirs = Replica("cloud", MemoryDocStore(), rules={}).write("notes", "shift",
+                                                               {"text": "cloud says"})
+    store.write(lambda c: replica(c, cfg).apply(theirs))
+    store.close()
+    listed = cli_json(path, "conflicts")["conflicts"]
+    assert listed[0]["key"] == "notes/shift"
+    assert listed[0]["fields"] == {"text": ["cloud says", "edge says"]}
+    assert cli_json(path, "status")["conflicts"] == 1
+    bad = cli(path, "conflicts", "resolve", "notes/shift", "--take", "zzzz", check=False)
+    assert bad.returncode == 1 and "names 0 of the versions" in bad.stderr
+    cli(path, "conflicts", "resolve", "notes/shift", "--take", theirs.digest[:12])
+    assert cli_json(path, "conflicts")["conflicts"] == []
+    conn = sqlite3.connect(cfg.db_path)
+    rows = conn.execute("SELECT payload FROM outbox WHERE kind = 'doc.version' ORDER BY seq")
+    versions = [Version.decode(msgpack.unpackb(r[0])) for r in rows]
+    conn.close()
+    assert versions[0].digest == mine.digest
+    resolution = versions[-1]
+    assert resolution.value == {"text": "cloud says"}
+    other = Replica("cloud", MemoryDocStore(), rules={"notes": CollectionRules({}, "manual")})
+    for v in (mine, theirs):
+        other.apply(v)
+    assert other.read("notes", "shift").conflicted
+    for v in (resolution,):
+        other.apply(v)
+    assert not other.read("notes", "shift").conflicted
+    assert json.loads(cli(path, "status", "--json").stdout)["conflicts"] == 0
