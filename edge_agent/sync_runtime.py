@@ -1,0 +1,108 @@
+"""Wires the sync layer into the daemon: the outbox publisher and the downlink handler.
+
+Commands from the cloud are applied in the sync's own transaction, together with the inbox
+row that makes them exactly-once, then the engine is woken through the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import Config
+from edge_agent.engine import decide_approval, queue_run, request_cancel
+from sync.edge import EdgeSync
+from sync.envelope import Command
+
+log = logging.getLogger(__name__)
+
+
+class DaemonSync:
+    """EdgeSync with the daemon's lifecycle (async start/shutdown) and command handling."""
+
+    def __init__(self, config: Config, daemon: Any) -> None:
+        s = config.sync
+        assert s is not None
+        self.config = config
+        self.daemon = daemon
+        self.loop: asyncio.AbstractEventLoop | None = None
+        password = None
+        if s.password_file:
+            password = Path(s.password_file).read_text().strip()
+        elif s.password_env:
+            import os
+            password = os.environ.get(s.password_env)
+        self.edge = EdgeSync(
+            device_id=config.device.id, host=s.host, port=s.port, open_conn=self._open,
+            handler=self._handle, after_command=self._after, prefix=s.topic_prefix,
+            protocol=s.protocol, tls_ca=str(s.tls.ca) if s.tls and s.tls.ca else None,
+            tls_cert=str(s.tls.cert) if s.tls and s.tls.cert else None,
+            tls_key=str(s.tls.key) if s.tls and s.tls.key else None, username=s.username,
+            password=password, batch_max_records=s.batch_max_records,
+            batch_max_bytes=s.batch_max_bytes, linger_s=s.linger_s, window=s.window,
+            compression=s.compression, keepalive_s=s.keepalive_s,
+            ack_timeout_s=s.ack_timeout_s, outbox_limits=dict(s.outbox_max_bytes))
+
+    @property
+    def connected(self) -> bool:
+        return self.edge.connected
+
+    @property
+    def broker(self) -> str:
+        return self.edge.broker
+
+    @property
+    def last_sync(self) -> float | None:
+        return self.edge.last_sync
+
+    def notify(self) -> None:
+        self.edge.notify()
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.edge.start()
+
+    async def shutdown(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.edge.shutdown)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self.daemon.store._open()
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _handle(self, conn: sqlite3.Connection, cmd: Command) -> dict[str, Any]:
+        write = lambda fn: fn(conn)  # noqa: E731 - inside the sync's transaction
+        a = cmd.args
+        if cmd.type in ("approve", "reject"):
+            return decide_approval(write, str(a["run_id"]), approve=cmd.type == "approve",
+                                   by=str(a.get("by") or "cloud"), origin="cloud",
+                                   note=a.get("note"), patch=a.get("patch"))
+        if cmd.type == "cancel":
+            run = request_cancel(write, str(a["run_id"]), by=str(a.get("by") or "cloud"))
+            return {"run_id": run.run_id, "status": run.status}
+        if cmd.type == "start":
+            run_id = queue_run(write, workflow=str(a["workflow"]), input=a.get("input") or {},
+                               workflows=self.daemon.config.workflows, origin="cloud",
+                               run_id=str(a.get("run_id") or f"c-{cmd.id[:20]}"))
+            return {"run_id": run_id}
+        if cmd.type == "doc_update":
+            from edge_agent.replication import replica
+            from sync.documents import Version
+            changed = replica(conn, self.config).apply(Version.decode(a["version"]))
+            return {"applied": changed}
+        raise ValueError(f"command type {cmd.type!r} is not handled by this device")
+
+    def _after(self, cmd: Command, result: dict[str, Any]) -> None:
+        engine = self.daemon.engine
+        if self.loop is None or engine is None:
+            return
+        inner = result.get("result") or {}
+        run_id = inner.get("run_id") if isinstance(inner, dict) else None
+        self.loop.call_soon_threadsafe(engine.wake, run_id)
+
+
+def make_sync(config: Config, daemon: Any) -> DaemonSync:
+    return DaemonSync(config, daemon)

@@ -1,0 +1,1 @@
+"""The cloud side: ingest workers, the fleet store, downlink commands. No llama.cpp here."""

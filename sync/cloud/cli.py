@@ -1,0 +1,142 @@
+"""`edge-agent-cloud`: run the ingest, list devices, steer them."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
+from sync.cloud.ingest import IngestWorker
+from sync.cloud.store import SqlCloudStore
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
+    return IngestWorker(store, host=cfg.host, port=cfg.port, prefix=cfg.topic_prefix,
+                        group=cfg.group, protocol=cfg.protocol, tls_ca=cfg.tls_ca,
+                        tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, username=cfg.username,
+                        password=cfg.password, otlp_endpoint=cfg.otlp_endpoint, **kw)
+
+
+def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    stores = [SqlCloudStore(cfg.store_url) for _ in range(cfg.workers)]
+    workers = [worker(cfg, s) for s in stores]
+    for w in workers:
+        w.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    logging.getLogger("edge-agent-cloud").info("ingest running: %d worker(s) on %s:%d",
+                                               len(workers), cfg.host, cfg.port)
+    stop.wait()
+    for w in workers:
+        w.shutdown()
+    for s in stores:
+        s.close()
+    return 0
+
+
+def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    store = SqlCloudStore(cfg.store_url)
+    try:
+        devices = store.devices()
+    finally:
+        store.close()
+    out = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
+                        "first_seen": _iso(d["first_seen"])} for d in devices]}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for d in out["devices"]:
+        streams = ", ".join(f"{s} {v['received_seq']}" for s, v in d["streams"].items())
+        print(f"{d['device_id']:20} {'online' if d['online'] else 'offline':8} "
+              f"last seen {d['last_seen']}  {streams}")
+    if not out["devices"]:
+        print("(no devices yet)")
+    return 0
+
+
+def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    if args.command == "start":
+        try:
+            payload = json.loads(args.input) if args.input else {}
+        except json.JSONDecodeError as exc:
+            print(f"--input: not valid JSON ({exc.msg})", file=sys.stderr)
+            return 64
+        cargs: dict[str, Any] = {"workflow": args.workflow, "input": payload}
+    else:
+        cargs = {"run_id": args.run_id, "note": args.note, "by": args.by}
+    store = SqlCloudStore(cfg.store_url)
+    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}")
+    sender.client.connect(cfg.host, cfg.port, keepalive=30)
+    sender.client.loop_start()
+    try:
+        cid = sender.send_command(args.device, args.command, cargs, wait_s=10)
+        print(json.dumps({"command_id": cid}) if args.json else cid)
+        if args.wait:
+            deadline = time.time() + args.timeout
+            while time.time() < deadline:
+                c = store.command(cid)
+                if c and c["state"] != "sent":
+                    print(json.dumps(c) if args.json else f"{c['state']}: {c['result']}")
+                    return 0 if c["state"] == "confirmed" else 1
+                time.sleep(0.2)
+            print(f"no confirmation within {args.timeout:g}s (the device may be offline; the"
+                  " command waits in its session)", file=sys.stderr)
+            return 2
+        return 0
+    finally:
+        sender.client.disconnect()
+        sender.client.loop_stop()
+        store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, help="cloud.toml")
+    common.add_argument("--json", action="store_true")
+    p = argparse.ArgumentParser(prog="edge-agent-cloud", description="fleet ingest service")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the ingest workers")
+    sub.add_parser("status", parents=[common], help="devices, online state, stream positions")
+    for name in ("approve", "reject", "cancel"):
+        s = sub.add_parser(name, parents=[common], help=f"{name} a run on a device")
+        s.add_argument("--device", required=True)
+        s.add_argument("run_id")
+        s.add_argument("--note")
+        s.add_argument("--by", default="cloud")
+        s.add_argument("--wait", action="store_true", help="wait until the device confirms")
+        s.add_argument("--timeout", type=float, default=30.0)
+    s = sub.add_parser("start", parents=[common], help="start a workflow on a device")
+    s.add_argument("--device", required=True)
+    s.add_argument("workflow")
+    s.add_argument("--input")
+    s.add_argument("--wait", action="store_true")
+    s.add_argument("--timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+    try:
+        cfg = load_cloud_config(args.config)
+    except CloudConfigError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    handler = {"run": cmd_run, "status": cmd_status}.get(args.command, cmd_send)
+    return handler(cfg, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

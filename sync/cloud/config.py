@@ -1,0 +1,114 @@
+"""`cloud.toml`: [mqtt], [store], [otlp]. Unknown keys are errors; errors name key and value."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class CloudConfigError(Exception):
+    exit_code = 78
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    host: str
+    port: int
+    store_url: str
+    topic_prefix: str = "edge"
+    protocol: str = "5"
+    group: str = "ingest"
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    otlp_endpoint: str | None = None
+    workers: int = 1
+
+
+def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise CloudConfigError(str(file), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CloudConfigError(str(file), [f"cannot read: {exc}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CloudConfigError(str(file), [f"TOML syntax error: {exc}"]) from exc
+    problems: list[str] = []
+    base = file.resolve().parent
+
+    def table(name: str, allowed: set[str], required: bool = True) -> dict[str, Any]:
+        t = data.get(name)
+        if t is None:
+            if required:
+                problems.append(f"{name}: is required")
+            return {}
+        if not isinstance(t, dict):
+            problems.append(f"{name}: must be a table (got {t!r})")
+            return {}
+        for k in t:
+            if k not in allowed:
+                problems.append(f"{name}.{k}: unknown key (got {t[k]!r})")
+        return t
+
+    for k in data:
+        if k not in ("mqtt", "store", "otlp"):
+            problems.append(f"{k}: unknown key (got {data[k]!r})")
+    mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
+                          "protocol", "group", "workers"})
+    store = table("store", {"url"})
+    otlp = table("otlp", {"endpoint"}, required=False)
+    host, port = "", 0
+    m = re.match(r"^([^:\s]+):(\d{1,5})$", str(mqtt.get("broker", "")))
+    if not m or not 0 < int(m.group(2)) < 65536:
+        problems.append(f"mqtt.broker: must be host:port (got {mqtt.get('broker')!r})")
+    else:
+        host, port = m.group(1), int(m.group(2))
+    url = store.get("url")
+    if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://",
+                                                       "postgres://")):
+        problems.append(f"store.url: must be sqlite:///PATH or postgresql://... (got {url!r})")
+    elif url.startswith("sqlite:///") and not url[len("sqlite:///"):].startswith("/"):
+        url = "sqlite:///" + str(base / url[len("sqlite:///"):])
+    protocol = mqtt.get("protocol", "5")
+    if protocol not in ("5", "3.1.1"):
+        problems.append(f"mqtt.protocol: must be '5' or '3.1.1' (got {protocol!r})")
+    tls = mqtt.get("tls", {})
+    if not isinstance(tls, dict) or set(tls) - {"ca", "cert", "key"}:
+        problems.append(f"mqtt.tls: a table of ca, cert, key (got {tls!r})")
+        tls = {}
+
+    def rel(p: Any) -> str | None:
+        return None if p is None else str(base / p)
+    password = None
+    if mqtt.get("password_file"):
+        try:
+            password = Path(rel(mqtt["password_file"]) or "").read_text().strip()
+        except OSError as exc:
+            problems.append(f"mqtt.password_file: cannot read ({exc.strerror}) "
+                            f"(got {mqtt['password_file']!r})")
+    workers = mqtt.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        problems.append(f"mqtt.workers: must be 1..64 (got {workers!r})")
+    endpoint = otlp.get("endpoint")
+    if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
+        problems.append(f"otlp.endpoint: must start with http:// or https:// (got {endpoint!r})")
+    if problems:
+        raise CloudConfigError(str(file), problems)
+    return CloudConfig(host=host, port=port, store_url=str(url),
+                       topic_prefix=mqtt.get("topic_prefix", "edge"), protocol=protocol,
+                       group=mqtt.get("group", "ingest"), tls_ca=rel(tls.get("ca")),
+                       tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
+                       username=mqtt.get("username"), password=password,
+                       otlp_endpoint=endpoint, workers=workers)

@@ -1,0 +1,165 @@
+"""An ingest worker: shared subscription, store, then ack; quarantine what is malformed.
+
+Several workers share the fleet's traffic through MQTT 5 shared subscriptions
+(`$share/<group>/<prefix>/+/up`). Each batch is committed before its ack is published, so
+an ack always means "stored". A worker killed mid-batch acks nothing for it; the device
+resends and the store keeps each (device, stream, seq) once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from typing import Any
+
+import msgpack
+import paho.mqtt.client as mqtt
+
+from sync.cloud.store import CloudStore
+from sync.envelope import (
+    Command, EnvelopeError, decode_batch, encode_ack, encode_command,
+)
+from sync.mqtt import Topics, device_of, make_client, publish_properties
+from sync.outbox import STREAMS
+
+log = logging.getLogger(__name__)
+MAX_STATUS_BYTES = 4096
+
+
+class IngestWorker:
+    def __init__(self, store: CloudStore, *, host: str, port: int, prefix: str = "edge",
+                 group: str = "ingest", worker_id: str | None = None, protocol: str = "5",
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, username: str | None = None,
+                 password: str | None = None, otlp_endpoint: str | None = None) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.group = group
+        self.protocol = protocol
+        self.otlp_endpoint = otlp_endpoint
+        self.host, self.port = host, port
+        self.rejected: Counter[str] = Counter()
+        self.batches = 0
+        self.connected = threading.Event()
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self.client = make_client(worker_id or f"ingest-{uuid.uuid4().hex[:8]}",
+                                  protocol=protocol, tls_ca=tls_ca, tls_cert=tls_cert,
+                                  tls_key=tls_key, username=username, password=password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, msg: self._queue.put(msg)
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("broker refused the ingest worker: %s", reason)
+            return
+        share = f"$share/{self.group}/" if self.protocol == "5" else ""
+        client.subscribe([(f"{share}{self.prefix}/+/up", 1),
+                          (f"{self.prefix}/+/status", 1)])
+        self.connected.set()
+
+    def _work(self) -> None:
+        while (msg := self._queue.get()) is not None:
+            try:
+                self.handle(msg.topic, bytes(msg.payload))
+            except Exception:  # noqa: BLE001 - one bad message must not stop the worker
+                log.exception("ingest: failed on a message from %s", msg.topic)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        device = device_of(topic, self.prefix)
+        if device is None:
+            self._reject(None, topic, "bad_topic", topic, payload)
+            return
+        if topic.endswith("/status"):
+            self._status(device, topic, payload)
+            return
+        try:
+            batch = decode_batch(payload, topic_device=device, streams=STREAMS)
+        except EnvelopeError as exc:
+            self._reject(device, topic, exc.reason, str(exc), payload)
+            return
+        received = self.store.store_batch(batch)
+        self.batches += 1
+        self.client.publish(Topics(self.prefix, device).ack,
+                            encode_ack(batch.stream, received,
+                                       batch.digest if received == batch.last else ""), qos=1)
+        if batch.stream == "control":
+            for r in batch.records:
+                if r.kind == "cmd.result":
+                    self._confirm(r.payload)
+        if batch.stream == "traces" and self.otlp_endpoint:
+            for r in batch.records:
+                if r.kind == "otlp.traces":
+                    self._export(r.payload)
+
+    def _status(self, device: str, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        try:
+            if len(payload) > MAX_STATUS_BYTES:
+                raise ValueError("too large")
+            status = json.loads(payload)
+            state = status["state"]
+            if state not in ("online", "offline"):
+                raise ValueError(f"state {state!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._reject(device, topic, "bad_status", str(exc), payload)
+            return
+        self.store.seen(device, state == "online", status)
+
+    def _confirm(self, payload: bytes) -> None:
+        try:
+            result = msgpack.unpackb(payload, raw=False)
+            self.store.confirm_command(str(result["id"]), result)
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            log.warning("ingest: unreadable command result: %s", exc)
+
+    def _export(self, payload: bytes) -> None:
+        req = urllib.request.Request(self.otlp_endpoint.rstrip("/") + "/v1/traces",
+                                     data=payload, method="POST",
+                                     headers={"Content-Type": "application/x-protobuf"})
+        try:
+            with urllib.request.urlopen(req, timeout=5):
+                pass
+        except OSError as exc:
+            log.warning("ingest: OTLP re-export failed: %s", exc)
+
+    def _reject(self, device: str | None, topic: str, reason: str, detail: str,
+                payload: bytes) -> None:
+        self.rejected[reason] += 1
+        log.warning("quarantined a payload on %s: %s", topic, detail[:200])
+        self.store.quarantine(device=device, topic=topic, reason=reason, detail=detail,
+                              payload=payload)
+
+    def send_command(self, device: str, ctype: str, args: dict[str, Any],
+                     traceparent: str | None = None, wait_s: float = 0.0) -> str:
+        """Record and publish a command (QoS 1); the device confirms on its control stream."""
+        cid = uuid.uuid4().hex
+        cmd = Command(cid, ctype, args, time.time())
+        self.store.add_command(cid, device, ctype, args)
+        props = publish_properties(self.protocol, **({"traceparent": traceparent}
+                                                     if traceparent else {}))
+        info = self.client.publish(Topics(self.prefix, device).cmd, encode_command(cmd), qos=1,
+                                   properties=props)
+        if wait_s:
+            info.wait_for_publish(wait_s)
+        return cid

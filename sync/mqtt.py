@@ -1,0 +1,81 @@
+"""MQTT plumbing shared by the edge and the cloud: topics, client setup, TLS, sessions."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # a device may be offline for days; its queue waits
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device: str
+
+    @property
+    def up(self) -> str:
+        return f"{self.prefix}/{self.device}/up"
+
+    @property
+    def ack(self) -> str:
+        return f"{self.prefix}/{self.device}/ack"
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.prefix}/{self.device}/cmd"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/{self.device}/status"
+
+
+def device_of(topic: str, prefix: str) -> str | None:
+    parts = topic.split("/")
+    pre = prefix.split("/")
+    if len(parts) != len(pre) + 2 or parts[:len(pre)] != pre:
+        return None
+    return parts[len(pre)]
+
+
+def make_client(client_id: str, *, protocol: str = "5", tls_ca: str | None = None,
+                tls_cert: str | None = None, tls_key: str | None = None,
+                username: str | None = None, password: str | None = None) -> mqtt.Client:
+    proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+    kwargs = {} if proto == mqtt.MQTTv5 else {"clean_session": False}
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
+                         **kwargs)
+    if tls_ca or tls_cert:
+        client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key,
+                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if username:
+        client.username_pw_set(username, password)
+    client.reconnect_delay_set(min_delay=1, max_delay=60)
+    return client
+
+
+def connect_properties(protocol: str) -> Properties | None:
+    if protocol != "5":
+        return None
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = SESSION_EXPIRY_S
+    return props
+
+
+def user_properties(msg: mqtt.MQTTMessage) -> dict[str, str]:
+    props = getattr(msg, "properties", None)
+    pairs = getattr(props, "UserProperty", None) or []
+    return {str(k): str(v) for k, v in pairs}
+
+
+def publish_properties(protocol: str, **user: str) -> Properties | None:
+    if protocol != "5" or not user:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [(k, v) for k, v in user.items()]
+    return props

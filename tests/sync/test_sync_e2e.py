@@ -1,0 +1,146 @@
+"""Every record reaches the cloud exactly once, in order, through broker deaths and cuts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from support.broker import Broker
+from support.syncrig import append, assert_exactly_once, device_db, edge, ingest, wait_synced
+
+from sync.outbox import STREAMS
+
+
+def test_sync_through_broker_restarts(tmp_path: Path, broker: Broker) -> None:
+    db = tmp_path / "device.db"
+    device_db(db)
+    for s in STREAMS:
+        append(db, s, 5000)
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    e = edge(db, broker.port, batch_max_records=200, window=4)
+    worker.start()
+    e.start()
+    try:
+        for _ in range(4):  # kill and restart the broker in the middle of the sync
+            time.sleep(0.4)
+            broker.restart()
+            append(db, "checkpoints", 500)
+            e.notify()
+        wait_synced(db, 90)
+        assert_exactly_once(store, "dev-a", db)
+        assert e.stats.resends >= 1 or e.stats.published_records > 20_000
+    finally:
+        e.shutdown()
+        worker.shutdown()
+        store.close()
+
+
+def test_worker_killed_mid_batch_while_another_keeps_going(tmp_path: Path,
+                                                         broker: Broker) -> None:
+    db = tmp_path / "device.db"
+    device_db(db)
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    w1, s1 = ingest(url, broker.port, group="g")
+    w2, s2 = ingest(url, broker.port, group="g")
+    w1.start()
+    w2.start()
+    e = edge(db, broker.port, batch_max_records=100)
+    e.start()
+    try:
+        append(db, "checkpoints", 20_000, size=100)
+        e.notify()
+        time.sleep(0.5)
+        w1.client.disconnect()  # dies: anything it had not committed is never acked
+        w1.client.loop_stop()
+        wait_synced(db, 90)
+        assert_exactly_once(s2, "dev-a", db)
+        assert w2.batches > 0
+    finally:
+        e.shutdown()
+        w2.shutdown()
+        s1.close()
+        s2.close()
+
+
+class Proxy:
+    """A TCP proxy the test can cut, standing in for a flaky network path."""
+
+    def __init__(self, target: int) -> None:
+        import socket
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.open = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a, b) -> None:  # noqa: ANN001
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+    def close(self) -> None:
+        self.cut()
+        self.sock.close()
+
+
+def test_cut_network_path_and_long_offline_backlog(tmp_path: Path, broker: Broker) -> None:
+    db = tmp_path / "device.db"
+    device_db(db)
+    proxy = Proxy(broker.port)
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    worker.start()
+    e = edge(db, proxy.port, batch_max_records=300)
+    proxy.open = False  # offline: the backlog grows
+    e.start()
+    try:
+        for s in STREAMS:
+            append(db, s, 4000)
+        time.sleep(0.5)
+        proxy.open = True  # back online
+        for _ in range(3):
+            time.sleep(0.6)
+            proxy.cut()
+        wait_synced(db, 120)
+        assert_exactly_once(store, "dev-a", db)
+    finally:
+        e.shutdown()
+        worker.shutdown()
+        store.close()
+        proxy.close()
