@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -32,7 +34,9 @@ class Broker:
             f"listener {self.port} 127.0.0.1\n"
             + ("allow_anonymous true\n" if "allow_anonymous" not in extra else "")
             + "persistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\n"
-            + "set_tcp_nodelay true\n" + extra)
+            + "set_tcp_nodelay true\n"
+            # run as whoever runs the tests, so it can read the test's own files
+            + f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" + extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Broker:
