@@ -1,0 +1,114 @@
+"""The whole loop with real processes: daemon, broker, `edge-agent-cloud run`, and its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.broker import Broker
+from support.daemon import DaemonProcess, cli_json
+
+CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
+
+
+def cloud(cfg: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([CLOUD, *args, "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=60)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_device_to_cloud_and_back(tmp_path: Path, broker: Broker) -> None:
+    cloud_cfg = tmp_path / "cloud.toml"
+    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
+                         f'[store]\nurl = "sqlite:///cloud.db"\n')
+    device_cfg = tmp_path / "config.toml"
+    device_cfg.write_text(f"""
+[device]
+id = "press-7"
+data_dir = "data"
+runtime_dir = "run"
+[sync]
+broker = "127.0.0.1:{broker.port}"
+ack_timeout_s = 2
+[workflows.gated]
+start = "gate"
+[workflows.gated.nodes.gate]
+approval = {{ prompt = "Ship it?" }}
+next = "done"
+[workflows.gated.nodes.done]
+end = true
+""")
+    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = DaemonProcess(device_cfg, tmp_path)
+    try:
+        daemon.start()
+        daemon.wait_for("READY=1")
+        # the cloud starts a run, then approves its gate, waiting for the device's word
+        out = cloud(cloud_cfg, "start", "--device", "press-7", "gated", "--input",
+                    '{"lot": 3}', "--wait", "--json").stdout.splitlines()
+        started = json.loads(out[-1])
+        assert started["state"] == "confirmed"
+        run_id = started["result"]["result"]["run_id"]
+        deadline = time.time() + 20
+        while cli_json(device_cfg, "runs", "show", run_id)["status"] != "waiting_approval":
+            assert time.time() < deadline
+            time.sleep(0.1)
+        r = cloud(cloud_cfg, "approve", "--device", "press-7", run_id, "--note", "ok from HQ",
+                  "--wait")
+        assert "confirmed" in r.stdout
+        while cli_json(device_cfg, "runs", "show", run_id)["status"] != "completed":
+            assert time.time() < deadline
+            time.sleep(0.1)
+        shown = cli_json(device_cfg, "runs", "show", run_id)
+        assert shown["context"]["gate"]["origin"] == "cloud"
+        assert shown["input"] == {"lot": 3}
+        # a second approve has nothing to answer: the cloud hears why
+        again = cloud(cloud_cfg, "approve", "--device", "press-7", run_id, "--wait",
+                      check=False)
+        assert again.returncode == 1 and "no pending approval" in again.stdout
+        # in sync: nothing pending on the device, the cloud holds every record
+        while True:
+            st = cli_json(device_cfg, "status")
+            if st["sync"]["connected"] and all(
+                    s["pending"] == 0 for s in st["sync"]["streams"].values()):
+                break
+            assert time.time() < deadline + 10
+            time.sleep(0.2)
+        fleet = json.loads(cloud(cloud_cfg, "status", "--json").stdout)
+        dev = fleet["devices"][0]
+        assert dev["device_id"] == "press-7" and dev["online"] is True
+        assert isinstance(dev["last_seen"], str) and dev["last_seen"].endswith("Z")
+        for name, s in dev["streams"].items():
+            assert s["received_seq"] == s["acked_seq"] == \
+                st["sync"]["streams"][name]["acked_seq"]
+        assert dev["streams"]["checkpoints"]["received_seq"] >= 4
+        # the device goes away: its last will marks it offline
+        daemon.kill()
+        while json.loads(cloud(cloud_cfg, "status", "--json").stdout)["devices"][0]["online"]:
+            assert time.time() < deadline + 60
+            time.sleep(0.5)
+    finally:
+        daemon.close()
+        ingest.send_signal(signal.SIGTERM)
+        try:
+            ingest.wait(10)
+        except subprocess.TimeoutExpired:
+            ingest.kill()
+
+
+def test_cloud_config_errors_exit_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text('[mqtt]\nbroker = "nohost"\nfoo = 1\n[store]\nurl = "mysql://x"\n')
+    r = cloud(cfg, "status", check=False)
+    assert r.returncode == 78
+    assert "mqtt.broker: must be host:port (got 'nohost')" in r.stderr
+    assert "mqtt.foo: unknown key" in r.stderr and "store.url" in r.stderr
+    assert os.path.exists(tmp_path / "cloud.toml")
