@@ -1,0 +1,154 @@
+"""Serial tools against the simulator on a pty: contract, faults, reconnects, exactly-once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.devices import SerialSim
+
+from edge_agent.tools.base import ToolError
+from edge_agent.tools.registry import build_tool, check_tool_options
+
+RELAY = {
+    "port": "ttyRELAY", "baudrate": 115200, "terminator": "\n",
+    "send": "SET {channel} {state}",
+    "expect": r"^OK (?P<channel>\d+) (?P<state>ON|OFF)$",
+    "error": r"^ERR (?P<reason>.*)$",
+}
+PARAMS = {"type": "object", "properties": {
+    "channel": {"type": "integer", "minimum": 1, "maximum": 8},
+    "state": {"enum": ["ON", "OFF"]}}, "required": ["channel", "state"]}
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SerialSim]:
+    s = SerialSim(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def relay(tmp: Path, timeout_s: float = 1.0, **extra: object):  # noqa: ANN201
+    options = {**RELAY, **extra}
+    assert check_tool_options("serial", options, tmp) == []
+    return build_tool("relay", "serial", description="relay", params=PARAMS,
+                      result_schema=None, idempotent=True, timeout_s=timeout_s,
+                      options=options, base_dir=tmp)
+
+
+def test_contract_example(tmp_path: Path, sim: SerialSim) -> None:
+    tool = relay(tmp_path)
+    try:
+        assert tool.call({"channel": 3, "state": "ON"}, idempotency_key="k1") == \
+            {"channel": "3", "state": "ON"}
+        assert sim.ledger_lines()[0]["channel"] == 3
+    finally:
+        tool.close()
+
+
+def test_device_error_is_typed_and_not_retryable(tmp_path: Path, sim: SerialSim) -> None:
+    tool = build_tool("get", "serial", description="", params={"type": "object"},
+                      result_schema=None, idempotent=True, timeout_s=1.0, base_dir=tmp_path,
+                      options={**RELAY, "send": "GET 99"})
+    with pytest.raises(ToolError) as info:
+        tool.call({}, idempotency_key="k")
+    assert info.value.kind == "device_error" and not info.value.retryable
+    assert info.value.fields == {"reason": "unknown command GET"} or \
+        "reason" in info.value.fields
+    tool.close()
+
+
+def test_arguments_are_validated_before_any_io(tmp_path: Path, sim: SerialSim) -> None:
+    tool = relay(tmp_path)
+    for bad in ({"channel": 9, "state": "ON"}, {"channel": 1, "state": "MAYBE"}, {}):
+        with pytest.raises(ToolError) as info:
+            tool.call(bad, idempotency_key="k")
+        assert info.value.kind == "invalid_args"
+    assert sim.ledger_lines() == []
+    tool.close()
+
+
+@pytest.mark.parametrize("fault,kind,retryable", [
+    ("slow 2", "timeout", True), ("silence", "timeout", True),
+    ("partial", "timeout", True), ("garbage", "bad_reply", False),
+])
+def test_fault_modes_give_typed_errors(tmp_path: Path, sim: SerialSim, fault: str, kind: str,
+                                       retryable: bool) -> None:
+    tool = relay(tmp_path, timeout_s=0.6)
+    sim.fault(fault)
+    with pytest.raises(ToolError) as info:
+        tool.call({"channel": 1, "state": "ON"}, idempotency_key="k")
+    assert (info.value.kind, info.value.retryable) == (kind, retryable)
+    sim.fault("none")
+    import time
+    time.sleep(1.6 if fault.startswith("slow") else 0.1)  # the late reply must not confuse us
+    assert tool.call({"channel": 2, "state": "OFF"}, idempotency_key="k2") == \
+        {"channel": "2", "state": "OFF"}
+    tool.close()
+
+
+def test_reconnects_after_the_device_disappears(tmp_path: Path, sim: SerialSim) -> None:
+    tool = relay(tmp_path)
+    assert tool.call({"channel": 1, "state": "ON"}, idempotency_key="a")["state"] == "ON"
+    sim.fault("disconnect 1.0")
+    with pytest.raises(ToolError) as info:
+        tool.call({"channel": 1, "state": "OFF"}, idempotency_key="b")
+    assert info.value.kind in ("device_gone", "timeout") and info.value.retryable
+    import time
+    deadline = time.time() + 10
+    while True:
+        try:
+            assert tool.call({"channel": 1, "state": "OFF"}, idempotency_key="c")["state"] == \
+                "OFF"
+            break
+        except ToolError as exc:
+            assert exc.retryable and time.time() < deadline
+            time.sleep(0.2)
+    tool.close()
+
+
+def test_concurrent_calls_to_one_port_are_serialized(tmp_path: Path, sim: SerialSim) -> None:
+    tools = [relay(tmp_path) for _ in range(4)]  # four tools, one port
+    results: list[tuple[int, dict]] = []
+    errors: list[Exception] = []
+
+    def worker(i: int) -> None:
+        try:
+            for j in range(5):
+                ch = (i * 5 + j) % 8 + 1
+                state = "ON" if j % 2 == 0 else "OFF"
+                out = tools[i].call({"channel": ch, "state": state}, idempotency_key=f"{i}{j}")
+                results.append((ch, out))
+                assert out == {"channel": str(ch), "state": state}
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 20 and len(sim.ledger_lines()) == 20
+    for t in tools:
+        t.close()
+
+
+def test_request_ids_let_the_device_drop_repeats(tmp_path: Path, sim: SerialSim) -> None:
+    tool = relay(tmp_path, request_id=True)
+    first = tool.call({"channel": 5, "state": "ON"}, idempotency_key="run/node/0/0/a1")
+    again = tool.call({"channel": 5, "state": "ON"}, idempotency_key="run/node/0/0/a1")
+    other = tool.call({"channel": 5, "state": "ON"}, idempotency_key="run/node/0/0/a2")
+    assert first == again == other == {"channel": "5", "state": "ON"}
+    ids = [e["id"] for e in sim.ledger_lines()]
+    assert len(ids) == 2 and len(set(ids)) == 2  # the repeat was not executed again
+    tool.close()
+
+
+def test_bad_serial_options_are_named(tmp_path: Path) -> None:
+    problems = dict((k, m) for k, m, _ in check_tool_options(
+        "serial", {"port": "x", "send": "SET {a b}", "expect": "(", "baudrate": 1234,
+                   "colour": "red"}, tmp_path))
+    assert set(problems) >= {"send", "expect", "baudrate", "colour"}
