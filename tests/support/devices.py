@@ -53,10 +53,10 @@ class SerialSim:
 
 
 def modbus_context() -> ModbusServerContext:
-    block = lambda: ModbusSequentialDataBlock(0, [0] * 100)  # noqa: E731
-    dev = ModbusDeviceContext(di=block(), co=block(), hr=block(), ir=block())
-    dev.setValues(4, 0, [215, 0xFFFF])  # input registers: 21.5 C scaled, -1 as int16
-    dev.setValues(2, 0, [1])  # discrete input 0 on
+    def block(first: list[int]) -> ModbusSequentialDataBlock:
+        return ModbusSequentialDataBlock(1, first + [0] * (100 - len(first)))  # address 0 = 1
+    # input registers: 21.5 C (scaled by 0.1) and -1 as int16; discrete input 0 is on
+    dev = ModbusDeviceContext(di=block([1]), co=block([]), hr=block([]), ir=block([215, 0xFFFF]))
     return ModbusServerContext(devices={1: dev}, single=False)
 
 
