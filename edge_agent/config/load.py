@@ -164,6 +164,10 @@ def _schema(t: Table, key: str) -> Mapping[str, Any] | None:
     except jsonschema.SchemaError as exc:
         t.error(key, f"is not a valid JSON Schema: {exc.message}", value)
         return None
+    from edge_agent.inference.schema_grammar import unsupported_keywords
+    for where in unsupported_keywords(value):
+        t.error(key, f"uses {where!r}, which grammar-constrained generation cannot honour",
+                value)
     return MappingProxyType(value)
 
 
