@@ -10,6 +10,28 @@ from edge_agent.engine import queries as q
 from edge_agent.engine.records import loads
 
 
+def _scope_matches(scope: str, step: dict[str, Any], attempt: int | None = None) -> bool:
+    """A journal scope is `node#visit` (tools) or `node#visit.attempt.segment` (agents),
+    after `parallel/` for branches."""
+    name, _, rest = scope.split("/")[-1].partition("#")
+    if name != step["node"]:
+        return False
+    parts = rest.split(".")
+    if not parts[0].isdigit() or int(parts[0]) != step["visit"]:
+        return False
+    if len(parts) >= 2:
+        return int(parts[1]) == step["attempt"]
+    return attempt is None or attempt == step["attempt"]
+
+
+def _belongs(key: str, run_id: str, step: dict[str, Any]) -> bool:
+    parts = key[len(run_id) + 1:].split("/")
+    if len(parts) < 4:
+        return False
+    scope, attempt = "/".join(parts[:-3]), parts[-1]
+    return _scope_matches(scope, step, int(attempt[1:]) if attempt[1:].isdigit() else None)
+
+
 def build_trace(store: Any, run_id: str) -> dict[str, Any]:
     run = store.read(lambda c: q.get_run(c, run_id))
     if run is None:
@@ -26,22 +48,19 @@ def build_trace(store: Any, run_id: str) -> dict[str, Any]:
                 "status": s["status"], "error": s["error"], "error_kind": s["error_kind"],
                 "duration_ms": round((s["finished_at"] - s["started_at"]) * 1000, 1),
                 "started_at": s["started_at"], "children": []}
-        prefix = f"{run_id}/{s['node']}#{s['visit']}"
         for c in calls:
-            if c["idem_key"].startswith(prefix) and (
-                    f"/a{s['attempt']}" in c["idem_key"] or "." in c["idem_key"]):
+            if _belongs(c["idem_key"], run_id, s):
                 item["children"].append({
                     "tool": c["tool"], "args": c["args"], "status": c["status"],
                     "attempt": c["attempt"], "error": c["error"], "key": c["idem_key"],
                     "duration_ms": None if c["finished_at"] is None else
                     round((c["finished_at"] - c["started_at"]) * 1000, 1)})
         for t in turns:
-            if t["scope"].startswith(f"{s['node']}#{s['visit']}"):
+            if _scope_matches(t["scope"], s):
                 value = loads(t["value"]) or {}
+                summary = {"tool": value.get("tool"), **(value.get("completion") or {})}
                 item["children"].append({"model_turn": t["key"], "scope": t["scope"],
-                                         "summary": {k: value.get(k) for k in
-                                                     ("tool", "finish_reason", "tokens",
-                                                      "completion_tokens") if k in value}})
+                                         "summary": summary})
         for a in approvals:
             if a["node"] == s["node"]:
                 item["children"].append({"approval": a["kind"], "prompt": a["prompt"],
@@ -67,7 +86,11 @@ def render_trace(t: dict[str, Any]) -> str:
                 text = f"tool {c['tool']} {c['status']}" + (f": {c['error']}" if c["error"]
                                                             else "")
             elif "model_turn" in c:
-                text = f"model {c['model_turn']} {c['summary']}"
+                m = c["summary"]
+                text = (f"model {m.get('model', '?')} {c['model_turn']} -> {m.get('tool')}"
+                        + (f" ({m.get('completion_tokens')} tokens, "
+                           f"{m.get('tokens_per_s')} tok/s, ttft "
+                           f"{1000 * (m.get('ttft_s') or 0):.0f} ms)" if m.get('model') else ""))
             else:
                 text = (f"approval ({c['approval']}) {c['decision']} by {c['by'] or '-'}"
                         f" from {c['origin'] or '-'}" + (f": {c['note']}" if c["note"] else ""))

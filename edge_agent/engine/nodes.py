@@ -123,6 +123,7 @@ class NodeRunner:
             return False
         scope = f"{node.name}#{run.visit(node.name)}.{attempt}.{segment}"
         ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
+        begun = self.e.clock()
         try:
             outcome = self.e.agent_runner(agent, message, ctx)
         except UnknownOutcome as u:
@@ -158,7 +159,7 @@ class NodeRunner:
             self.e.set_state(run, new_state, extra=handoff)
             return True
         return self.e.advance(run, node, output=outcome.output, next_node=node.next,
-                                    attempt=attempt)
+                              attempt=attempt, started_at=begun)
 
     _handoff = _agent
 

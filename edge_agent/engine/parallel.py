@@ -42,10 +42,12 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
     done: dict[str, dict[str, Any]] = dict(run.node_state.get("done", {}))
     outcome = join_outcome(node, done)
     tasks: dict[Future[dict[str, Any]], str] = {}
+    started: dict[str, float] = {}
     if outcome is None:
         for b in node.branches:
             if b not in done:
                 scope = f"{node.name}/{b}#{visit}"
+                started[b] = e.clock()
                 task = e.branch_pool.submit(contextvars.copy_context().run, runner.run_branch,
                                             run, wf.nodes[b], scope)
                 tasks[task] = b
@@ -60,11 +62,16 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
 
             def record(c: sqlite3.Connection, name: str = name, result: dict[str, Any] = result,
                        now: float = now) -> None:
+                begun = started.get(name, now)
                 q.insert_step(c, run_id=run.run_id, node=name, visit=visit,
                               attempt=int(result.get("attempt", 1)),
                               status="completed" if result["ok"] else "failed",
                               output=result.get("output"), error=result.get("error"),
-                              error_kind=result.get("kind"), started_at=now, finished_at=now)
+                              error_kind=result.get("kind"), started_at=begun, finished_at=now)
+                e.trace_step(c, run, wf.nodes[name], attempt=int(result.get("attempt", 1)),
+                             start=begun, end=now,
+                             status="completed" if result["ok"] else "failed",
+                             error=result.get("error"), **{"edge_agent.parallel": node.name})
             e.set_state(run, {**run.node_state, "done": done}, extra=record)
         outcome = join_outcome(node, done)
     for task in waiting:

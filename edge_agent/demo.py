@@ -1,0 +1,334 @@
+"""`make demo`: the whole product on one machine, end to end, then everything stopped.
+
+A local Mosquitto, the cloud ingest on SQLite, a serial relay/sensor board on a pty, a
+Modbus sensor block, and the daemon with a generated model run an inspection: sensors are
+read over serial and Modbus, an agent decides under its grammar, a gate waits for a human
+(answered from the cloud), a relay closes. In the middle the daemon is SIGKILLed and the
+broker restarted; the run still completes, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "demo-data"
+BIN = Path(sys.executable).parent
+
+CONFIG = """\
+# The demo's device configuration (made by edge_agent/demo.py; see systemd/ for the example).
+[device]
+id = "press-7"
+data_dir = "state"
+runtime_dir = "run"
+
+[telemetry]
+log_format = "json"
+
+[sync]
+broker = "127.0.0.1:{mqtt}"
+topic_prefix = "edge"
+ack_timeout_s = 3
+
+[model.small]
+path = "models/small.gguf"
+n_ctx = 2048
+
+[tools.temperature]
+kind = "serial"
+description = "Read a temperature sensor on the press (celsius)."
+port = "ttyBOARD"
+send = "TEMP {{sensor}}"
+expect = '^TEMP (?P<sensor>\\d+) (?P<celsius>-?[0-9.]+)$'
+error = '^ERR (?P<reason>.*)$'
+params = {{ type = "object", properties = {{ sensor = {{ type = "integer", minimum = 1, maximum = 4 }} }}, required = ["sensor"], additionalProperties = false }}
+result = {{ type = "object", properties = {{ celsius = {{ type = "number" }}, sensor = {{ type = "integer" }} }} }}
+idempotent = true
+timeout_s = 2
+retry = {{ max_attempts = 3, initial_delay_s = 0.2 }}
+
+[tools.vibration]
+kind = "modbus"
+description = "Read the spindle's vibration (mm/s) from the PLC."
+transport = "tcp"
+host = "127.0.0.1"
+port = {modbus}
+registers = {{ vibration = {{ table = "input", address = 0, type = "int16", scale = 0.01 }} }}
+params = {{ type = "object", properties = {{ register = {{ enum = ["vibration"] }} }}, required = ["register"], additionalProperties = false }}
+idempotent = true
+timeout_s = 2
+
+[tools.relay]
+kind = "serial"
+description = "Switch a relay on the press's board."
+port = "ttyBOARD"
+send = "SET {{channel}} {{state}}"
+expect = '^OK (?P<channel>\\d+) (?P<state>ON|OFF)$'
+error = '^ERR (?P<reason>.*)$'
+request_id = true                 # the board drops a repeated request: idempotent for real
+timeout_s = 2.0
+idempotent = true
+params = {{ type = "object", properties = {{ channel = {{ type = "integer", minimum = 1, maximum = 8 }}, state = {{ enum = ["ON", "OFF"] }} }}, required = ["channel", "state"] }}
+
+[tools.beacon]
+kind = "gpio"
+description = "The green beacon over the station (simulated GPIO chip)."
+chip = "sim:demo"
+lines = {{ beacon = {{ offset = 17, direction = "output" }} }}
+idempotent = true
+
+[agents.inspector]
+model = "small"
+system = "You inspect pressed parts. Read the sensors, then answer with a verdict."
+tools = ["temperature", "vibration"]
+max_turns = 3
+temperature = 0.8
+
+[workflows.inspection]
+start = "sense"
+
+[workflows.inspection.nodes.sense]
+parallel = ["read_temp", "read_vibration"]
+join = "all"
+next = "decide"
+
+[workflows.inspection.nodes.read_temp]
+tool = "temperature"
+args = {{ sensor = 1 }}
+
+[workflows.inspection.nodes.read_vibration]
+tool = "vibration"
+args = {{ register = "vibration" }}
+
+[workflows.inspection.nodes.decide]
+agent = "inspector"
+input = "'part ' + input.part + ': temperature ' + string(read_temp.celsius) + ' C, vibration ' + string(read_vibration.value) + ' mm/s'"
+fallback = "gate"
+next = "gate"
+
+[workflows.inspection.nodes.gate]
+approval = {{ prompt = "Release the part to the next station?", timeout_s = 600, on_timeout = "reject" }}
+next = "release"
+
+[workflows.inspection.nodes.release]
+tool = "relay"
+args = {{ channel = 1, state = "ON" }}
+next = "beacon"
+
+[workflows.inspection.nodes.beacon]
+tool = "beacon"
+args = {{ line = "beacon", op = "write", value = true }}
+next = "done"
+
+[workflows.inspection.nodes.done]
+end = true
+"""
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def say(text: str) -> None:
+    bold = sys.stdout.isatty()
+    print(f"\n\033[1m== {text}\033[0m" if bold else f"\n== {text}", flush=True)
+
+
+class Demo:
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[Any]] = {}
+        self.mqtt = free_port()
+        self.modbus = free_port()
+
+    def spawn(self, name: str, argv: list[str], ready: str | None = None) -> None:
+        log = open(DATA / "logs" / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, cwd=DATA, stdout=subprocess.PIPE if ready else log,
+                                stderr=log)
+        self.procs[name] = proc
+        if ready:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            if not line.startswith(ready):
+                raise DemoFailed(f"{name} did not start (see {log.name})")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs)[::-1]:
+            self.stop(name)
+
+    def cli(self, *args: str, json_out: bool = False) -> Any:
+        r = subprocess.run([str(BIN / "edge-agent"), *args, "--config", "config.toml",
+                            *(["--json"] if json_out else [])], cwd=DATA,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise DemoFailed(f"edge-agent {' '.join(args)}: {r.stderr.strip()}")
+        return json.loads(r.stdout) if json_out else r.stdout
+
+    def cloud(self, *args: str) -> str:
+        r = subprocess.run([str(BIN / "edge-agent-cloud"), *args, "--config", "cloud.toml"],
+                           cwd=DATA, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise DemoFailed(f"edge-agent-cloud {' '.join(args)}: {r.stdout}{r.stderr}")
+        return r.stdout
+
+    def broker(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        conf = DATA / "mosquitto.conf"
+        conf.write_text(f"listener {self.mqtt} 127.0.0.1\nallow_anonymous true\n"
+                        "persistence false\nmax_queued_messages 100000\n"
+                        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        self.spawn("mosquitto", [exe, "-c", str(conf)])
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.mqtt), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise DemoFailed("mosquitto did not start (see demo-data/logs/mosquitto.log)")
+
+    def daemon(self) -> None:
+        self.spawn("edge-agent", [str(BIN / "edge-agent"), "run", "--config", "config.toml"])
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.procs["edge-agent"].poll() is not None:
+                raise DemoFailed("the daemon exited (see demo-data/logs/edge-agent.log)")
+            try:
+                if self.cli("status", json_out=True)["daemon"]["answering"]:
+                    return
+            except DemoFailed:
+                pass
+            time.sleep(0.2)
+        raise DemoFailed("the daemon did not become ready")
+
+    def wait_run(self, run_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            run: dict[str, Any] = self.cli("runs", "show", run_id, json_out=True)
+            if run["node"] != last:
+                last = run["node"]
+                print(f"   run {run_id[:12]}: {run['status']} at {run['node'] or '-'}")
+            if run["status"] in statuses:
+                return run
+            time.sleep(0.2)
+        raise DemoFailed(f"run {run_id} did not reach {statuses}")
+
+    def run(self) -> None:
+        if DATA.exists():
+            shutil.rmtree(DATA)
+        (DATA / "logs").mkdir(parents=True)
+        (DATA / "config.toml").write_text(CONFIG.format(mqtt=self.mqtt, modbus=self.modbus))
+        (DATA / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{self.mqtt}"\n'
+                                         '[store]\nurl = "sqlite:///cloud.db"\n')
+        say("setting up: a model, a broker, the cloud ingest, two devices")
+        from edge_agent.inference.testmodel import make_test_model
+        make_test_model(DATA / "models" / "small.gguf")
+        print("   generated models/small.gguf (tiny, random weights: its words are nonsense,"
+              " its tool calls are valid by grammar)")
+        self.broker()
+        print(f"   mosquitto on 127.0.0.1:{self.mqtt}")
+        self.spawn("cloud", [str(BIN / "edge-agent-cloud"), "run", "--config", "cloud.toml"])
+        print("   edge-agent-cloud ingest on SQLite (cloud.db)")
+        self.spawn("board", [sys.executable, "-m", "hardware.simulator", "--link",
+                             str(DATA / "ttyBOARD"), "--ledger", str(DATA / "board-ledger.jsonl")],
+                   ready="ready")
+        print("   serial relay board + sensors on a pty (ttyBOARD)")
+        self.spawn("plc", [sys.executable, "-m", "hardware.modbus_sim", "--port",
+                           str(self.modbus)], ready="ready")
+        print(f"   Modbus TCP sensor block on 127.0.0.1:{self.modbus}")
+        print("   " + self.cli("config", "check").strip() + ": config.toml")
+        self.daemon()
+        say("edge-agent status")
+        print(self.cli("status"))
+
+        say("an inspection run: sensors over serial and Modbus, then the agent decides")
+        run_id = self.cli("start", "inspection", "--input", '{"part": "A-113"}',
+                          json_out=True)["run_id"]
+        self.wait_run(run_id, {"waiting_approval"})
+        run = self.cli("runs", "show", run_id, json_out=True)
+        ctx = run["context"]
+        print(f"   temperature {ctx['read_temp']['celsius']} C (serial), vibration "
+              f"{ctx['read_vibration']['value']} mm/s (Modbus)")
+        verdict = ctx.get("decide", ctx.get("error"))
+        print(f"   agent said: {json.dumps(verdict)[:160]}")
+
+        say("pulling the plug: SIGKILL the daemon while the gate waits, restart the broker")
+        self.stop("edge-agent", signal.SIGKILL)
+        print("   daemon killed (no shutdown, no flush)")
+        self.stop("mosquitto", signal.SIGKILL)
+        self.broker()
+        print("   broker restarted")
+        self.daemon()
+        print("   daemon restarted: the run resumes from its last checkpoint")
+        self.wait_run(run_id, {"waiting_approval"})
+
+        say("the cloud approves the gate (edge-agent-cloud approve --wait)")
+        print("   " + self.cloud("approve", "--device", "press-7", run_id, "--note",
+                               "released by the line lead", "--wait").strip()[:200])
+        run = self.wait_run(run_id, {"completed", "failed", "cancelled"})
+        if run["status"] != "completed":
+            raise DemoFailed(f"the run ended {run['status']}: {run['error']}")
+        board = [json.loads(x) for x in (DATA / "board-ledger.jsonl").read_text().splitlines()]
+        print(f"   the relay board executed: {[(b['cmd'], b['channel'], b['state']) for b in board]}"
+              " (exactly once)")
+
+        say(f"edge-agent trace {run_id}")
+        print(self.cli("trace", run_id))
+        deadline = time.time() + 30
+        while True:
+            status = self.cli("status", json_out=True)
+            pending = sum(s["pending"] for s in status["sync"]["streams"].values())
+            if status["sync"]["connected"] and pending == 0:
+                break
+            if time.time() > deadline:
+                raise DemoFailed(f"still {pending} records pending after 30 s")
+            time.sleep(0.3)
+        say("edge-agent status (device side)")
+        print(self.cli("status"))
+        say("edge-agent-cloud status (the cloud's view)")
+        print(self.cloud("status"))
+        say("done: the run completed, survived a SIGKILL and a broker restart, nothing pending")
+
+
+def main() -> int:
+    demo = Demo()
+    try:
+        demo.run()
+        return 0
+    except (DemoFailed, OSError, subprocess.SubprocessError) as exc:
+        print(f"\ndemo failed: {exc}\nlogs: {DATA / 'logs'}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        demo.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
