@@ -53,7 +53,7 @@ def raw_commits(path: Path, n: int, sync: str) -> float:
 
 
 async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
-               idempotent: bool = True) -> tuple[float, float]:
+               idempotent: bool = True, telemetry: bool = False) -> tuple[float, float]:
     wf = Workflow("bench")
     for i in range(k):
         wf.tool(f"s{i}", "noop", next=f"s{i + 1}" if i + 1 < k else "done")
@@ -61,7 +61,12 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     workflows = {"bench": wf.build(tools={"noop": tool_config("noop")})}
     store = Store(path, synchronous=sync)
     writer = GroupCommitter(store)
-    engine = Engine(store=store, writer=writer, workflows=workflows,
+    spans = None
+    if telemetry:
+        from edge_agent.telemetry.spans import SpanSink
+        from sync.outbox import Outbox
+        spans = SpanSink(device_id="bench", emit=lambda c, s, k, p: Outbox(c).append(s, k, p))
+    engine = Engine(store=store, writer=writer, workflows=workflows, spans=spans,
                     tools={"noop": ToolBinding(Noop(idempotent), retry=RetryPolicy())})
     await engine.start()
     ids = [queue_run(writer.write, workflow="bench", input={}, workflows=workflows)
@@ -117,6 +122,8 @@ def main() -> None:
                 rate, cps
         results["ours_seq_full_nonidem"], results["commits_per_step_nonidem"] = asyncio.run(
             ours(d / "seq_nonidem.db", runs, k, "FULL", 1, idempotent=False))
+        results["ours_seq_full_telemetry"], _ = asyncio.run(
+            ours(d / "seq_tel.db", runs, k, "FULL", 1, telemetry=True))
         results["ours_16_full"], results["commits_per_step_16"] = asyncio.run(
             ours(d / "conc.db", runs * 4, k, "FULL", 16))
         if not args.no_peers:
@@ -130,8 +137,11 @@ def main() -> None:
         ("edge-agent sequential, NORMAL", results["ours_seq_normal"], results["raw_normal"]),
         ("edge-agent sequential, FULL, non-idempotent", results["ours_seq_full_nonidem"], raw),
         ("edge-agent 16 concurrent runs, FULL", results["ours_16_full"], raw),
+        ("edge-agent sequential, FULL, with spans", results["ours_seq_full_telemetry"],
+         results["ours_seq_full"]),
     ]
-    print(f"{'benchmark':52} {'steps/s':>10} {'vs raw':>8}")
+    print(f"{'benchmark':52} {'steps/s':>10} {'ratio':>8}  (against raw commits; spans: "
+          "against without)")
     for name, value, anchor in rows:
         ratio = f"{value / anchor:.2f}x" if anchor else ""
         print(f"{name:52} {value:10.0f} {ratio:>8}")

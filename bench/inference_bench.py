@@ -1,0 +1,103 @@
+"""Agent step tokens/s against a bare llama-cpp-python call, and time to first token with a
+warm prefix cache against a cold one (a 1,000+ token static prefix).
+
+Run: .venv/bin/python -m bench.inference_bench [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import llama_cpp
+
+from edge_agent.inference.llama import LlamaProvider, gbnf_for
+from edge_agent.inference.schema_grammar import tool_choice_schema
+from edge_agent.inference.testmodel import make_test_model
+
+TOOLS = [{"name": f"tool_{i}", "params": {"type": "object", "properties": {
+    "value": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["value"]}}
+    for i in range(4)]
+
+
+def long_system() -> str:
+    rules = " ".join(f"Rule {i}: check the part's edge {i} for burrs and report ok." for i in
+                     range(24))
+    return "You inspect parts on a press line. " + rules
+
+
+def bare_tokens_per_s(llm: llama_cpp.Llama, messages: list, grammar: str, n: int) -> float:
+    g = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+    rates = []
+    for i in range(n):
+        start = time.perf_counter()
+        first = None
+        count = 0
+        for chunk in llm.create_chat_completion(messages, max_tokens=96, temperature=0.7,
+                                                seed=i, grammar=g, stream=True):
+            if chunk["choices"][0].get("delta", {}).get("content"):
+                count += 1
+                first = first or time.perf_counter()
+        if first and count > 1:
+            rates.append((count - 1) / (time.perf_counter() - first))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a GGUF to use instead of the generated test model")
+    ap.add_argument("--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=20)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(args.model) if args.model else make_test_model(Path(d) / "bench.gguf",
+                                                                    n_embd=256, n_layer=4,
+                                                                    n_ff=512, n_head=8)
+        schema = tool_choice_schema(TOOLS)
+        messages = [{"role": "system", "content": "You pick a tool."},
+                    {"role": "user", "content": "Go."}]
+        bare = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_gpu_layers=args.n_gpu_layers,
+                               verbose=False, seed=0)
+        bare_rate = bare_tokens_per_s(bare, messages, gbnf_for(schema), args.samples)
+        del bare
+        prov = LlamaProvider("bench", path, n_ctx=4096, n_gpu_layers=args.n_gpu_layers)
+        rates = []
+        for i in range(args.samples):
+            c = prov.generate(messages, schema=schema, max_tokens=96, temperature=0.7, seed=i)
+            if c.completion_tokens > 1:
+                rates.append(c.tokens_per_s)
+        agent_rate = statistics.median(rates)
+        system = long_system()
+        prompt_tokens = len(prov.llm.tokenize(system.encode()))
+        cold_provider = LlamaProvider("cold", path, n_ctx=4096, cache_bytes=0,
+                                      n_gpu_layers=args.n_gpu_layers)
+        colds, warms = [], []
+        for i in range(5):
+            cold_provider.llm.reset()  # nothing cached: the whole prefix is evaluated
+            msgs = [{"role": "system", "content": system},
+                    {"role": "user", "content": f"part {i}"}]
+            colds.append(cold_provider.generate(msgs, schema=None, max_tokens=4,
+                                                temperature=0).ttft_s)
+            prov.generate([{"role": "system", "content": system},
+                           {"role": "user", "content": f"warm-up {i}"}], schema=None,
+                          max_tokens=2, temperature=0)
+            warms.append(prov.generate(msgs, schema=None, max_tokens=4, temperature=0).ttft_s)
+        prov.close()
+        cold_provider.close()
+    cold, warm = statistics.median(colds), statistics.median(warms)
+    overhead = 1 - agent_rate / bare_rate
+    print(f"bare llama-cpp-python, grammar-constrained: {bare_rate:8.1f} tokens/s")
+    print(f"edge-agent provider (worker thread, validation): {agent_rate:8.1f} tokens/s "
+          f"(overhead {overhead * 100:.1f}%, target <= 5%)")
+    print(f"time to first token, {prompt_tokens}-token prefix: cold {cold * 1000:.1f} ms, "
+          f"warm {warm * 1000:.1f} ms ({cold / warm:.1f}x, target >= 3x)")
+    print(json.dumps({"bare_tps": bare_rate, "agent_tps": agent_rate, "overhead": overhead,
+                      "ttft_cold_s": cold, "ttft_warm_s": warm, "prefix_tokens": prompt_tokens}))
+
+
+if __name__ == "__main__":
+    main()
