@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.config import Config
-from edge_agent.engine.bindings import AgentRunner, ToolBinding
+from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,11 @@ def build_tools(cfg: Config) -> dict[str, ToolBinding]:
     from edge_agent.tools.registry import build_tool
     for name, tc in cfg.tools.items():
         if tc.location == "remote" or tc.kind == "remote":
-            continue  # executed by the cloud side; not available on this device yet
+            out[name] = ToolBinding(RemoteTool(name, idempotent=tc.idempotent,
+                                               timeout_s=tc.timeout_s,
+                                               fallback=tc.options.get("fallback")),
+                                    retry=tc.retry, on_unknown=tc.on_unknown)
+            continue
         tool = build_tool(name, tc.kind, description=tc.description, params=tc.params,
                           result_schema=tc.result, idempotent=tc.idempotent,
                           timeout_s=tc.timeout_s, options=tc.options, base_dir=cfg.base_dir)

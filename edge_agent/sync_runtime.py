@@ -88,6 +88,9 @@ class DaemonSync:
                                workflows=self.daemon.config.workflows, origin="cloud",
                                run_id=str(a.get("run_id") or f"c-{cmd.id[:20]}"))
             return {"run_id": run_id}
+        if cmd.type == "tool_result":
+            return record_tool_result(conn, str(a["key"]), ok=bool(a.get("ok", True)),
+                                      result=a.get("result"), error=a.get("error"))
         if cmd.type == "doc_update":
             from edge_agent.replication import replica
             from sync.documents import Version
@@ -102,6 +105,27 @@ class DaemonSync:
         inner = result.get("result") or {}
         run_id = inner.get("run_id") if isinstance(inner, dict) else None
         self.loop.call_soon_threadsafe(engine.wake, run_id)
+
+
+def record_tool_result(conn: sqlite3.Connection, key: str, *, ok: bool, result: Any,
+                       error: Any) -> dict[str, Any]:
+    """The cloud's answer to a remote tool request; the waiting run is woken after commit."""
+    import json
+    import time
+    row = conn.execute("SELECT run_id, status FROM tool_calls WHERE idem_key = ? ORDER BY"
+                       " attempt DESC LIMIT 1", (key,)).fetchone()
+    if row is None:
+        raise ValueError(f"no remote tool call {key!r} on this device")
+    if row[1] != "requested":
+        raise ValueError(f"remote tool call {key!r} is already {row[1]}")
+    if ok and not isinstance(result, dict):
+        raise ValueError("a tool result is a JSON object")
+    conn.execute("UPDATE tool_calls SET status = ?, result = ?, error = ?, error_kind = ?,"
+                 " finished_at = ? WHERE idem_key = ? AND status = 'requested'",
+                 ("ok" if ok else "error", json.dumps(result) if ok else None,
+                  None if ok else str(error or "remote tool failed"),
+                  None if ok else "remote_error", time.time(), key))
+    return {"run_id": row[0], "key": key}
 
 
 def make_sync(config: Config, daemon: Any) -> DaemonSync:

@@ -75,6 +75,10 @@ def parse_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     device = _device(root, base)
     models = {n: m for n, t in root.tables("model").items() if (m := _model(n, t, base))}
     tools = {n: tc for n, t in root.tables("tools").items() if (tc := _tool(n, t, base))}
+    for tc in tools.values():
+        fb = tc.options.get("fallback") if tc.kind == "remote" else None
+        if fb is not None and (fb not in tools or tools[fb].kind == "remote"):
+            issues.append(ConfigIssue(f"tools.{tc.name}.fallback", "names no local tool", fb))
     agents = {n: a for n, t in root.tables("agents").items()
               if (a := _agent(n, t, models, tools))}
     for a in agents.values():

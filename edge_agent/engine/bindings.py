@@ -18,6 +18,21 @@ class ToolLike(Protocol):
 
 
 @dataclass(frozen=True)
+class RemoteTool:
+    """A tool the cloud executes: the request goes out through the outbox, the result comes
+    back as a `tool_result` command; the step waits durably, up to `timeout_s`."""
+
+    name: str
+    idempotent: bool = False
+    timeout_s: float = 30.0
+    fallback: str | None = None
+
+    def call(self, args: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        raise StepFailed(f"remote tool {self.name} runs in the cloud, not here",
+                         kind="not_declared")
+
+
+@dataclass(frozen=True)
 class ToolBinding:
     """A tool and the engine-side policy declared with it."""
 

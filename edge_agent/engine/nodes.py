@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
 from edge_agent.engine import queries as q
-from edge_agent.engine.bindings import StepFailed, UnknownOutcome
+from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext, call_key
 from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
 from edge_agent.expressions import ExpressionError, evaluate, evaluate_condition
@@ -64,6 +64,9 @@ class NodeRunner:
         except ExpressionError as exc:
             self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
+        if isinstance(binding.tool, RemoteTool):
+            return self._remote(run, node, binding.tool, state, policy, attempt, scope, key,
+                                args)
         # An idempotent call writes its journal row only with the transition, so there is
         # nothing to replay: re-running it is the recovery. Only fenced calls need a look.
         row = None if binding.idempotent else self.e.read(lambda c: q.journal_get(c, key, attempt))
@@ -91,6 +94,62 @@ class NodeRunner:
         return self._failed(run, node, state, policy, attempt, error=res.error or "failed",
                             kind=res.kind or "failed", retryable=res.retryable,
                             extra=record, started_at=res.started_at, children=[call])
+
+    def _remote(self, run: Run, node: NodeConfig, tool: RemoteTool, state: dict[str, Any],
+                policy: RetryPolicy, attempt: int, scope: str, key: str,
+                args: dict[str, Any]) -> bool | float:
+        """Ask the cloud; wait durably for its `tool_result`; time out to the fallback."""
+        now = self.e.clock()
+        if state.get("remote_key") != key:
+            due = now + tool.timeout_s
+
+            def request(c: sqlite3.Connection) -> None:
+                c.execute("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args,"
+                          " status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'requested', ?)"
+                          " ON CONFLICT (idem_key, attempt) DO NOTHING",
+                          (key, attempt, run.run_id, scope, tool.name, dumps(args), now))
+                self.e.emit(c, "control", "tool.request", {
+                    "run_id": run.run_id, "node": node.name, "key": key, "tool": tool.name,
+                    "args": args, "timeout_at": due, "ts": now})
+            self.e.set_state(run, {**state, "attempt": attempt, "remote_key": key,
+                                   "remote_due": due}, extra=request)
+            return due
+        row = self.e.read(lambda c: q.journal_get(c, key, attempt))
+        if row is not None and row["status"] == "ok":
+            return self.e.advance(run, node, output=row["result"], next_node=node.next,
+                                  attempt=attempt, started_at=row["started_at"])
+        if row is not None and row["status"] == "error":
+            rest = {k: v for k, v in state.items() if k not in ("remote_key", "remote_due")}
+            return self._failed(run, node, rest, policy, attempt,
+                                error=row["error"] or "remote tool failed",
+                                kind=row["error_kind"] or "failed", retryable=False)
+        due = float(state.get("remote_due", now))
+        if now < due:
+            return due
+        rest = {k: v for k, v in state.items() if k not in ("remote_key", "remote_due")}
+
+        def expire(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE tool_calls SET status = 'timed_out', finished_at = ? WHERE"
+                      " idem_key = ? AND attempt = ? AND status = 'requested'",
+                      (now, key, attempt))
+        if tool.fallback and tool.fallback in self.e.tools:
+            fb = self.e.journal.execute(run_id=run.run_id, node=scope, key=key + "/fallback",
+                                        attempt=attempt, name=tool.fallback, args=args,
+                                        write_result=False)
+            record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope,
+                                       key=key + "/fallback", attempt=attempt,
+                                       name=tool.fallback, args=args, res=fb)
+            if fb.ok:
+                return self.e.advance(run, node, output={**(fb.result or {}),
+                                                         "fallback": tool.fallback},
+                                      next_node=node.next, attempt=attempt,
+                                      extra=_both(expire, record))
+            return self._failed(run, node, rest, policy, attempt, error=fb.error or "failed",
+                                kind=fb.kind or "failed", retryable=fb.retryable,
+                                extra=_both(expire, record))
+        return self._failed(run, node, rest, policy, attempt,
+                            error=f"no result from the cloud within {tool.timeout_s:g}s",
+                            kind="timeout", retryable=True, extra=expire)
 
     def _args(self, node: NodeConfig, context: Mapping[str, Any]) -> dict[str, Any]:
         args = dict(node.args)

@@ -222,6 +222,14 @@ def _build_gpio(name: str, options: Mapping[str, Any], base_dir: Path, timeout_s
     return _Call(lambda args, key: call(lines, args), lines.close)
 
 
+def _check_remote(options: Mapping[str, Any], base_dir: Path) -> Problems:
+    problems = _unknown(options, {"fallback"})
+    fb = options.get("fallback")
+    if fb is not None and not isinstance(fb, str):
+        problems.append(("fallback", "must name a local tool", fb))
+    return problems
+
+
 def _not_here(kind: str) -> Callable[[Mapping[str, Any], Path], Problems]:
     def check(options: Mapping[str, Any], base_dir: Path) -> Problems:
         return [("kind", f"tool kind {kind!r} is not available in this build", kind)]
@@ -230,7 +238,7 @@ def _not_here(kind: str) -> Callable[[Mapping[str, Any], Path], Problems]:
 
 CHECKS: dict[str, Callable[[Mapping[str, Any], Path], Problems]] = {
     "command": _check_command, "python": _check_python, "serial": _check_serial,
-    "modbus": _check_modbus, "gpio": _check_gpio,
+    "modbus": _check_modbus, "gpio": _check_gpio, "remote": _check_remote,
 }
 BUILDERS: dict[str, Callable[..., Callable[[Mapping[str, Any], str], dict[str, Any]]]] = {
     "command": _build_command, "python": _build_python, "serial": _build_serial,

@@ -24,7 +24,17 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def load_tools(cfg: CloudConfig) -> dict[str, Any]:
+    import importlib
+    out = {}
+    for name, entry in cfg.tools:
+        module, _, attr = entry.partition(":")
+        out[name] = getattr(importlib.import_module(module), attr)
+    return out
+
+
 def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
+    kw.setdefault("tools", load_tools(cfg))
     return IngestWorker(store, host=cfg.host, port=cfg.port, prefix=cfg.topic_prefix,
                         group=cfg.group, protocol=cfg.protocol, tls_ca=cfg.tls_ca,
                         tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, username=cfg.username,

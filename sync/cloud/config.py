@@ -33,6 +33,7 @@ class CloudConfig:
     password: str | None = None
     otlp_endpoint: str | None = None
     workers: int = 1
+    tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
 
 
 def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
@@ -63,7 +64,7 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
         return t
 
     for k in data:
-        if k not in ("mqtt", "store", "otlp"):
+        if k not in ("mqtt", "store", "otlp", "tools"):
             problems.append(f"{k}: unknown key (got {data[k]!r})")
     mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
                           "protocol", "group", "workers"})
@@ -101,6 +102,11 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
     workers = mqtt.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         problems.append(f"mqtt.workers: must be 1..64 (got {workers!r})")
+    tools = data.get("tools", {})
+    if not isinstance(tools, dict) or not all(isinstance(v, str) and ":" in v
+                                              for v in tools.values()):
+        problems.append(f"tools: a table of name = \"module:function\" (got {tools!r})")
+        tools = {}
     endpoint = otlp.get("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
         problems.append(f"otlp.endpoint: must start with http:// or https:// (got {endpoint!r})")
@@ -111,4 +117,5 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
                        group=mqtt.get("group", "ingest"), tls_ca=rel(tls.get("ca")),
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
                        username=mqtt.get("username"), password=password,
-                       otlp_endpoint=endpoint, workers=workers)
+                       otlp_endpoint=endpoint, workers=workers,
+                       tools=tuple(sorted(tools.items())))

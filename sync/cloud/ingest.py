@@ -37,12 +37,14 @@ class IngestWorker:
                  group: str = "ingest", worker_id: str | None = None, protocol: str = "5",
                  tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, username: str | None = None,
-                 password: str | None = None, otlp_endpoint: str | None = None) -> None:
+                 password: str | None = None, otlp_endpoint: str | None = None,
+                 tools: dict[str, Any] | None = None) -> None:
         self.store = store
         self.prefix = prefix
         self.group = group
         self.protocol = protocol
         self.otlp_endpoint = otlp_endpoint
+        self.tools = dict(tools or {})  # remote tools the cloud executes: name -> callable
         self.host, self.port = host, port
         self.rejected: Counter[str] = Counter()
         self.batches = 0
@@ -106,6 +108,8 @@ class IngestWorker:
             for r in batch.records:
                 if r.kind == "cmd.result":
                     self._confirm(r.payload)
+                elif r.kind == "tool.request" and r.seq > batch.after:
+                    self._remote_tool(device, r.payload)
         if batch.stream == "traces" and self.otlp_endpoint:
             for r in batch.records:
                 if r.kind == "otlp.traces":
@@ -132,6 +136,23 @@ class IngestWorker:
             self.store.confirm_command(str(result["id"]), result)
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             log.warning("ingest: unreadable command result: %s", exc)
+
+    def _remote_tool(self, device: str, payload: bytes) -> None:
+        """Run a device's remote tool request, if this worker serves that tool."""
+        try:
+            req = msgpack.unpackb(payload, raw=False)
+            name, key, args = str(req["tool"]), str(req["key"]), dict(req["args"])
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            log.warning("ingest: unreadable tool request from %s: %s", device, exc)
+            return
+        fn = self.tools.get(name)
+        if fn is None:
+            return  # another service answers it, or the device falls back on its timeout
+        try:
+            answer: dict[str, Any] = {"key": key, "ok": True, "result": fn(**args)}
+        except Exception as exc:  # noqa: BLE001 - reported to the device as the tool's error
+            answer = {"key": key, "ok": False, "error": str(exc)[:500]}
+        self.send_command(device, "tool_result", answer)
 
     def _export(self, payload: bytes) -> None:
         req = urllib.request.Request(self.otlp_endpoint.rstrip("/") + "/v1/traces",

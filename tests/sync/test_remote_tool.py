@@ -1,0 +1,108 @@
+"""Remote tools: the cloud answers over MQTT; the step waits durably; offline falls back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.broker import Broker
+from support.daemon import DaemonProcess, cli_json
+
+CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
+CONFIG = """
+[device]
+id = "kiosk-1"
+data_dir = "data"
+runtime_dir = "run"
+[sync]
+broker = "127.0.0.1:{port}"
+ack_timeout_s = 2
+[tools.price]
+kind = "remote"
+description = "Price lookup in the cloud."
+params = {{ type = "object", properties = {{ part = {{ type = "string" }} }}, required = ["part"] }}
+timeout_s = {timeout}
+{fallback}
+[tools.cached_price]
+kind = "command"
+argv = ["./cached.sh", "{{part}}"]
+params = {{ type = "object", properties = {{ part = {{ type = "string" }} }} }}
+[workflows.quote]
+start = "lookup"
+[workflows.quote.nodes.lookup]
+tool = "price"
+args_from = {{ part = "input.part" }}
+next = "done"
+[workflows.quote.nodes.done]
+end = true
+output = "lookup"
+"""
+
+
+def setup(tmp: Path, port: int, timeout: float, fallback: bool) -> Path:
+    cfg = tmp / "config.toml"
+    cfg.write_text(CONFIG.format(port=port, timeout=timeout,
+                                 fallback='fallback = "cached_price"' if fallback else ""))
+    cached = tmp / "cached.sh"
+    cached.write_text('#!/bin/sh\necho "{\\"part\\": \\"$1\\", \\"eur\\": 10.0}"\n')
+    cached.chmod(0o755)
+    (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\n[store]\n'
+                                    f'url = "sqlite:///cloud.db"\n[tools]\n'
+                                    f'price = "cloud_tools:price"\n')
+    return cfg
+
+
+def wait(cfg: Path, rid: str, statuses: set[str], timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        run = cli_json(cfg, "runs", "show", rid)
+        if run["status"] in statuses:
+            return run
+        assert time.time() < deadline, run
+        time.sleep(0.1)
+
+
+def test_the_cloud_answers_remote_tools(tmp_path: Path, broker: Broker) -> None:
+    cfg = setup(tmp_path, broker.port, timeout=30, fallback=False)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    ingest = subprocess.Popen([CLOUD, "run", "--config", str(tmp_path / "cloud.toml")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        ok = cli_json(cfg, "start", "quote", "--input", '{"part": "bolt"}')["run_id"]
+        bad = cli_json(cfg, "start", "quote", "--input", '{"part": "broken"}')["run_id"]
+        assert wait(cfg, ok, {"completed"})["output"] == {"part": "bolt", "eur": 12.5}
+        failed = wait(cfg, bad, {"failed"})
+        assert "no price for broken parts" in failed["error"]
+    finally:
+        d.close()
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(10)
+
+
+def test_waits_durably_across_a_restart_then_falls_back(tmp_path: Path,
+                                                       broker: Broker) -> None:
+    cfg = setup(tmp_path, broker.port, timeout=3, fallback=True)  # no cloud worker at all
+    d = DaemonProcess(cfg, tmp_path).start()
+    d2 = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_for("READY=1")
+        rid = cli_json(cfg, "start", "quote", "--input", '{"part": "nut"}')["run_id"]
+        time.sleep(1.0)
+        assert cli_json(cfg, "runs", "show", rid)["status"] == "running"
+        d.kill()
+        d2.start()
+        d2.wait_for("READY=1")
+        start = time.time()
+        run = wait(cfg, rid, {"completed"})
+        assert time.time() - start < 3.0  # the remaining wait, not a new one
+        assert run["output"]["fallback"] == "cached_price"
+        assert run["output"]["json"] == {"part": "nut", "eur": 10.0}
+    finally:
+        d.close()
+        d2.close()
