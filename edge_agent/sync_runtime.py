@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import Config
-from edge_agent.engine import decide_approval, queue_run, request_cancel
+from edge_agent.engine import queue_run, request_cancel
+from edge_agent.engine.conflicts import remote_decision
 from sync.edge import EdgeSync
 from sync.envelope import Command
 
@@ -77,9 +78,13 @@ class DaemonSync:
         write = lambda fn: fn(conn)  # noqa: E731 - inside the sync's transaction
         a = cmd.args
         if cmd.type in ("approve", "reject"):
-            return decide_approval(write, str(a["run_id"]), approve=cmd.type == "approve",
-                                   by=str(a.get("by") or "cloud"), origin="cloud",
-                                   note=a.get("note"), patch=a.get("patch"))
+            rules = (self.config.sync.collections.get("approvals", {})
+                     if self.config.sync else {})
+            rule = dict(rules.get("fields", {})).get("decision", "reject_wins")
+            return remote_decision(write, str(a["run_id"]), approve=cmd.type == "approve",
+                                   by=str(a.get("by") or "cloud"), note=a.get("note"),
+                                   patch=a.get("patch"), rule=rule,
+                                   approval_id=a.get("approval_id"))
         if cmd.type == "cancel":
             run = request_cancel(write, str(a["run_id"]), by=str(a.get("by") or "cloud"))
             return {"run_id": run.run_id, "status": run.status}

@@ -222,7 +222,7 @@ class Engine:
             self.finish(run_id, FAILED, error=f"workflow {run.workflow!r} is not loaded")
             return False
         if run.cancel_requested:
-            self.finish(run_id, CANCELLED, error="cancelled on request")
+            self.finish(run_id, CANCELLED, error=run.error or "cancelled on request")
             return False
         if run.status == QUEUED or run.node is None:
             self.write(lambda c: self._begin(c, run, wf))

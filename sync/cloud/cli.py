@@ -92,6 +92,10 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
     else:
         cargs = {"run_id": args.run_id, "note": args.note, "by": args.by}
     store = SqlCloudStore(cfg.store_url)
+    if args.command in ("approve", "reject"):
+        seen = store.last_approval(args.device, args.run_id)
+        if seen is not None:
+            cargs["approval_id"] = seen  # the gate the cloud answers, as it last saw it
     sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}")
     sender.client.connect(cfg.host, cfg.port, keepalive=30)
     sender.client.loop_start()

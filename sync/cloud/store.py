@@ -55,6 +55,22 @@ class CloudStore(Protocol):
 
     def records(self, device: str, stream: str) -> list[tuple[int, str, bytes]]: ...
 
+    def last_approval(self, device: str, run_id: str) -> int | None:
+        """The latest approval the device asked for on this run, as the cloud has seen it."""
+        import msgpack
+        with self.tx() as c:
+            rows = self._exec(c, "SELECT payload FROM records WHERE device = ? AND stream ="
+                                 " 'control' AND kind = 'approval.requested' ORDER BY seq DESC",
+                              (device,)).fetchall()
+        for (payload,) in rows:
+            try:
+                rec = msgpack.unpackb(bytes(payload), raw=False)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if rec.get("run_id") == run_id:
+                return int(rec["approval_id"])
+        return None
+
     def quarantined(self) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
@@ -197,6 +213,22 @@ class SqlCloudStore:
             rows = self._exec(c, "SELECT seq, kind, payload FROM records WHERE device = ? AND"
                                  " stream = ? ORDER BY seq", (device, stream)).fetchall()
         return [(int(s), k, bytes(p)) for s, k, p in rows]
+
+    def last_approval(self, device: str, run_id: str) -> int | None:
+        """The latest approval the device asked for on this run, as the cloud has seen it."""
+        import msgpack
+        with self.tx() as c:
+            rows = self._exec(c, "SELECT payload FROM records WHERE device = ? AND stream ="
+                                 " 'control' AND kind = 'approval.requested' ORDER BY seq DESC",
+                              (device,)).fetchall()
+        for (payload,) in rows:
+            try:
+                rec = msgpack.unpackb(bytes(payload), raw=False)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if rec.get("run_id") == run_id:
+                return int(rec["approval_id"])
+        return None
 
     def quarantined(self) -> list[dict[str, Any]]:
         with self.tx() as c:
