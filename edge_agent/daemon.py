@@ -191,9 +191,38 @@ class Daemon:
                 self.engine.wake(None)
 
     async def _status_loop(self) -> None:
+        from edge_agent.telemetry.metrics import MetricsCollector
+        collector = MetricsCollector(device_id=self.config.device.id,
+                                     service=self.config.telemetry.service_name)
+        interval = self.config.telemetry.metrics_interval_s
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(min(5.0, interval))
             self.notifier.status(self.status_line())
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._record_metrics, collector)
+
+    def _record_metrics(self, collector: Any) -> None:
+        from sync.outbox import Outbox
+        assert self.writer is not None
+        lag = None
+        if self.sync is not None and self.sync.last_sync is not None:
+            lag = max(0.0, time.time() - self.sync.last_sync)
+
+        def tx(conn: Any) -> bytes:
+            payload: bytes = collector.collect(conn, lag)
+            Outbox(conn, limits=self.config.sync.outbox_max_bytes if self.config.sync
+                   else None).append("metrics", "otlp.metrics", payload)
+            return payload
+        try:
+            payload = self.writer.write(tx)
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop the daemon
+            log.warning("metrics collection failed: %s", exc)
+            return
+        if self.exporter is not None:
+            self.exporter.metrics(payload)
 
     async def _watchdog(self, interval: float) -> None:
         """Ping only while the loop runs and the store can commit."""

@@ -17,6 +17,11 @@ from typing import Any, Protocol
 from hardware.errors import DeviceGone, DeviceTimeout, HardwareError, NotDeclared
 
 
+DIRECTIONS = ("input", "output")
+BIASES = ("as_is", "disabled", "pull_up", "pull_down")
+EDGES = ("rising", "falling", "both")
+
+
 @dataclass(frozen=True)
 class LineSpec:
     name: str
@@ -25,6 +30,19 @@ class LineSpec:
     active_low: bool = False
     bias: str = "as_is"  # as_is | disabled | pull_up | pull_down
     debounce_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ValueError(f"offset must be a non-negative integer (got {self.offset!r})")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be input or output (got {self.direction!r})")
+        if self.bias not in BIASES:
+            raise ValueError(f"bias must be one of {', '.join(BIASES)} (got {self.bias!r})")
+        if not isinstance(self.active_low, bool):
+            raise ValueError(f"active_low must be true or false (got {self.active_low!r})")
+        if (isinstance(self.debounce_ms, bool) or not isinstance(self.debounce_ms, int)
+                or not 0 <= self.debounce_ms <= 10_000):
+            raise ValueError(f"debounce_ms must be an integer 0..10000 (got {self.debounce_ms!r})")
 
 
 class GpioBackend(Protocol):
@@ -105,9 +123,27 @@ class SimulatedChip:
 
 
 class GpiodBackend:
-    """libgpiod v2: requests the declared lines with their settings."""
+    """libgpiod v2: requests the declared lines with their settings on first use.
+
+    A chip that cannot be opened (bindings missing, chip gone) raises DeviceGone on the
+    call that needed it, and the request is tried again on the next call.
+    """
 
     def __init__(self, chip: str, lines: Mapping[str, LineSpec], consumer: str = "edge-agent"):
+        self.chip = chip
+        self.lines = dict(lines)
+        self.consumer = consumer
+        self._request: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def request(self) -> Any:
+        with self._lock:
+            if self._request is None:
+                self._request = self._open()
+            return self._request
+
+    def _open(self) -> Any:
         try:
             import gpiod
             from gpiod.line import Bias, Direction, Edge, Value
@@ -118,16 +154,16 @@ class GpiodBackend:
         bias = {"as_is": Bias.AS_IS, "disabled": Bias.DISABLED, "pull_up": Bias.PULL_UP,
                 "pull_down": Bias.PULL_DOWN}
         config = {}
-        for s in lines.values():
+        for s in self.lines.values():
             config[s.offset] = gpiod.LineSettings(
                 direction=Direction.OUTPUT if s.direction == "output" else Direction.INPUT,
                 active_low=False, bias=bias[s.bias],
                 edge_detection=Edge.BOTH if s.direction == "input" else Edge.NONE,
                 debounce_period=dt.timedelta(milliseconds=s.debounce_ms))
         try:
-            self.request = gpiod.request_lines(chip, consumer=consumer, config=config)
+            return gpiod.request_lines(self.chip, consumer=self.consumer, config=config)
         except OSError as exc:
-            raise DeviceGone(f"{chip}: cannot request lines ({exc})") from exc
+            raise DeviceGone(f"{self.chip}: cannot request lines ({exc})") from exc
 
     def get(self, offset: int) -> int:
         return 1 if self.request.get_value(offset) == self._value.ACTIVE else 0
@@ -148,7 +184,10 @@ class GpiodBackend:
         return None
 
     def close(self) -> None:
-        self.request.release()
+        with self._lock:
+            if self._request is not None:
+                self._request.release()
+                self._request = None
 
 
 class GpioLines:
@@ -188,7 +227,12 @@ class GpioLines:
         return True
 
     def wait_edge(self, name: str, edge: str = "both", timeout_s: float = 5.0) -> str:
+        """Wait for a logical edge ("rising" = becoming active); returns the edge seen."""
         spec = self._line(name, "input")
+        if edge not in EDGES:
+            raise HardwareError(f"edge must be one of {', '.join(EDGES)}", kind="invalid_args")
+        if not 0 < timeout_s <= 3600:
+            raise HardwareError("timeout must be in (0, 3600] s", kind="invalid_args")
         if spec.active_low and edge != "both":
             edge = "falling" if edge == "rising" else "rising"  # logical -> physical
         got = self.backend.wait_edge(spec.offset, edge, timeout_s)

@@ -7,15 +7,18 @@ type (bool, int16, uint16, int32, uint32, float32) and a scale; writes only wher
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from hardware.errors import BadReply, DeviceGone, DeviceRejected, HardwareError, NotDeclared
+from hardware.errors import (
+    BadReply, DeviceGone, DeviceRejected, DeviceTimeout, HardwareError, NotDeclared,
+)
 
 TABLES = ("coil", "discrete", "holding", "input")
 TYPES = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
@@ -84,13 +87,11 @@ class ModbusDevice:
                 else:
                     rr = self.client.read_input_registers(reg.address, count=TYPES[reg.type],
                                                           device_id=self.unit)
-            except ConnectionException as exc:
-                self.client.close()
-                raise DeviceGone(f"Modbus device went away: {exc}") from exc
             except ModbusException as exc:
-                raise BadReply(f"Modbus read of {name}: {exc}") from exc
+                raise self._translate(exc, f"read of {name}") from exc
         if rr.isError():
-            raise DeviceRejected(f"Modbus read of {name}: device answered {rr}")
+            raise DeviceRejected(f"Modbus read of {name}: device answered {rr}",
+                                 fields={"exception_code": getattr(rr, "exception_code", None)})
         if reg.type == "bool":
             return bool(rr.bits[0])
         raw = self.client.convert_from_registers(rr.registers, self._dtype(reg.type))
@@ -110,15 +111,24 @@ class ModbusDevice:
                     raw = round(raw) if reg.type != "float32" else float(raw)
                     regs = self.client.convert_to_registers(raw, self._dtype(reg.type))
                     rr = self.client.write_registers(reg.address, regs, device_id=self.unit)
-            except ConnectionException as exc:
-                self.client.close()
-                raise DeviceGone(f"Modbus device went away: {exc}") from exc
-            except (ModbusException, ValueError, OverflowError) as exc:
-                raise HardwareError(f"Modbus write of {name}: {exc}", kind="invalid_args") \
-                    from exc
+            except ModbusException as exc:
+                raise self._translate(exc, f"write of {name}") from exc
+            except (TypeError, ValueError, OverflowError, struct.error) as exc:
+                raise HardwareError(f"Modbus write of {name}: {value!r} does not fit "
+                                    f"{reg.type} ({exc})", kind="invalid_args") from exc
         if rr.isError():
-            raise DeviceRejected(f"Modbus write of {name}: device answered {rr}")
+            raise DeviceRejected(f"Modbus write of {name}: device answered {rr}",
+                                 fields={"exception_code": getattr(rr, "exception_code", None)})
         return value
+
+    def _translate(self, exc: ModbusException, what: str) -> HardwareError:
+        """pymodbus errors as ours; the link is closed so the next call starts clean."""
+        self.client.close()
+        if isinstance(exc, ConnectionException):
+            return DeviceGone(f"Modbus device went away during {what}: {exc}")
+        if isinstance(exc, ModbusIOException):
+            return DeviceTimeout(f"Modbus {what}: no reply within the timeout")
+        return BadReply(f"Modbus {what}: {exc}")
 
     def _dtype(self, name: str) -> Any:
         return getattr(self.client.DATATYPE, name.upper())

@@ -8,6 +8,7 @@ call. Stale bytes left by an earlier timed-out reply are discarded before each r
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import string
 import termios
@@ -19,6 +20,9 @@ from typing import Any
 import serial
 
 from hardware.errors import BadReply, DeviceGone, DeviceRejected, DeviceTimeout, HardwareError
+
+log = logging.getLogger(__name__)
+
 
 class _Port:
     """One open port shared by every tool declared on it, with the lock that serializes it."""
@@ -39,6 +43,7 @@ def _port(path: str) -> _Port:
 
 
 def template_fields(template: str) -> set[str]:
+    """Names of the `{name}` placeholders; ValueError for anything but plain names."""
     names = set()
     for _, name, spec, conv in string.Formatter().parse(template):
         if name is None:
@@ -49,7 +54,14 @@ def template_fields(template: str) -> set[str]:
     return names
 
 
+def request_id(idempotency_key: str) -> str:
+    """A short frame-safe id derived from an idempotency key (same key, same id)."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
+
+
 class SerialLine:
+    """One serial port opened on demand; `exchange` sends a line and reads the reply."""
+
     def __init__(self, port: str, *, baudrate: int = 115200, terminator: str = "\n",
                  encoding: str = "utf-8", timeout_s: float = 2.0) -> None:
         self.port = port
@@ -91,9 +103,13 @@ class SerialLine:
             if self._shared.users <= 0:
                 self._drop()
 
-    def exchange(self, line: str, *, until: str | None = None,
+    def exchange(self, line: str, *, until: str | None = None, reply_prefix: str | None = None,
                  timeout_s: float | None = None) -> list[str]:
-        """Send one line; read one reply line, or lines until the `until` line."""
+        """Send one line; read one reply line, or lines until the `until` line.
+
+        With `reply_prefix`, first lines without it (late replies to earlier requests)
+        are skipped.
+        """
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         with self.lock:
             ser = self._open()
@@ -103,7 +119,12 @@ class SerialLine:
                 ser.flush()
                 lines: list[str] = []
                 while True:
-                    lines.append(self._read_line(ser, deadline))
+                    got = self._read_line(ser, deadline)
+                    if not lines and reply_prefix is not None \
+                            and not got.startswith(reply_prefix):
+                        log.debug("%s: skipping a stale reply %r", self.port, got[:80])
+                        continue
+                    lines.append(got)
                     if until is None or lines[-1] == until:
                         return lines
             except (serial.SerialException, OSError, termios.error) as exc:
@@ -127,35 +148,54 @@ class SerialLine:
 
 
 class SerialTool:
-    """A declared command: fill `send`, match `expect` (named groups) or `error`."""
+    """A declared command: fill `send`, match `expect` (named groups) or `error`.
+
+    Request ids, derived from the idempotency key, let a device drop a repeated request:
+    `request_id=True` prefixes the frame with `#<id> ` (and expects the reply to carry
+    it back), `request_id_field="id"` fills the `{id}` placeholder of `send` instead.
+    """
 
     def __init__(self, line: SerialLine, *, send: str, expect: str, error: str | None = None,
                  until: str | None = None, request_id: bool = False,
+                 request_id_field: str | None = None,
                  types: Mapping[str, str] | None = None) -> None:
         self.line = line
         self.send = send
         self.fields = template_fields(send)
+        if request_id_field is not None and request_id_field not in self.fields:
+            raise ValueError(f"send has no {{{request_id_field}}} placeholder")
         self.expect = re.compile(expect)
         self.error = re.compile(error) if error else None
         self.until = until
         self.request_id = request_id
+        self.request_id_field = request_id_field
         self.types = dict(types or {})
+
+    def frame(self, args: Mapping[str, Any], idempotency_key: str | None) -> tuple[str, str | None]:
+        """The line to send and the reply prefix to wait for."""
+        values = dict(args)
+        rid = request_id(idempotency_key) if idempotency_key else None
+        if self.request_id_field is not None:
+            if rid is None:
+                raise HardwareError("this tool needs an idempotency key", kind="invalid_args")
+            values[self.request_id_field] = rid
+        missing = self.fields - set(values)
+        if missing:
+            raise HardwareError(f"missing {', '.join(sorted(missing))}", kind="invalid_args")
+        text = self.send.format(**{k: values[k] for k in self.fields})
+        if any(c in text for c in "\n\r\0"):
+            raise HardwareError("arguments must not contain line breaks", kind="invalid_args")
+        if self.request_id and rid is not None:
+            return f"#{rid} {text}", f"#{rid} "
+        return text, None
 
     def call(self, args: Mapping[str, Any], *, idempotency_key: str | None = None
              ) -> dict[str, Any]:
-        missing = self.fields - set(args)
-        if missing:
-            raise HardwareError(f"missing {', '.join(sorted(missing))}", kind="invalid_args")
-        frame = self.send.format(**{k: v for k, v in args.items()})
-        if "\n" in frame or "\r" in frame:
-            raise HardwareError("arguments must not contain line breaks", kind="invalid_args")
-        if self.request_id and idempotency_key:
-            rid = hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
-            frame = f"#{rid} {frame}"
-        lines = self.line.exchange(frame, until=self.until)
+        frame, prefix = self.frame(args, idempotency_key)
+        lines = self.line.exchange(frame, until=self.until, reply_prefix=prefix)
+        if prefix is not None:
+            lines[0] = lines[0][len(prefix):]
         text = "\n".join(lines if self.until is None else lines[:-1])
-        if self.request_id and text.startswith("#"):
-            text = text.split(" ", 1)[1] if " " in text else ""
         if self.error is not None and (m := self.error.search(text)):
             raise DeviceRejected(f"{self.line.port}: device error: {text[:200]}",
                                  fields=m.groupdict())

@@ -324,6 +324,7 @@ def _telemetry(root: Table) -> TelemetryConfig:
         levels=MappingProxyType({k: str(v).upper() for k, v in levels.items()}),
         otlp_endpoint=endpoint,
         service_name=t.str("service_name", "edge-agent") or "edge-agent",
+        metrics_interval_s=t.float("metrics_interval_s", 30.0, min=0.5),
     )
     t.finish()
     return cfg

@@ -178,6 +178,7 @@ class TelemetryConfig:
     levels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     otlp_endpoint: str | None = None
     service_name: str = "edge-agent"
+    metrics_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -110,10 +110,10 @@ class IngestWorker:
                     self._confirm(r.payload)
                 elif r.kind == "tool.request" and r.seq > batch.after:
                     self._remote_tool(device, r.payload)
-        if batch.stream == "traces" and self.otlp_endpoint:
+        if batch.stream in ("traces", "metrics") and self.otlp_endpoint:
             for r in batch.records:
-                if r.kind == "otlp.traces":
-                    self._export(r.payload)
+                if r.kind in ("otlp.traces", "otlp.metrics") and r.seq > batch.after:
+                    self._export(r.payload, "traces" if r.kind == "otlp.traces" else "metrics")
 
     def _status(self, device: str, topic: str, payload: bytes) -> None:
         if not payload:
@@ -154,8 +154,9 @@ class IngestWorker:
             answer = {"key": key, "ok": False, "error": str(exc)[:500]}
         self.send_command(device, "tool_result", answer)
 
-    def _export(self, payload: bytes) -> None:
-        req = urllib.request.Request(self.otlp_endpoint.rstrip("/") + "/v1/traces",
+    def _export(self, payload: bytes, signal: str = "traces") -> None:
+        assert self.otlp_endpoint is not None
+        req = urllib.request.Request(self.otlp_endpoint.rstrip("/") + f"/v1/{signal}",
                                      data=payload, method="POST",
                                      headers={"Content-Type": "application/x-protobuf"})
         try:

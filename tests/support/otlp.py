@@ -12,6 +12,7 @@ from edge_agent.telemetry.spans import decode
 class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -19,6 +20,9 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path == "/v1/traces":
                     receiver.spans += decode(body)
+                elif self.path == "/v1/metrics":
+                    from edge_agent.telemetry.metrics import decode as decode_metrics
+                    receiver.metrics.append(decode_metrics(body))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.end_headers()

@@ -1,0 +1,167 @@
+"""Metrics computed from the durable records, exported like spans (outbox and OTLP).
+
+Nothing is counted on the hot path: every interval, the daemon reads what was committed
+since the last collection (steps, tool calls, approvals, model turns, the outbox) and
+encodes one OTLP ExportMetricsServiceRequest into the outbox's `metrics` stream (which may
+drop its oldest under pressure), and to the OTLP endpoint when one is configured.
+
+Metrics: edge_agent.step.duration (histogram, s, by node kind and status),
+edge_agent.tool.calls (sum, by tool and outcome), edge_agent.retries,
+edge_agent.escalations, edge_agent.outbox.pending / .oldest_age (gauges, by stream),
+edge_agent.sync.lag (gauge, s), gen_ai.client.tokens_per_second and
+gen_ai.client.time_to_first_token (histograms, by model).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+
+DURATION_BOUNDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60]
+TPS_BOUNDS = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
+TTFT_BOUNDS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]
+CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+
+
+def _attrs(d: dict[str, Any]) -> list[common_pb2.KeyValue]:
+    return [common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=str(v)))
+            for k, v in sorted(d.items())]
+
+
+class _Hist:
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.n = 0
+
+    def add(self, v: float) -> None:
+        self.n += 1
+        self.sum += v
+        i = next((i for i, b in enumerate(self.bounds) if v <= b), len(self.bounds))
+        self.counts[i] += 1
+
+
+class MetricsCollector:
+    """Collects deltas since the previous call, from the store."""
+
+    def __init__(self, *, device_id: str, service: str = "edge-agent") -> None:
+        self.device_id = device_id
+        self.service = service
+        self.last_step = 0
+        self.last_call = 0
+        self.since = time.time()
+
+    def collect(self, conn: sqlite3.Connection, sync_lag_s: float | None = None) -> bytes:
+        now = time.time()
+        durations: dict[tuple[str, str], _Hist] = defaultdict(lambda: _Hist(DURATION_BOUNDS))
+        retries = 0
+        for sid, node, status, started, finished, kind in conn.execute(
+                "SELECT id, node, status, started_at, finished_at, error_kind FROM steps"
+                " WHERE id > ? ORDER BY id", (self.last_step,)):
+            self.last_step = sid
+            durations[(node, status)].add(max(0.0, finished - started))
+            retries += status == "failed"
+        calls: Counter[tuple[str, str]] = Counter()
+        for cid, tool, status in conn.execute(
+                "SELECT id, tool, status FROM tool_calls WHERE id > ? AND status != 'intent'"
+                " AND status != 'requested' ORDER BY id", (self.last_call,)):
+            self.last_call = cid
+            calls[(tool, status)] += 1
+        escalations = conn.execute(
+            "SELECT count(*) FROM approvals WHERE kind != 'gate' AND created_at > ?",
+            (self.since,)).fetchone()[0]
+        tps: dict[str, _Hist] = defaultdict(lambda: _Hist(TPS_BOUNDS))
+        ttft: dict[str, _Hist] = defaultdict(lambda: _Hist(TTFT_BOUNDS))
+        for (value,) in conn.execute("SELECT value FROM memo WHERE created_at > ?",
+                                     (self.since,)):
+            comp = (json.loads(value) or {}).get("completion") or {}
+            if comp.get("model"):
+                tps[comp["model"]].add(float(comp.get("tokens_per_s") or 0))
+                ttft[comp["model"]].add(float(comp.get("ttft_s") or 0))
+        outbox = conn.execute("SELECT stream, pending_count, acked_seq FROM outbox_streams"
+                              ).fetchall()
+        oldest = {s: conn.execute("SELECT min(created_at) FROM outbox WHERE stream = ? AND"
+                                  " seq > ?", (s, a)).fetchone()[0] for s, _, a in outbox}
+        start_ns, now_ns = int(self.since * 1e9), int(now * 1e9)
+        self.since = now
+        metrics = [
+            self._hist("edge_agent.step.duration", "s", start_ns, now_ns,
+                       {f"{n}|{s}": h for (n, s), h in durations.items()},
+                       ("edge_agent.node", "edge_agent.step_status")),
+            self._sum("edge_agent.tool.calls", start_ns, now_ns,
+                      [({"edge_agent.tool": t, "edge_agent.outcome": o}, c)
+                       for (t, o), c in calls.items()]),
+            self._sum("edge_agent.retries", start_ns, now_ns, [({}, retries)]),
+            self._sum("edge_agent.escalations", start_ns, now_ns, [({}, escalations)]),
+            self._gauge("edge_agent.outbox.pending", now_ns,
+                        [({"edge_agent.stream": s}, float(p)) for s, p, _ in outbox]),
+            self._gauge("edge_agent.outbox.oldest_age", now_ns,
+                        [({"edge_agent.stream": s}, 0.0 if o is None else now - o)
+                         for s, o in oldest.items()], unit="s"),
+            self._hist("gen_ai.client.tokens_per_second", "{token}/s", start_ns, now_ns,
+                       dict(tps), ("gen_ai.request.model",)),
+            self._hist("gen_ai.client.time_to_first_token", "s", start_ns, now_ns, dict(ttft),
+                       ("gen_ai.request.model",)),
+        ]
+        if sync_lag_s is not None:
+            metrics.append(self._gauge("edge_agent.sync.lag", now_ns, [({}, sync_lag_s)],
+                                       unit="s"))
+        req = metrics_service_pb2.ExportMetricsServiceRequest(resource_metrics=[
+            metrics_pb2.ResourceMetrics(
+                resource=resource_pb2.Resource(attributes=_attrs({
+                    "service.name": self.service, "device.id": self.device_id})),
+                scope_metrics=[metrics_pb2.ScopeMetrics(metrics=metrics)])])
+        return req.SerializeToString()
+
+    def _sum(self, name: str, start: int, now: int,
+             points: list[tuple[dict[str, Any], int]]) -> metrics_pb2.Metric:
+        return metrics_pb2.Metric(name=name, sum=metrics_pb2.Sum(
+            aggregation_temporality=CUMULATIVE, is_monotonic=True, data_points=[
+                metrics_pb2.NumberDataPoint(attributes=_attrs(a), start_time_unix_nano=start,
+                                            time_unix_nano=now, as_int=int(v))
+                for a, v in points]))
+
+    def _gauge(self, name: str, now: int, points: list[tuple[dict[str, Any], float]],
+               unit: str = "1") -> metrics_pb2.Metric:
+        return metrics_pb2.Metric(name=name, unit=unit, gauge=metrics_pb2.Gauge(data_points=[
+            metrics_pb2.NumberDataPoint(attributes=_attrs(a), time_unix_nano=now, as_double=v)
+            for a, v in points]))
+
+    def _hist(self, name: str, unit: str, start: int, now: int, hists: dict[Any, _Hist],
+              keys: tuple[str, ...]) -> metrics_pb2.Metric:
+        points = []
+        for label, h in hists.items():
+            values = str(label).split("|")
+            points.append(metrics_pb2.HistogramDataPoint(
+                attributes=_attrs(dict(zip(keys, values))), start_time_unix_nano=start,
+                time_unix_nano=now, count=h.n, sum=h.sum, bucket_counts=h.counts,
+                explicit_bounds=h.bounds))
+        return metrics_pb2.Metric(name=name, unit=unit, histogram=metrics_pb2.Histogram(
+            aggregation_temporality=CUMULATIVE, data_points=points))
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """Metric name -> data points as dicts (tests, the CLI)."""
+    req = metrics_service_pb2.ExportMetricsServiceRequest.FromString(payload)
+    out: dict[str, Any] = {}
+    for rm in req.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                points = getattr(m, kind).data_points
+                out[m.name] = [{"attributes": {a.key: a.value.string_value
+                                               for a in p.attributes},
+                                **({"count": p.count, "sum": p.sum} if kind == "histogram"
+                                   else {"value": p.as_int if p.WhichOneof("value") ==
+                                         "as_int" else p.as_double})}
+                               for p in points]
+    return out
