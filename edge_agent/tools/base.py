@@ -13,7 +13,8 @@ from edge_agent.errors import EdgeAgentError
 
 class ToolError(EdgeAgentError):
     """kind: timeout | device_gone | bad_reply | device_error | invalid_args | invalid_result |
-    failed | not_declared."""
+    failed | not_declared | not_supported. `fields` holds extra data (the named groups of
+    a device's error pattern, a command's exit code and stderr tail)."""
 
     def __init__(self, message: str, *, kind: str = "failed", retryable: bool = False,
                  fields: Mapping[str, Any] | None = None) -> None:
