@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,26 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     workflows = {"bench": wf.build(tools={"noop": tool_config("noop")})}
     store = Store(path, synchronous=sync)
     writer = GroupCommitter(store)
-    spans = None
-    if telemetry:
-        from edge_agent.telemetry.spans import SpanSink
-        from sync.outbox import Outbox
-        spans = SpanSink(device_id="bench", emit=lambda c, s, k, p: Outbox(c).append(s, k, p))
-    engine = Engine(store=store, writer=writer, workflows=workflows, spans=spans,
+    engine = Engine(store=store, writer=writer, workflows=workflows,
                     tools={"noop": ToolBinding(Noop(idempotent), retry=RetryPolicy())})
+    stop = threading.Event()
+    exporter = None
+    if telemetry:  # what the daemon does: derive spans every 0.5 s, off the hot path
+        from edge_agent.telemetry.derive import derive_spans
+        from edge_agent.telemetry.spans import encode
+        from sync.outbox import Outbox
+
+        def record(conn: sqlite3.Connection) -> None:
+            spans = derive_spans(conn)
+            if spans:
+                Outbox(conn).append("traces", "otlp.traces",
+                                    encode(spans, service="bench", device_id="bench"))
+
+        def loop() -> None:
+            while not stop.wait(0.5):
+                writer.write(record)
+        exporter = threading.Thread(target=loop, daemon=True)
+        exporter.start()
     await engine.start()
     ids = [queue_run(writer.write, workflow="bench", input={}, workflows=workflows)
            for _ in range(runs)]
@@ -79,6 +93,9 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
             await engine.settle(ids.pop())
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
+    stop.set()
+    if exporter is not None:
+        exporter.join()
     steps = runs * (k + 1)  # k tool nodes and the end node, each a checkpointed transition
     commits = writer.commits - commits0
     await engine.shutdown()

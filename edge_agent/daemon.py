@@ -28,10 +28,10 @@ from edge_agent.runtime import build_agent_runner, build_tools, close_tools, syn
 from edge_agent.store import GroupCommitter, Store
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
-from edge_agent.telemetry.spans import SpanSink
 
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
+SPAN_INTERVAL_S = 0.5
 
 
 class Daemon:
@@ -52,6 +52,8 @@ class Daemon:
         self._terms = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.exporter: OtlpHttpExporter | None = None
+        if config.telemetry.otlp_endpoint:
+            self.exporter = OtlpHttpExporter(config.telemetry.otlp_endpoint)
 
     @property
     def socket_path(self) -> Path:
@@ -75,7 +77,7 @@ class Daemon:
         self.engine = Engine(store=self.store, writer=self.writer, workflows=cfg.workflows,
                              tools=self.tools, agent_runner=build_agent_runner(cfg, self.tools),
                              notify=self._outbox_changed, outbox_limits=limits,
-                             device_id=cfg.device.id, spans=self._span_sink(limits))
+                             device_id=cfg.device.id)
         await self.engine.start()
         if self.sync is not None:
             await self.sync.start()
@@ -86,7 +88,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._on_term)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self._tasks = [loop.create_task(self._watch_external(), name="external-changes"),
-                       loop.create_task(self._status_loop(), name="status")]
+                       loop.create_task(self._status_loop(), name="status"),
+                       loop.create_task(self._span_loop(), name="spans")]
         interval = watchdog_interval()
         if interval:
             self._tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
@@ -99,16 +102,33 @@ class Daemon:
         await self.shutdown()
         return 0
 
-    def _span_sink(self, limits: Any) -> SpanSink:
+    def _record_spans(self) -> None:
+        """Turn newly committed steps into spans: outbox and watermark in one transaction."""
+        from edge_agent.telemetry.derive import derive_spans
+        from edge_agent.telemetry.spans import encode
         from sync.outbox import Outbox
-        t = self.config.telemetry
-        if t.otlp_endpoint:
-            self.exporter = OtlpHttpExporter(t.otlp_endpoint)
+        assert self.writer is not None
+        cfg = self.config
+        kinds = {(w.name, n.name): n.kind for w in cfg.workflows.values()
+                 for n in w.nodes.values()}
 
-        def emit(conn: Any, stream: str, kind: str, payload: bytes) -> None:
-            Outbox(conn, limits=limits).append(stream, kind, payload)
-        return SpanSink(device_id=self.config.device.id, service=t.service_name, emit=emit,
-                        export=self.exporter)
+        def tx(conn: Any) -> bytes | None:
+            spans = derive_spans(conn, kinds=kinds)
+            if not spans:
+                return None
+            payload = encode(spans, service=cfg.telemetry.service_name, device_id=cfg.device.id)
+            Outbox(conn, limits=cfg.sync.outbox_max_bytes if cfg.sync else None).append(
+                "traces", "otlp.traces", payload)
+            return payload
+        try:
+            payload = self.writer.write(tx)
+        except Exception as exc:  # noqa: BLE001 - telemetry must never stop the daemon
+            log.warning("span export failed: %s", exc)
+            return
+        if payload is not None:
+            if self.exporter is not None:
+                self.exporter(payload)
+            self._outbox_changed()
 
     def _build_sync(self) -> Any:
         if self.config.sync is None:
@@ -139,6 +159,8 @@ class Daemon:
             await self.control.shutdown()
         if self.engine:
             await self.engine.shutdown(timeout=self.config.device.drain_timeout_s)
+        if self.writer:
+            self._record_spans()  # the last steps' spans go out with the final flush
         if self.sync is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sync.shutdown(), 10)
@@ -189,6 +211,12 @@ class Daemon:
             if now != last:
                 last = now
                 self.engine.wake(None)
+
+    async def _span_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SPAN_INTERVAL_S)
+            await loop.run_in_executor(None, self._record_spans)
 
     async def _status_loop(self) -> None:
         from edge_agent.telemetry.metrics import MetricsCollector

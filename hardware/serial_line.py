@@ -2,7 +2,9 @@
 
 One lock per port path in this process serializes every exchange on it. A port that
 vanished (USB re-enumeration, a closed pty) raises DeviceGone and is reopened on the next
-call. Stale bytes left by an earlier timed-out reply are discarded before each request.
+call. Stale bytes left by an earlier timed-out reply are discarded before each request;
+a reply that arrives later than that can only be told apart with request ids, which is
+why tools on devices that are not naturally idempotent should use them.
 """
 
 from __future__ import annotations

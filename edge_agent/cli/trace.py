@@ -7,29 +7,8 @@ from typing import Any
 
 from edge_agent.cli.context import CliError, Context
 from edge_agent.engine import queries as q
+from edge_agent.engine.journal import scope_matches
 from edge_agent.engine.records import loads
-
-
-def _scope_matches(scope: str, step: dict[str, Any], attempt: int | None = None) -> bool:
-    """A journal scope is `node#visit` (tools) or `node#visit.attempt.segment` (agents),
-    after `parallel/` for branches."""
-    name, _, rest = scope.split("/")[-1].partition("#")
-    if name != step["node"]:
-        return False
-    parts = rest.split(".")
-    if not parts[0].isdigit() or int(parts[0]) != step["visit"]:
-        return False
-    if len(parts) >= 2:
-        return int(parts[1]) == step["attempt"]
-    return attempt is None or attempt == step["attempt"]
-
-
-def _belongs(key: str, run_id: str, step: dict[str, Any]) -> bool:
-    parts = key[len(run_id) + 1:].split("/")
-    if len(parts) < 4:
-        return False
-    scope, attempt = "/".join(parts[:-3]), parts[-1]
-    return _scope_matches(scope, step, int(attempt[1:]) if attempt[1:].isdigit() else None)
 
 
 def build_trace(store: Any, run_id: str) -> dict[str, Any]:
@@ -49,14 +28,14 @@ def build_trace(store: Any, run_id: str) -> dict[str, Any]:
                 "duration_ms": round((s["finished_at"] - s["started_at"]) * 1000, 1),
                 "started_at": s["started_at"], "children": []}
         for c in calls:
-            if _belongs(c["idem_key"], run_id, s):
+            if scope_matches(c["node"], s, c["attempt"]):
                 item["children"].append({
                     "tool": c["tool"], "args": c["args"], "status": c["status"],
                     "attempt": c["attempt"], "error": c["error"], "key": c["idem_key"],
                     "duration_ms": None if c["finished_at"] is None else
                     round((c["finished_at"] - c["started_at"]) * 1000, 1)})
         for t in turns:
-            if _scope_matches(t["scope"], s):
+            if scope_matches(t["scope"], s):
                 value = loads(t["value"]) or {}
                 summary = {"tool": value.get("tool"), **(value.get("completion") or {})}
                 item["children"].append({"model_turn": t["key"], "scope": t["scope"],

@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -31,7 +31,6 @@ from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.telemetry.logs import log_context
 from edge_agent.store import GroupCommitter, Store
-from edge_agent.telemetry.spans import Span, SpanSink, new_span_id
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
@@ -47,8 +46,7 @@ class Engine:
                  workflows: Mapping[str, WorkflowConfig], tools: Mapping[str, ToolBinding],
                  agent_runner: AgentRunner | None = None, notify: Callable[[], None] | None = None,
                  outbox_limits: Mapping[str, int] | None = None, max_workers: int = 32,
-                 device_id: str | None = None, spans: SpanSink | None = None,
-                 clock: Callable[[], float] = time.time,
+                 device_id: str | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.store = store
         self.writer = writer
@@ -58,7 +56,6 @@ class Engine:
         self.notify = notify or (lambda: None)
         self.outbox_limits = outbox_limits
         self.device_id = device_id
-        self.spans = spans
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
@@ -267,7 +264,7 @@ class Engine:
     def advance(self, run: Run, node: NodeConfig, *, output: Any, next_node: str | None,
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
-                store_output: bool = True, children: Sequence[Span] = ()) -> bool:
+                store_output: bool = True) -> bool:
         """Commit a finished node and move on: one transaction, one outbox record."""
         wf = self.workflows[run.workflow]
 
@@ -287,12 +284,9 @@ class Engine:
             record = {"run_id": run.run_id, "workflow": run.workflow, "node": node.name,
                       "visit": visit, "attempt": attempt, "status": step_status,
                       "output": output, "ts": now}
-            self.trace_step(conn, run, node, attempt=attempt, start=started_at or now, end=now,
-                            status=step_status, children=children)
             if next_node is None:
                 q.update_run(conn, run.run_id, now, status=COMPLETED, node=None, context=context,
                              output=output, node_state={}, finished_at=now)
-                self.trace_run(conn, run, COMPLETED, now)
                 log.info("run completed at %s", node.name)
                 record["run_status"] = COMPLETED
                 self.emit(conn, "checkpoints", "run.finished", record)
@@ -304,7 +298,6 @@ class Engine:
                 err = f"node {next_node!r} would run more than max_visits={bound} times"
                 q.update_run(conn, run.run_id, now, status=FAILED, context=context, error=err,
                              node_state={}, finished_at=now)
-                self.trace_run(conn, run, FAILED, now, err)
                 record.update(run_status=FAILED, error=err)
                 self.emit(conn, "checkpoints", "run.finished", record)
                 return False
@@ -348,7 +341,6 @@ class Engine:
             now = self.clock()
             q.update_run(conn, run_id, now, status=status, error=error, output=output,
                          node_state={}, finished_at=now)
-            self.trace_run(conn, run, status, now, error)
             if status == CANCELLED:
                 conn.execute("UPDATE approvals SET status = 'cancelled', decided_at = ? WHERE"
                              " run_id = ? AND status = 'pending'", (now, run_id))
@@ -362,40 +354,6 @@ class Engine:
         else:
             log.info("run %s%s", status, f": {error}" if error else "")
         self._changed(run_id)
-
-    # spans -----------------------------------------------------------------------------------
-    def span(self, run: Run, name: str, start: float, end: float, *, parent: str | None = None,
-             error: str | None = None, **attributes: Any) -> Span:
-        """A span of this run's trace; parent None = child of the step being committed."""
-        return Span(trace_id=run.trace_id or "0" * 32, span_id=new_span_id(), parent_id=parent,
-                    name=name, start=start, end=end, error=error,
-                    attributes={"edge_agent.run_id": run.run_id, **attributes})
-
-    def trace_step(self, conn: sqlite3.Connection, run: Run, node: NodeConfig, *, attempt: int,
-                   start: float, end: float, status: str, error: str | None = None,
-                   children: Sequence[Span] = (), **attributes: Any) -> None:
-        if self.spans is None or not run.trace_id:
-            return
-        step = self.span(run, f"step {node.name}", start, end, parent=run.span_id,
-                         error=error if status in ("failed", "interrupted") else None,
-                         **{"edge_agent.workflow": run.workflow, "edge_agent.node": node.name,
-                            "edge_agent.node_kind": node.kind, "edge_agent.attempt": attempt,
-                            "edge_agent.step_status": status, **attributes})
-        for child in children:
-            if child.parent_id is None:
-                child.parent_id = step.span_id
-        self.spans.record(conn, [step, *children])
-
-    def trace_run(self, conn: sqlite3.Connection, run: Run, status: str, end: float,
-                  error: str | None = None) -> None:
-        if self.spans is None or not run.trace_id or not run.span_id:
-            return
-        span = self.span(run, f"run {run.workflow}", run.created_at, end, parent=None,
-                         error=error if status == FAILED else None,
-                         **{"edge_agent.workflow": run.workflow, "edge_agent.run_status": status,
-                            "edge_agent.origin": run.origin})
-        span.span_id = run.span_id
-        self.spans.record(conn, [span])
 
     def _changed(self, run_id: str) -> None:
         for listener in self._listeners:

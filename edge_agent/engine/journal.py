@@ -21,6 +21,20 @@ def call_key(run_id: str, scope: str, turn: int, index: int, attempt: int) -> st
     return f"{run_id}/{scope}/{turn}/{index}/a{attempt}"
 
 
+def scope_matches(scope: str, step: dict[str, Any], attempt: int | None = None) -> bool:
+    """A journal scope is `node#visit` (tools) or `node#visit.attempt.segment` (agents),
+    after `parallel/` for branches."""
+    name, _, rest = scope.split("/")[-1].partition("#")
+    if name != step["node"]:
+        return False
+    parts = rest.split(".")
+    if not parts[0].isdigit() or int(parts[0]) != step["visit"]:
+        return False
+    if len(parts) >= 2:
+        return int(parts[1]) == step["attempt"]
+    return attempt is None or attempt == step["attempt"]
+
+
 @dataclass(frozen=True)
 class CallResult:
     ok: bool

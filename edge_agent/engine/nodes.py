@@ -82,18 +82,12 @@ class NodeRunner:
                                      name=node.tool, args=args, write_result=False)
         record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope, key=key,
                                    attempt=attempt, name=node.tool, args=args, res=res)
-        call = self.e.span(run, f"tool {node.tool}", res.started_at, self.e.clock(),
-                           error=None if res.ok else res.error, **{
-                               "edge_agent.tool": node.tool, "edge_agent.attempt": attempt,
-                               "edge_agent.outcome": "ok" if res.ok else res.kind,
-                               "edge_agent.idempotency_key": key})
         if res.ok:
             return self.e.advance(run, node, output=res.result, next_node=node.next,
-                                  attempt=attempt, started_at=res.started_at, extra=record,
-                                  children=[call])
+                                  attempt=attempt, started_at=res.started_at, extra=record)
         return self._failed(run, node, state, policy, attempt, error=res.error or "failed",
                             kind=res.kind or "failed", retryable=res.retryable,
-                            extra=record, started_at=res.started_at, children=[call])
+                            extra=record, started_at=res.started_at)
 
     def _remote(self, run: Run, node: NodeConfig, tool: RemoteTool, state: dict[str, Any],
                 policy: RetryPolicy, attempt: int, scope: str, key: str,
@@ -212,9 +206,6 @@ class NodeRunner:
                 self.e.emit(c, "checkpoints", "agent.handoff", {
                     "run_id": run.run_id, "node": node.name, "from": agent, "to": target,
                     "ts": now})
-                self.e.trace_step(c, run, node, attempt=attempt, start=now, end=now,
-                                  status="handoff", **{"edge_agent.handoff.from": agent,
-                                                       "edge_agent.handoff.to": target})
             self.e.set_state(run, new_state, extra=handoff)
             return True
         return self.e.advance(run, node, output=outcome.output, next_node=node.next,
@@ -258,19 +249,13 @@ class NodeRunner:
             return False
         decision = {"decision": appr["status"], "by": appr["decided_by"],
                     "origin": appr["origin"], "note": appr["note"]}
-        wait = self.e.span(run, "approval wait", appr["created_at"],
-                           appr["decided_at"] or self.e.clock(), **{
-                               "edge_agent.approval.decision": appr["status"],
-                               "edge_agent.approval.decided_by": appr["decided_by"],
-                               "edge_agent.approval.origin": appr["origin"],
-                               "edge_agent.approval.note": appr["note"]})
         if appr["status"] == "approved":
             patch = appr["patch"] if isinstance(appr["patch"], dict) else None
             return self.e.advance(run, node, output=decision, next_node=node.next,
-                                  patch=patch, started_at=appr["created_at"], children=[wait])
+                                  patch=patch, started_at=appr["created_at"])
         if node.on_reject:
             return self.e.advance(run, node, output=decision, next_node=node.on_reject,
-                                  started_at=appr["created_at"], children=[wait])
+                                  started_at=appr["created_at"])
         self.e.finish(run.run_id, CANCELLED, error=f"rejected at {node.name} by "
                             f"{appr['decided_by']} ({appr['origin']})"
                             + (f": {appr['note']}" if appr["note"] else ""))
@@ -329,7 +314,7 @@ class NodeRunner:
     def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
                       policy: RetryPolicy, attempt: int, *, error: str, kind: str,
                       retryable: bool, extra: Tx | None = None,
-                      started_at: float | None = None, children: Any = ()) -> bool:
+                      started_at: float | None = None) -> bool:
         now = self.e.clock()
         visit = run.visit(node.name)
         base = int(state.get("budget_base", 0))
@@ -340,13 +325,6 @@ class NodeRunner:
             q.insert_step(c, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
                           status="failed", error=error, error_kind=kind,
                           started_at=started_at or now, finished_at=now)
-            self.e.trace_step(c, run, node, attempt=attempt, start=started_at or now, end=now,
-                              status="failed", error=f"{kind}: {error}", children=children, **{
-                                  "edge_agent.error_kind": kind,
-                                  "edge_agent.retry": will_retry,
-                                  "edge_agent.retry_reason": f"{kind}: {error}" if will_retry
-                                  else None,
-                                  "edge_agent.retry_delay_s": delay if will_retry else None})
         log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
                     f"; retrying in {delay:.2f}s" if will_retry else "")
         if will_retry:
@@ -384,12 +362,11 @@ class NodeRunner:
                 now = self.e.clock()
                 c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
                           " AND attempt = ?", (status, now, key, attempt))
-                self.e.trace_step(c, run, node, attempt=attempt, start=now, end=now,
-                                  status="interrupted",
-                                  error="the process stopped during this tool call", **{
-                                      "edge_agent.tool": tool, "edge_agent.outcome": "unknown",
-                                      "edge_agent.on_unknown": on_unknown,
-                                      "edge_agent.idempotency_key": key})
+                q.insert_step(c, run_id=run.run_id, node=node.name,
+                              visit=run.visit(node.name), attempt=attempt, status="interrupted",
+                              error=f"the process stopped during {tool}; on_unknown = "
+                              f"{on_unknown}", error_kind="unknown_outcome", started_at=now,
+                              finished_at=now)
             return tx
         if on_unknown == "fail":
             self.e.finish(run.run_id, FAILED, extra=mark("unknown"),

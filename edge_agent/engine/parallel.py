@@ -68,10 +68,6 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
                               status="completed" if result["ok"] else "failed",
                               output=result.get("output"), error=result.get("error"),
                               error_kind=result.get("kind"), started_at=begun, finished_at=now)
-                e.trace_step(c, run, wf.nodes[name], attempt=int(result.get("attempt", 1)),
-                             start=begun, end=now,
-                             status="completed" if result["ok"] else "failed",
-                             error=result.get("error"), **{"edge_agent.parallel": node.name})
             e.set_state(run, {**run.node_state, "done": done}, extra=record)
         outcome = join_outcome(node, done)
     for task in waiting:

@@ -131,4 +131,5 @@ def _docs_schema() -> Sequence[str]:
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _Lazy(ENGINE_V1, _outbox_schema)),
     (2, _Lazy(_docs_schema)),
+    (3, ("CREATE TABLE telemetry_marks (name TEXT PRIMARY KEY, value REAL NOT NULL)",)),
 ]

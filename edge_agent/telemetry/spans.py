@@ -1,18 +1,13 @@
-"""Spans built from durable records and written to the outbox in the same transaction.
+"""Spans as plain data and their OTLP protobuf encoding (an ExportTraceServiceRequest).
 
-A span is made when the thing it describes has been committed (a step, a tool call, an
-approval, a run), with the times and ids stored in the database. So a crash loses no span,
-and a run resumed after a crash continues the same trace: its run span id was stored when it
-started. Spans are encoded as OTLP protobuf (an ExportTraceServiceRequest) into the outbox's
+Spans are derived from the durable records (see derive.py) and encoded into the outbox's
 `traces` stream; the cloud ingest re-exports them with their original ids, and a device with
 an OTLP endpoint also exports them directly.
 """
 
 from __future__ import annotations
 
-import secrets
-import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +18,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 SCOPE = "edge_agent"
 OK, ERROR = trace_pb2.Status.STATUS_CODE_OK, trace_pb2.Status.STATUS_CODE_ERROR
-
-
-def new_span_id() -> str:
-    return secrets.token_hex(8)
 
 
 @dataclass
@@ -96,23 +87,3 @@ def decode(payload: bytes) -> list[dict[str, Any]]:
                                    for a in s.attributes},
                     "events": [e.name for e in s.events]})
     return out
-
-
-class SpanSink:
-    """Appends encoded spans to the outbox inside the caller's transaction."""
-
-    def __init__(self, *, device_id: str, service: str = "edge-agent",
-                 emit: Callable[[sqlite3.Connection, str, str, bytes], None],
-                 export: Callable[[bytes], None] | None = None) -> None:
-        self.device_id = device_id
-        self.service = service
-        self._emit = emit
-        self._export = export
-
-    def record(self, conn: sqlite3.Connection, spans: Sequence[Span]) -> None:
-        if not spans:
-            return
-        payload = encode(spans, service=self.service, device_id=self.device_id)
-        self._emit(conn, "traces", "otlp.traces", payload)
-        if self._export is not None:
-            self._export(payload)

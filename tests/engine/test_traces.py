@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from support.engine import Harness, LedgerError, LedgerTool, fast_retry, spans_in
+from support.engine import (
+    Harness, LedgerError, LedgerTool, fast_retry, record_spans, spans_in,
+)
 
 from edge_agent.engine import ToolBinding, decide_approval
 from edge_agent.engine.graph import Workflow, tool_config
@@ -17,22 +19,26 @@ def test_one_trace_with_parent_links_retries_and_approval(db_path: Path, ledger:
     wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="gate", retry=fast_retry(5))
           .approval("gate", prompt="ok?", next="done").end("done")
           .build(tools={"stamp": tool_config("stamp")}))
-    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)}, spans=True)
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
 
     async def main() -> None:
         await h.start()
         rid = h.queue("w", {})
         await h.wait(rid, "waiting_approval")
+        record_spans(h.writer)  # some spans go out before the restart
         await h.stop()  # a restart in the middle: the trace must continue
         await h.start()
         try:
             decide_approval(h.writer.write, rid, approve=True, by="dana", origin="cloud")
             h.engine.wake(rid)
             await h.wait(rid, "completed")
+            record_spans(h.writer)
+            record_spans(h.writer)  # a second pass adds nothing twice
             spans = spans_in(h.store)
         finally:
             await h.stop()
         assert len({s["trace_id"] for s in spans}) == 1
+        assert len({s["span_id"] for s in spans}) == len(spans)
         by_id = {s["span_id"]: s for s in spans}
         run_span = next(s for s in spans if s["name"] == "run w")
         assert run_span["parent_id"] is None and run_span["error"] is None

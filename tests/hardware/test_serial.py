@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,9 +61,19 @@ def test_device_error_is_typed_and_not_retryable(tmp_path: Path, sim: SerialSim)
     with pytest.raises(ToolError) as info:
         tool.call({}, idempotency_key="k")
     assert info.value.kind == "device_error" and not info.value.retryable
-    assert info.value.fields == {"reason": "unknown command GET"} or \
-        "reason" in info.value.fields
+    assert info.value.fields == {"reason": "unknown command GET"}
     tool.close()
+    tool = build_tool("set", "serial", description="", params={"type": "object"},
+                      result_schema=None, idempotent=True, timeout_s=1.0, base_dir=tmp_path,
+                      options=RELAY)  # no schema bounds: the device itself refuses
+    with pytest.raises(ToolError) as info:
+        tool.call({"channel": 9, "state": "ON"}, idempotency_key="k")
+    assert info.value.kind == "device_error" and info.value.fields == {"reason": "no channel 9"}
+    with pytest.raises(ToolError) as info:  # a value cannot smuggle a second command
+        tool.call({"channel": "1 ON\nSET 2", "state": "ON"}, idempotency_key="k")
+    assert info.value.kind == "invalid_args"
+    tool.close()
+    assert sim.ledger_lines() == []
 
 
 def test_arguments_are_validated_before_any_io(tmp_path: Path, sim: SerialSim) -> None:
@@ -84,7 +98,6 @@ def test_fault_modes_give_typed_errors(tmp_path: Path, sim: SerialSim, fault: st
         tool.call({"channel": 1, "state": "ON"}, idempotency_key="k")
     assert (info.value.kind, info.value.retryable) == (kind, retryable)
     sim.fault("none")
-    import time
     time.sleep(1.6 if fault.startswith("slow") else 0.1)  # the late reply must not confuse us
     assert tool.call({"channel": 2, "state": "OFF"}, idempotency_key="k2") == \
         {"channel": "2", "state": "OFF"}
@@ -98,7 +111,6 @@ def test_reconnects_after_the_device_disappears(tmp_path: Path, sim: SerialSim) 
     with pytest.raises(ToolError) as info:
         tool.call({"channel": 1, "state": "OFF"}, idempotency_key="b")
     assert info.value.kind in ("device_gone", "timeout") and info.value.retryable
-    import time
     deadline = time.time() + 10
     while True:
         try:
@@ -108,6 +120,8 @@ def test_reconnects_after_the_device_disappears(tmp_path: Path, sim: SerialSim) 
         except ToolError as exc:
             assert exc.retryable and time.time() < deadline
             time.sleep(0.2)
+    assert os.readlink(sim.link).startswith("/dev/pts/")  # a new pty behind the same path
+    assert [e["state"] for e in sim.ledger_lines()][-1] == "OFF"
     tool.close()
 
 
@@ -152,3 +166,102 @@ def test_bad_serial_options_are_named(tmp_path: Path) -> None:
         "serial", {"port": "x", "send": "SET {a b}", "expect": "(", "baudrate": 1234,
                    "colour": "red"}, tmp_path))
     assert set(problems) >= {"send", "expect", "baudrate", "colour"}
+
+
+def test_request_id_field_in_the_send_template(tmp_path: Path, sim: SerialSim) -> None:
+    tool = relay(tmp_path, send="#{id} SET {channel} {state}",
+                 expect=r"^#\w+ OK (?P<channel>\d+) (?P<state>ON|OFF)$",
+                 request_id_field="id")
+    for key in ("k1", "k1", "k2"):
+        assert tool.call({"channel": 6, "state": "ON", "id": "forged"},
+                         idempotency_key=key) == {"channel": "6", "state": "ON"}
+    ids = [e["id"] for e in sim.ledger_lines()]
+    assert len(ids) == 2 and "forged" not in ids
+    tool.close()
+
+
+def test_late_reply_is_not_taken_for_the_next_one(tmp_path: Path, sim: SerialSim) -> None:
+    tool = relay(tmp_path, timeout_s=0.6, request_id=True)
+    sim.fault("slow 1")
+    with pytest.raises(ToolError) as info:
+        tool.call({"channel": 1, "state": "ON"}, idempotency_key="late")
+    assert info.value.kind == "timeout"
+    sim.fault("none")
+    out = tool.call({"channel": 2, "state": "OFF"}, idempotency_key="next")
+    assert out == {"channel": "2", "state": "OFF"}
+    tool.close()
+
+
+def test_multi_line_reply_until_a_terminator_line(tmp_path: Path, sim: SerialSim) -> None:
+    relay(tmp_path).call({"channel": 4, "state": "ON"}, idempotency_key="k")
+    dump = build_tool("dump", "serial", description="", params={"type": "object"},
+                      result_schema=None, idempotent=True, timeout_s=1.0, base_dir=tmp_path,
+                      options={"port": "ttyRELAY", "send": "DUMP", "until": "END",
+                               "expect": r"RELAY 4 (?P<four>\w+)\n(?:.*\n)*RELAY 8 "
+                                         r"(?P<eight>\w+)$"})
+    assert dump.call({}, idempotency_key="k") == {"four": "ON", "eight": "OFF"}
+    dump.close()
+
+
+def test_result_schema_types_convert_groups(tmp_path: Path, sim: SerialSim) -> None:
+    result = {"type": "object", "properties": {"sensor": {"type": "integer"},
+                                               "celsius": {"type": "number",
+                                                           "minimum": -40, "maximum": 125}}}
+    temp = build_tool("temp", "serial", description="", params={"type": "object"},
+                      result_schema=result, idempotent=True, timeout_s=1.0, base_dir=tmp_path,
+                      options={"port": "ttyRELAY", "send": "TEMP {n}",
+                               "expect": r"^TEMP (?P<sensor>\d+) (?P<celsius>-?[\d.]+)$",
+                               "error": r"^ERR (?P<reason>.*)$"})
+    out = temp.call({"n": 2}, idempotency_key="k")
+    assert out["sensor"] == 2 and 23.0 <= out["celsius"] <= 23.4
+    with pytest.raises(ToolError) as info:  # the reply parses but breaks the result schema
+        temp.call({"n": 80}, idempotency_key="k")
+    assert info.value.kind == "invalid_result"
+    temp.close()
+
+
+def test_fault_given_on_the_command_line(tmp_path: Path) -> None:
+    link = tmp_path / "ttyBAD"
+    proc = subprocess.Popen([sys.executable, "-m", "hardware.simulator", "--link", str(link),
+                             "--fault", "garbage"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
+        tool = relay(tmp_path, port="ttyBAD")
+        with pytest.raises(ToolError) as info:
+            tool.call({"channel": 1, "state": "ON"}, idempotency_key="k")
+        assert info.value.kind == "bad_reply" and not info.value.retryable
+        tool.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert not link.exists()
+
+
+def test_absent_port_is_device_gone(tmp_path: Path) -> None:
+    tool = relay(tmp_path, port="ttyNOWHERE")  # building does not need the device
+    with pytest.raises(ToolError) as info:
+        tool.call({"channel": 1, "state": "ON"}, idempotency_key="k")
+    assert info.value.kind == "device_gone" and info.value.retryable
+    tool.close()
+
+
+@pytest.mark.parametrize("options,key,value", [
+    ({"port": ""}, "port", ""),
+    ({"send": None}, "send", None),
+    ({"send": "SET {a b}"}, "send", "SET {a b}"),
+    ({"send": "SET {0}"}, "send", "SET {0}"),
+    ({"expect": "("}, "expect", "("),
+    ({"error": "[x"}, "error", "[x"),
+    ({"baudrate": 1234}, "baudrate", 1234),
+    ({"baudrate": True}, "baudrate", True),
+    ({"terminator": ""}, "terminator", ""),
+    ({"until": 5}, "until", 5),
+    ({"encoding": "klingon"}, "encoding", "klingon"),
+    ({"request_id": "yes"}, "request_id", "yes"),
+    ({"request_id_field": "id"}, "request_id_field", "id"),
+    ({"colour": "red"}, "colour", "red"),
+])
+def test_bad_serial_option_is_named_with_its_value(tmp_path: Path, options: dict, key: str,
+                                                   value: object) -> None:
+    problems = check_tool_options("serial", {**RELAY, **options}, tmp_path)
+    assert (key, value) in [(k, v) for k, _, v in problems], problems

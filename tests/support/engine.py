@@ -93,14 +93,8 @@ class Harness:
     async def start(self) -> Engine:
         self.store = Store(self.db_path)
         self.writer = GroupCommitter(self.store)
-        sink = None
-        if self.spans:
-            from edge_agent.telemetry.spans import SpanSink
-            sink = SpanSink(device_id="test-device",
-                            emit=lambda c, stream, kind, payload: _raw_emit(c, stream, kind,
-                                                                            payload))
         self.engine = Engine(store=self.store, writer=self.writer, workflows=self.workflows,
-                             tools=self.tools, agent_runner=self.agent_runner, spans=sink)
+                             tools=self.tools, agent_runner=self.agent_runner)
         await self.engine.start()
         return self.engine
 
@@ -144,9 +138,18 @@ def fast_retry(n: int = 3, **kw: Any) -> RetryPolicy:
                        multiplier=1.0, max_delay_s=1.0, jitter=0.0, **kw)
 
 
-def _raw_emit(conn: Any, stream: str, kind: str, payload: bytes) -> None:
+def record_spans(writer: GroupCommitter) -> None:
+    """What the daemon does every half second: derive spans, append them to the outbox."""
+    from edge_agent.telemetry.derive import derive_spans
+    from edge_agent.telemetry.spans import encode
     from sync.outbox import Outbox
-    Outbox(conn).append(stream, kind, payload)
+
+    def tx(conn: Any) -> None:
+        spans = derive_spans(conn)
+        if spans:
+            Outbox(conn).append("traces", "otlp.traces",
+                                encode(spans, service="test", device_id="test-device"))
+    writer.write(tx)
 
 
 def spans_in(store: Store) -> list[dict[str, Any]]:

@@ -1,9 +1,8 @@
-"""Modbus against pymodbus's own server (TCP on loopback, RTU on a pty pair); GPIO contract."""
+"""Modbus against pymodbus's own server: TCP on loopback and RTU on a pty pair."""
 
 from __future__ import annotations
 
-import threading
-import time
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from support.devices import ModbusServer, PtyBridge
 
 from edge_agent.tools.base import ToolError
 from edge_agent.tools.registry import build_tool, check_tool_options
-from hardware.gpio import GpioLines, LineSpec, SimulatedChip
 
 REGISTERS = {
     "temp": {"table": "input", "address": 0, "type": "int16", "scale": 0.1},
@@ -46,6 +44,12 @@ def exercise(tool) -> None:  # noqa: ANN001
         with pytest.raises(ToolError) as info:
             tool.call(bad, idempotency_key="k")
         assert info.value.kind == "not_declared" and not info.value.retryable
+    for bad in ({"register": "setpoint", "value": 70000}, {"register": "setpoint", "value": -1},
+                {"register": "setpoint", "value": "high"}, {"register": 10}):
+        with pytest.raises(ToolError) as info:
+            tool.call(bad, idempotency_key="k")
+        assert info.value.kind == "invalid_args", bad
+    assert tool.call({"register": "setpoint"}, idempotency_key="k")["value"] == 450
 
 
 def test_modbus_tcp(tmp_path: Path) -> None:
@@ -83,71 +87,44 @@ def test_modbus_options_are_checked(tmp_path: Path) -> None:
                                           "c": {"table": "holding", "address": 2, "bits": 3}},
         "unit": 300}, tmp_path)}
     assert {"transport", "unit", "registers.a", "registers.b", "registers.c.bits"} <= problems
+    problems = {k: v for k, _, v in check_tool_options("modbus", {
+        "host": "plc", "port": 70000, "registers": {
+            "x": {"table": "holding", "address": -1}, "y": {"table": "holding", "address": 1,
+                                                            "scale": 0}}}, tmp_path)}
+    assert problems == {"port": 70000, "registers.x.address": -1, "registers.y.scale": 0}
+    problems = {k: v for k, _, v in check_tool_options("modbus", {
+        "transport": "rtu", "registers": {}}, tmp_path)}
+    assert problems == {"port": None, "registers": {}}
 
 
-LINES = {"relay": LineSpec("relay", 4, "output"),
-         "lamp": LineSpec("lamp", 5, "output", active_low=True),
-         "button": LineSpec("button", 6, "input", bias="pull_up", active_low=True,
-                            debounce_ms=50),
-         "sensor": LineSpec("sensor", 7, "input")}
+def test_modbus_silent_device_is_a_retryable_timeout(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        tool = modbus_tool(tmp_path, transport="tcp", host="127.0.0.1",
+                           port=listener.getsockname()[1])
+        with pytest.raises(ToolError) as info:
+            tool.call({"register": "temp"}, idempotency_key="k")
+        assert info.value.kind == "timeout" and info.value.retryable
+        tool.close()
+    finally:
+        listener.close()
 
 
-def test_gpio_contract_on_the_simulated_chip() -> None:
-    chip = SimulatedChip(LINES)
-    gpio = GpioLines(chip, LINES)
-    assert gpio.write("relay", True) and chip.get(4) == 1
-    gpio.write("lamp", True)
-    assert chip.get(5) == 0  # active-low: on means a low level
-    assert gpio.read("button") is False  # pulled up, active low: not pressed
-    chip.inject(6, 0)
-    assert gpio.read("button") is True
-    got: list[str] = []
-    t = threading.Thread(target=lambda: got.append(gpio.wait_edge("sensor", "rising", 2)))
-    t.start()
-    time.sleep(0.1)
-    chip.inject(7, 1)
-    t.join()
-    assert got == ["rising"]
-    with pytest.raises(Exception) as info:
-        gpio.wait_edge("sensor", "falling", 0.2)
-    assert getattr(info.value, "kind", "") == "timeout"
-    chip.inject(6, 1)
-    chip.inject(6, 0)  # a bounce inside 50 ms: one edge only
-    chip.inject(6, 1)
-    with pytest.raises(Exception) as info:
-        gpio.write("button", True)
-    assert getattr(info.value, "kind", "") == "not_declared"
-    with pytest.raises(Exception) as info:
-        gpio.read("gpio17")
-    assert getattr(info.value, "kind", "") == "not_declared"
-    start = time.monotonic()
-    gpio.pulse("relay", 0.05)
-    assert time.monotonic() - start >= 0.05 and chip.get(4) == 0
-
-
-def test_gpio_tool_kind(tmp_path: Path) -> None:
-    opts = {"chip": "sim:test-chip", "lines": {"relay": {"offset": 1, "direction": "output"},
-                                               "door": {"offset": 2}}}
-    assert check_tool_options("gpio", opts, tmp_path) == []
-    tool = build_tool("io", "gpio", description="", params={"type": "object"},
+def test_modbus_exception_reply_is_a_device_error(tmp_path: Path) -> None:
+    port = free_port()
+    server = ModbusServer("tcp", port=port)
+    regs = {"far": {"table": "holding", "address": 5000, "type": "uint16"}}
+    opts = {"registers": regs, "transport": "tcp", "host": "127.0.0.1", "port": port}
+    tool = build_tool("plc", "modbus", description="", params={"type": "object"},
                       result_schema=None, idempotent=True, timeout_s=2.0, options=opts,
                       base_dir=tmp_path)
-    assert tool.call({"line": "relay", "op": "write", "value": True},
-                     idempotency_key="k") == {"line": "relay", "value": True}
-    assert tool.call({"line": "relay", "op": "read"}, idempotency_key="k")["value"] is True
-    with pytest.raises(ToolError) as info:
-        tool.call({"line": "nope", "op": "read"}, idempotency_key="k")
-    assert info.value.kind == "not_declared"
-    bad = {k for k, _, _ in check_tool_options("gpio", {"chip": 3, "lines": {
-        "x": {"offset": 1, "direction": "sideways"}}}, tmp_path)}
-    assert {"chip", "lines.x.direction"} <= bad
-
-
-@pytest.mark.skipif(not list(Path("/dev").glob("gpiochip*")),
-                    reason="no GPIO chip on this machine; the simulated chip stands in")
-def test_gpio_contract_on_a_real_chip() -> None:
-    from hardware.gpio import open_lines
-    chip = sorted(Path("/dev").glob("gpiochip*"))[0]
-    lines = open_lines(str(chip), {"probe": LineSpec("probe", 0, "input")})
-    assert lines.read("probe") in (True, False)
-    lines.close()
+    try:
+        with pytest.raises(ToolError) as info:  # the server has no register 5000
+            tool.call({"register": "far"}, idempotency_key="k")
+        assert info.value.kind == "device_error" and not info.value.retryable
+        assert info.value.fields["exception_code"] == 2  # illegal data address
+    finally:
+        tool.close()
+        server.stop()
