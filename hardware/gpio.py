@@ -12,10 +12,9 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from hardware.errors import DeviceGone, DeviceTimeout, HardwareError, NotDeclared
-
 
 DIRECTIONS = ("input", "output")
 BIASES = ("as_is", "disabled", "pull_up", "pull_down")
@@ -39,7 +38,7 @@ class LineSpec:
         if self.bias not in BIASES:
             raise ValueError(f"bias must be one of {', '.join(BIASES)} (got {self.bias!r})")
         if not isinstance(self.active_low, bool):
-            raise ValueError(f"active_low must be true or false (got {self.active_low!r})")
+            raise TypeError(f"active_low must be true or false (got {self.active_low!r})")
         if (isinstance(self.debounce_ms, bool) or not isinstance(self.debounce_ms, int)
                 or not 0 <= self.debounce_ms <= 10_000):
             raise ValueError(f"debounce_ms must be an integer 0..10000 (got {self.debounce_ms!r})")
@@ -57,10 +56,14 @@ class GpioBackend(Protocol):
 
 
 class SimulatedChip:
-    """A GPIO chip in memory; physical levels, so active-low is applied above it."""
+    """A GPIO chip simulated in memory, for tests and the demo where no chip exists.
 
-    _chips: dict[str, SimulatedChip] = {}
-    _guard = threading.Lock()
+    It keeps physical levels (active-low is applied above it, as with libgpiod), starts
+    inputs at their pull level, and drops edges inside a line's debounce period.
+    """
+
+    _chips: ClassVar[dict[str, SimulatedChip]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, lines: Mapping[str, LineSpec]) -> None:
         self.levels: dict[int, int] = {}

@@ -17,7 +17,12 @@ from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from hardware.errors import (
-    BadReply, DeviceGone, DeviceRejected, DeviceTimeout, HardwareError, NotDeclared,
+    BadReply,
+    DeviceGone,
+    DeviceRejected,
+    DeviceTimeout,
+    HardwareError,
+    NotDeclared,
 )
 
 TABLES = ("coil", "discrete", "holding", "input")

@@ -12,14 +12,17 @@ import asyncio
 import sys
 
 from pymodbus.datastore import (
-    ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext,
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
 )
 from pymodbus.server import StartAsyncTcpServer
 
 
 def context(vibration: int, temperature: int) -> ModbusServerContext:
     def block(first: list[int]) -> ModbusSequentialDataBlock:
-        return ModbusSequentialDataBlock(1, first + [0] * (64 - len(first)))
+        return ModbusSequentialDataBlock(  # type: ignore[no-untyped-call]
+            1, first + [0] * (64 - len(first)))
     dev = ModbusDeviceContext(di=block([]), co=block([]), hr=block([]),
                               ir=block([vibration, temperature]))
     return ModbusServerContext(devices={1: dev}, single=False)

@@ -65,7 +65,7 @@ class SchemaTool:
             result = self._fn(args, idempotency_key)
         except ToolError:
             raise
-        except Exception as exc:  # noqa: BLE001 - translated where it enters the tool layer
+        except Exception as exc:
             raise ToolError(f"{self.name}: {exc}", kind=getattr(exc, "kind", "failed"),
                             retryable=bool(getattr(exc, "retryable", False)),
                             fields=getattr(exc, "fields", None)) from exc

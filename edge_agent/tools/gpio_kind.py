@@ -40,7 +40,7 @@ def check_gpio(options: Mapping[str, Any], base_dir: Path) -> Problems:
             continue
         try:
             LineSpec(lname, **spec)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             key = str(exc).split(" ", 1)[0]
             problems.append((f"{where}.{key}" if key in LINE_KEYS else where, str(exc),
                              spec.get(key, spec)))

@@ -50,7 +50,8 @@ def check_modbus(options: Mapping[str, Any], base_dir: Path) -> Problems:
         if extra:
             continue
         address = spec.get("address")
-        if not is_int(address) or not 0 <= address <= 65535:
+        if not isinstance(address, int) or isinstance(address, bool) \
+                or not 0 <= address <= 65535:
             problems.append((f"{where}.address", "must be an integer 0..65535", address))
             continue
         scale = spec.get("scale", 1.0)

@@ -17,7 +17,10 @@ from edge_agent.tools.gpio_kind import build_gpio, check_gpio
 from edge_agent.tools.modbus_kind import build_modbus, check_modbus
 from edge_agent.tools.options import BoundCall, Problems, unknown_keys
 from edge_agent.tools.process_kinds import (
-    build_command, build_python, check_command, check_python,
+    build_command,
+    build_python,
+    check_command,
+    check_python,
 )
 from edge_agent.tools.serial_kind import build_serial, check_serial
 
@@ -57,7 +60,7 @@ def check_tool_options(kind: str, options: Mapping[str, Any], base_dir: Path) ->
         return [("", "must be a table", options)]
     try:
         return check(options, base_dir)
-    except Exception as exc:  # noqa: BLE001 - a checker bug is still reported as a problem
+    except Exception as exc:
         log.exception("checking %s tool options", kind)
         return [("kind", f"cannot check options: {exc}", kind)]
 
@@ -81,7 +84,7 @@ def build_tool(name: str, kind: str, *, description: str, params: Mapping[str, A
             fn = builder(name, options, base_dir, timeout_s, result_schema)
         else:
             fn = builder(name, options, base_dir, timeout_s)
-    except Exception as exc:  # noqa: BLE001 - translated where it enters the tool layer
+    except Exception as exc:
         raise ToolError(f"{name}: cannot build the {kind} tool: {exc}",
                         kind=getattr(exc, "kind", "failed"),
                         retryable=bool(getattr(exc, "retryable", False))) from exc

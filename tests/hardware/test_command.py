@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -29,7 +28,7 @@ def script(folder: Path, name: str, text: str) -> Path:
 
 
 def command(tmp: Path, argv: list[str], params: dict | None = None, timeout_s: float = 10.0,
-            **options: object):  # noqa: ANN201
+            **options: object):
     opts = {"argv": argv, **options}
     assert check_tool_options("command", opts, tmp) == []
     return build_tool("cmd", "command", description="", timeout_s=timeout_s, idempotent=False,

@@ -49,7 +49,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[GpioLines, Callabl
         lines.close()
 
 
-def test_contract_outputs_and_declared_lines_only(backend) -> None:  # noqa: ANN001
+def test_contract_outputs_and_declared_lines_only(backend) -> None:
     lines, _ = backend
     assert lines.write("relay", True) is True and lines.read("relay") is True
     assert lines.write("relay", False) is False and lines.read("relay") is False
@@ -68,14 +68,14 @@ def test_contract_outputs_and_declared_lines_only(backend) -> None:  # noqa: ANN
         assert info.value.kind == "invalid_args"
 
 
-def test_contract_no_edge_is_a_timeout(backend) -> None:  # noqa: ANN001
+def test_contract_no_edge_is_a_timeout(backend) -> None:
     lines, _ = backend
     with pytest.raises(HardwareError) as info:
         lines.wait_edge("sensor", "rising", 0.1)
     assert info.value.kind == "timeout" and info.value.retryable
 
 
-def test_contract_edges_and_active_low(backend) -> None:  # noqa: ANN001
+def test_contract_edges_and_active_low(backend) -> None:
     lines, inject = backend
     if inject is None:
         pytest.skip("edges need a wired loopback on a real chip")
@@ -180,5 +180,5 @@ def test_bad_gpio_options_are_named(tmp_path: Path, lines: dict, key: str,
                                     value: object) -> None:
     problems = check_tool_options("gpio", {"chip": "sim:x", "lines": lines}, tmp_path)
     assert (key, value) in [(k, v) for k, _, v in problems], problems
-    assert [k for k, _, _ in check_tool_options("gpio", {"chip": 3, "lines": lines},
-                                                 tmp_path)][0] == "chip"
+    first = check_tool_options("gpio", {"chip": 3, "lines": lines}, tmp_path)[0]
+    assert first[0] == "chip"

@@ -22,7 +22,7 @@ REGISTERS = {
 }
 
 
-def modbus_tool(tmp: Path, **options: object):  # noqa: ANN201
+def modbus_tool(tmp: Path, **options: object):
     opts = {"registers": REGISTERS, **options}
     assert check_tool_options("modbus", opts, tmp) == []
     return build_tool("plc", "modbus", description="", params={"type": "object"},
@@ -30,7 +30,7 @@ def modbus_tool(tmp: Path, **options: object):  # noqa: ANN201
                       base_dir=tmp)
 
 
-def exercise(tool) -> None:  # noqa: ANN001
+def exercise(tool) -> None:
     assert tool.call({"register": "temp"}, idempotency_key="k")["value"] == pytest.approx(21.5)
     assert tool.call({"register": "offset"}, idempotency_key="k")["value"] == -1
     assert tool.call({"register": "door"}, idempotency_key="k")["value"] is True
