@@ -21,7 +21,6 @@ from typing import Any
 
 from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding, queue_run
-from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.store import GroupCommitter, Store
 

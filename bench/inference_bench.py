@@ -34,7 +34,6 @@ def bare_tokens_per_s(llm: llama_cpp.Llama, messages: list, grammar: str, n: int
     g = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
     rates = []
     for i in range(n):
-        start = time.perf_counter()
         first = None
         count = 0
         for chunk in llm.create_chat_completion(messages, max_tokens=96, temperature=0.7,

@@ -12,7 +12,6 @@ import subprocess
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
