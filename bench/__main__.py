@@ -13,6 +13,7 @@ import sys
 BENCHES = [("durable steps", ["-m", "bench.engine_steps"]),
            ("sync throughput", ["-m", "bench.sync_throughput"]),
            ("inference", ["-m", "bench.inference_bench"]),
+           ("hardware tools", ["-m", "bench.hardware_tools"]),
            ("daemon footprint", ["-m", "bench.daemon_footprint"])]
 
 
