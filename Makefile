@@ -7,7 +7,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 LLAMA_VERSION := 0.3.36
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps venv llama demo test bench install clean
@@ -41,8 +40,7 @@ llama: venv
 	  echo "llama-cpp-python $(LLAMA_VERSION) already installed"; \
 	else \
 	  echo "building llama-cpp-python $(LLAMA_VERSION) (CMAKE_ARGS=$(CMAKE_ARGS))"; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE) $(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	    $(PIP) install -q --no-cache-dir llama-cpp-python==$(LLAMA_VERSION); \
+	  CMAKE_ARGS="$(CMAKE_ARGS)" LLAMA_CPP_PYTHON_VERSION=$(LLAMA_VERSION) sh scripts/build-llama.sh $(PY); \
 	fi
 
 demo: setup

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from edge_agent.inference.llama import LlamaProvider, gbnf_for
-from edge_agent.inference.schema_grammar import tool_choice_schema
+from edge_agent.inference.llama import LlamaProvider
+from edge_agent.inference.schema_grammar import grammar_for, tool_choice_schema
 from edge_agent.inference.testmodel import make_test_model
 
 TOOLS = [{"name": f"tool_{i}", "params": {"type": "object", "properties": {
@@ -61,7 +61,7 @@ def main() -> None:
                     {"role": "user", "content": "Go."}]
         bare = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_gpu_layers=args.n_gpu_layers,
                                verbose=False, seed=0)
-        bare_rate = bare_tokens_per_s(bare, messages, gbnf_for(schema), args.samples)
+        bare_rate = bare_tokens_per_s(bare, messages, grammar_for(schema), args.samples)
         del bare
         prov = LlamaProvider("bench", path, n_ctx=4096, n_gpu_layers=args.n_gpu_layers)
         rates = []

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 from edge_agent.config.model import AgentConfig
 from edge_agent.errors import EdgeAgentError
-from edge_agent.inference.provider import InferenceError, InvalidOutput, ModelLoadError, Provider
+from edge_agent.inference.provider import (
+    EscalationRequired, InferenceError, ModelLoadError, Provider,
+)
 from edge_agent.inference.schema_grammar import tool_choice_schema
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,8 @@ def _decide(agent: AgentConfig, messages: list[dict[str, str]], schema: Mapping[
             c = p.generate(messages, schema=schema, max_tokens=agent.max_tokens,
                            temperature=agent.temperature, seed=turn)
         except (ModelLoadError, InferenceError) as exc:
-            if isinstance(exc, InvalidOutput) and p is remote:
-                raise AgentError(str(exc), kind="invalid_output") from exc
+            if isinstance(exc, EscalationRequired):
+                raise AgentError(str(exc), kind="escalate") from exc
             errors.append(f"{p.name}: {exc}")
             log.warning("model %s failed on turn %d: %s", p.name, turn, exc)
             continue

@@ -21,7 +21,7 @@ def make_provider(m: ModelConfig) -> Provider:
         if key is None and m.api_key_file is not None:
             key = Path(m.api_key_file).read_text().strip()
         return OpenAIProvider(m.name, m.base_url or "", model_id=m.model_id, api_key=key,
-                              timeout_s=m.timeout_s)
+                              timeout_s=m.timeout_s, max_hint_retries=m.max_hint_retries)
     from edge_agent.inference.llama import LlamaProvider
     assert m.path is not None
     return LlamaProvider(m.name, m.path, n_ctx=m.n_ctx, n_gpu_layers=m.n_gpu_layers,

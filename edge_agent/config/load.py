@@ -149,6 +149,7 @@ def _model(name: str, t: Table, base: Path) -> ModelConfig | None:
         fields["api_key_env"] = t.str("api_key_env")
         fields["api_key_file"] = _path(t, "api_key_file", base)
         fields["model_id"] = t.str("model_id")
+        fields["max_hint_retries"] = t.int("max_hint_retries", 2, min=0, max=10)
         if t.has("api_key"):
             t.raw("api_key")
             t.error("api_key", "keys never live in the config file; use api_key_env or "
@@ -168,10 +169,18 @@ def _schema(t: Table, key: str) -> Mapping[str, Any] | None:
     except jsonschema.SchemaError as exc:
         t.error(key, f"is not a valid JSON Schema: {exc.message}", value)
         return None
-    from edge_agent.inference.schema_grammar import unsupported_keywords
-    for where in unsupported_keywords(value):
+    from edge_agent.inference.gbnf import SchemaGrammarError
+    from edge_agent.inference.schema_grammar import grammar_for, unsupported_keywords
+    problems = unsupported_keywords(value)
+    for where in problems:
         t.error(key, f"uses {where!r}, which grammar-constrained generation cannot honour",
                 value)
+    if not problems:
+        try:
+            grammar_for(value)
+        except SchemaGrammarError as exc:
+            t.error(key, f"admits no value a model could produce: {exc}", value)
+            return None
     return MappingProxyType(value)
 
 

@@ -56,6 +56,7 @@ class ModelConfig:
     api_key_env: str | None = None
     api_key_file: Path | None = None
     model_id: str | None = None
+    max_hint_retries: int = 2  # openai: re-asks with the schema and the error, then escalate
     timeout_s: float = 120.0
 
 

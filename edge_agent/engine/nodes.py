@@ -342,7 +342,7 @@ class NodeRunner:
             return self.e.advance(run, node, output=info, next_node=node.fallback,
                                         attempt=attempt, extra=extra, step_status="failed",
                                         patch={"error": info}, store_output=False)
-        if node.escalate == "approval":
+        if node.escalate == "approval" or kind == "escalate":
             prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
                       "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "
                       "with that output; reject to fail the run.")

@@ -1,8 +1,9 @@
 """The llama.cpp provider: one worker thread per loaded model, a queue in front of it.
 
 Requests can time out and be cancelled (checked between generated tokens). Output under a
-schema is generated with a grammar, then parsed strictly and validated; an invalid sample
-is drawn again with another seed (see schema_grammar). The static prefix of a prompt
+schema is generated with edge-agent's own grammar (gbnf.py), then parsed strictly and
+validated; a sample that still fails (a keyword enforced by validation only, or an answer
+cut off by max_tokens) is drawn again with the next seed (see schema_grammar). The static prefix of a prompt
 (system prompt and tool descriptions) stays in the KV cache: llama.cpp reuses the longest
 common prefix with the previous request, and a RAM cache keeps prefix states across
 agents that share the model.
@@ -20,51 +21,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from edge_agent.inference.llama_load import load_llama
 from edge_agent.inference.provider import (
-    Cancelled, Completion, InferenceError, InvalidOutput, Message, ModelLoadError,
+    Cancelled, Completion, InferenceTimeout, InvalidOutput, Message,
 )
-from edge_agent.inference.schema_grammar import check, tighten
+from edge_agent.inference.schema_grammar import check, grammar_for
 
 log = logging.getLogger(__name__)
 MAX_RESAMPLES = 8
-
-
-def load_llama(path: Path, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
-               seed: int, chat_format: str | None) -> Any:
-    if not path.exists():
-        raise ModelLoadError(str(path), "no such file")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelLoadError(str(path), "not a GGUF file")
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise ModelLoadError(str(path), "llama-cpp-python is not installed") from exc
-    try:
-        from gguf import GGUFReader
-        reader = GGUFReader(str(path))
-        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-        field = reader.fields.get(f"{arch}.context_length")
-        trained = int(field.parts[-1][0]) if field is not None else None
-    except Exception:  # noqa: BLE001 - the metadata check is a courtesy; llama.cpp decides
-        trained = None
-    if trained is not None and n_ctx > trained:
-        raise ModelLoadError(str(path), f"n_ctx {n_ctx} exceeds the model's trained context "
-                                        f"{trained}")
-    try:
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
-                               n_threads=n_threads, seed=seed, chat_format=chat_format,
-                               verbose=False)
-    except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(str(path), str(exc)) from exc
-
-
-def gbnf_for(schema: Mapping[str, Any]) -> str:
-    """The stock conversion of the tightened schema, with JSON's ban on raw control
-    characters in strings added to the `char` rule (the stock rule lets them through)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-    text = json_schema_to_gbnf(json.dumps(tighten(schema)))
-    return text.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
 
 
 class LlamaProvider:
@@ -92,15 +56,12 @@ class LlamaProvider:
                  cancel: threading.Event | None = None) -> Completion:
         fut: Future[Completion] = Future()
         cancel = cancel or threading.Event()
-        deadline = time.monotonic() + timeout_s if timeout_s else None
-        self._queue.put((fut, list(messages), schema, max_tokens, temperature, seed, deadline,
-                         cancel))
+        self._queue.put((fut, list(messages), schema, max_tokens, temperature, seed, cancel))
         try:
             return fut.result(timeout=timeout_s)
         except TimeoutError:
-            cancel.set()
-            raise InferenceError(f"{self.name}: no answer within {timeout_s:g}s",
-                                 retryable=True, kind="timeout") from None
+            cancel.set()  # the worker stops at its next token, or skips the request
+            raise InferenceTimeout(self.name, timeout_s or 0.0) from None
 
     async def agenerate(self, messages: Sequence[Message], **kw: Any) -> Completion:
         """For the event loop: the future resolves from the worker thread, never blocking."""
@@ -110,12 +71,14 @@ class LlamaProvider:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            fut, messages, schema, max_tokens, temperature, seed, deadline, cancel = item
+            fut, messages, schema, max_tokens, temperature, seed, cancel = item
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
+                if cancel.is_set():
+                    raise Cancelled(f"{self.name}: request cancelled before it started")
                 fut.set_result(self._complete(messages, schema, max_tokens, temperature, seed,
-                                              deadline, cancel))
+                                              cancel))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 fut.set_exception(exc)
 
@@ -124,17 +87,17 @@ class LlamaProvider:
         if key not in self._grammars:
             import llama_cpp
             self._grammars[key] = llama_cpp.LlamaGrammar.from_string(
-                gbnf_for(schema), verbose=False)
+                grammar_for(schema), verbose=False)
         return self._grammars[key]
 
     def _complete(self, messages: list[Message], schema: Mapping[str, Any] | None,
                   max_tokens: int, temperature: float, seed: int | None,
-                  deadline: float | None, cancel: threading.Event) -> Completion:
+                  cancel: threading.Event) -> Completion:
         base_seed = self.seed if seed is None else seed
         reason = ""
         for attempt in range(1, (MAX_RESAMPLES if schema else 1) + 1):
             out = self._once(messages, schema, max_tokens, temperature,
-                             base_seed + attempt - 1, deadline, cancel)
+                             base_seed + attempt - 1, cancel)
             out.attempts = attempt
             if schema is None:
                 return out
@@ -146,10 +109,11 @@ class LlamaProvider:
         raise InvalidOutput(reason or "invalid", MAX_RESAMPLES)
 
     def _once(self, messages: list[Message], schema: Mapping[str, Any] | None,
-              max_tokens: int, temperature: float, seed: int, deadline: float | None,
+              max_tokens: int, temperature: float, seed: int,
               cancel: threading.Event) -> Completion:
         start = time.perf_counter()
         ttft = 0.0
+        last = start
         parts: list[str] = []
         finish = ""
         n = 0
@@ -159,14 +123,12 @@ class LlamaProvider:
         for chunk in stream:
             if cancel.is_set():
                 raise Cancelled(f"{self.name}: request cancelled")
-            if deadline is not None and time.monotonic() > deadline:
-                raise InferenceError(f"{self.name}: generation timed out", retryable=True,
-                                     kind="timeout")
             choice = chunk["choices"][0]
             piece = choice.get("delta", {}).get("content")
             if piece:
+                last = time.perf_counter()
                 if not ttft:
-                    ttft = time.perf_counter() - start
+                    ttft = last - start
                 parts.append(piece)
                 n += 1
             finish = choice.get("finish_reason") or finish
@@ -174,7 +136,8 @@ class LlamaProvider:
         prompt_tokens = len(self.llm.tokenize(
             "\n".join(m["content"] for m in messages).encode(), add_bos=True))
         return Completion(text=text, model=self.name, prompt_tokens=prompt_tokens,
-                          completion_tokens=n, ttft_s=ttft, total_s=time.perf_counter() - start,
+                          completion_tokens=n, ttft_s=ttft, decode_s=last - start - ttft,
+                          total_s=time.perf_counter() - start,
                           finish_reason=finish or "stop")
 
     def close(self) -> None:

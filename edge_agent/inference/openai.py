@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat-completions provider (remote fallback), stdlib HTTP only.
 
 It has no grammar: an answer that does not parse or validate is asked for again with the
-schema and the validation error as a hint, up to `max_hint_retries`, then InvalidOutput.
+schema and the validation error as a hint, up to `max_hint_retries`, then
+EscalationRequired (the agent node escalates to a person, DESIGN section 3).
 The API key comes from an environment variable or a file, never from the config.
 """
 
@@ -15,7 +16,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edge_agent.inference.provider import Completion, InferenceError, InvalidOutput, Message
+from edge_agent.inference.provider import Completion, EscalationRequired, InferenceError, Message
 from edge_agent.inference.schema_grammar import check
 
 
@@ -54,7 +55,7 @@ class OpenAIProvider:
             convo += [{"role": "assistant", "content": out.text},
                       {"role": "user", "content": f"That answer is invalid ({reason}). "
                        "Reply again with only a JSON object valid for the schema."}]
-        raise InvalidOutput(reason, self.max_hint_retries + 1)
+        raise EscalationRequired(self.name, reason, self.max_hint_retries + 1)
 
     def _post(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
               seed: int | None, timeout_s: float | None) -> Completion:

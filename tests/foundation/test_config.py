@@ -98,6 +98,13 @@ BAD = [
      'timeout_s = 0\n', ["tools.t.timeout_s: must be > 0 (got 0)"]),
     ("tool bad params schema", MINIMAL + '[tools.t]\nkind = "command"\nargv = ["true"]\n'
      'params = { type = "objekt" }\n', ["tools.t.params: is not a valid JSON Schema"]),
+    ("tool params no grammar can honour", MINIMAL + '[tools.t]\nkind = "command"\n'
+     'argv = ["true"]\nparams = { type = "object", properties = { a = { not = {} } } }\n',
+     ["tools.t.params: uses 'properties/a/not', which grammar-constrained generation"]),
+    ("tool params admit nothing", MINIMAL + '[tools.t]\nkind = "command"\nargv = ["true"]\n'
+     'params = { type = "object", properties = { n = { type = "integer", minimum = 5, '
+     'maximum = 4 } }, required = ["n"] }\n',
+     ["tools.t.params: admits no value a model could produce", "no integer lies in [5, 4]"]),
     ("workflow start unknown", MINIMAL + '[workflows.w]\nstart = "a"\n'
      '[workflows.w.nodes.b]\nend = true\n', ["workflows.w.start: names no node", "'a'"]),
     ("node two kinds", MINIMAL + '[workflows.w]\nstart = "a"\n[workflows.w.nodes.a]\n'

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
+from support.openai_server import FakeOpenAI
 
 from edge_agent.inference.openai import OpenAIProvider
-from edge_agent.inference.provider import InferenceError, InvalidOutput
+from edge_agent.inference.provider import EscalationRequired, InferenceError
 
 SCHEMA = {"type": "object", "properties": {"tool": {"const": "stamp"},
                                            "args": {"type": "object", "properties": {
@@ -20,43 +17,11 @@ SCHEMA = {"type": "object", "properties": {"tool": {"const": "stamp"},
           "required": ["tool", "args"]}
 
 
-class FakeOpenAI:
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.requests: list[dict[str, Any]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                answer = fake.answers.pop(0) if fake.answers else "{}"
-                if isinstance(answer, int):
-                    self.send_response(answer)
-                    self.end_headers()
-                    return
-                data = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": answer},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(data.encode())
-
-            def log_message(self, *a: Any) -> None:
-                pass
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     f = FakeOpenAI([])
     yield f
-    f.server.shutdown()
-    f.server.server_close()
+    f.close()
 
 
 def test_valid_answer_with_key(fake: FakeOpenAI) -> None:
@@ -82,9 +47,10 @@ def test_invalid_then_valid_uses_the_schema_and_error_as_a_hint(fake: FakeOpenAI
 def test_invalid_answers_give_up_at_the_limit(fake: FakeOpenAI) -> None:
     fake.answers = ['{"tool": "other"}'] * 5
     p = OpenAIProvider("remote", fake.url, max_hint_retries=1)
-    with pytest.raises(InvalidOutput) as info:
+    with pytest.raises(EscalationRequired) as info:
         p.generate([{"role": "user", "content": "go"}], schema=SCHEMA)
     assert info.value.attempts == 2 and len(fake.requests) == 2
+    assert info.value.kind == "escalate" and not info.value.retryable
 
 
 def test_server_errors_are_typed(fake: FakeOpenAI) -> None:
