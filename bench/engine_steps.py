@@ -66,19 +66,11 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     stop = threading.Event()
     exporter = None
     if telemetry:  # what the daemon does: derive spans every 0.5 s, off the hot path
-        from edge_agent.telemetry.derive import derive_spans
-        from edge_agent.telemetry.spans import encode
-        from sync.outbox import Outbox
-
-        def record(conn: sqlite3.Connection) -> None:
-            spans = derive_spans(conn)
-            if spans:
-                Outbox(conn).append("traces", "otlp.traces",
-                                    encode(spans, service="bench", device_id="bench"))
+        from edge_agent.telemetry.record import record_spans
 
         def loop() -> None:
             while not stop.wait(0.5):
-                writer.write(record)
+                record_spans(writer, service="bench", device_id="bench")
         exporter = threading.Thread(target=loop, daemon=True)
         exporter.start()
     await engine.start()

@@ -104,30 +104,22 @@ class Daemon:
 
     def _record_spans(self) -> None:
         """Turn newly committed steps into spans: outbox and watermark in one transaction."""
-        from edge_agent.telemetry.derive import derive_spans
-        from edge_agent.telemetry.spans import encode
-        from sync.outbox import Outbox
+        from edge_agent.telemetry.record import record_spans
         assert self.writer is not None
         cfg = self.config
         kinds = {(w.name, n.name): n.kind for w in cfg.workflows.values()
                  for n in w.nodes.values()}
-
-        def tx(conn: Any) -> bytes | None:
-            spans = derive_spans(conn, kinds=kinds)
-            if not spans:
-                return None
-            payload = encode(spans, service=cfg.telemetry.service_name, device_id=cfg.device.id)
-            Outbox(conn, limits=cfg.sync.outbox_max_bytes if cfg.sync else None).append(
-                "traces", "otlp.traces", payload)
-            return payload
         try:
-            payload = self.writer.write(tx)
+            payloads = record_spans(self.writer, service=cfg.telemetry.service_name,
+                                    device_id=cfg.device.id, kinds=kinds,
+                                    limits=cfg.sync.outbox_max_bytes if cfg.sync else None)
         except Exception as exc:  # noqa: BLE001 - telemetry must never stop the daemon
             log.warning("span export failed: %s", exc)
             return
-        if payload is not None:
+        for payload in payloads:
             if self.exporter is not None:
                 self.exporter(payload)
+        if payloads:
             self._outbox_changed()
 
     def _build_sync(self) -> Any:
@@ -233,19 +225,19 @@ class Daemon:
                     None, self._record_metrics, collector)
 
     def _record_metrics(self, collector: Any) -> None:
+        """Collected in a read snapshot, so the scan never holds up a step's commit."""
+        from edge_agent.telemetry.record import in_snapshot
         from sync.outbox import Outbox
         assert self.writer is not None
         lag = None
         if self.sync is not None and self.sync.last_sync is not None:
             lag = max(0.0, time.time() - self.sync.last_sync)
-
-        def tx(conn: Any) -> bytes:
-            payload: bytes = collector.collect(conn, lag)
-            Outbox(conn, limits=self.config.sync.outbox_max_bytes if self.config.sync
-                   else None).append("metrics", "otlp.metrics", payload)
-            return payload
+        limits = self.config.sync.outbox_max_bytes if self.config.sync else None
         try:
-            payload = self.writer.write(tx)
+            payload: bytes = self.writer.store.read(
+                lambda c: in_snapshot(c, lambda c2: collector.collect(c2, lag)))
+            self.writer.write(lambda c: Outbox(c, limits=limits).append(
+                "metrics", "otlp.metrics", payload))
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the daemon
             log.warning("metrics collection failed: %s", exc)
             return

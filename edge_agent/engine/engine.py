@@ -205,6 +205,10 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a bug must fail one run, not the daemon
             log.exception("run %s failed inside the engine", run_id)
             self.finish(run_id, FAILED, error=f"engine error: {exc}")
+        finally:
+            # the remembered row serves the steps of this drive only: whatever wakes the run
+            # next (a decision, a cancel, a timer) may have changed it in the database
+            self._fresh.pop(run_id, None)
         return None
 
     def step(self, run_id: str) -> Next:

@@ -130,8 +130,8 @@ class DurableAgentContext:
             if status == "error":
                 raise tool_error(row["error"] or "failed", row["error_kind"] or "failed", False)
             if status == "assumed_failed":
-                raise tool_error("an operator said this call did not take effect", "failed",
-                                 False)
+                raise tool_error("an operator said this call did not take effect",
+                                 "unknown_outcome", True)
             raise UnknownOutcome(key, 1, name, row["args"])  # intent or unknown
         res = self.journal.execute(run_id=self.run_id, node=self.node, key=key, attempt=1,
                                    name=name, args=args, write_result=True)

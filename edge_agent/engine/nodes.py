@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import logging
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -274,6 +274,7 @@ class NodeRunner:
                                     prompt=prompt, context=context, now=now,
                                     timeout_at=timeout_at)
             q.update_run(c, run.run_id, now, node_state={**state, "approval_id": aid})
+            self.e._remember(c, run.run_id)  # the next step sees the approval, not an older row
             self.e.emit(c, "control", "approval.requested", {
                 "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
                 "prompt": prompt, "timeout_at": timeout_at, "ts": now})
@@ -357,17 +358,8 @@ class NodeRunner:
     def _unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
                        args: Any) -> bool:
-        def mark(status: str) -> Tx:
-            def tx(c: sqlite3.Connection) -> None:
-                now = self.e.clock()
-                c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
-                          " AND attempt = ?", (status, now, key, attempt))
-                q.insert_step(c, run_id=run.run_id, node=node.name,
-                              visit=run.visit(node.name), attempt=attempt, status="interrupted",
-                              error=f"the process stopped during {tool}; on_unknown = "
-                              f"{on_unknown}", error_kind="unknown_outcome", started_at=now,
-                              finished_at=now)
-            return tx
+        mark = functools.partial(self._mark_unknown, run, node.name, key, attempt, tool,
+                                 on_unknown)
         if on_unknown == "fail":
             self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
                                 error=f"{node.name}: outcome of {tool} is unknown (on_unknown = "
@@ -378,15 +370,33 @@ class NodeRunner:
                                       error=f"outcome of {tool} unknown; assumed failed",
                                       kind="unknown_outcome", retryable=True,
                                       extra=mark("assumed_failed"))
+        self.ask_unknown(run, node, state, key=key, attempt=attempt, tool=tool, args=args)
+        return False
+
+    def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
+                      on_unknown: str, status: str) -> Tx:
+        """The journal row's new status, and an `interrupted` step that shows it."""
+        def tx(c: sqlite3.Connection) -> None:
+            now = self.e.clock()
+            c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
+                      " AND attempt = ?", (status, now, key, attempt))
+            q.insert_step(c, run_id=run.run_id, node=step_node, visit=run.visit(step_node),
+                          attempt=attempt, status="interrupted",
+                          error=f"the process stopped during {tool}; on_unknown = {on_unknown}",
+                          error_kind="unknown_outcome", started_at=now, finished_at=now)
+        return tx
+
+    def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
+                    attempt: int, tool: str, args: Any, step_node: str | None = None) -> None:
+        """Open an approval asking whether an interrupted non-idempotent call took effect."""
         prompt = (f"Did {tool}({dumps(args)}) take effect? The daemon stopped after starting it "
                   "and before its result was recorded. Approve = it did (the run continues); "
                   "reject = it did not (the step is retried).")
-        self.open_approval(run, node, {**state, "unknown_key": key,
-                                             "unknown_attempt": attempt},
-                                 kind="unknown_outcome", prompt=prompt,
-                                 context={"tool": tool, "args": args, "key": key},
-                                 extra=mark("unknown"))
-        return False
+        self.open_approval(run, node, {**state, "unknown_key": key, "unknown_attempt": attempt},
+                           kind="unknown_outcome", prompt=prompt,
+                           context={"tool": tool, "args": args, "key": key},
+                           extra=self._mark_unknown(run, step_node or node.name, key, attempt,
+                                                    tool, "escalate", "unknown"))
 
     def _decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy) -> bool:
@@ -407,15 +417,16 @@ class NodeRunner:
                 "UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
                 " AND attempt = ?", (status, None if result is None else dumps(result),
                                      self.e.clock(), key, call_attempt))
-            if node.kind == "tool":
-                if approved:
-                    return self.e.advance(run, node, output=result, next_node=node.next,
-                                                attempt=attempt, extra=mark)
-                # "it did not take effect": retry, without spending an attempt on it
+            if node.kind == "tool" and approved:
+                return self.e.advance(run, node, output=result, next_node=node.next,
+                                      attempt=attempt, extra=mark)
+            if node.kind in ("tool", "agent") and not approved:
+                # "it did not take effect": the step is retried (an agent in a fresh scope),
+                # without spending an attempt on it
                 rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
-                self.e.set_state(run, rest, extra=mark, status="running")
-                return True
-            self.e.set_state(run, rest, extra=mark, status="running")  # agent replays
+            # approved agent: replays, finding the call confirmed; parallel: re-runs the
+            # unfinished branches, which find the call confirmed or retry it
+            self.e.set_state(run, rest, extra=mark, status="running")
             return True
         # escalation after attempts ran out
         if not approved:
@@ -435,6 +446,9 @@ class NodeRunner:
     # parallel ---------------------------------------------------------------------------------
     def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
         from edge_agent.engine.parallel import run_parallel
+        state = dict(run.node_state)
+        if "approval_id" in state:  # a branch's interrupted call, answered by a person
+            return self._decided(run, node, state, node.retry or RetryPolicy())
         return run_parallel(self, run, wf, node)
 
     def run_branch(self, run: Run, bnode: NodeConfig, scope: str) -> dict[str, Any]:
@@ -460,7 +474,7 @@ class NodeRunner:
             args = self._args(bnode, run.context)
         except ExpressionError as exc:
             return {"ok": False, "error": str(exc)}
-        attempt = 0
+        attempt = free = 0
         while True:
             attempt += 1
             key = call_key(run.run_id, scope, 0, 0, attempt)
@@ -468,10 +482,17 @@ class NodeRunner:
             if row is not None and row["status"] in ("ok", "confirmed"):
                 return {"ok": True, "output": row["result"], "attempt": attempt}
             if row is not None and row["status"] in ("intent", "unknown"):
-                if (bnode.on_unknown or binding.on_unknown) != "assume_failed":
+                on_unknown = bnode.on_unknown or binding.on_unknown
+                if on_unknown == "escalate":  # the parallel node asks a person, then re-runs
+                    return {"ok": False, "unknown": True, "key": key, "attempt": attempt,
+                            "tool": bnode.tool, "args": args}
+                if on_unknown == "fail":
                     return {"ok": False, "error": f"outcome of {bnode.tool} unknown",
-                            "kind": "unknown_outcome"}
+                            "kind": "unknown_outcome", "attempt": attempt}
                 err, kind, retryable = "outcome unknown; assumed failed", "unknown_outcome", True
+            elif row is not None and row["status"] == "assumed_failed":
+                free += 1  # a person said it did not happen: redo it, spending no attempt
+                continue
             elif row is not None:
                 err, kind = row["error"], row["error_kind"]
                 retryable = bool((row["result"] or {}).get("retryable"))
@@ -482,12 +503,12 @@ class NodeRunner:
                 if res.ok:
                     return {"ok": True, "output": res.result, "attempt": attempt}
                 err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable
-                if not policy.should_retry(attempt, kind, retryable):
+                if not policy.should_retry(attempt - free, kind, retryable):
                     return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
-                if self.e.stopping.wait(self.e.backoff(policy, attempt)):
+                if self.e.stopping.wait(self.e.backoff(policy, attempt - free)):
                     return {"ok": False, "error": "stopped", "kind": "cancelled"}
                 continue
-            if not policy.should_retry(attempt, kind or "failed", retryable):
+            if not policy.should_retry(attempt - free, kind or "failed", retryable):
                 return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
 
 

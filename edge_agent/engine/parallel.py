@@ -52,11 +52,15 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
                                             run, wf.nodes[b], scope)
                 tasks[task] = b
     waiting = set(tasks)
+    unknown: list[tuple[str, dict[str, Any]]] = []
     while outcome is None and waiting:
         finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
         for task in finished:
             name = tasks[task]
             result = task.result()
+            if result.get("unknown"):  # interrupted by a crash: a person says what happened
+                unknown.append((name, result))
+                continue
             done[name] = result
             now = e.clock()
 
@@ -70,6 +74,11 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
                               error_kind=result.get("kind"), started_at=begun, finished_at=now)
             e.set_state(run, {**run.node_state, "done": done}, extra=record)
         outcome = join_outcome(node, done)
+    if outcome is None and unknown:
+        name, u = unknown[0]
+        runner.ask_unknown(run, node, {**run.node_state, "done": done}, key=u["key"],
+                           attempt=u["attempt"], tool=u["tool"], args=u["args"], step_node=name)
+        return False
     for task in waiting:
         task.cancel()  # not started yet: never runs; running: its journal records what it did
     cancelled = [b for b in node.branches if b not in done]

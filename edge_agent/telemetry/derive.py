@@ -12,10 +12,12 @@ later answer.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.engine.journal import scope_matches
@@ -39,15 +41,32 @@ def _set(conn: sqlite3.Connection, name: str, value: float) -> None:
                  " DO UPDATE SET value = excluded.value", (name, value))
 
 
+@dataclass
+class SpanBatch:
+    """Spans derived in a read snapshot, with the watermarks they start from and move to."""
+
+    spans: list[Span]
+    since: tuple[float, float]
+    upto: tuple[float, float]
+    full: bool  # the step limit was reached: more are waiting
+
+    @property
+    def moved(self) -> bool:
+        return self.upto != self.since
+
+
 def derive_spans(conn: sqlite3.Connection, *, kinds: Mapping[tuple[str, str], str] | None = None,
-                 limit: int = 2000) -> list[Span]:
-    """Spans for steps committed since the watermark, and for runs finished since; moves the
-    watermarks (call inside the transaction that records the spans)."""
+                 limit: int = 2000) -> SpanBatch:
+    """Spans for steps committed since the watermark, and for runs finished since. Reads
+    only: run it outside the write lock, then `commit_marks` in the transaction that
+    appends the encoded spans to the outbox."""
     kinds = kinds or {}
-    last = int(_mark(conn, MARK))
+    since = (_mark(conn, MARK), _mark(conn, MARK_RUNS))
+    last = int(since[0])
     rows = conn.execute(
         "SELECT s.*, r.trace_id, r.span_id AS run_span, r.workflow FROM steps s JOIN runs r"
         " ON r.run_id = s.run_id WHERE s.id > ? ORDER BY s.id LIMIT ?", (last, limit)).fetchall()
+    related = _Related(conn, [s for s in rows if s["trace_id"] and s["run_span"]])
     spans: list[Span] = []
     for s in rows:
         last = s["id"]
@@ -70,18 +89,68 @@ def derive_spans(conn: sqlite3.Connection, *, kinds: Mapping[tuple[str, str], st
         spans.append(Span(s["trace_id"], sid, s["run_span"], f"step {s['node']}",
                           s["started_at"], s["finished_at"], attrs, error))
         step = {"node": s["node"], "visit": s["visit"], "attempt": s["attempt"]}
-        spans += _children(conn, s, step, sid)
-    _set(conn, MARK, last)
-    spans += _finished_runs(conn)
-    return spans
+        spans += _children(related, s, step, sid)
+    run_spans, top = _finished_runs(conn, since[1])
+    return SpanBatch(spans + run_spans, since, (float(last), top), len(rows) >= limit)
 
 
-def _children(conn: sqlite3.Connection, s: sqlite3.Row, step: dict[str, Any],
+def commit_marks(conn: sqlite3.Connection, batch: SpanBatch) -> bool:
+    """Move the watermarks inside the write transaction, only if nobody moved them since the
+    batch was derived (so no span is recorded twice); False when the batch is stale."""
+    if (_mark(conn, MARK), _mark(conn, MARK_RUNS)) != batch.since:
+        return False
+    _set(conn, MARK, batch.upto[0])
+    _set(conn, MARK_RUNS, batch.upto[1])
+    return True
+
+
+class _Related:
+    """Tool calls, model turns and decided approvals of a batch's runs, fetched with one
+    query each and kept sorted by time for each run."""
+
+    def __init__(self, conn: sqlite3.Connection, steps: list[sqlite3.Row]) -> None:
+        self.calls: dict[str, list[sqlite3.Row]] = {}
+        self.turns: dict[str, list[sqlite3.Row]] = {}
+        self.approvals: dict[str, list[sqlite3.Row]] = {}
+        run_ids = sorted({s["run_id"] for s in steps})
+        if not run_ids:
+            return
+        lo = min(s["started_at"] for s in steps) - 1
+        hi = max(s["finished_at"] for s in steps) + 1
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for table, sql in (
+                    (self.calls, f"SELECT * FROM tool_calls WHERE run_id IN ({marks}) AND"
+                                 " started_at >= ? AND started_at <= ?"),
+                    (self.turns, "SELECT run_id, scope, key, value, created_at FROM memo"
+                                 f" WHERE run_id IN ({marks}) AND created_at >= ? AND"
+                                 " created_at <= ?"),
+                    (self.approvals, f"SELECT * FROM approvals WHERE run_id IN ({marks}) AND"
+                                     " decided_at >= ? AND decided_at <= ?")):
+                for row in conn.execute(sql, (*chunk, lo, hi)):
+                    table.setdefault(row["run_id"], []).append(row)
+        for table, by in ((self.calls, "started_at"), (self.turns, "created_at"),
+                          (self.approvals, "decided_at")):
+            for rows in table.values():
+                rows.sort(key=lambda r, k=by: (r[k], r[0]))
+
+    @staticmethod
+    def between(rows: list[sqlite3.Row] | None, key: str, lo: float, hi: float
+                ) -> list[sqlite3.Row]:
+        if not rows:
+            return []
+        start = bisect.bisect_left(rows, lo, key=lambda r: r[key])
+        end = bisect.bisect_right(rows, hi, key=lambda r: r[key])
+        return rows[start:end]
+
+
+def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
               parent: str) -> list[Span]:
     out: list[Span] = []
-    for c in conn.execute("SELECT * FROM tool_calls WHERE run_id = ? AND started_at >= ? - 1"
-                          " AND started_at <= ? ORDER BY id",
-                          (s["run_id"], s["started_at"], s["finished_at"])):
+    calls = related.between(related.calls.get(s["run_id"]), "started_at",
+                            s["started_at"] - 1, s["finished_at"])
+    for c in sorted(calls, key=lambda r: r["id"]):
         if not scope_matches(c["node"], step, c["attempt"]):
             continue
         status = c["status"]
@@ -96,9 +165,8 @@ def _children(conn: sqlite3.Connection, s: sqlite3.Row, step: dict[str, Any],
                                            "edge_agent.outcome": status,
                                            "edge_agent.idempotency_key": c["idem_key"]},
                         error))
-    for m in conn.execute("SELECT scope, key, value, created_at FROM memo WHERE run_id = ?"
-                          " AND created_at >= ? AND created_at <= ?",
-                          (s["run_id"], s["started_at"], s["finished_at"])):
+    for m in related.between(related.turns.get(s["run_id"]), "created_at", s["started_at"],
+                             s["finished_at"]):
         if not scope_matches(m["scope"], step):
             continue
         comp = (json.loads(m["value"]) or {}).get("completion") or {}
@@ -112,9 +180,10 @@ def _children(conn: sqlite3.Connection, s: sqlite3.Row, step: dict[str, Any],
                             "gen_ai.usage.output_tokens": comp.get("completion_tokens"),
                             "gen_ai.response.finish_reasons": comp.get("finish_reason"),
                             "edge_agent.turn": m["key"]}))
-    for a in conn.execute("SELECT * FROM approvals WHERE run_id = ? AND node = ? AND"
-                          " decided_at IS NOT NULL AND decided_at <= ? + 1 AND decided_at >= ?",
-                          (s["run_id"], s["node"], s["finished_at"], s["started_at"] - 1)):
+    for a in related.between(related.approvals.get(s["run_id"]), "decided_at",
+                             s["started_at"] - 1, s["finished_at"] + 1):
+        if a["node"] != s["node"]:
+            continue
         out.append(Span(s["trace_id"], span_id(s["run_id"], "approval", a["id"]), parent,
                         "approval wait", a["created_at"], a["decided_at"], {
                             "edge_agent.approval.kind": a["kind"],
@@ -125,8 +194,7 @@ def _children(conn: sqlite3.Connection, s: sqlite3.Row, step: dict[str, Any],
     return out
 
 
-def _finished_runs(conn: sqlite3.Connection) -> list[Span]:
-    since = _mark(conn, MARK_RUNS)
+def _finished_runs(conn: sqlite3.Connection, since: float) -> tuple[list[Span], float]:
     out: list[Span] = []
     top = since
     for r in conn.execute("SELECT * FROM runs WHERE finished_at IS NOT NULL AND finished_at > ?"
@@ -141,5 +209,4 @@ def _finished_runs(conn: sqlite3.Connection) -> list[Span]:
                             "edge_agent.run_status": r["status"],
                             "edge_agent.origin": r["origin"]},
                         r["error"] if r["status"] == "failed" else None))
-    _set(conn, MARK_RUNS, top)
-    return out
+    return out, top

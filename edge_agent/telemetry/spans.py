@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 SCOPE = "edge_agent"
@@ -34,40 +32,51 @@ class Span:
     kind: int = trace_pb2.Span.SPAN_KIND_INTERNAL
 
 
-def _value(v: Any) -> common_pb2.AnyValue:
-    if isinstance(v, bool):
-        return common_pb2.AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return common_pb2.AnyValue(int_value=v)
-    if isinstance(v, float):
-        return common_pb2.AnyValue(double_value=v)
-    return common_pb2.AnyValue(string_value=str(v))
-
-
-def _attrs(d: Mapping[str, Any]) -> list[common_pb2.KeyValue]:
-    return [common_pb2.KeyValue(key=k, value=_value(v)) for k, v in d.items() if v is not None]
+def put_attrs(kvs: Any, attributes: Mapping[str, Any]) -> None:
+    """Append attributes to a repeated KeyValue field in place (None values are left out).
+    Filling messages in place is about 3x faster with upb than building and copying them."""
+    for key, v in attributes.items():
+        if v is None:
+            continue
+        kv = kvs.add()
+        kv.key = key
+        if isinstance(v, bool):
+            kv.value.bool_value = v
+        elif isinstance(v, int):
+            kv.value.int_value = v
+        elif isinstance(v, float):
+            kv.value.double_value = v
+        else:
+            kv.value.string_value = str(v)
 
 
 def encode(spans: Sequence[Span], *, service: str, device_id: str) -> bytes:
     """One OTLP ExportTraceServiceRequest holding the spans."""
-    pb_spans = []
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    put_attrs(rs.resource.attributes, {"service.name": service, "service.instance.id": device_id,
+                                       "device.id": device_id})
+    scope = rs.scope_spans.add()
+    scope.scope.name = SCOPE
     for s in spans:
-        pb = trace_pb2.Span(
-            trace_id=bytes.fromhex(s.trace_id), span_id=bytes.fromhex(s.span_id),
-            name=s.name, kind=s.kind, start_time_unix_nano=int(s.start * 1e9),
-            end_time_unix_nano=int(max(s.end, s.start) * 1e9), attributes=_attrs(s.attributes),
-            status=trace_pb2.Status(code=ERROR if s.error else OK, message=s.error or ""))
+        pb = scope.spans.add()
+        pb.trace_id = bytes.fromhex(s.trace_id)
+        pb.span_id = bytes.fromhex(s.span_id)
         if s.parent_id:
             pb.parent_span_id = bytes.fromhex(s.parent_id)
+        pb.name = s.name
+        pb.kind = s.kind  # type: ignore[assignment]
+        pb.start_time_unix_nano = int(s.start * 1e9)
+        pb.end_time_unix_nano = int(max(s.end, s.start) * 1e9)
+        put_attrs(pb.attributes, s.attributes)
+        pb.status.code = ERROR if s.error else OK  # type: ignore[assignment]
+        if s.error:
+            pb.status.message = s.error
         for name, ts, attrs in s.events:
-            pb.events.append(trace_pb2.Span.Event(name=name, time_unix_nano=int(ts * 1e9),
-                                                  attributes=_attrs(attrs)))
-        pb_spans.append(pb)
-    resource = resource_pb2.Resource(attributes=_attrs({
-        "service.name": service, "service.instance.id": device_id, "device.id": device_id}))
-    req = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
-        resource=resource, scope_spans=[trace_pb2.ScopeSpans(
-            scope=common_pb2.InstrumentationScope(name=SCOPE), spans=pb_spans)])])
+            event = pb.events.add()
+            event.name = name
+            event.time_unix_nano = int(ts * 1e9)
+            put_attrs(event.attributes, attrs)
     return req.SerializeToString()
 
 

@@ -499,3 +499,61 @@ def test_unknown_outcome_after_a_crash_asks_a_human(db_path: Path, ledger: Path)
     for suffix in ("-wal", "-shm"):
         Path(str(db_path) + suffix).unlink(missing_ok=True)
     run(prepare(False))
+
+
+@pytest.mark.parametrize("where", ["parallel branch", "agent"])
+@pytest.mark.parametrize("approve", [True, False])
+def test_unknown_outcome_inside_a_branch_or_an_agent_asks_a_human(
+        db_path: Path, ledger: Path, where: str, approve: bool) -> None:
+    """The same promise where the interrupted call belongs to a parallel branch or to an
+    agent's loop: a person answers; approve = it happened, reject = the work is redone."""
+    from edge_agent.config.model import AgentConfig
+    from edge_agent.engine import queue_run
+    from edge_agent.engine.journal import call_key
+    from edge_agent.store import Store
+    stamp, light = LedgerTool("stamp", ledger), LedgerTool("light", ledger, idempotent=True)
+
+    def runner(agent: str, message: str, ctx: Any) -> _Out:
+        return _Out(ctx.call_tool("stamp", {"part": "A"}, turn=0, index=0))
+    tools = {"stamp": tool_config("stamp", STAMP), "light": tool_config("light")}
+    if where == "agent":
+        wf = (Workflow("w").agent("look", "inspector", next="done").end("done")
+              .build(tools=tools, agents={"inspector": AgentConfig(
+                  name="inspector", model="m", tools=("stamp",))}))
+        node, scope, state = "look", "look#1.1.0", {"attempt": 1}
+    else:
+        wf = (Workflow("w").parallel("fan", ["a", "b"], join="all", next="done")
+              .tool("a", "stamp", args={"part": "A"}).tool("b", "light").end("done")
+              .build(tools=tools))
+        node, scope, state = "fan", "fan/a#1", {}
+    store = Store(db_path)
+    rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
+    now = time.time()
+    key = call_key(rid, scope, 0, 0, 1)
+    store.write(lambda c: (q.update_run(c, rid, now, status="running", node=node,
+                                        visits={node: 1}, node_state=state),
+                           q.journal_intent(c, key=key, attempt=1, run_id=rid, node=scope,
+                                            tool="stamp", args={"part": "A"}, now=now)))
+    store.close()  # as the crash left it: an intent without a result
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(stamp), "light": ToolBinding(light)},
+                agent_runner=runner)
+
+    async def main() -> None:
+        await h.start()
+        try:
+            await h.wait(rid, "waiting_approval")
+            appr = h.store.read(lambda c: q.pending_approval(c, rid))
+            assert appr["kind"] == "unknown_outcome" and appr["context"]["key"] == key
+            assert stamp.calls == 0
+            decide_approval(h.writer.write, rid, approve=approve, by="op")
+            h.engine.wake(rid)
+            await h.wait(rid, "completed")
+            assert stamp.calls == (0 if approve else 1)  # redone only when it did not happen
+            calls = {c["idem_key"]: c["status"] for c in h.store.read(
+                lambda c: q.tool_calls(c, rid)) if c["tool"] == "stamp"}
+            assert calls[key] == ("confirmed" if approve else "assumed_failed")
+            assert sorted(calls.values()) == (["confirmed"] if approve
+                                              else ["assumed_failed", "ok"])
+        finally:
+            await h.stop()
+    run(main())

@@ -54,3 +54,35 @@ def test_one_trace_with_parent_links_retries_and_approval(db_path: Path, ledger:
         assert wait["attributes"]["edge_agent.approval.origin"] == "cloud"
         assert by_id[wait["parent_id"]]["name"] == "step gate"
     asyncio.run(main())
+
+
+def test_a_stale_batch_is_not_recorded_twice_and_big_backlogs_drain(db_path: Path,
+                                                                     ledger: Path) -> None:
+    from edge_agent.telemetry.derive import commit_marks, derive_spans
+    k = 30
+    wf = Workflow("w")
+    for i in range(k):
+        wf.tool(f"s{i}", "stamp", args={"part": str(i)}, next=f"s{i + 1}" if i + 1 < k else "done")
+    wf = wf.end("done").build(tools={"stamp": tool_config("stamp")})
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(LedgerTool("stamp", ledger,
+                                                                     idempotent=True))})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rids = [h.queue("w", {}) for _ in range(80)]  # 2,480 steps: more than one batch
+            for rid in rids:
+                await h.wait(rid, "completed", timeout=60)
+            stale = h.store.read(derive_spans)  # derived, then overtaken by the recorder
+            record_spans(h.writer)
+            assert h.writer.write(lambda c: commit_marks(c, stale)) is False
+            record_spans(h.writer)
+            spans = spans_in(h.store)
+        finally:
+            await h.stop()
+        assert stale.full and stale.spans
+        assert len({s["span_id"] for s in spans}) == len(spans)
+        assert sum(s["name"].startswith("step ") for s in spans) == 80 * (k + 1)
+        assert sum(s["name"] == "run w" for s in spans) == 80
+        assert sum(s["name"] == "tool stamp" for s in spans) == 80 * k
+    asyncio.run(main())

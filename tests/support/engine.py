@@ -140,16 +140,8 @@ def fast_retry(n: int = 3, **kw: Any) -> RetryPolicy:
 
 def record_spans(writer: GroupCommitter) -> None:
     """What the daemon does every half second: derive spans, append them to the outbox."""
-    from edge_agent.telemetry.derive import derive_spans
-    from edge_agent.telemetry.spans import encode
-    from sync.outbox import Outbox
-
-    def tx(conn: Any) -> None:
-        spans = derive_spans(conn)
-        if spans:
-            Outbox(conn).append("traces", "otlp.traces",
-                                encode(spans, service="test", device_id="test-device"))
-    writer.write(tx)
+    from edge_agent.telemetry.record import record_spans as record
+    record(writer, service="test", device_id="test-device")
 
 
 def spans_in(store: Store) -> list[dict[str, Any]]:
