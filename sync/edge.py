@@ -261,8 +261,8 @@ class EdgeSync:
                          self.ack_timeout_s)
                 self._inflight[stream] = []
                 self._next.pop(stream, None)
-        if self.linger_s:
-            time.sleep(self.linger_s)
+        if self.linger_s and not self._full_batch_waiting(outbox):
+            time.sleep(self.linger_s)  # let a partial batch fill; a full one goes at once
         for stream in STREAMS:  # priority order: control first, metrics last
             while len(self._inflight[stream]) < self.window and self.connected:
                 after = self._next.get(stream, outbox.watermark(stream) + 1) - 1
@@ -283,6 +283,17 @@ class EdgeSync:
                 self._next[stream] = wire[-1].seq + 1
                 self.stats.published_batches += 1
                 self.stats.published_records += len(wire)
+
+    def _full_batch_waiting(self, outbox: Outbox) -> bool:
+        """Whether some stream with room in its window has a full batch pending (a backlog
+        drains without lingering between batches)."""
+        for stream, last in outbox.last_seqs().items():
+            if len(self._inflight.get(stream, ())) >= self.window:
+                continue
+            after = self._next.get(stream, outbox.watermark(stream) + 1) - 1
+            if last - after >= self.batch_max_records:
+                return True
+        return False
 
     def status(self) -> dict[str, Any]:
         return {"connected": self.connected, "broker": self.broker,

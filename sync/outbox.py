@@ -176,6 +176,10 @@ class Outbox:
             out.append(Record(stream, seq, kind, bytes(payload), created))
         return out
 
+    def last_seqs(self) -> dict[str, int]:
+        """The last sequence appended to each stream."""
+        return dict(self.conn.execute("SELECT stream, last_seq FROM outbox_streams").fetchall())
+
     def watermark(self, stream: str) -> int:
         row = self.conn.execute("SELECT acked_seq FROM outbox_streams WHERE stream = ?",
                                 (stream,)).fetchone()

@@ -87,3 +87,25 @@ def test_cut_network_path_and_long_offline_backlog(tmp_path: Path, broker: Broke
         worker.shutdown()
         store.close()
         proxy.close()
+
+
+def test_linger_waits_only_for_partial_batches(tmp_path: Path) -> None:
+    """A backlog drains batch after batch; linger only gives a partial batch time to fill."""
+    import sqlite3
+
+    from sync.outbox import Outbox
+    db = tmp_path / "dev.db"
+    device_db(db)
+    e = edge(db, 1, batch_max_records=100, linger_s=0.05, window=2)
+    conn = sqlite3.connect(db, isolation_level=None)
+    outbox = Outbox(conn)
+    append(db, "traces", 99)
+    assert not e._full_batch_waiting(outbox)  # a partial batch: linger
+    append(db, "traces", 1)
+    assert e._full_batch_waiting(outbox)  # a full one: no linger
+    e._inflight["traces"] = [object(), object()]  # type: ignore[list-item]
+    assert not e._full_batch_waiting(outbox)  # no room in the window: nothing to send now
+    e._inflight["traces"] = []
+    e._next["traces"] = 51  # 50 already sent, 50 pending
+    assert not e._full_batch_waiting(outbox)
+    conn.close()
