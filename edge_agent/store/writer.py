@@ -1,10 +1,12 @@
 """Group commit: concurrent writers share one transaction and one fsync.
 
-The first writer to arrive becomes the leader: it takes every queued write, runs each in its
-own savepoint inside one transaction, commits once, and hands each writer its result. Writers
-that queued meanwhile find their work already committed. A lone writer commits at once, on
-its own thread, with no hand-off. A result is handed back only after the COMMIT that holds
-it, so nothing is reported done before it is durable.
+A writer that finds nobody leading becomes the leader: it takes the queued writes, runs each
+in its own savepoint inside one transaction, commits once and hands each writer its result;
+once its own write is committed it passes the lead to the oldest waiting writer, whose
+batch then holds whatever queued meanwhile. Writers that arrive while someone leads
+just wait for their own result: no lock convoy, one wake-up each. A lone writer commits at
+once, on its own thread, with no hand-off. A result is handed back only after the COMMIT
+that holds it, so nothing is reported done before it is durable.
 """
 
 from __future__ import annotations
@@ -24,12 +26,32 @@ log = logging.getLogger(__name__)
 WriteFn = Callable[[sqlite3.Connection], Any]
 
 
+class _Slot:
+    """One queued write: its function, its outcome, and the signal that wakes its writer
+    (for its result, or to take over the lead)."""
+
+    __slots__ = ("fn", "done", "ok", "value", "lead", "wake")
+
+    def __init__(self, fn: WriteFn) -> None:
+        self.fn = fn
+        self.done = False
+        self.ok = False
+        self.value: Any = None
+        self.lead = False
+        self.wake = threading.Event()
+
+    def settle(self, ok: bool, value: Any) -> None:
+        self.ok, self.value, self.done = ok, value, True
+        self.wake.set()
+
+
 class GroupCommitter:
     def __init__(self, store: Store, *, max_batch: int = 256) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: collections.deque[tuple[WriteFn, Future[Any]]] = collections.deque()
-        self._leader = threading.Lock()
+        self._queue: collections.deque[_Slot] = collections.deque()
+        self._mutex = threading.Lock()  # guards the queue and the leading flag
+        self._leading = False
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._async_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
@@ -38,15 +60,45 @@ class GroupCommitter:
 
     def write(self, fn: WriteFn) -> Any:
         """Run fn in a committed transaction (shared with concurrent writers); blocking."""
-        fut: Future[Any] = Future()
         if self._closed:
             raise StoreError("store writer is shut down")
-        self._queue.append((fn, fut))
-        while not fut.done():
-            with self._leader:
-                if not fut.done():
-                    self._lead()
-        return fut.result()
+        slot = _Slot(fn)
+        with self._mutex:
+            self._queue.append(slot)
+            lead = not self._leading
+            self._leading = True
+        while not lead:
+            slot.wake.wait()
+            if slot.done:
+                break
+            slot.wake.clear()
+            lead = slot.lead  # the previous leader passed the lead on
+        if lead:
+            self._lead_until(slot)
+        if slot.ok:
+            return slot.value
+        raise slot.value
+
+    def _lead_until(self, own: _Slot) -> None:
+        """Commit batches until our own write is in one, then pass the lead on."""
+        while True:
+            with self._mutex:
+                if not self._queue:
+                    self._leading = False
+                    return
+                if own.done:
+                    successor = self._queue[0]  # leading stays True: the lead passes on
+                    successor.lead = True
+                    successor.wake.set()
+                    return
+                batch = [self._queue.popleft()
+                         for _ in range(min(self.max_batch, len(self._queue)))]
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - each writer raises it; the lead
+                for slot in batch:        # is still released or passed on below
+                    if not slot.done:
+                        slot.settle(False, exc)
 
     def submit(self, fn: WriteFn) -> Future[Any]:
         """Non-blocking variant for the event loop: the write runs on a helper thread."""
@@ -57,42 +109,40 @@ class GroupCommitter:
             return
         self._closed = True
         self._async_pool.shutdown(wait=True)
-        with self._leader:
-            if self._conn is not None:
+        with self._mutex:
+            if self._conn is not None and not self._leading:
                 self._conn.close()
                 self._conn = None
 
-    def _lead(self) -> None:
-        batch: list[tuple[WriteFn, Future[Any]]] = []
-        while self._queue and len(batch) < self.max_batch:
-            batch.append(self._queue.popleft())
+    def _commit(self, batch: list[_Slot]) -> None:
         if self._conn is None:
             self._conn = self.store._open()
         conn = self._conn
-        results: list[tuple[Future[Any], bool, Any]] = []
+        single = len(batch) == 1
+        results: list[tuple[_Slot, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for i, (fn, fut) in enumerate(batch):
-                if len(batch) > 1:
+            for i, slot in enumerate(batch):
+                if not single:
                     conn.execute(f"SAVEPOINT w{i}")
                 try:
-                    value = fn(conn)
+                    value = slot.fn(conn)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    if len(batch) > 1:
+                    if single:
+                        conn.execute("ROLLBACK")
+                    else:
                         conn.execute(f"ROLLBACK TO w{i}")
                         conn.execute(f"RELEASE w{i}")
-                    else:
-                        conn.execute("ROLLBACK")
                     if isinstance(exc, sqlite3.Error):
                         exc = translate(self.store.path, exc)
-                    results.append((fut, False, exc))
-                    if len(batch) == 1:
-                        fut.set_exception(exc)
+                    if single:
+                        slot.settle(False, exc)
                         return
+                    results.append((slot, False, exc))
                 else:
-                    if len(batch) > 1:
+                    if not single:
                         conn.execute(f"RELEASE w{i}")
-                    results.append((fut, True, value))
+                    results.append((slot, True, value))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -101,14 +151,11 @@ class GroupCommitter:
                 except sqlite3.Error:
                     pass
             err = translate(self.store.path, exc)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
+            for slot in batch:
+                if not slot.done:
+                    slot.settle(False, err)
             return
         self.commits += 1
         self.writes += len(batch)
-        for fut, ok, value in results:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        for slot, ok, value in results:
+            slot.settle(ok, value)

@@ -165,3 +165,39 @@ def test_two_processes_never_see_database_is_locked(tmp_path: Path) -> None:
     total = s.conn.execute("SELECT count(*) FROM t").fetchone()[0]
     assert total == sum(int(o) for o, _ in outs)
     s.close()
+
+
+def test_group_commit_under_sixteen_writers_settles_every_write(tmp_path: Path) -> None:
+    """Leadership passes from writer to writer; every write gets its own outcome, once."""
+    s = Store(tmp_path / "g16.db", migrations=MIGRATIONS)
+    w = GroupCommitter(s)
+    outcomes: dict[tuple[int, int], str] = {}
+
+    def writer(t: int) -> None:
+        for i in range(150):
+            def fn(c: sqlite3.Connection, t: int = t, i: int = i) -> int:
+                c.execute("INSERT INTO t (v) VALUES (?)", (f"{t}-{i}",))
+                if i % 37 == 0:
+                    raise ValueError("refused")
+                return i
+            try:
+                outcomes[(t, i)] = f"ok:{w.write(fn)}"
+            except ValueError:
+                outcomes[(t, i)] = "refused"
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(16)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+            assert not th.is_alive(), "a writer hangs"
+        refused = {k for k, v in outcomes.items() if v == "refused"}
+        assert len(outcomes) == 16 * 150
+        assert refused == {(t, i) for t in range(16) for i in range(0, 150, 37)}
+        assert all(v == f"ok:{k[1]}" for k, v in outcomes.items() if k not in refused)
+        rows = {v for (v,) in s.conn.execute("SELECT v FROM t")}
+        assert rows == {f"{t}-{i}" for (t, i) in outcomes if (t, i) not in refused}
+        assert w.commits < w.writes / 2  # the writes really shared commits
+    finally:
+        w.shutdown()
+        s.close()
