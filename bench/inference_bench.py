@@ -34,15 +34,16 @@ def bare_tokens_per_s(llm: llama_cpp.Llama, messages: list, grammar: str, n: int
     g = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
     rates = []
     for i in range(n):
-        first = None
+        first = last = None
         count = 0
         for chunk in llm.create_chat_completion(messages, max_tokens=96, temperature=0.7,
                                                 seed=i, grammar=g, stream=True):
             if chunk["choices"][0].get("delta", {}).get("content"):
                 count += 1
-                first = first or time.perf_counter()
-        if first and count > 1:
-            rates.append((count - 1) / (time.perf_counter() - first))
+                last = time.perf_counter()
+                first = first or last
+        if first and last and count > 1:  # first to last token, as the provider counts it
+            rates.append((count - 1) / (last - first))
     return statistics.median(rates)
 
 
