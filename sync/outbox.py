@@ -121,18 +121,20 @@ class Outbox:
         if stream not in DEFAULT_LIMITS:
             raise UnknownStream(stream)
         size = len(payload)
-        row = self.conn.execute("SELECT pending_bytes FROM outbox_streams WHERE stream = ?",
-                                (stream,)).fetchone()
-        pending = row[0]
         limit = self.limits[stream]
-        if pending + size > limit:
+        bump = ("UPDATE outbox_streams SET last_seq = last_seq + 1, pending_count ="
+                " pending_count + 1, pending_bytes = pending_bytes + ? WHERE stream = ?")
+        # the common case in one statement: the bound holds, the sequence moves
+        row = self.conn.execute(bump + " AND pending_bytes + ? <= ? RETURNING last_seq",
+                                (size, stream, size, limit)).fetchone()
+        if row is None:
+            pending = self.conn.execute("SELECT pending_bytes FROM outbox_streams WHERE"
+                                        " stream = ?", (stream,)).fetchone()[0]
             if self.policies[stream] == "refuse":
                 raise OutboxFull(stream, limit, pending)
             self._drop_oldest(stream, pending + size - limit)
-        seq = self.conn.execute(
-            "UPDATE outbox_streams SET last_seq = last_seq + 1, pending_count = pending_count + 1,"
-            " pending_bytes = pending_bytes + ? WHERE stream = ? RETURNING last_seq",
-            (size, stream)).fetchone()[0]
+            row = self.conn.execute(bump + " RETURNING last_seq", (size, stream)).fetchone()
+        seq = row[0]
         self.conn.execute("INSERT INTO outbox (stream, seq, kind, payload, size, created_at)"
                           " VALUES (?, ?, ?, ?, ?, ?)",
                           (stream, seq, kind, payload, size, self.clock()))

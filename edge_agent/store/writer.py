@@ -27,10 +27,11 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 
 
 class _Slot:
-    """One queued write: its function, its outcome, and the signal that wakes its writer
-    (for its result, or to take over the lead)."""
+    """One queued write: its function, its outcome, and the gate its writer waits at. The
+    gate is a held lock released exactly once: for the result, or to hand over the lead
+    (cheaper than an Event, whose Condition allocates a lock for every wait)."""
 
-    __slots__ = ("fn", "done", "ok", "value", "lead", "wake")
+    __slots__ = ("fn", "done", "ok", "value", "lead", "gate")
 
     def __init__(self, fn: WriteFn) -> None:
         self.fn = fn
@@ -38,11 +39,19 @@ class _Slot:
         self.ok = False
         self.value: Any = None
         self.lead = False
-        self.wake = threading.Event()
+        self.gate = threading.Lock()
+        self.gate.acquire()
+
+    def wait(self) -> None:
+        self.gate.acquire()
 
     def settle(self, ok: bool, value: Any) -> None:
         self.ok, self.value, self.done = ok, value, True
-        self.wake.set()
+        self.gate.release()
+
+    def hand_lead(self) -> None:
+        self.lead = True
+        self.gate.release()
 
 
 class GroupCommitter:
@@ -67,12 +76,9 @@ class GroupCommitter:
             self._queue.append(slot)
             lead = not self._leading
             self._leading = True
-        while not lead:
-            slot.wake.wait()
-            if slot.done:
-                break
-            slot.wake.clear()
-            lead = slot.lead  # the previous leader passed the lead on
+        if not lead:
+            slot.wait()  # released once: with our result, or with the lead handed to us
+            lead = slot.lead
         if lead:
             self._lead_until(slot)
         if slot.ok:
@@ -87,9 +93,7 @@ class GroupCommitter:
                     self._leading = False
                     return
                 if own.done:
-                    successor = self._queue[0]  # leading stays True: the lead passes on
-                    successor.lead = True
-                    successor.wake.set()
+                    self._queue[0].hand_lead()  # leading stays True: the lead passes on
                     return
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
