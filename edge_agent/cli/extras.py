@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from typing import Any
 
 from edge_agent.cli.context import CliError, Context
@@ -48,7 +49,8 @@ def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
     from edge_agent.runtime import build_tools, close_tools
     tools = build_tools(cfg)
     try:
-        result = tools[args.name].tool.call(call_args, idempotency_key="cli-" + args.name)
+        key = f"cli-{args.name}-{uuid.uuid4().hex}"  # each call is a new request to the device
+        result = tools[args.name].tool.call(call_args, idempotency_key=key)
     except Exception as exc:  # noqa: BLE001 - reported as a tool failure
         data: dict[str, Any] = {"tool": args.name, "ok": False, "error": str(exc),
                                 "kind": getattr(exc, "kind", None),

@@ -12,12 +12,22 @@ from edge_agent.cli.context import CliError, Context
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 
+def _options(default: bool) -> argparse.ArgumentParser:
+    """--config and --json, accepted before and after the command. The command's copies
+    default to SUPPRESS, so `edge-agent --config X status` keeps X."""
+    opts = argparse.ArgumentParser(add_help=False)
+    opts.add_argument("--config", default=None if default else argparse.SUPPRESS,
+                      help="config file (default $EDGE_AGENT_CONFIG or "
+                      "/etc/edge-agent/config.toml)")
+    opts.add_argument("--json", action="store_true",
+                      default=False if default else argparse.SUPPRESS,
+                      help="machine-readable output")
+    return opts
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default $EDGE_AGENT_CONFIG or "
-                        "/etc/edge-agent/config.toml)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    p = argparse.ArgumentParser(prog="edge-agent", parents=[common],
+    common = _options(default=False)
+    p = argparse.ArgumentParser(prog="edge-agent", parents=[_options(default=True)],
                                 description="Durable agentic workflows on this device.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
