@@ -200,3 +200,50 @@ def test_one_daemon_per_data_dir_and_config_errors(config: Path, tmp_path: Path,
     assert third.proc.wait(20) == 78
     assert "device.wat: unknown key" in third.output()
     assert json.loads(cli(config, "status", "--json").stdout)["daemon"]["pid"] == d.proc.pid
+
+
+def test_a_second_sigterm_aborts_the_drain(tmp_path: Path,
+                                           daemons: list[DaemonProcess]) -> None:
+    """The first SIGTERM waits for the in-flight step; a second one does not wait."""
+    script = tmp_path / "long.sh"
+    script.write_text("#!/bin/sh\nsleep 8\necho \"$1\" >> \"$(dirname \"$0\")/ledger\"\n")
+    script.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text("""
+[device]
+id = "cell-4"
+data_dir = "data"
+runtime_dir = "run"
+[tools.long]
+kind = "command"
+argv = ["./long.sh", "{n}"]
+params = { type = "object", properties = { n = { type = "string" } }, required = ["n"] }
+idempotent = false
+timeout_s = 30
+[workflows.w]
+start = "a"
+[workflows.w.nodes.a]
+tool = "long"
+args = { n = "a" }
+next = "done"
+[workflows.w.nodes.done]
+end = true
+""")
+    d = start(daemons, config, tmp_path)
+    d.wait_for("READY=1")
+    rid = cli_json(config, "start", "w")["run_id"]
+    time.sleep(0.5)  # inside the 8-second step
+    d.signal(signal.SIGTERM)
+    d.wait_for("STOPPING=1")
+    time.sleep(0.3)
+    assert d.proc.poll() is None  # draining: the step is still in flight
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    try:
+        assert d.proc.wait(5) == 1 and time.monotonic() - t0 < 3  # aborted, not drained
+        assert not (tmp_path / "ledger").exists()
+    finally:  # the tool's own process outlives an abort (systemd kills the whole cgroup)
+        import subprocess
+        subprocess.run(["pkill", "-f", str(script)], check=False)
+    run = cli_json(config, "runs", "show", rid)
+    assert run["status"] == "running" and run["node"] == "a"  # resumes at the next start
