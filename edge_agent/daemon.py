@@ -48,6 +48,7 @@ class Daemon:
         self.sync: Any = None
         self.control: ControlServer | None = None
         self.tools: dict[str, Any] = {}
+        self.edge_triggers: list[Any] = []
         self._stop = asyncio.Event()
         self._terms = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -95,6 +96,7 @@ class Daemon:
             self._tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
         self._tasks += [loop.create_task(self._trigger(wf), name=f"trigger-{wf.name}")
                         for wf in cfg.workflows.values() if wf.trigger and wf.trigger.every_s]
+        self._start_edge_triggers(loop)
         status = self.status_line()
         self.notifier.ready(status)
         log.info("edge-agent %s ready: %s (pid %d)", __version__, status, os.getpid())
@@ -147,6 +149,8 @@ class Daemon:
     async def shutdown(self) -> None:
         for t in self._tasks:
             t.cancel()
+        for trigger in self.edge_triggers:
+            await asyncio.get_running_loop().run_in_executor(None, trigger.stop)
         if self.control:
             await self.control.shutdown()
         if self.engine:
@@ -187,6 +191,11 @@ class Daemon:
         self.engine.journal.tools = tools
         self.engine.agent_runner = build_agent_runner(new, tools)
         close_tools({k: v for k, v in old_tools.items() if k not in tools})
+        loop = asyncio.get_running_loop()
+        for trigger in self.edge_triggers:  # they wait through the old tools
+            await loop.run_in_executor(None, trigger.stop)
+        self.edge_triggers = []
+        self._start_edge_triggers(loop)
         log.info("reloaded %d tools, %d agents, %d workflows", len(tools), len(new.agents),
                  len(new.workflows))
         self.notifier.status(self.status_line())
@@ -257,6 +266,24 @@ class Daemon:
                 continue
             self.notifier.watchdog()
 
+    def _start_edge_triggers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One thread per workflow started by a GPIO edge; each edge queues one run."""
+        from edge_agent.triggers import EdgeTrigger
+        assert self.writer is not None and self.engine is not None
+        writer, engine = self.writer, self.engine
+        for wf in self.config.workflows.values():
+            spec = wf.trigger
+            if spec is None or spec.gpio is None or spec.gpio not in self.tools:
+                continue
+
+            def start(input: Any, name: str = wf.name) -> None:
+                run_id = queue_run(writer.write, workflow=name, input=dict(input),
+                                   workflows=self.config.workflows, origin="trigger")
+                loop.call_soon_threadsafe(engine.wake, run_id)
+            trigger = EdgeTrigger(wf.name, spec, self.tools[spec.gpio], start)
+            trigger.begin()
+            self.edge_triggers.append(trigger)
+
     async def _trigger(self, wf: Any) -> None:
         assert self.writer is not None and self.engine is not None
         while True:
@@ -300,9 +327,17 @@ class Daemon:
             time.sleep(float(req.get("seconds", 1)))  # a test hook: a hung loop
             return {"blocked": True}
 
+        async def gpio_inject(req: dict[str, Any]) -> Any:
+            # a test hook: a sensor driving a line of a simulated chip (`chip = "sim:NAME"`)
+            from hardware.gpio import SimulatedChip
+            chip = SimulatedChip._chips[str(req["chip"])]
+            chip.inject(int(req["offset"]), int(req["level"]))
+            return {"injected": True}
+
         handlers = {"status": status, "wake": wake, "sync_now": sync_now}
         if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":
             handlers["block_loop"] = block_loop
+            handlers["gpio_inject"] = gpio_inject
         return handlers
 
 

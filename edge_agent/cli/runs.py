@@ -72,7 +72,8 @@ def _show(ctx: Context, run_id: str) -> int:
         approvals = store.read(lambda c: q.list_approvals(c, pending_only=False, run_id=run_id))
     finally:
         store.close()
-    data = {**run.summary(), "input": run.input, "context": run.context, "output": run.output,
+    data = {**run.summary(), "origin": run.origin, "input": run.input, "context": run.context,
+            "output": run.output,
             "node_state": run.node_state, "steps": steps, "approvals": approvals}
     text = "\n".join([
         f"run {run.run_id}  workflow {run.workflow}  status {run.status}",

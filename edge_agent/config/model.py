@@ -131,8 +131,13 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class TriggerSpec:
+    """`every_s` (a timer) or `gpio` + `line` + `edge` (an edge on a declared input line)."""
+
     every_s: float | None = None
     input: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    gpio: str | None = None  # a [tools.<name>] of kind "gpio"
+    line: str | None = None
+    edge: str = "rising"
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,27 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
     return NodeConfig(**fields)
 
 
+def _trigger(tr: Table, tools: Mapping[str, ToolConfig]) -> TriggerSpec | None:
+    every_s = tr.float("every_s", min=0.0, exclusive_min=True)
+    gpio = tr.str("gpio")
+    line = tr.str("line")
+    edge = tr.str("edge", "rising", choices=("rising", "falling", "both"))
+    spec = TriggerSpec(every_s=every_s, input=MappingProxyType(tr.dict("input", {})),
+                       gpio=gpio, line=line, edge=edge)
+    if (every_s is None) == (gpio is None):
+        tr.error("", "needs exactly one of every_s (a timer) or gpio (an edge on a line)")
+    if gpio is not None:
+        tool = tools.get(gpio)
+        if tool is None or tool.kind != "gpio":
+            tr.error("gpio", "names no [tools.*] entry of kind gpio", gpio)
+        elif line is None:
+            tr.error("line", "is required with gpio")
+        elif line not in (tool.options.get("lines") or {}):
+            tr.error("line", f"is not a line declared by tools.{gpio}", line)
+    tr.finish()
+    return spec
+
+
 def parse_workflow(name: str, t: Table, tools: Mapping[str, ToolConfig],
                    agents: Mapping[str, AgentConfig]) -> WorkflowConfig | None:
     start = t.str("start", required=True)
@@ -137,9 +158,7 @@ def parse_workflow(name: str, t: Table, tools: Mapping[str, ToolConfig],
     trigger = None
     tr = t.table("trigger")
     if tr is not None:
-        trigger = TriggerSpec(every_s=tr.float("every_s", min=0.0, exclusive_min=True),
-                              input=MappingProxyType(tr.dict("input", {})))
-        tr.finish()
+        trigger = _trigger(tr, tools)
     nodes: dict[str, NodeConfig] = {}
     for node_name, nt in t.tables("nodes").items():
         if node_name in RESERVED_NAMES:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from support.daemon import DaemonProcess, cli, cli_json
 
 CONFIG = """
@@ -148,3 +149,71 @@ def test_spans_are_exported_to_an_otlp_endpoint(tmp_path: Path) -> None:
         assert len(trace) == 1
         assert sum(1 for s in rx.spans if s["name"] == "step try" and s["error"]) == 2
         assert all(s["attributes"]["edge_agent.run_id"] == rid for s in rx.spans)
+
+
+EDGE = """
+[device]
+id = "door-1"
+data_dir = "data"
+runtime_dir = "run"
+
+[tools.door]
+kind = "gpio"
+chip = "sim:door"
+lines = { sensor = { offset = 4, direction = "input", bias = "pull_down" } }
+params = { type = "object" }
+
+[workflows.opened]
+start = "done"
+trigger = { gpio = "door", line = "sensor", edge = "rising", input = { door = "north" } }
+
+[workflows.opened.nodes.done]
+end = true
+"""
+
+
+def test_a_gpio_edge_starts_a_run_per_edge(tmp_path: Path) -> None:
+    from edge_agent.control_socket import request
+    config = tmp_path / "config.toml"
+    config.write_text(EDGE)
+    d = DaemonProcess(config, tmp_path, {"EDGE_AGENT_TEST_HOOKS": "1"}).start()
+    try:
+        d.wait_for("READY=1")
+        sock = tmp_path / "run" / "control.sock"
+        time.sleep(0.3)  # the trigger is waiting on the line
+        for level in (1, 0, 1, 0):  # two rising edges, two falling ones
+            request(sock, "gpio_inject", chip="door", offset=4, level=level, timeout=5)
+            time.sleep(0.2)
+        deadline = time.time() + 10
+        while len(runs := cli_json(config, "runs")["runs"]) < 2:
+            assert time.time() < deadline, runs
+            time.sleep(0.05)
+        time.sleep(0.5)
+        runs = cli_json(config, "runs")["runs"]
+        assert len(runs) == 2  # rising edges only
+        shown = [cli_json(config, "runs", "show", r["run_id"]) for r in runs]
+        for run in shown:
+            assert run["input"]["door"] == "north"
+            assert run["input"]["trigger"]["line"] == "sensor"
+            assert run["input"]["trigger"]["edge"] == "rising"
+            assert run["origin"] == "trigger"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("trigger, message", [
+    ('{ every_s = 1, gpio = "door", line = "sensor" }', "exactly one of every_s"),
+    ('{ gpio = "ghost", line = "sensor" }', "names no [tools.*] entry of kind gpio"),
+    ('{ gpio = "door", line = "window" }', "is not a line declared by tools.door"),
+    ('{ gpio = "door", line = "sensor", edge = "sideways" }', "sideways"),
+])
+def test_bad_edge_triggers_are_config_errors(tmp_path: Path, trigger: str,
+                                             message: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(EDGE.replace(
+        'trigger = { gpio = "door", line = "sensor", edge = "rising", input = { door = "north" } }',
+        f"trigger = {trigger}"))
+    r = cli(config, "config", "check", check=False)
+    assert r.returncode == 78 and "workflows.opened.trigger" in r.stderr + r.stdout
+    assert message in r.stderr + r.stdout
