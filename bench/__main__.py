@@ -1,34 +1,134 @@
-"""`make bench`: every benchmark, each figure beside its anchor measured in the same run.
+"""`make bench`: every benchmark, each figure beside its anchor measured in the same run,
+then one summary table (the README's table comes from it).
 
-Peers (DBOS, LangGraph) are installed into their own virtualenvs under .bench-venvs/.
+Peers (DBOS, LangGraph) are installed into their own virtualenvs under .bench-venvs/. The
+crash soak is long and runs on its own: `python -m bench.crash_soak`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
-BENCHES = [("durable steps", ["-m", "bench.engine_steps"]),
-           ("sync throughput", ["-m", "bench.sync_throughput"]),
-           ("inference", ["-m", "bench.inference_bench"]),
-           ("hardware tools", ["-m", "bench.hardware_tools"]),
-           ("daemon footprint", ["-m", "bench.daemon_footprint"])]
+BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
+           ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
+           ("inference", "inference", ["-m", "bench.inference_bench"]),
+           ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
+           ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
+           ("daemon footprint", "footprint", ["-m", "bench.daemon_footprint"])]
+Row = tuple[str, str, str, str]
+
+
+def _rate(v: float, unit: str) -> str:
+    return f"{v:,.0f} {unit}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else ""
+
+
+def _engine(r: dict[str, Any]) -> list[Row]:
+    raw = r["raw_full"]
+    rows = [("durable steps, sequential, FULL", _rate(r["ours_seq_full"], "steps/s"),
+             f"raw SQLite commits {raw:,.0f}/s", _ratio(r["ours_seq_full"], raw)),
+            ("durable steps, sequential, NORMAL", _rate(r["ours_seq_normal"], "steps/s"),
+             f"raw commits {r['raw_normal']:,.0f}/s", _ratio(r["ours_seq_normal"],
+                                                              r["raw_normal"])),
+            ("durable steps, non-idempotent, FULL", _rate(r["ours_seq_full_nonidem"],
+                                                          "steps/s"),
+             f"raw commits {raw:,.0f}/s", _ratio(r["ours_seq_full_nonidem"], raw)),
+            ("durable steps, 16 concurrent runs, FULL", _rate(r["ours_16_full"], "steps/s"),
+             f"raw commits {raw:,.0f}/s", _ratio(r["ours_16_full"], raw)),
+            ("durable steps with spans", _rate(r["ours_seq_full_telemetry"], "steps/s"),
+             f"without {r['ours_seq_full']:,.0f}/s",
+             _ratio(r["ours_seq_full_telemetry"], r["ours_seq_full"]))]
+    for peer in ("dbos", "langgraph"):
+        if r.get(peer):
+            rows.append((f"{peer} (peer), same workflow", _rate(r[peer], "steps/s"),
+                         f"edge-agent {r['ours_seq_full']:,.0f}/s",
+                         f"edge-agent {r['ours_seq_full'] / r[peer]:.1f}x"))
+    return rows
+
+
+def _sync(r: dict[str, Any]) -> list[Row]:
+    return [("sync end to end, 200-byte records", _rate(r["e2e"], "records/s"),
+             f"raw paho QoS 1 pipelined {r['raw_pipelined']:,.0f}/s",
+             _ratio(r["e2e"], r["raw_pipelined"])),
+            ("sync end to end, zstd", _rate(r["e2e_zstd"], "records/s"),
+             f"raw paho, PUBACK each {r['raw_per_record']:,.0f}/s",
+             _ratio(r["e2e_zstd"], r["raw_per_record"])),
+            ("1,000,000-record backlog drained", f"{r['backlog_1m_s']:.1f} s", "target 20 s",
+             ""),
+            ("bytes on the wire per record", f"{r['bytes_plain']:.1f} / {r['bytes_zstd']:.1f}",
+             "plain / zstd", "")]
+
+
+def _inference(r: dict[str, Any]) -> list[Row]:
+    return [("agent step tokens/s (grammar)", _rate(r["agent_tps"], "tokens/s"),
+             f"bare llama-cpp-python {r['bare_tps']:,.0f}/s",
+             _ratio(r["agent_tps"], r["bare_tps"])),
+            (f"time to first token, {r['prefix_tokens']}-token prefix",
+             f"warm {r['ttft_warm_s'] * 1000:.1f} ms", f"cold {r['ttft_cold_s'] * 1000:.0f} ms",
+             f"{r['ttft_cold_s'] / r['ttft_warm_s']:.1f}x faster")]
+
+
+def _grammar(r: dict[str, Any]) -> list[Row]:
+    ours = [v["edge_agent"] for v in r.values()]
+    stock = [v["stock"] for v in r.values()]
+    full = sum(1 for v in ours if v == "100%")
+    return [("grammar: keywords valid in 100/100 samples", f"{full} of {len(ours)}",
+             f"stock converter: {sum(1 for v in stock if v == '100%')} of {len(stock)}", "")]
+
+
+def _hardware(r: dict[str, Any]) -> list[Row]:
+    pairs = [("serial tool call", "serial_tool", "serial_raw", "bare pyserial"),
+             ("modbus tool call", "modbus_tool", "modbus_raw", "bare pymodbus")]
+    return [(name, _rate(r[a]["per_s"], "calls/s"), f"{peer} {r[b]['per_s']:,.0f}/s",
+             _ratio(r[a]["per_s"], r[b]["per_s"])) for name, a, b, peer in pairs
+            if a in r and b in r]
+
+
+def _footprint(r: dict[str, Any]) -> list[Row]:
+    return [("daemon start to READY (no model)", f"{r['start_to_ready_s_median']:.2f} s",
+             "target 1.5 s", ""),
+            ("daemon idle resident memory", f"{r['idle_rss_mb_median']:.1f} MB",
+             "target 80 MB", "")]
+
+
+SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "engine": _engine, "sync": _sync, "inference": _inference, "grammar": _grammar,
+    "hardware": _hardware, "footprint": _footprint}
 
 
 def main() -> int:
     print(f"edge-agent benchmarks, {dt.date.today()}, {platform.machine()}, "
           f"{platform.processor() or platform.platform()}")
     failed = 0
-    for name, args in BENCHES:
+    rows: list[Row] = []
+    for name, key, args in BENCHES:
         print(f"\n### {name}", flush=True)
         r = subprocess.run([sys.executable, *args], text=True, capture_output=True)
-        lines = [x for x in r.stdout.splitlines() if not x.startswith("{")]
-        print("\n".join(lines))
+        lines = r.stdout.splitlines()
+        print("\n".join(x for x in lines if not x.startswith("{")))
         if r.returncode != 0:
             failed += 1
             print(f"(failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''})")
+            continue
+        data = [x for x in lines if x.startswith("{")]
+        if data:
+            try:
+                rows += SUMMARY[key](json.loads(data[-1]))
+            except (KeyError, ValueError, TypeError, ZeroDivisionError) as exc:
+                print(f"(no summary for {name}: {exc!r})")
+    print("\n### summary\n")
+    print("| benchmark | result | anchor (same run) | ratio |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
     return 1 if failed else 0
 
 
