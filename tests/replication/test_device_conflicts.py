@@ -60,3 +60,32 @@ def test_conflicts_list_and_resolve(tmp_path: Path) -> None:
         other.apply(v)
     assert not other.read("notes", "shift").conflicted
     assert json.loads(cli(path, "status", "--json").stdout)["conflicts"] == 0
+
+
+def test_resolve_with_a_new_value(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    from edge_agent.replication import replica, write_doc
+    store = Store(cfg.db_path)
+    write_doc(store, cfg, "notes", "shift", {"text": "edge says"})
+    theirs = Replica("cloud", MemoryDocStore(), rules={}).write("notes", "shift",
+                                                               {"text": "cloud says"})
+    store.write(lambda c: replica(c, cfg).apply(theirs))
+    store.close()
+    both = cli(path, "conflicts", "resolve", "notes/shift", "--take", "x", "--value", "{}",
+               check=False)
+    assert both.returncode == 64  # one of --take or --value
+    bad = cli(path, "conflicts", "resolve", "notes/shift", "--value", "{not json",
+              check=False)
+    assert bad.returncode != 0 and "--value" in bad.stderr
+    done = cli_json(path, "conflicts", "resolve", "notes/shift", "--value",
+                    '{"text": "both, merged by hand"}')
+    assert done["value"] == {"text": "both, merged by hand"}
+    assert cli_json(path, "conflicts")["conflicts"] == []
+    store = Store(cfg.db_path)
+    try:
+        final = store.read(lambda c: replica(c, cfg).read("notes", "shift"))
+        assert final.value == {"text": "both, merged by hand"} and not final.conflicted
+    finally:
+        store.close()

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from support.broker import Broker
 from support.proxy import Proxy
-from support.syncrig import append, assert_exactly_once, device_db, edge, ingest, wait_synced
+from support.syncrig import (
+    append, assert_exactly_once, device_db, edge, ingest, wait_synced, watermarks,
+)
 
 from sync.outbox import STREAMS
 
@@ -109,3 +111,57 @@ def test_linger_waits_only_for_partial_batches(tmp_path: Path) -> None:
     e._next["traces"] = 51  # 50 already sent, 50 pending
     assert not e._full_batch_waiting(outbox)
     conn.close()
+
+
+def test_an_ack_with_the_wrong_digest_is_not_trusted(tmp_path: Path, broker: Broker) -> None:
+    """An ack whose digest does not match what was sent (a corrupted or mixed-up store on the
+    cloud side) moves no watermark; the device sends the stream again from its watermark."""
+    import threading
+
+    from sync.envelope import decode_batch, encode_ack
+    from sync.mqtt import Topics, make_client
+    db = tmp_path / "dev.db"
+    device_db(db)
+    append(db, "checkpoints", 50)
+    seen: list[tuple[int, int, str]] = []
+    got = threading.Event()
+    liar = make_client("liar")
+
+    def on_message(client, userdata, msg):  # noqa: ANN001, ANN202 - paho's callback shape
+        batch = decode_batch(bytes(msg.payload), topic_device="dev-a", streams=STREAMS)
+        seen.append((batch.after, batch.last, batch.digest))
+        if len(seen) == 1:  # acknowledge the first batch with somebody else's digest
+            client.publish(Topics("edge", "dev-a").ack,
+                           encode_ack(batch.stream, batch.last, "0" * 64), qos=1)
+        got.set()
+    liar.on_message = on_message
+    liar.on_connect = lambda c, *a: c.subscribe("edge/dev-a/up", 1)
+    liar.connect("127.0.0.1", broker.port)
+    liar.loop_start()
+    e = edge(db, broker.port, batch_max_records=50, ack_timeout_s=30)
+    try:
+        time.sleep(0.5)
+        e.start()
+        deadline = time.monotonic() + 10
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        assert e.stats.digest_mismatches == 1
+        assert seen[1][:2] == seen[0][:2] == (0, 50)  # the same batch again, at once
+        assert seen[1][2] == seen[0][2]  # its true digest never changed
+        assert watermarks(db)["checkpoints"][0] == 0  # the lie moved nothing
+    finally:
+        e.shutdown()
+        liar.loop_stop()
+        liar.disconnect()
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    worker.start()
+    e2 = edge(db, broker.port, batch_max_records=50)
+    try:
+        e2.start()
+        wait_synced(db, 30)
+        assert_exactly_once(store, "dev-a", db)
+    finally:
+        e2.shutdown()
+        worker.shutdown()
+        store.close()
