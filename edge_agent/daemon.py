@@ -72,7 +72,7 @@ class Daemon:
         cfg = self.config
         self.store = Store(cfg.db_path, synchronous=cfg.device.synchronous)
         self.writer = GroupCommitter(self.store)
-        self.tools = build_tools(cfg)
+        self.tools = build_tools(cfg, self.store)
         self.sync = self._build_sync()
         limits = cfg.sync.outbox_max_bytes if cfg.sync else None
         self.engine = Engine(store=self.store, writer=self.writer, workflows=cfg.workflows,
@@ -91,6 +91,9 @@ class Daemon:
         self._tasks = [loop.create_task(self._watch_external(), name="external-changes"),
                        loop.create_task(self._status_loop(), name="status"),
                        loop.create_task(self._span_loop(), name="spans")]
+        if cfg.sync is not None and cfg.sync.anti_entropy_s > 0:
+            self._tasks.append(loop.create_task(self._anti_entropy(cfg.sync.anti_entropy_s),
+                                                name="anti-entropy"))
         interval = watchdog_interval()
         if interval:
             self._tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
@@ -179,7 +182,7 @@ class Daemon:
             self.notifier.status("reload rejected: config errors (see log)")
             return
         try:
-            tools = build_tools(new)
+            tools = build_tools(new, self.store)
         except Exception as exc:  # noqa: BLE001 - a bad tool must not take the daemon down
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return
@@ -212,6 +215,20 @@ class Daemon:
             if now != last:
                 last = now
                 self.engine.wake(None)
+
+    async def _anti_entropy(self, interval: float) -> None:
+        """A document summary goes up at start and then every `anti_entropy_s`; the cloud
+        answers only where it differs."""
+        from edge_agent.replication import record_summary
+        assert self.writer is not None
+        writer, config = self.writer, self.config
+        while True:
+            try:
+                await asyncio.wrap_future(writer.submit(lambda c: record_summary(c, config)))
+                self._outbox_changed()
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("anti-entropy summary failed: %s", exc)
+            await asyncio.sleep(interval)
 
     async def _span_loop(self) -> None:
         loop = asyncio.get_running_loop()

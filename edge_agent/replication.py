@@ -39,6 +39,37 @@ def write_doc(store: Store, config: Config, collection: str, key: str,
     return result
 
 
+def record_summary(conn: sqlite3.Connection, config: Config) -> dict[str, Any]:
+    """Append a `doc.summary` record: per collection, a digest per bucket of keys. The
+    cloud answers a difference with `doc_sync` (see `sync_documents`)."""
+    from sync.outbox import Outbox
+    r = replica(conn, config)
+    collections = [c for (c,) in conn.execute("SELECT DISTINCT collection FROM docs")]
+    summaries = {c: {"root": s.root, "buckets": list(s.buckets)}
+                 for c in collections for s in (r.summary(c),)}
+    Outbox(conn).append("control", "doc.summary", msgpack.packb(summaries))
+    return summaries
+
+
+def sync_documents(conn: sqlite3.Connection, config: Config, collection: str,
+                   buckets: list[int], n: int, versions: list[Any]) -> dict[str, Any]:
+    """The cloud's `doc_sync`: take its versions in the buckets that differ, and send ours
+    there back, so both sides end with the union."""
+    from sync.antientropy import bucket_of
+    if not 0 < n <= 256 or not all(isinstance(b, int) and 0 <= b < n for b in buckets):
+        raise ValueError(f"doc_sync: buckets {buckets!r} of {n!r} are malformed")
+    r = replica(conn, config)
+    taken = sum(r.apply(Version.decode(v)) for v in versions)
+    wanted = set(buckets)
+    sent = 0
+    for (key,) in conn.execute("SELECT key FROM docs WHERE collection = ?", (collection,)):
+        if bucket_of(key, n) in wanted:
+            for version in r.frontier(collection, key):
+                record_version(conn, version)
+                sent += 1
+    return {"collection": collection, "taken": taken, "sent": sent}
+
+
 def list_conflicts(store: Store) -> list[dict[str, Any]]:
     rows = store.read(lambda c: c.execute(
         "SELECT collection, key, versions, siblings FROM docs WHERE siblings != '{}'"

@@ -14,12 +14,24 @@ from edge_agent.store import Store
 log = logging.getLogger(__name__)
 
 
-def build_tools(cfg: Config) -> dict[str, ToolBinding]:
+def build_tools(cfg: Config, store: Store | None = None) -> dict[str, ToolBinding]:
+    """The configured tools; `kv` tools need the device store (without one they are left
+    out, as for `edge-agent tools` run without the daemon's store)."""
     out: dict[str, ToolBinding] = {}
     if not cfg.tools:
         return out
     from edge_agent.tools.registry import build_tool
     for name, tc in cfg.tools.items():
+        if tc.kind == "kv":
+            if store is not None:
+                from edge_agent.tools.base import SchemaTool
+                from edge_agent.tools.kv_kind import KvState
+                state = KvState(store, cfg, tc.options.get("collection", "kv"))
+                out[name] = ToolBinding(SchemaTool(
+                    name, state, description=tc.description, params=tc.params,
+                    result_schema=tc.result, idempotent=True, timeout_s=tc.timeout_s),
+                    retry=tc.retry, on_unknown=tc.on_unknown)
+            continue
         if tc.location == "remote" or tc.kind == "remote":
             out[name] = ToolBinding(RemoteTool(name, idempotent=tc.idempotent,
                                                timeout_s=tc.timeout_s,

@@ -101,6 +101,10 @@ class DaemonSync:
             from sync.documents import Version
             changed = replica(conn, self.config).apply(Version.decode(a["version"]))
             return {"applied": changed}
+        if cmd.type == "doc_sync":
+            from edge_agent.replication import sync_documents
+            return sync_documents(conn, self.config, str(a["collection"]),
+                                  list(a["buckets"]), int(a["n"]), list(a["versions"]))
         raise ValueError(f"command type {cmd.type!r} is not handled by this device")
 
     def _after(self, cmd: Command, result: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ PROTOCOL = 1
 MAX_BATCH_BYTES = 4 << 20
 MAX_RECORDS = 100_000
 MAX_COMMAND_BYTES = 64 << 10
-COMMAND_TYPES = ("approve", "reject", "cancel", "start", "doc_update", "tool_result")
+COMMAND_TYPES = ("approve", "reject", "cancel", "start", "doc_update", "doc_sync", "tool_result")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 

@@ -47,7 +47,9 @@ def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
                 f"{args.name}: arguments valid (dry run, nothing touched)")
         return 0
     from edge_agent.runtime import build_tools, close_tools
-    tools = build_tools(cfg)
+    from edge_agent.store import Store
+    store = Store(cfg.db_path) if cfg.tools[args.name].kind == "kv" else None
+    tools = build_tools(cfg, store)
     try:
         key = f"cli-{args.name}-{uuid.uuid4().hex}"  # each call is a new request to the device
         result = tools[args.name].tool.call(call_args, idempotency_key=key)
@@ -59,6 +61,8 @@ def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
         return 1
     finally:
         close_tools(tools)
+        if store is not None:
+            store.close()
     ctx.out({"tool": args.name, "ok": True, "result": result}, json.dumps(result, indent=2))
     return 0
 

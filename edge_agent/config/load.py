@@ -200,6 +200,11 @@ def _tool(name: str, t: Table, base: Path) -> ToolConfig | None:
         "on_unknown": t.str("on_unknown", "escalate", choices=("escalate", "fail",
                                                                "assume_failed")),
     }
+    if kind == "kv":  # the built-in shared state: its own parameters, idempotent writes
+        from edge_agent.tools.kv_kind import DESCRIPTION, PARAMS
+        fields["params"] = MappingProxyType(dict(PARAMS))
+        fields["description"] = fields["description"] or DESCRIPTION
+        fields["idempotent"] = True
     options = t.rest()
     if kind is not None:
         for sub, message, value in check_tool_options(kind, options, base):
@@ -279,6 +284,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         compression=t.bool("compression", True),
         keepalive_s=t.int("keepalive_s", 30, min=5, max=65535),
         ack_timeout_s=t.float("ack_timeout_s", 10.0, min=0.0, exclusive_min=True),
+        anti_entropy_s=t.float("anti_entropy_s", 300.0, min=0.0),
         outbox_max_bytes=MappingProxyType({k: v for k, v in limits.items() if v is not None}),
         collections=MappingProxyType(_collections(t, collections)),
     )

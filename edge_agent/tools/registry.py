@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_agent.tools.base import SchemaTool, Tool, ToolError
 from edge_agent.tools.gpio_kind import build_gpio, check_gpio
+from edge_agent.tools.kv_kind import check_kv
 from edge_agent.tools.modbus_kind import build_modbus, check_modbus
 from edge_agent.tools.options import BoundCall, Problems, unknown_keys
 from edge_agent.tools.process_kinds import (
@@ -26,7 +27,7 @@ from edge_agent.tools.serial_kind import build_serial, check_serial
 
 log = logging.getLogger(__name__)
 
-KINDS = frozenset({"serial", "modbus", "gpio", "command", "python", "remote"})
+KINDS = frozenset({"serial", "modbus", "gpio", "command", "python", "remote", "kv"})
 
 
 def _check_remote(options: Mapping[str, Any], base_dir: Path) -> Problems:
@@ -39,7 +40,7 @@ def _check_remote(options: Mapping[str, Any], base_dir: Path) -> Problems:
 
 CHECKS: dict[str, Callable[[Mapping[str, Any], Path], Problems]] = {
     "command": check_command, "python": check_python, "serial": check_serial,
-    "modbus": check_modbus, "gpio": check_gpio, "remote": _check_remote,
+    "modbus": check_modbus, "gpio": check_gpio, "remote": _check_remote, "kv": check_kv,
 }
 BUILDERS: dict[str, Callable[..., BoundCall]] = {
     "command": build_command, "python": build_python, "serial": build_serial,
@@ -76,7 +77,7 @@ def build_tool(name: str, kind: str, *, description: str, params: Mapping[str, A
     """
     builder = BUILDERS.get(kind)
     if builder is None:
-        where = "bound by the runtime over sync, not built here" if kind == "remote" \
+        where = "bound by the runtime, not built here" if kind in ("remote", "kv") \
             else "not a tool kind"
         raise ToolError(f"{name}: kind {kind!r} is {where}", kind="not_supported")
     try:

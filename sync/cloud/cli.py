@@ -38,7 +38,8 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
     return IngestWorker(store, host=cfg.host, port=cfg.port, prefix=cfg.topic_prefix,
                         group=cfg.group, protocol=cfg.protocol, tls_ca=cfg.tls_ca,
                         tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, username=cfg.username,
-                        password=cfg.password, otlp_endpoint=cfg.otlp_endpoint, **kw)
+                        password=cfg.password, otlp_endpoint=cfg.otlp_endpoint,
+                        collections=cfg.collections, **kw)
 
 
 def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
@@ -96,11 +97,50 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
         seen = store.last_approval(args.device, args.run_id)
         if seen is not None:
             cargs["approval_id"] = seen  # the gate the cloud answers, as it last saw it
+    return _deliver(cfg, store, args, lambda sender: sender.send_command(
+        args.device, args.command, cargs, wait_s=10))
+
+
+def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """`doc get` reads the cloud's replica; `doc set` writes it and sends the version down."""
+    from sync.cloud.docs import CloudDocs
+    collection, sep, key = args.key.rpartition("/")
+    if not sep or not collection or not key:
+        print(f"a document is COLLECTION/KEY (got {args.key!r})", file=sys.stderr)
+        return 64
+    store = SqlCloudStore(cfg.store_url)
+    if args.action == "get":
+        try:
+            doc = CloudDocs(store, cfg.collections).read(args.device, collection, key)
+        finally:
+            store.close()
+        if doc is None:
+            print(f"no document {args.key} for {args.device}", file=sys.stderr)
+            return 1
+        out = {"key": args.key, "value": doc.value, "siblings": doc.siblings}
+        print(json.dumps(out, indent=2) if args.json else json.dumps(doc.value))
+        return 0
+    try:
+        changes = json.loads(args.value or "")
+        if not isinstance(changes, dict):
+            raise ValueError("a JSON object of fields")
+    except ValueError as exc:
+        store.close()
+        print(f"--value: {exc} (got {args.value!r})", file=sys.stderr)
+        return 64
+    return _deliver(cfg, store, args, lambda sender: sender.write_doc(
+        args.device, collection, key, changes)[0])
+
+
+def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
+             send: Any) -> int:
+    """Send one command through a short-lived client; with --wait, until the device
+    confirms it."""
     sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}")
     sender.client.connect(cfg.host, cfg.port, keepalive=30)
     sender.client.loop_start()
     try:
-        cid = sender.send_command(args.device, args.command, cargs, wait_s=10)
+        cid = send(sender)
         print(json.dumps({"command_id": cid}) if args.json else cid)
         if args.wait:
             deadline = time.time() + args.timeout
@@ -136,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--by", default="cloud")
         s.add_argument("--wait", action="store_true", help="wait until the device confirms")
         s.add_argument("--timeout", type=float, default=30.0)
+    s = sub.add_parser("doc", parents=[common],
+                       help="a device's replicated document: `doc get|set COLLECTION/KEY`")
+    s.add_argument("action", choices=("get", "set"))
+    s.add_argument("key", metavar="COLLECTION/KEY")
+    s.add_argument("--device", required=True)
+    s.add_argument("--value", help="set: a JSON object of the fields to write")
+    s.add_argument("--wait", action="store_true", help="wait until the device confirms")
+    s.add_argument("--timeout", type=float, default=30.0)
     s = sub.add_parser("start", parents=[common], help="start a workflow on a device")
     s.add_argument("--device", required=True)
     s.add_argument("workflow")
@@ -148,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CloudConfigError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    handler = {"run": cmd_run, "status": cmd_status}.get(args.command, cmd_send)
+    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc}.get(args.command,
+                                                                         cmd_send)
     return handler(cfg, args)
 
 

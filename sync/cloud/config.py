@@ -1,13 +1,17 @@
-"""`cloud.toml`: [mqtt], [store], [otlp]. Unknown keys are errors; errors name key and value."""
+"""`cloud.toml`: [mqtt], [store], [otlp], [tools], [collections]. Unknown keys are errors;
+errors name key and value."""
 
 from __future__ import annotations
 
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sync.documents import CollectionRules, DocumentError
 
 
 class CloudConfigError(Exception):
@@ -34,6 +38,7 @@ class CloudConfig:
     otlp_endpoint: str | None = None
     workers: int = 1
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
+    collections: Mapping[str, CollectionRules] = field(default_factory=dict)  # as the devices'
 
 
 def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
@@ -64,7 +69,7 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
         return t
 
     for k in data:
-        if k not in ("mqtt", "store", "otlp", "tools"):
+        if k not in ("mqtt", "store", "otlp", "tools", "collections"):
             problems.append(f"{k}: unknown key (got {data[k]!r})")
     mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
                           "protocol", "group", "workers"})
@@ -107,6 +112,17 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
                                               for v in tools.values()):
         problems.append(f"tools: a table of name = \"module:function\" (got {tools!r})")
         tools = {}
+    collections: dict[str, CollectionRules] = {}
+    raw = data.get("collections", {})
+    if not isinstance(raw, dict):
+        problems.append(f"collections: a table of merge rules per collection (got {raw!r})")
+        raw = {}
+    for name, rules in raw.items():
+        try:
+            collections[name] = CollectionRules.from_mapping(rules if isinstance(rules, dict)
+                                                             else {"?": rules})
+        except DocumentError as exc:
+            problems.append(f"collections.{name}: {exc} (got {rules!r})")
     endpoint = otlp.get("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
         problems.append(f"otlp.endpoint: must start with http:// or https:// (got {endpoint!r})")
@@ -118,4 +134,4 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
                        username=mqtt.get("username"), password=password,
                        otlp_endpoint=endpoint, workers=workers,
-                       tools=tuple(sorted(tools.items())))
+                       tools=tuple(sorted(tools.items())), collections=collections)

@@ -16,12 +16,15 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 import paho.mqtt.client as mqtt
 
+from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
+from sync.documents import CollectionRules, DocumentError, Version
 from sync.envelope import (
     Command, EnvelopeError, decode_batch, encode_ack, encode_command,
 )
@@ -38,8 +41,10 @@ class IngestWorker:
                  tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, username: str | None = None,
                  password: str | None = None, otlp_endpoint: str | None = None,
-                 tools: dict[str, Any] | None = None) -> None:
+                 tools: dict[str, Any] | None = None,
+                 collections: Mapping[str, CollectionRules] | None = None) -> None:
         self.store = store
+        self.docs = CloudDocs(store, collections)
         self.prefix = prefix
         self.group = group
         self.protocol = protocol
@@ -100,6 +105,8 @@ class IngestWorker:
             self._reject(device, topic, exc.reason, str(exc), payload)
             return
         received = self.store.store_batch(batch)
+        if batch.stream == "control":
+            self._documents(device, batch.records)  # before the ack: nothing acked is lost
         self.batches += 1
         self.client.publish(Topics(self.prefix, device).ack,
                             encode_ack(batch.stream, received,
@@ -114,6 +121,33 @@ class IngestWorker:
             for r in batch.records:
                 if r.kind in ("otlp.traces", "otlp.metrics") and r.seq > batch.after:
                     self._export(r.payload, "traces" if r.kind == "otlp.traces" else "metrics")
+
+    def _documents(self, device: str, records: Any) -> None:
+        """Apply the device's document versions; answer its summary with what differs."""
+        versions: list[Version] = []
+        summaries = None
+        for r in records:
+            try:
+                if r.kind == "doc.version":
+                    versions.append(Version.decode(msgpack.unpackb(r.payload, raw=False)))
+                elif r.kind == "doc.summary":
+                    summaries = decode_summaries(msgpack.unpackb(r.payload, raw=False))
+            except (DocumentError, ValueError, TypeError, msgpack.UnpackException) as exc:
+                self.rejected["bad_document"] += 1
+                log.warning("ingest: unreadable %s from %s: %s", r.kind, device, exc)
+        if versions:
+            self.docs.apply(device, versions)
+        if summaries is not None:
+            for payload in self.docs.differences(device, summaries):
+                log.info("anti-entropy: %s differs from the cloud in %s (%d bucket(s))",
+                         device, payload["collection"], len(payload["buckets"]))
+                self.send_command(device, "doc_sync", payload)
+
+    def write_doc(self, device: str, collection: str, key: str,
+                  changes: dict[str, Any]) -> tuple[str, Version]:
+        """A cloud write to a device's document: stored here, then sent down."""
+        version = self.docs.write(device, collection, key, changes)
+        return self.send_command(device, "doc_update", {"version": version.encode()}), version
 
     def _status(self, device: str, topic: str, payload: bytes) -> None:
         if not payload:

@@ -97,9 +97,11 @@ class SqlCloudStore:
             blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
         else:
             raise ValueError(f"store url must be sqlite:///PATH or postgresql://... (got {url!r})")
+        from sync.cloud.docs import SCHEMA as DOCS_SCHEMA
         with self.tx() as c:
             for sql in SCHEMA:
                 self._exec(c, sql.format(blob=blob, serial=serial))
+            self._exec(c, DOCS_SCHEMA)
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql

@@ -41,9 +41,10 @@ def test_contract_table_is_accepted(tmp_path: Path) -> None:
 
 
 def test_kinds_and_unknown_kind(tmp_path: Path) -> None:
-    assert KINDS == {"serial", "modbus", "gpio", "command", "python", "remote"}
+    assert KINDS == {"serial", "modbus", "gpio", "command", "python", "remote", "kv"}
     assert check_tool_options("telepathy", {}, tmp_path) == \
-        [("kind", "must be one of command, gpio, modbus, python, remote, serial", "telepathy")]
+        [("kind", "must be one of command, gpio, kv, modbus, python, remote, serial",
+          "telepathy")]
     assert check_tool_options("serial", ["not", "a", "table"], tmp_path)[0][0] == ""  # type: ignore[arg-type]
 
 

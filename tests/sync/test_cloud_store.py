@@ -31,7 +31,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlCloudSt
         pg = request.getfixturevalue("postgres")
         s = SqlCloudStore(pg.url)
         with s.tx() as c:
-            for t in ("records", "devices", "streams", "quarantine", "commands"):
+            for t in ("records", "devices", "streams", "quarantine", "commands", "docs"):
                 c.execute(f"DELETE FROM {t}")
     try:
         yield s
@@ -68,3 +68,59 @@ def test_registry_quarantine_and_commands(store: SqlCloudStore) -> None:
     store.confirm_command("c1", {"id": "c1", "ok": True, "result": {"x": 1}})
     store.confirm_command("c1", {"id": "c1", "ok": False})  # confirmed once
     assert store.command("c1")["state"] == "confirmed"
+
+
+def test_documents_per_device_merge_and_summaries(store: SqlCloudStore) -> None:
+    """The cloud's replica of each device's documents: the same merge as the device, kept
+    apart per device, and anti-entropy payloads only where the summaries differ."""
+    from sync.antientropy import summarize
+    from sync.cloud.docs import CloudDocs
+    from sync.documents import CollectionRules
+    from sync.replica import MemoryDocStore, Replica
+    rules = {"notes": CollectionRules({}, "manual")}
+    docs = CloudDocs(store, rules)
+    device = Replica("dev-a", MemoryDocStore(), rules=rules)
+    mine = device.write("notes", "shift", {"text": "edge says"})
+    kv = device.write("kv", "speed", {"value": 40})
+    assert docs.apply("dev-a", [mine, kv]) == 2
+    assert docs.apply("dev-a", [mine]) == 0  # idempotent
+    assert docs.read("dev-b", "notes", "shift") is None  # devices are kept apart
+    theirs = docs.write("dev-a", "notes", "shift", {"text": "cloud says"})
+    assert docs.read("dev-a", "notes", "shift").value == {"text": "cloud says"}  # dominates
+    concurrent = device.write("notes", "shift", {"text": "edge again"})  # never saw the cloud's
+    docs.apply("dev-a", [concurrent])
+    both = docs.read("dev-a", "notes", "shift")
+    assert both.siblings == {"text": ["cloud says", "edge again"]}  # manual: both kept
+    device.apply(theirs)
+    same = {c: summarize(c, device.store.digests(c)) for c in ("notes", "kv")}
+    assert docs.differences("dev-a", same) == []  # identical replicas: nothing to send
+    assert docs.digest("dev-a", "kv", "speed") == device.digest("kv", "speed")
+    lost = {"notes": same["notes"]}  # the device lost its kv collection
+    payloads = docs.differences("dev-a", lost)
+    assert [p["collection"] for p in payloads] == ["kv"]
+    assert payloads[0]["versions"] == [kv.encode()]
+
+
+def test_unreadable_documents_are_counted_and_the_batch_still_lands(tmp_path: Path) -> None:
+    import time as _time
+
+    import msgpack
+
+    from sync.cloud.ingest import IngestWorker
+    from sync.envelope import encode_batch
+    from sync.replica import MemoryDocStore, Replica
+    store = SqlCloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
+    worker = IngestWorker(store, host="127.0.0.1", port=1)  # never connected: acks go nowhere
+    try:
+        good = Replica("dev-a", MemoryDocStore()).write("kv", "k", {"value": 1})
+        now = _time.time()
+        records = [WireRecord(1, "doc.version", msgpack.packb({"c": "kv"}), now),
+                   WireRecord(2, "doc.summary", msgpack.packb({"kv": {"root": 7}}), now),
+                   WireRecord(3, "doc.version", msgpack.packb(good.encode()), now),
+                   WireRecord(4, "doc.version", b"\xc1 not msgpack", now)]
+        worker.handle("edge/dev-a/up", encode_batch("dev-a", "control", 0, records))
+        assert worker.rejected["bad_document"] == 3
+        assert [s for s, _, _ in store.records("dev-a", "control")] == [1, 2, 3, 4]
+        assert worker.docs.read("dev-a", "kv", "k").value == {"value": 1}
+    finally:
+        store.close()
