@@ -112,3 +112,17 @@ def test_cloud_config_errors_exit_78(tmp_path: Path) -> None:
     assert "mqtt.broker: must be host:port (got 'nohost')" in r.stderr
     assert "mqtt.foo: unknown key" in r.stderr and "store.url" in r.stderr
     assert os.path.exists(tmp_path / "cloud.toml")
+
+
+def test_cloud_collections_rules_are_checked(tmp_path: Path) -> None:
+    from sync.cloud.config import load_cloud_config
+    cfg = tmp_path / "cloud.toml"
+    base = '[mqtt]\nbroker = "127.0.0.1:1883"\n[store]\nurl = "sqlite:///c.db"\n'
+    cfg.write_text(base + '[collections.notes]\ndefault = "manual"\n'
+                          '[collections.notes.fields]\ncount = "counter"\n')
+    loaded = load_cloud_config(cfg)
+    assert loaded.collections["notes"].rule("text") == "manual"
+    assert loaded.collections["notes"].rule("count") == "counter"
+    cfg.write_text(base + '[collections.notes]\ndefault = "newest"\n')
+    r = cloud(cfg, "status", check=False)
+    assert r.returncode == 78 and "collections.notes" in r.stderr and "newest" in r.stderr
