@@ -39,6 +39,53 @@ def write_doc(store: Store, config: Config, collection: str, key: str,
     return result
 
 
+def apply_remote(conn: sqlite3.Connection, config: Config, version: Version) -> dict[str, Any]:
+    """A version from the cloud; a run's control document is then followed by the run."""
+    r = replica(conn, config)
+    changed = r.apply(version)
+    out: dict[str, Any] = {"applied": changed}
+    if changed and version.collection == "runs.control":
+        resolved = r.read(version.collection, version.key)
+        if resolved is not None:
+            out["run"] = follow_run_control(conn, version.key, resolved.value)
+    return out
+
+
+def follow_run_control(conn: sqlite3.Connection, run_id: str,
+                       fields: dict[str, Any]) -> dict[str, Any]:
+    """Make the run match its control document: `cancel_requested` (merged by max: once
+    asked, it stays asked), `priority`, and `context_patch` (merged into the context of a
+    run that is queued or waiting; a running step would write over it, so it is refused)."""
+    import time
+
+    from edge_agent.engine import queries as q
+    from edge_agent.engine.control import emit
+    from edge_agent.engine.records import QUEUED, WAITING
+    run = q.get_run(conn, run_id)
+    if run is None:
+        return {"run_id": run_id, "error": "no such run on this device"}
+    done: dict[str, Any] = {"run_id": run_id}
+    now = time.time()
+    if fields.get("cancel_requested") and not run.finished and not run.cancel_requested:
+        conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE run_id = ?",
+                     (now, run_id))
+        emit(conn, "control", "run.cancel_requested", {"run_id": run_id, "by": "cloud",
+                                                       "ts": now})
+        done["cancel_requested"] = True
+    if isinstance(fields.get("priority"), int) and not run.finished:
+        conn.execute("UPDATE runs SET priority = ?, updated_at = ? WHERE run_id = ?",
+                     (fields["priority"], now, run_id))
+        done["priority"] = fields["priority"]
+    patch = fields.get("context_patch")
+    if isinstance(patch, dict) and patch:
+        if run.status in (QUEUED, WAITING):
+            q.update_run(conn, run_id, now, context={**run.context, **patch})
+            done["context_patch"] = sorted(patch)
+        else:
+            done["context_patch_refused"] = f"the run is {run.status}"
+    return done
+
+
 def record_summary(conn: sqlite3.Connection, config: Config) -> dict[str, Any]:
     """Append a `doc.summary` record: per collection, a digest per bucket of keys. The
     cloud answers a difference with `doc_sync` (see `sync_documents`)."""
@@ -58,8 +105,9 @@ def sync_documents(conn: sqlite3.Connection, config: Config, collection: str,
     from sync.antientropy import bucket_of
     if not 0 < n <= 256 or not all(isinstance(b, int) and 0 <= b < n for b in buckets):
         raise ValueError(f"doc_sync: buckets {buckets!r} of {n!r} are malformed")
+    taken = sum(bool(apply_remote(conn, config, Version.decode(v))["applied"])
+                for v in versions)
     r = replica(conn, config)
-    taken = sum(r.apply(Version.decode(v)) for v in versions)
     wanted = set(buckets)
     sent = 0
     for (key,) in conn.execute("SELECT key FROM docs WHERE collection = ?", (collection,)):

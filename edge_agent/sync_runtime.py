@@ -97,10 +97,9 @@ class DaemonSync:
             return record_tool_result(conn, str(a["key"]), ok=bool(a.get("ok", True)),
                                       result=a.get("result"), error=a.get("error"))
         if cmd.type == "doc_update":
-            from edge_agent.replication import replica
+            from edge_agent.replication import apply_remote
             from sync.documents import Version
-            changed = replica(conn, self.config).apply(Version.decode(a["version"]))
-            return {"applied": changed}
+            return apply_remote(conn, self.config, Version.decode(a["version"]))
         if cmd.type == "doc_sync":
             from edge_agent.replication import sync_documents
             return sync_documents(conn, self.config, str(a["collection"]),
@@ -112,6 +111,8 @@ class DaemonSync:
         if self.loop is None or engine is None:
             return
         inner = result.get("result") or {}
+        if isinstance(inner, dict) and isinstance(inner.get("run"), dict):
+            inner = inner["run"]  # a run's control document was followed
         run_id = inner.get("run_id") if isinstance(inner, dict) else None
         self.loop.call_soon_threadsafe(engine.wake, run_id)
 

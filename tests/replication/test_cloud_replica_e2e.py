@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.broker import Broker
-from support.daemon import DaemonProcess
+from support.daemon import DaemonProcess, cli_json
 
 from edge_agent.config import load_config
 from edge_agent.replication import replica, write_doc
@@ -33,6 +33,13 @@ runtime_dir = "run"
 broker = "127.0.0.1:{port}"
 ack_timeout_s = 2
 anti_entropy_s = 1
+[workflows.gated]
+start = "gate"
+[workflows.gated.nodes.gate]
+approval = {{ prompt = "Go?" }}
+next = "done"
+[workflows.gated.nodes.done]
+end = true
 """
 
 
@@ -117,6 +124,41 @@ def test_documents_converge_and_losses_are_repaired(tmp_path: Path, broker: Brok
             until(lambda k=key: device_digest(cfg_path, "kv", k) ==
                   cloud_digest(cloud_db, "kv", k))
         assert json.loads(cloud("get", "kv/speed").stdout)["value"] == {"value": 40}
+    finally:
+        d.close()
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(10)
+
+
+def test_a_runs_control_document_steers_the_run(tmp_path: Path, broker: Broker) -> None:
+    """The cloud writes `runs.control/<run>`; the device follows it: a context patch on a
+    waiting run, then a cancel (merged by max: once asked, it stays asked)."""
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(CONFIG.format(port=broker.port))
+    cloud_cfg = tmp_path / "cloud.toml"
+    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
+                         '[store]\nurl = "sqlite:///cloud.db"\n')
+    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = DaemonProcess(cfg_path, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        rid = cli_json(cfg_path, "start", "gated")["run_id"]
+        until(lambda: cli_json(cfg_path, "runs", "show", rid)["status"] == "waiting_approval")
+
+        def control(value: dict) -> dict:
+            out = subprocess.run([CLOUD, "doc", "set", f"runs.control/{rid}", "--device",
+                                  "press-9", "--value", json.dumps(value), "--wait",
+                                  "--config", str(cloud_cfg), "--json"], capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout.splitlines()[-1])["result"]["result"]
+        patched = control({"context_patch": {"bin": "B7"}, "priority": 5})
+        assert patched["run"] == {"run_id": rid, "priority": 5, "context_patch": ["bin"]}
+        assert cli_json(cfg_path, "runs", "show", rid)["context"]["bin"] == "B7"
+        cancelled = control({"cancel_requested": True})
+        assert cancelled["run"]["cancel_requested"] is True
+        until(lambda: cli_json(cfg_path, "runs", "show", rid)["status"] == "cancelled")
     finally:
         d.close()
         ingest.send_signal(signal.SIGTERM)
