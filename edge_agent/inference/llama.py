@@ -3,10 +3,10 @@
 Requests can time out and be cancelled (checked between generated tokens). Output under a
 schema is generated with edge-agent's own grammar (gbnf.py), then parsed strictly and
 validated; a sample that still fails (a keyword enforced by validation only, or an answer
-cut off by max_tokens) is drawn again with the next seed (see schema_grammar). The static prefix of a prompt
-(system prompt and tool descriptions) stays in the KV cache: llama.cpp reuses the longest
-common prefix with the previous request, and a RAM cache keeps prefix states across
-agents that share the model.
+cut off by max_tokens) is drawn again with the next seed (see schema_grammar). The static
+prefix of a prompt (system prompt and tool descriptions) stays in the KV cache: llama.cpp
+reuses the longest common prefix with the previous request, and a RAM cache keeps prefix
+states across agents that share the model.
 """
 
 from __future__ import annotations

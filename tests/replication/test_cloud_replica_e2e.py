@@ -9,13 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from support.broker import Broker
-from support.daemon import DaemonProcess, cli_json
+from support.daemon import DaemonProcess, cli_json, until
 
 from edge_agent.config import load_config
 from edge_agent.replication import replica, write_doc
@@ -43,18 +40,6 @@ end = true
 """
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path).start()
-    yield b
-    b.kill()
-
-
-def until(fn, timeout: float = 30) -> None:  # noqa: ANN001
-    deadline = time.time() + timeout
-    while not fn():
-        assert time.time() < deadline
-        time.sleep(0.1)
 
 
 def device_digest(cfg_path: Path, collection: str, key: str) -> str:

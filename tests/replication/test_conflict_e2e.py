@@ -8,13 +8,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from support.broker import Broker
-from support.daemon import DaemonProcess, cli, cli_json
+from support.daemon import DaemonProcess, cli, cli_json, until
 from support.proxy import Proxy
 
 CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
@@ -40,18 +37,6 @@ end = true
 """
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path).start()
-    yield b
-    b.kill()
-
-
-def until(fn, timeout: float = 30) -> None:  # noqa: ANN001
-    deadline = time.time() + timeout
-    while not fn():
-        assert time.time() < deadline
-        time.sleep(0.1)
 
 
 def test_offline_conflicting_decisions_converge(tmp_path: Path, broker: Broker) -> None:

@@ -106,3 +106,11 @@ def cli(config: Path, *args: str, check: bool = True, env: dict[str, str] | None
 
 def cli_json(config: Path, *args: str) -> Any:
     return json.loads(cli(config, *args, "--json").stdout)
+
+
+def until(condition: Any, timeout: float = 30.0, every: float = 0.1) -> None:
+    """Poll until condition() is true; fail the test after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"not true within {timeout:g}s"
+        time.sleep(every)
