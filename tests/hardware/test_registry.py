@@ -6,23 +6,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support.devices import SERIAL_CONTRACT as CONTRACT
 
 from edge_agent.tools.base import ToolError
 from edge_agent.tools.registry import KINDS, build_tool, check_tool_options, describe_tools
 
-CONTRACT = r'''
-[tools.relay]
-kind = "serial"
-port = "/dev/ttyUSB0"
-baudrate = 115200
-terminator = "\n"
-send = "SET {channel} {state}"
-expect = '^OK (?P<channel>\d+) (?P<state>ON|OFF)$'
-error = '^ERR (?P<reason>.*)$'
-timeout_s = 2.0
-idempotent = true
-params = { type = "object", properties = { channel = { type = "integer", minimum = 1, maximum = 8 }, state = { enum = ["ON", "OFF"] } }, required = ["channel", "state"] }
-'''
 COMMON = {"kind", "description", "params", "result", "timeout_s", "retry", "idempotent",
           "location", "on_unknown"}
 

@@ -258,3 +258,29 @@ def test_bad_serial_option_is_named_with_its_value(tmp_path: Path, options: dict
                                                    value: object) -> None:
     problems = check_tool_options("serial", {**RELAY, **options}, tmp_path)
     assert (key, value) in [(k, v) for k, _, v in problems], problems
+
+
+def test_contract_toml_through_the_config_and_the_cli(tmp_path: Path, sim: SerialSim) -> None:
+    """The issue's TOML as written, only its port pointed at the simulator's pty."""
+    import json
+    import subprocess
+    import sys
+
+    from edge_agent.config import load_config
+    from support.devices import SERIAL_CONTRACT as CONTRACT
+    config = tmp_path / "config.toml"
+    config.write_text('[device]\nid = "cell-s"\ndata_dir = "data"\n'
+                      + CONTRACT.replace("/dev/ttyUSB0", str(sim.link)))
+    tc = load_config(config).tools["relay"]
+    assert (tc.kind, tc.idempotent, tc.timeout_s) == ("serial", True, 2.0)
+
+    def call(args: dict) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_agent", "tools", "call", "relay",
+                               "--args", json.dumps(args), "--config", str(config), "--json"],
+                              capture_output=True, text=True, timeout=60)
+    ok = call({"channel": 3, "state": "ON"})
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["result"] == {"channel": "3", "state": "ON"}
+    assert [(e["channel"], e["state"]) for e in sim.ledger_lines()] == [(3, "ON")]
+    refused = call({"channel": 9, "state": "ON"})  # outside the declared range
+    assert refused.returncode == 65 and len(sim.ledger_lines()) == 1  # never reached it

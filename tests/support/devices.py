@@ -18,6 +18,22 @@ from pymodbus.datastore import (
 )
 
 
+# The hardware issue's serial contract example, as written.
+SERIAL_CONTRACT = r'''
+[tools.relay]
+kind = "serial"
+port = "/dev/ttyUSB0"
+baudrate = 115200
+terminator = "\n"
+send = "SET {channel} {state}"
+expect = '^OK (?P<channel>\d+) (?P<state>ON|OFF)$'
+error = '^ERR (?P<reason>.*)$'
+timeout_s = 2.0
+idempotent = true
+params = { type = "object", properties = { channel = { type = "integer", minimum = 1, maximum = 8 }, state = { enum = ["ON", "OFF"] } }, required = ["channel", "state"] }
+'''
+
+
 class SerialSim:
     def __init__(self, tmp: Path, fault: str = "none") -> None:
         self.link = tmp / "ttyRELAY"
