@@ -186,14 +186,21 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a bad tool must not take the daemon down
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return
-        old_tools, self.tools = self.tools, tools
+        # an unchanged tool keeps its instance (and its open device); a changed or removed
+        # one is closed, so its port or GPIO lines are free for the new one
+        old_tools, old_cfg = self.tools, self.config
+        for name in list(tools):
+            if name in old_tools and new.tools[name] == old_cfg.tools.get(name):
+                close_tools({name: tools[name]})
+                tools[name] = old_tools[name]
+        self.tools = tools
         self.config = new
         assert self.engine is not None
         self.engine.workflows = new.workflows
         self.engine.tools = tools
         self.engine.journal.tools = tools
         self.engine.agent_runner = build_agent_runner(new, tools)
-        close_tools({k: v for k, v in old_tools.items() if k not in tools})
+        close_tools({k: v for k, v in old_tools.items() if tools.get(k) is not v})
         loop = asyncio.get_running_loop()
         for trigger in self.edge_triggers:  # they wait through the old tools
             await loop.run_in_executor(None, trigger.stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -197,6 +198,17 @@ def test_a_gpio_edge_starts_a_run_per_edge(tmp_path: Path) -> None:
             assert run["input"]["trigger"]["line"] == "sensor"
             assert run["input"]["trigger"]["edge"] == "rising"
             assert run["origin"] == "trigger"
+        d.signal(signal.SIGHUP)  # a reload restarts the trigger on the kept tool
+        deadline = time.time() + 10
+        while "reloaded 1 tools" not in d.output():  # old trigger stopped, new one started
+            assert time.time() < deadline, d.output()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        request(sock, "gpio_inject", chip="door", offset=4, level=1, timeout=5)
+        deadline = time.time() + 10
+        while len(cli_json(config, "runs")["runs"]) < 3:
+            assert time.time() < deadline
+            time.sleep(0.05)
         assert d.stop() == 0
     finally:
         d.close()
