@@ -37,8 +37,9 @@ def main() -> int:
         if m:
             total += int(m[1])
             answered += int(m[2])
-        print(f"seed {seed}: {'ok' if ok else 'FAILED'} "
-              f"({m[0] if m else r.stdout[-500:]})", flush=True)
+        why = "\n".join(x for x in r.stdout.splitlines() if x.startswith("E "))[:3000]
+        print(f"seed {seed}: {'ok' if ok else 'FAILED'} ({m[0] if m else why or r.stdout[-500:]})",
+              flush=True)
     print(f"{total} SIGKILLs over {len(args.seeds)} seeds in {time.monotonic() - start:.0f} s; "
           f"{answered} unknown outcomes answered by the operator; {failed} seed(s) failed")
     return 1 if failed else 0
