@@ -354,7 +354,7 @@ class Daemon:
         async def gpio_inject(req: dict[str, Any]) -> Any:
             # a test hook: a sensor driving a line of a simulated chip (`chip = "sim:NAME"`)
             from hardware.gpio import SimulatedChip
-            chip = SimulatedChip._chips[str(req["chip"])]
+            chip = SimulatedChip.existing(str(req["chip"]))
             chip.inject(int(req["offset"]), int(req["level"]))
             return {"injected": True}
 

@@ -59,7 +59,7 @@ def follow_run_control(conn: sqlite3.Connection, run_id: str,
     import time
 
     from edge_agent.engine import queries as q
-    from edge_agent.engine.control import emit
+    from edge_agent.engine.control import request_cancel
     from edge_agent.engine.records import QUEUED, WAITING
     run = q.get_run(conn, run_id)
     if run is None:
@@ -67,10 +67,7 @@ def follow_run_control(conn: sqlite3.Connection, run_id: str,
     done: dict[str, Any] = {"run_id": run_id}
     now = time.time()
     if fields.get("cancel_requested") and not run.finished and not run.cancel_requested:
-        conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE run_id = ?",
-                     (now, run_id))
-        emit(conn, "control", "run.cancel_requested", {"run_id": run_id, "by": "cloud",
-                                                       "ts": now})
+        request_cancel(lambda fn: fn(conn), run_id, by="cloud")  # inside this transaction
         done["cancel_requested"] = True
     if isinstance(fields.get("priority"), int) and not run.finished:
         conn.execute("UPDATE runs SET priority = ?, updated_at = ? WHERE run_id = ?",

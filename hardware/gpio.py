@@ -76,6 +76,12 @@ class SimulatedChip:
         self._cond = threading.Condition()
 
     @classmethod
+    def existing(cls, name: str) -> SimulatedChip:
+        """The chip `sim:NAME` opened in this process (KeyError if none)."""
+        with cls._guard:
+            return cls._chips[name]
+
+    @classmethod
     def named(cls, name: str, lines: Mapping[str, LineSpec]) -> SimulatedChip:
         """One chip per name in a process, as one /dev/gpiochipN."""
         with cls._guard:
