@@ -268,7 +268,8 @@ class Engine:
     def advance(self, run: Run, node: NodeConfig, *, output: Any, next_node: str | None,
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
-                store_output: bool = True) -> bool:
+                store_output: bool = True, call: q.StepCall | None = None,
+                error: tuple[str, str] | None = None) -> bool:
         """Commit a finished node and move on: one transaction, one outbox record."""
         wf = self.workflows[run.workflow]
 
@@ -279,7 +280,8 @@ class Engine:
             visit = run.visit(node.name)
             q.insert_step(conn, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
                           status=step_status, output=output, started_at=started_at or now,
-                          finished_at=now)
+                          finished_at=now, call=call, error=error[0] if error else None,
+                          error_kind=error[1] if error else None)
             context = dict(run.context)
             if store_output and output is not None:
                 context[node.name] = output

@@ -80,14 +80,22 @@ class NodeRunner:
                                             attempt=attempt)
         res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key, attempt=attempt,
                                      name=node.tool, args=args, write_result=False)
-        record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope, key=key,
-                                   attempt=attempt, name=node.tool, args=args, res=res)
+        # the outcome goes with the transition: an idempotent call is journaled in the step
+        # row itself, a fenced one completes its intent row
+        record: Tx | None = None
+        call: q.StepCall | None = (node.tool, key, args)
+        if not binding.idempotent:
+            call = None
+            record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope,
+                                       key=key, attempt=attempt, name=node.tool, args=args,
+                                       res=res)
         if res.ok:
             return self.e.advance(run, node, output=res.result, next_node=node.next,
-                                  attempt=attempt, started_at=res.started_at, extra=record)
+                                  attempt=attempt, started_at=res.started_at, extra=record,
+                                  call=call)
         return self._failed(run, node, state, policy, attempt, error=res.error or "failed",
                             kind=res.kind or "failed", retryable=res.retryable,
-                            extra=record, started_at=res.started_at)
+                            extra=record, started_at=res.started_at, call=call)
 
     def _remote(self, run: Run, node: NodeConfig, tool: RemoteTool, state: dict[str, Any],
                 policy: RetryPolicy, attempt: int, scope: str, key: str,
@@ -315,7 +323,7 @@ class NodeRunner:
     def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
                       policy: RetryPolicy, attempt: int, *, error: str, kind: str,
                       retryable: bool, extra: Tx | None = None,
-                      started_at: float | None = None) -> bool:
+                      started_at: float | None = None, call: q.StepCall | None = None) -> bool:
         now = self.e.clock()
         visit = run.visit(node.name)
         base = int(state.get("budget_base", 0))
@@ -325,7 +333,7 @@ class NodeRunner:
         def step_row(c: sqlite3.Connection) -> None:
             q.insert_step(c, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
                           status="failed", error=error, error_kind=kind,
-                          started_at=started_at or now, finished_at=now)
+                          started_at=started_at or now, finished_at=now, call=call)
         log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
                     f"; retrying in {delay:.2f}s" if will_retry else "")
         if will_retry:
@@ -341,8 +349,9 @@ class NodeRunner:
         if node.fallback:
             info = {"node": node.name, "error": error, "kind": kind, "attempts": attempt}
             return self.e.advance(run, node, output=info, next_node=node.fallback,
-                                        attempt=attempt, extra=extra, step_status="failed",
-                                        patch={"error": info}, store_output=False)
+                                  attempt=attempt, extra=extra, step_status="failed",
+                                  patch={"error": info}, store_output=False, call=call,
+                                  error=(error, kind))
         if node.escalate == "approval" or kind == "escalate":
             prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
                       "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "

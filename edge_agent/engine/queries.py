@@ -7,6 +7,9 @@ from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
 
+# (tool, idempotency key, arguments) of a call journaled in its step row
+StepCall = tuple[str, str, Any]
+
 
 def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
                origin: str, now: float, trace_id: str | None = None) -> None:
@@ -54,12 +57,16 @@ def update_run(conn: sqlite3.Connection, run_id: str, now: float, **fields: Any)
 def insert_step(conn: sqlite3.Connection, *, run_id: str, node: str, visit: int, attempt: int,
                 status: str, started_at: float, finished_at: float, output: Any = None,
                 error: str | None = None, error_kind: str | None = None,
-                span_id: str | None = None) -> int:
+                span_id: str | None = None, call: StepCall | None = None) -> int:
+    """One step row; `call` journals an idempotent tool node's call in the same row."""
+    tool, key, args = call if call is not None else (None, None, None)
     cur = conn.execute(
         "INSERT INTO steps (run_id, node, visit, attempt, status, output, error, error_kind,"
-        " started_at, finished_at, span_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " started_at, finished_at, span_id, tool, call_key, args)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run_id, node, visit, attempt, status, None if output is None else dumps(output),
-         error, error_kind, started_at, finished_at, span_id))
+         error, error_kind, started_at, finished_at, span_id, tool, key,
+         None if call is None else dumps(args)))
     return int(cur.lastrowid or 0)
 
 
@@ -184,5 +191,7 @@ def journal_result(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: 
 
 
 def tool_calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM tool_calls WHERE run_id = ? ORDER BY id", (run_id,))
+    """Every call of a run, journaled in tool_calls or in its step row, in time order."""
+    rows = conn.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY started_at, source, id",
+                        (run_id,))
     return [{**dict(r), "args": loads(r["args"]), "result": loads(r["result"])} for r in rows]

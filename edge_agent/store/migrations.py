@@ -132,4 +132,20 @@ MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _Lazy(ENGINE_V1, _outbox_schema)),
     (2, _Lazy(_docs_schema)),
     (3, ("CREATE TABLE telemetry_marks (name TEXT PRIMARY KEY, value REAL NOT NULL)",)),
+    # An idempotent tool node's call is journaled in its step row (the row the transition
+    # writes anyway): one table written per step instead of two. `calls` shows every call,
+    # from either place, to readers.
+    (4, ("ALTER TABLE steps ADD COLUMN tool TEXT",
+         "ALTER TABLE steps ADD COLUMN call_key TEXT",
+         "ALTER TABLE steps ADD COLUMN args TEXT",
+         """CREATE VIEW calls AS
+            SELECT id, 'journal' AS source, idem_key, attempt, run_id, node, tool, args,
+                   status, result, error, error_kind, started_at, finished_at
+              FROM tool_calls
+            UNION ALL
+            SELECT id, 'step', call_key, attempt, run_id, node || '#' || visit, tool, args,
+                   CASE status WHEN 'completed' THEN 'ok' ELSE 'error' END,
+                   CASE status WHEN 'completed' THEN output END, error, error_kind,
+                   started_at, finished_at
+              FROM steps WHERE tool IS NOT NULL""")),
 ]

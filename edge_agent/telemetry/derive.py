@@ -148,6 +148,14 @@ class _Related:
 def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
               parent: str) -> list[Span]:
     out: list[Span] = []
+    if s["tool"] is not None:  # an idempotent call, journaled in its step row
+        status = "ok" if s["status"] == "completed" else "error"
+        out.append(Span(s["trace_id"], span_id(s["run_id"], "stepcall", s["id"]), parent,
+                        f"tool {s['tool']}", s["started_at"], s["finished_at"],
+                        {"edge_agent.run_id": s["run_id"], "edge_agent.tool": s["tool"],
+                         "edge_agent.attempt": s["attempt"], "edge_agent.outcome": status,
+                         "edge_agent.idempotency_key": s["call_key"]},
+                        s["error"] if status == "error" else None))
     calls = related.between(related.calls.get(s["run_id"]), "started_at",
                             s["started_at"] - 1, s["finished_at"])
     for c in sorted(calls, key=lambda r: r["id"]):

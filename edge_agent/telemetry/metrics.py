@@ -64,13 +64,15 @@ class MetricsCollector:
         now = time.time()
         durations: dict[tuple[str, str], _Hist] = defaultdict(lambda: _Hist(DURATION_BOUNDS))
         retries = 0
-        for sid, node, status, started, finished, kind in conn.execute(
-                "SELECT id, node, status, started_at, finished_at, error_kind FROM steps"
+        calls: Counter[tuple[str, str]] = Counter()
+        for sid, node, status, started, finished, kind, tool in conn.execute(
+                "SELECT id, node, status, started_at, finished_at, error_kind, tool FROM steps"
                 " WHERE id > ? ORDER BY id", (self.last_step,)):
             self.last_step = sid
             durations[(node, status)].add(max(0.0, finished - started))
             retries += status == "failed"
-        calls: Counter[tuple[str, str]] = Counter()
+            if tool is not None:  # an idempotent call journaled in its step row
+                calls[(tool, "ok" if status == "completed" else "error")] += 1
         for cid, tool, status in conn.execute(
                 "SELECT id, tool, status FROM tool_calls WHERE id > ? AND status != 'intent'"
                 " AND status != 'requested' ORDER BY id", (self.last_call,)):

@@ -86,3 +86,47 @@ def test_a_stale_batch_is_not_recorded_twice_and_big_backlogs_drain(db_path: Pat
         assert sum(s["name"] == "run w" for s in spans) == 80
         assert sum(s["name"] == "tool stamp" for s in spans) == 80 * k
     asyncio.run(main())
+
+
+def test_an_idempotent_call_is_journaled_in_its_step_row(db_path: Path, ledger: Path) -> None:
+    """No separate journal row, yet every reader sees the call: trace, spans, metrics."""
+    from edge_agent.cli.trace import build_trace
+    from edge_agent.engine import queries as q
+    from edge_agent.telemetry.metrics import MetricsCollector, decode
+
+    tool = LedgerTool("read", ledger, idempotent=True,
+                      fail=lambda n: LedgerError("busy", kind="timeout", retryable=True)
+                      if n == 1 else None)
+    wf = (Workflow("w").tool("a", "read", args={"part": "A"}, next="done", retry=fast_retry(3))
+          .end("done").build(tools={"read": tool_config("read")}))
+    h = Harness(db_path, {"w": wf}, {"read": ToolBinding(tool)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            await h.wait(rid, "completed")
+            record_spans(h.writer)
+            assert h.store.read(lambda c: c.execute(
+                "SELECT count(*) FROM tool_calls").fetchone()[0]) == 0
+            calls = h.store.read(lambda c: q.tool_calls(c, rid))
+            assert [(c["status"], c["attempt"], c["source"]) for c in calls] == [
+                ("error", 1, "step"), ("ok", 2, "step")]
+            assert calls[0]["error"] == "busy" and calls[0]["error_kind"] == "timeout"
+            assert calls[1]["args"] == {"part": "A"} and calls[1]["result"]["part"] == "A"
+            assert calls[1]["idem_key"] == f"{rid}/a#1/0/0/a2"
+            trace = build_trace(h.store, rid)
+            children = [c for s in trace["steps"] for c in s["children"]]
+            assert [(c["tool"], c["status"]) for c in children] == [("read", "error"),
+                                                                    ("read", "ok")]
+            spans = [s for s in spans_in(h.store) if s["name"] == "tool read"]
+            assert sorted(s["attributes"]["edge_agent.outcome"] for s in spans) == ["error",
+                                                                                     "ok"]
+            assert [s["error"] for s in spans if s["error"]] == ["busy"]
+            metrics = decode(h.store.read(lambda c: MetricsCollector(device_id="d").collect(c)))
+            counted = {p["attributes"]["edge_agent.outcome"]: p["value"]
+                       for p in metrics["edge_agent.tool.calls"]}
+            assert counted == {"ok": 1, "error": 1}
+        finally:
+            await h.stop()
+    asyncio.run(main())
