@@ -91,6 +91,58 @@ class StreamStats:
     dropped: int
 
 
+_BUMP = ("UPDATE outbox_streams SET last_seq = last_seq + 1, pending_count = pending_count + 1,"
+         " pending_bytes = pending_bytes + ? WHERE stream = ?")
+
+
+def append(conn: sqlite3.Connection, stream: str, kind: str, payload: bytes, *,
+           limit: int | None = None, policy: str | None = None, now: float | None = None) -> int:
+    """Append one record inside the caller's transaction (the engine's hot path: no object,
+    two statements); returns its sequence number. Limit and policy default to the stream's."""
+    if stream not in DEFAULT_LIMITS:
+        raise UnknownStream(stream)
+    size = len(payload)
+    if limit is None:
+        limit = DEFAULT_LIMITS[stream]
+    # the common case in one statement: the bound holds, the sequence moves
+    row = conn.execute(_BUMP + " AND pending_bytes + ? <= ? RETURNING last_seq",
+                       (size, stream, size, limit)).fetchone()
+    if row is None:
+        pending = conn.execute("SELECT pending_bytes FROM outbox_streams WHERE stream = ?",
+                               (stream,)).fetchone()[0]
+        if (policy or DEFAULT_POLICIES[stream]) == "refuse":
+            raise OutboxFull(stream, limit, pending)
+        _drop_oldest(conn, stream, pending + size - limit)
+        row = conn.execute(_BUMP + " RETURNING last_seq", (size, stream)).fetchone()
+    seq = row[0]
+    conn.execute("INSERT INTO outbox (stream, seq, kind, payload, size, created_at)"
+                 " VALUES (?, ?, ?, ?, ?, ?)",
+                 (stream, seq, kind, payload, size, time.time() if now is None else now))
+    return int(seq)
+
+
+def _drop_oldest(conn: sqlite3.Connection, stream: str, need: int) -> None:
+    acked = conn.execute("SELECT acked_seq FROM outbox_streams WHERE stream = ?",
+                         (stream,)).fetchone()[0]
+    freed = count = 0
+    last = acked
+    for seq, size in conn.execute(
+            "SELECT seq, size FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq",
+            (stream, acked)):
+        if freed >= need:
+            break
+        freed += size
+        count += 1
+        last = seq
+    if count:
+        conn.execute("DELETE FROM outbox WHERE stream = ? AND seq > ? AND seq <= ?",
+                     (stream, acked, last))
+        conn.execute(
+            "UPDATE outbox_streams SET pending_count = pending_count - ?, pending_bytes ="
+            " pending_bytes - ?, dropped = dropped + ? WHERE stream = ?",
+            (count, freed, count, stream))
+
+
 class Outbox:
     """The outbox over a connection opened with isolation_level=None by the caller."""
 
@@ -120,46 +172,8 @@ class Outbox:
         """Append inside the caller's transaction; returns the record's sequence number."""
         if stream not in DEFAULT_LIMITS:
             raise UnknownStream(stream)
-        size = len(payload)
-        limit = self.limits[stream]
-        bump = ("UPDATE outbox_streams SET last_seq = last_seq + 1, pending_count ="
-                " pending_count + 1, pending_bytes = pending_bytes + ? WHERE stream = ?")
-        # the common case in one statement: the bound holds, the sequence moves
-        row = self.conn.execute(bump + " AND pending_bytes + ? <= ? RETURNING last_seq",
-                                (size, stream, size, limit)).fetchone()
-        if row is None:
-            pending = self.conn.execute("SELECT pending_bytes FROM outbox_streams WHERE"
-                                        " stream = ?", (stream,)).fetchone()[0]
-            if self.policies[stream] == "refuse":
-                raise OutboxFull(stream, limit, pending)
-            self._drop_oldest(stream, pending + size - limit)
-            row = self.conn.execute(bump + " RETURNING last_seq", (size, stream)).fetchone()
-        seq = row[0]
-        self.conn.execute("INSERT INTO outbox (stream, seq, kind, payload, size, created_at)"
-                          " VALUES (?, ?, ?, ?, ?, ?)",
-                          (stream, seq, kind, payload, size, self.clock()))
-        return int(seq)
-
-    def _drop_oldest(self, stream: str, need: int) -> None:
-        acked = self.conn.execute("SELECT acked_seq FROM outbox_streams WHERE stream = ?",
-                                  (stream,)).fetchone()[0]
-        freed = count = 0
-        last = acked
-        for seq, size in self.conn.execute(
-                "SELECT seq, size FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq",
-                (stream, acked)):
-            if freed >= need:
-                break
-            freed += size
-            count += 1
-            last = seq
-        if count:
-            self.conn.execute("DELETE FROM outbox WHERE stream = ? AND seq > ? AND seq <= ?",
-                              (stream, acked, last))
-            self.conn.execute(
-                "UPDATE outbox_streams SET pending_count = pending_count - ?, pending_bytes ="
-                " pending_bytes - ?, dropped = dropped + ? WHERE stream = ?",
-                (count, freed, count, stream))
+        return append(self.conn, stream, kind, payload, limit=self.limits[stream],
+                      policy=self.policies[stream], now=self.clock())
 
     def pending(self, stream: str, *, after: int | None = None, limit: int = 500,
                 max_bytes: int | None = None) -> list[Record]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 
+from sync.outbox import append
+
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import TERMINAL, Run
 from edge_agent.errors import NoPendingApproval, RunNotFound, WorkflowError
@@ -29,9 +31,8 @@ def new_run_id() -> str:
 def emit(conn: sqlite3.Connection, stream: str, kind: str, payload: Mapping[str, Any],
          limits: Mapping[str, int] | None = None) -> int:
     """Append one record to the outbox inside the caller's transaction."""
-    from sync.outbox import Outbox
-    return Outbox(conn, limits=limits).append(stream, kind,
-                                              msgpack.packb(dict(payload), default=str))
+    body = msgpack.packb(payload if type(payload) is dict else dict(payload), default=str)
+    return append(conn, stream, kind, body, limit=limits.get(stream) if limits else None)
 
 
 def queue_run(write: Write, *, workflow: str, input: Any, workflows: Mapping[str, Any],

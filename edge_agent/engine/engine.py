@@ -307,8 +307,8 @@ class Engine:
                 record.update(run_status=FAILED, error=err)
                 self.emit(conn, "checkpoints", "run.finished", record)
                 return False
-            q.update_run(conn, run.run_id, now, status=RUNNING, node=next_node, node_state={},
-                         context=context, visits=visits)
+            q.checkpoint(conn, run.run_id, now, node=next_node, context=context, visits=visits,
+                         status=None if run.status == RUNNING else RUNNING)
             record["next"] = next_node
             self.emit(conn, "checkpoints", "step.completed", record)
             log.debug("step %s %s (attempt %d) -> %s", node.name, step_status, attempt,

@@ -54,6 +54,20 @@ def update_run(conn: sqlite3.Connection, run_id: str, now: float, **fields: Any)
     conn.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*encoded.values(), run_id))
 
 
+def checkpoint(conn: sqlite3.Connection, run_id: str, now: float, *, node: str,
+               context: Any, visits: Any, status: str | None) -> None:
+    """The hot transition: the run moves to its next node with fresh node state. Status is
+    written only when it changes (an unchanged status needs no write of its index)."""
+    if status is None:
+        conn.execute("UPDATE runs SET node = ?, node_state = '{}', context = ?, visits = ?,"
+                     " updated_at = ? WHERE run_id = ?",
+                     (node, dumps(context), dumps(visits), now, run_id))
+    else:
+        conn.execute("UPDATE runs SET status = ?, node = ?, node_state = '{}', context = ?,"
+                     " visits = ?, updated_at = ? WHERE run_id = ?",
+                     (status, node, dumps(context), dumps(visits), now, run_id))
+
+
 def insert_step(conn: sqlite3.Connection, *, run_id: str, node: str, visit: int, attempt: int,
                 status: str, started_at: float, finished_at: float, output: Any = None,
                 error: str | None = None, error_kind: str | None = None,
