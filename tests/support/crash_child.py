@@ -35,8 +35,12 @@ def scripted_agent(agent: str, message: str, ctx: object) -> Outcome:
     import time
     plan = ctx.remembered("turn:0", lambda: (time.sleep(0.01), {"mark": message})[1])
     result = ctx.call_tool("mark", {"part": plan["mark"]}, turn=0, index=0)
+    # an interrupted call that an operator confirmed comes back as a confirmation, not the
+    # tool's own result: like a model, the agent reads it as "done as asked"
+    marked = result["part"] if "part" in result else (
+        plan["mark"] if result.get("outcome") == "confirmed" else None)
     answer = ctx.remembered("turn:1", lambda: (time.sleep(0.01), {"ok": True})[1])
-    return Outcome({"marked": result["part"], **answer})
+    return Outcome({"marked": marked, **answer})
 
 TOOLS = ("press", "weigh", "label", "light", "mark")  # press, label, mark: not idempotent
 IDEMPOTENT = {"weigh", "light"}
