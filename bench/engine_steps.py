@@ -87,7 +87,8 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     stop.set()
     if exporter is not None:
         exporter.join()
-    steps = runs * (k + 1)  # k tool nodes and the end node, each a checkpointed transition
+    # k tool steps, counted as the peers count theirs (the run's start and end are not steps)
+    steps = runs * k
     commits = writer.commits - commits0
     await engine.shutdown()
     writer.shutdown()

@@ -25,10 +25,11 @@ from typing import Any
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
-from edge_agent.engine.bindings import AgentRunner, ToolBinding
+from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.engine.control import emit
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
+from edge_agent.expressions import ExpressionError, evaluate
 from edge_agent.telemetry.logs import log_context
 from edge_agent.store import GroupCommitter, Store
 
@@ -67,6 +68,7 @@ class Engine:
         self._again: set[str] = set()
         self._sleepers: dict[str, asyncio.TimerHandle] = {}
         self._fresh: dict[str, Run] = {}
+        self._begins: dict[str, Tx] = {}  # starts that ride on the run's next commit
         self._timeouts: list[tuple[float, int, str]] = []
         self._timer_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -226,27 +228,57 @@ class Engine:
             self.finish(run_id, CANCELLED, error=run.error or "cancelled on request")
             return False
         if run.status == QUEUED or run.node is None:
-            self.write(lambda c: self._begin(c, run, wf))
-            return True
-        node = wf.nodes.get(run.node)
+            span = secrets.token_hex(8)
+            if not self._folds_begin(wf):
+                self.write(lambda c: self._begin(c, run, wf, span, remember=True))
+                return True
+            # the start goes with the first node's commit: a start node with no side effect
+            # to fence needs no commit of its own (a crash before it leaves the run queued)
+            self._begins[run_id] = lambda c, r=run: self._begin(c, r, wf, span)
+            run = dataclasses.replace(run, status=RUNNING, node=wf.start, node_state={},
+                                      visits={wf.start: 1}, span_id=span)
+        node = wf.nodes.get(run.node)  # type: ignore[arg-type]
         if node is None:
             self.finish(run_id, FAILED, error=f"node {run.node!r} is not in workflow "
                         f"{wf.name!r} any more")
             return False
-        with log_context(workflow=run.workflow, step=node.name, trace_id=run.trace_id):
-            return self.nodes.run(run, wf, node)
+        try:
+            with log_context(workflow=run.workflow, step=node.name, trace_id=run.trace_id):
+                return self.nodes.run(run, wf, node)
+        finally:
+            begin = self._begins.pop(run_id, None)
+            if begin is not None:  # a path that wrote nothing for the run: start it alone
+                self.write(begin)
 
-    def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig) -> None:
+    def _folds_begin(self, wf: WorkflowConfig) -> bool:
+        start = wf.nodes[wf.start]
+        if start.kind in ("branch", "end"):
+            return True
+        binding = self.tools.get(start.tool or "") if start.kind == "tool" else None
+        return (binding is not None and binding.idempotent
+                and not isinstance(binding.tool, RemoteTool))
+
+    def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig, span: str,
+               remember: bool = False) -> None:
         now = self.clock()
         q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
-                     visits={wf.start: 1}, node_state={}, span_id=secrets.token_hex(8))
+                     visits={wf.start: 1}, node_state={}, span_id=span)
         log.info("run started: workflow %s from %s", wf.name, run.origin)
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
                                                        "node": wf.start, "ts": now})
-        self._remember(conn, run.run_id)
+        if remember:
+            self._remember(conn, run.run_id)
 
     # I/O helpers (worker threads) -------------------------------------------------------------
-    def write(self, fn: Tx) -> Any:
+    def write(self, fn: Tx, run_id: str | None = None) -> Any:
+        """Commit a transition; a run's start that is still pending goes in the same one."""
+        begin = self._begins.pop(run_id, None) if run_id is not None else None
+        if begin is not None:
+            inner = fn
+
+            def fn(conn: sqlite3.Connection) -> Any:
+                begin(conn)
+                return inner(conn)
         result = self.writer.write(fn)
         self.notify()
         return result
@@ -270,8 +302,16 @@ class Engine:
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
                 store_output: bool = True, call: q.StepCall | None = None,
                 error: tuple[str, str] | None = None) -> bool:
-        """Commit a finished node and move on: one transaction, one outbox record."""
+        """Commit a finished node and move on: one transaction, one outbox record. When the
+        next node is an `end`, the run completes in the same transaction (an end has nothing
+        to fence)."""
         wf = self.workflows[run.workflow]
+        context = dict(run.context)
+        if store_output and output is not None:
+            context[node.name] = output
+        if patch:
+            context.update(patch)
+        finale = self._finale(wf, next_node, context)
 
         def tx(conn: sqlite3.Connection) -> bool:
             now = self.clock()
@@ -282,20 +322,11 @@ class Engine:
                           status=step_status, output=output, started_at=started_at or now,
                           finished_at=now, call=call, error=error[0] if error else None,
                           error_kind=error[1] if error else None)
-            context = dict(run.context)
-            if store_output and output is not None:
-                context[node.name] = output
-            if patch:
-                context.update(patch)
             record = {"run_id": run.run_id, "workflow": run.workflow, "node": node.name,
                       "visit": visit, "attempt": attempt, "status": step_status,
                       "output": output, "ts": now}
             if next_node is None:
-                q.update_run(conn, run.run_id, now, status=COMPLETED, node=None, context=context,
-                             output=output, node_state={}, finished_at=now)
-                log.info("run completed at %s", node.name)
-                record["run_status"] = COMPLETED
-                self.emit(conn, "checkpoints", "run.finished", record)
+                self._completed(conn, run, node.name, context, output, now, record)
                 return False
             visits = dict(run.visits)
             visits[next_node] = visits.get(next_node, 0) + 1
@@ -307,10 +338,20 @@ class Engine:
                 record.update(run_status=FAILED, error=err)
                 self.emit(conn, "checkpoints", "run.finished", record)
                 return False
-            q.checkpoint(conn, run.run_id, now, node=next_node, context=context, visits=visits,
-                         status=None if run.status == RUNNING else RUNNING)
             record["next"] = next_node
             self.emit(conn, "checkpoints", "step.completed", record)
+            if finale is not None:
+                end_visit, end_output = visits[next_node], finale
+                q.insert_step(conn, run_id=run.run_id, node=next_node, visit=end_visit,
+                              attempt=1, status="completed", output=end_output,
+                              started_at=now, finished_at=now)
+                self._completed(conn, run, next_node, context, end_output, now, {
+                    "run_id": run.run_id, "workflow": run.workflow, "node": next_node,
+                    "visit": end_visit, "attempt": 1, "status": "completed",
+                    "output": end_output, "ts": now}, visits=visits)
+                return False
+            q.checkpoint(conn, run.run_id, now, node=next_node, context=context, visits=visits,
+                         status=None if run.status == RUNNING else RUNNING)
             log.debug("step %s %s (attempt %d) -> %s", node.name, step_status, attempt,
                       next_node)
             # the row as just written, so the next step needs no read; a wake from outside
@@ -319,9 +360,33 @@ class Engine:
                 run, status=RUNNING, node=next_node, node_state={}, context=context,
                 visits=visits, updated_at=now)
             return True
-        cont: bool = self.write(tx)
+        cont: bool = self.write(tx, run.run_id)
         self._changed(run.run_id)
         return cont
+
+    def _finale(self, wf: WorkflowConfig, next_node: str | None,
+                context: Mapping[str, Any]) -> Any:
+        """The output of an `end` node that can complete the run in this commit, else None.
+        An output expression that fails leaves the end node to run (and fail) on its own."""
+        end = wf.nodes.get(next_node) if next_node is not None else None
+        if end is None or end.kind != "end":
+            return None
+        if not end.output:
+            return {k: v for k, v in context.items() if k != "input"}
+        try:
+            return evaluate(end.output, context)
+        except ExpressionError:
+            return None
+
+    def _completed(self, conn: sqlite3.Connection, run: Run, at: str, context: Any,
+                   output: Any, now: float, record: dict[str, Any],
+                   visits: Mapping[str, int] | None = None) -> None:
+        fields: dict[str, Any] = {"visits": visits} if visits is not None else {}
+        q.update_run(conn, run.run_id, now, status=COMPLETED, node=None, context=context,
+                     output=output, node_state={}, finished_at=now, **fields)
+        log.info("run completed at %s", at)
+        record["run_status"] = COMPLETED
+        self.emit(conn, "checkpoints", "run.finished", record)
 
     def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
                   status: str | None = None) -> None:
@@ -333,7 +398,7 @@ class Engine:
                 fields["status"] = status
             q.update_run(conn, run.run_id, self.clock(), **fields)
             self._remember(conn, run.run_id)
-        self.write(tx)
+        self.write(tx, run.run_id)
         self._changed(run.run_id)
 
     def finish(self, run_id: str, status: str, *, error: str | None = None, output: Any = None,
@@ -354,7 +419,7 @@ class Engine:
                 "run_id": run_id, "workflow": run.workflow, "node": run.node,
                 "run_status": status, "error": error, "ts": now})
         self._fresh.pop(run_id, None)
-        self.write(tx)
+        self.write(tx, run_id)
         if status == FAILED:
             log.warning("run failed: %s", error)
         else:

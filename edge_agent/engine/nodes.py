@@ -287,7 +287,7 @@ class NodeRunner:
                 "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
                 "prompt": prompt, "timeout_at": timeout_at, "ts": now})
             return aid
-        aid = self.e.write(tx)
+        aid = self.e.write(tx, run.run_id)
         if timeout_at is not None:
             self.e.schedule_timeout(timeout_at, aid, run.run_id)
         self.e._changed(run.run_id)

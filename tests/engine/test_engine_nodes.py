@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from support.engine import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
 
@@ -554,6 +555,66 @@ def test_unknown_outcome_inside_a_branch_or_an_agent_asks_a_human(
             assert calls[key] == ("confirmed" if approve else "assumed_failed")
             assert sorted(calls.values()) == (["confirmed"] if approve
                                               else ["assumed_failed", "ok"])
+        finally:
+            await h.stop()
+    run(main())
+
+
+def test_start_and_end_ride_on_the_neighbouring_commit(db_path: Path, ledger: Path) -> None:
+    """A start node with nothing to fence commits the run's start with its own step, and a
+    step followed by `end` completes the run in the same commit; fenced tools keep theirs."""
+    read = LedgerTool("read", ledger, idempotent=True)
+    flaky = LedgerTool("flaky", ledger, idempotent=True, fail=lambda n: LedgerError(
+        "busy", kind="timeout", retryable=True) if n == 1 else None)
+    tools = {n: tool_config(n, STAMP) for n in ("read", "flaky", "stamp")}
+    wfs = {
+        "two": (Workflow("two").tool("a", "read", args={"part": "A"}, next="b")
+                .tool("b", "read", args={"part": "B"}, next="done").end("done").build(tools=tools)),
+        "retry": (Workflow("retry").tool("a", "flaky", args={"part": "A"}, next="done",
+                                         retry=fast_retry(3)).end("done").build(tools=tools)),
+        "fenced": (Workflow("fenced").tool("a", "stamp", args={"part": "A"}, next="done")
+                   .end("done").build(tools=tools)),
+        "bad_end": (Workflow("bad_end").tool("a", "read", args={"part": "A"}, next="done")
+                    .end("done", output="input.missing").build(tools=tools)),
+    }
+    h = Harness(db_path, wfs, {"read": ToolBinding(read), "flaky": ToolBinding(flaky),
+                               "stamp": ToolBinding(LedgerTool("stamp", ledger))})
+
+    async def commits_for(workflow: str, status: str) -> tuple[int, Any]:
+        assert h.writer is not None
+        rid = h.queue(workflow, {})
+        before = h.writer.commits
+        run_ = await h.wait(rid, status)
+        await asyncio.sleep(0.05)  # nothing more is written after the final state
+        return h.writer.commits - before, run_
+
+    async def main() -> None:
+        await h.start()
+        try:
+            n, r = await commits_for("two", "completed")
+            assert n == 2  # a (with the start), b (with the end)
+            assert r.output == {"a": {"done": "read", "part": "A"},
+                                "b": {"done": "read", "part": "B"}}
+            assert [(s["node"], s["status"]) for s in h.steps(r.run_id)] == [
+                ("a", "completed"), ("b", "completed"), ("done", "completed")]
+            records = [msgpack.unpackb(p) for (p,) in h.store.conn.execute(
+                "SELECT payload FROM outbox WHERE stream = 'checkpoints' ORDER BY seq")
+                if msgpack.unpackb(p)["run_id"] == r.run_id]
+            assert [(x.get("node"), x.get("run_status")) for x in records] == [
+                (None, None), ("a", None), ("a", None), ("b", None), ("done", "completed")]
+            assert records[1]["ts"] <= records[2]["ts"]
+
+            n, r = await commits_for("retry", "completed")
+            assert n == 2  # the failed attempt (with the start), the retry (with the end)
+            assert [(s["node"], s["status"]) for s in h.steps(r.run_id)] == [
+                ("a", "failed"), ("a", "completed"), ("done", "completed")]
+
+            n, r = await commits_for("fenced", "completed")
+            assert n == 3  # the start, the intent, the result (with the end)
+
+            n, r = await commits_for("bad_end", "failed")
+            assert "input.missing" in r.error
+            assert [(s["node"], s["status"]) for s in h.steps(r.run_id)] == [("a", "completed")]
         finally:
             await h.stop()
     run(main())
