@@ -31,8 +31,15 @@ def new_run_id() -> str:
 def emit(conn: sqlite3.Connection, stream: str, kind: str, payload: Mapping[str, Any],
          limits: Mapping[str, int] | None = None) -> int:
     """Append one record to the outbox inside the caller's transaction."""
-    body = msgpack.packb(payload if type(payload) is dict else dict(payload), default=str)
-    return append(conn, stream, kind, body, limit=limits.get(stream) if limits else None)
+    return append(conn, stream, kind, pack(payload),
+                  limit=limits.get(stream) if limits else None)
+
+
+def pack(payload: Mapping[str, Any]) -> bytes:
+    """An outbox record's payload, as it goes on the wire."""
+    body: bytes = msgpack.packb(payload if type(payload) is dict else dict(payload),
+                                default=str)
+    return body
 
 
 def queue_run(write: Write, *, workflow: str, input: Any, workflows: Mapping[str, Any],

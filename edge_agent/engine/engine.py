@@ -10,7 +10,6 @@ back to the loop, which holds nothing for it but a timer: a waiting run costs no
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextvars
 import heapq
 import logging
@@ -26,7 +25,8 @@ from typing import Any
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
-from edge_agent.engine.control import emit
+from edge_agent.engine.control import emit, pack
+from sync.outbox import append
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.expressions import ExpressionError, evaluate
@@ -234,9 +234,10 @@ class Engine:
                 return True
             # the start goes with the first node's commit: a start node with no side effect
             # to fence needs no commit of its own (a crash before it leaves the run queued)
-            self._begins[run_id] = lambda c, r=run: self._begin(c, r, wf, span)
-            run = dataclasses.replace(run, status=RUNNING, node=wf.start, node_state={},
-                                      visits={wf.start: 1}, span_id=span)
+            at = self.clock()
+            self._begins[run_id] = lambda c, r=run: self._begin(c, r, wf, span, at=at)
+            run = run.moved(status=RUNNING, node=wf.start, node_state={},
+                            visits={wf.start: 1}, span_id=span)
         node = wf.nodes.get(run.node)  # type: ignore[arg-type]
         if node is None:
             self.finish(run_id, FAILED, error=f"node {run.node!r} is not in workflow "
@@ -259,8 +260,8 @@ class Engine:
                 and not isinstance(binding.tool, RemoteTool))
 
     def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig, span: str,
-               remember: bool = False) -> None:
-        now = self.clock()
+               remember: bool = False, at: float | None = None) -> None:
+        now = self.clock() if at is None else at
         q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
                      visits={wf.start: 1}, node_state={}, span_id=span)
         log.info("run started: workflow %s from %s", wf.name, run.origin)
@@ -312,57 +313,77 @@ class Engine:
         if patch:
             context.update(patch)
         finale = self._finale(wf, next_node, context)
-
-        def tx(conn: sqlite3.Connection) -> bool:
-            now = self.clock()
-            if extra is not None:
-                extra(conn)
-            visit = run.visit(node.name)
-            q.insert_step(conn, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
-                          status=step_status, output=output, started_at=started_at or now,
-                          finished_at=now, call=call, error=error[0] if error else None,
-                          error_kind=error[1] if error else None)
-            record = {"run_id": run.run_id, "workflow": run.workflow, "node": node.name,
-                      "visit": visit, "attempt": attempt, "status": step_status,
-                      "output": output, "ts": now}
-            if next_node is None:
-                self._completed(conn, run, node.name, context, output, now, record)
-                return False
-            visits = dict(run.visits)
+        # Everything but the statements is worked out here, in the run's own thread: under
+        # group commit the leader runs the transaction for many runs, so the less Python in
+        # it, the more of it overlaps with SQLite (which runs without the GIL).
+        now = self.clock()
+        visit = run.visit(node.name)
+        rid = run.run_id
+        ops: list[tuple[str, tuple[Any, ...]]] = [q.step_insert(
+            run_id=rid, node=node.name, visit=visit, attempt=attempt, status=step_status,
+            output=output, started_at=started_at or now, finished_at=now, call=call,
+            error=error[0] if error else None, error_kind=error[1] if error else None)]
+        record = {"run_id": rid, "workflow": run.workflow, "node": node.name, "visit": visit,
+                  "attempt": attempt, "status": step_status, "output": output, "ts": now}
+        records: list[tuple[str, dict[str, Any]]] = []
+        visits = dict(run.visits)
+        fresh: Run | None = None
+        if next_node is not None:
             visits[next_node] = visits.get(next_node, 0) + 1
             bound = wf.nodes[next_node].max_visits
             if bound is not None and visits[next_node] > bound:
                 err = f"node {next_node!r} would run more than max_visits={bound} times"
-                q.update_run(conn, run.run_id, now, status=FAILED, context=context, error=err,
-                             node_state={}, finished_at=now)
-                record.update(run_status=FAILED, error=err)
-                self.emit(conn, "checkpoints", "run.finished", record)
-                return False
-            record["next"] = next_node
-            self.emit(conn, "checkpoints", "step.completed", record)
-            if finale is not None:
-                end_visit, end_output = visits[next_node], finale
-                q.insert_step(conn, run_id=run.run_id, node=next_node, visit=end_visit,
-                              attempt=1, status="completed", output=end_output,
-                              started_at=now, finished_at=now)
-                self._completed(conn, run, next_node, context, end_output, now, {
-                    "run_id": run.run_id, "workflow": run.workflow, "node": next_node,
-                    "visit": end_visit, "attempt": 1, "status": "completed",
-                    "output": end_output, "ts": now}, visits=visits)
-                return False
-            q.checkpoint(conn, run.run_id, now, node=next_node, context=context, visits=visits,
-                         status=None if run.status == RUNNING else RUNNING)
+                ops.append(q.run_update(rid, now, status=FAILED, context=context, error=err,
+                                        node_state={}, finished_at=now))
+                records.append(("run.finished", {**record, "run_status": FAILED, "error": err}))
+                next_node = finale = None
+                log.warning("run failed: %s", err)
+            else:
+                records.append(("step.completed", {**record, "next": next_node}))
+        else:
+            records.append(("run.finished", {**record, "run_status": COMPLETED}))
+            ops.append(q.run_update(rid, now, status=COMPLETED, node=None, context=context,
+                                    output=output, node_state={}, finished_at=now))
+        if next_node is not None and finale is not None:
+            end_visit = visits[next_node]
+            ops.append(q.step_insert(run_id=rid, node=next_node, visit=end_visit, attempt=1,
+                                     status="completed", output=finale, started_at=now,
+                                     finished_at=now))
+            ops.append(q.run_update(rid, now, status=COMPLETED, node=None, context=context,
+                                    output=finale, node_state={}, finished_at=now,
+                                    visits=visits))
+            records.append(("run.finished", {
+                "run_id": rid, "workflow": run.workflow, "node": next_node, "visit": end_visit,
+                "attempt": 1, "status": "completed", "output": finale, "ts": now,
+                "run_status": COMPLETED}))
+            next_node = None
+        elif next_node is not None:
+            ops.append(q.checkpoint_update(rid, now, node=next_node, context=context,
+                                           visits=visits,
+                                           status=None if run.status == RUNNING else RUNNING))
+            # the row as written, so the next step needs no read; a wake from outside
+            # (cancel, decision) makes the next step read the database instead
+            fresh = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
+                              visits=visits, updated_at=now)
+        packed = [(kind, pack(payload)) for kind, payload in records]
+        limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if extra is not None:
+                extra(conn)
+            for sql, params in ops:
+                conn.execute(sql, params)
+            for kind, body in packed:
+                append(conn, "checkpoints", kind, body, limit=limit)
+        self.write(tx, rid)
+        if fresh is not None:
+            self._fresh[rid] = fresh
             log.debug("step %s %s (attempt %d) -> %s", node.name, step_status, attempt,
                       next_node)
-            # the row as just written, so the next step needs no read; a wake from outside
-            # (cancel, decision) makes the next step read the database instead
-            self._fresh[run.run_id] = dataclasses.replace(
-                run, status=RUNNING, node=next_node, node_state={}, context=context,
-                visits=visits, updated_at=now)
-            return True
-        cont: bool = self.write(tx, run.run_id)
-        self._changed(run.run_id)
-        return cont
+        elif records[-1][1].get("run_status") == COMPLETED:
+            log.info("run completed at %s", records[-1][1]["node"])
+        self._changed(rid)
+        return fresh is not None
 
     def _finale(self, wf: WorkflowConfig, next_node: str | None,
                 context: Mapping[str, Any]) -> Any:
@@ -377,16 +398,6 @@ class Engine:
             return evaluate(end.output, context)
         except ExpressionError:
             return None
-
-    def _completed(self, conn: sqlite3.Connection, run: Run, at: str, context: Any,
-                   output: Any, now: float, record: dict[str, Any],
-                   visits: Mapping[str, int] | None = None) -> None:
-        fields: dict[str, Any] = {"visits": visits} if visits is not None else {}
-        q.update_run(conn, run.run_id, now, status=COMPLETED, node=None, context=context,
-                     output=output, node_state={}, finished_at=now, **fields)
-        log.info("run completed at %s", at)
-        record["run_status"] = COMPLETED
-        self.emit(conn, "checkpoints", "run.finished", record)
 
     def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
                   status: str | None = None) -> None:

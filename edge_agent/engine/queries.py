@@ -46,41 +46,50 @@ def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in conn.execute("SELECT status, count(*) FROM runs GROUP BY status")}
 
 
-def update_run(conn: sqlite3.Connection, run_id: str, now: float, **fields: Any) -> None:
+def run_update(run_id: str, now: float, **fields: Any) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE of a run's fields, as SQL and parameters."""
     encoded = {k: dumps(v) if k in ("node_state", "visits", "context", "output") else v
                for k, v in fields.items()}
     encoded["updated_at"] = now
     sets = ", ".join(f"{k} = ?" for k in encoded)
-    conn.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*encoded.values(), run_id))
+    return f"UPDATE runs SET {sets} WHERE run_id = ?", (*encoded.values(), run_id)
 
 
-def checkpoint(conn: sqlite3.Connection, run_id: str, now: float, *, node: str,
-               context: Any, visits: Any, status: str | None) -> None:
+def update_run(conn: sqlite3.Connection, run_id: str, now: float, **fields: Any) -> None:
+    conn.execute(*run_update(run_id, now, **fields))
+
+
+def checkpoint_update(run_id: str, now: float, *, node: str, context: Any, visits: Any,
+                      status: str | None) -> tuple[str, tuple[Any, ...]]:
     """The hot transition: the run moves to its next node with fresh node state. Status is
     written only when it changes (an unchanged status needs no write of its index)."""
     if status is None:
-        conn.execute("UPDATE runs SET node = ?, node_state = '{}', context = ?, visits = ?,"
-                     " updated_at = ? WHERE run_id = ?",
-                     (node, dumps(context), dumps(visits), now, run_id))
-    else:
-        conn.execute("UPDATE runs SET status = ?, node = ?, node_state = '{}', context = ?,"
-                     " visits = ?, updated_at = ? WHERE run_id = ?",
-                     (status, node, dumps(context), dumps(visits), now, run_id))
+        return ("UPDATE runs SET node = ?, node_state = '{}', context = ?, visits = ?,"
+                " updated_at = ? WHERE run_id = ?",
+                (node, dumps(context), dumps(visits), now, run_id))
+    return ("UPDATE runs SET status = ?, node = ?, node_state = '{}', context = ?, visits = ?,"
+            " updated_at = ? WHERE run_id = ?",
+            (status, node, dumps(context), dumps(visits), now, run_id))
 
 
-def insert_step(conn: sqlite3.Connection, *, run_id: str, node: str, visit: int, attempt: int,
-                status: str, started_at: float, finished_at: float, output: Any = None,
+def step_insert(*, run_id: str, node: str, visit: int, attempt: int, status: str,
+                started_at: float, finished_at: float, output: Any = None,
                 error: str | None = None, error_kind: str | None = None,
-                span_id: str | None = None, call: StepCall | None = None) -> int:
-    """One step row; `call` journals an idempotent tool node's call in the same row."""
+                span_id: str | None = None, call: StepCall | None = None
+                ) -> tuple[str, tuple[Any, ...]]:
+    """One step row, as SQL and parameters; `call` journals an idempotent tool node's call
+    in the same row."""
     tool, key, args = call if call is not None else (None, None, None)
-    cur = conn.execute(
-        "INSERT INTO steps (run_id, node, visit, attempt, status, output, error, error_kind,"
-        " started_at, finished_at, span_id, tool, call_key, args)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (run_id, node, visit, attempt, status, None if output is None else dumps(output),
-         error, error_kind, started_at, finished_at, span_id, tool, key,
-         None if call is None else dumps(args)))
+    return ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error, error_kind,"
+            " started_at, finished_at, span_id, tool, call_key, args)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, node, visit, attempt, status, None if output is None else dumps(output),
+             error, error_kind, started_at, finished_at, span_id, tool, key,
+             None if call is None else dumps(args)))
+
+
+def insert_step(conn: sqlite3.Connection, **fields: Any) -> int:
+    cur = conn.execute(*step_insert(**fields))
     return int(cur.lastrowid or 0)
 
 

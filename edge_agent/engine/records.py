@@ -55,6 +55,14 @@ class Run:
                    created_at=row["created_at"], updated_at=row["updated_at"],
                    finished_at=row["finished_at"])
 
+    def moved(self, **changes: Any) -> Run:
+        """A copy with some fields changed: `dataclasses.replace` without its per-field
+        checks, for the engine's hot path (the fields are this class's own)."""
+        new = object.__new__(Run)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL

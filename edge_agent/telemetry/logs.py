@@ -6,13 +6,12 @@ Libraries only call `logging.getLogger(__name__)`; the daemon and the CLI config
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 FIELDS = ("device_id", "workflow", "run_id", "agent", "step", "attempt", "trace_id", "span_id")
@@ -20,15 +19,22 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "edge_agent_log_context", default={})
 
 
-@contextlib.contextmanager
-def log_context(**fields: Any) -> Iterator[None]:
-    """Add ids to every log line emitted inside the block (and tasks started in it)."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items()
-                                                if v is not None}})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+class log_context:  # noqa: N801 - used as a function: `with log_context(run_id=...):`
+    """Add ids to every log line emitted inside the block (and tasks started in it). A plain
+    class rather than a generator context manager: the engine enters one per step."""
+
+    __slots__ = ("fields", "token")
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def __enter__(self) -> None:
+        fields = self.fields
+        self.token = _context.set({**_context.get(), **{k: v for k, v in fields.items()
+                                                       if v is not None}})
+
+    def __exit__(self, *exc: object) -> None:
+        _context.reset(self.token)
 
 
 def bind(**fields: Any) -> None:
