@@ -88,7 +88,7 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
         assert per_node and max(per_node.values()) == 1, per_node.most_common(3)
         for r in runs:
             part = r.input["part"]
-            expected = {"press", "inspect", "weigh", "route", "finish"} | (
+            expected = {"scan", "press", "inspect", "weigh", "route", "finish"} | (
                 set() if part % 2 == 0 else {"fan", "label", "light"})
             completed = {s["node"] for s in store.read(lambda c, r=r: q.steps(c, r.run_id))
                          if s["status"] == "completed"}

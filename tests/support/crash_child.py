@@ -49,7 +49,8 @@ IDEMPOTENT = {"weigh", "light"}
 def workflows() -> dict:
     tools = {n: tool_config(n) for n in TOOLS}
     retry = RetryPolicy(max_attempts=4, initial_delay_s=0.01, multiplier=2, jitter=0.5)
-    wf = (Workflow("cell")
+    wf = (Workflow("cell")  # scan (idempotent) starts the run in the commit of its own step
+          .tool("scan", "weigh", args_from={"part": "input.part"}, next="press", retry=retry)
           .tool("press", "press", args_from={"part": "input.part"}, next="inspect", retry=retry)
           .agent("inspect", "inspector", input="string(input.part)", next="weigh", retry=retry)
           .tool("weigh", "weigh", args_from={"part": "input.part"}, next="route", retry=retry)
