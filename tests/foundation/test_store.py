@@ -201,3 +201,35 @@ def test_group_commit_under_sixteen_writers_settles_every_write(tmp_path: Path) 
     finally:
         w.shutdown()
         s.close()
+
+
+def test_a_database_of_the_previous_schema_upgrades_with_its_calls_intact(
+        tmp_path: Path) -> None:
+    """Migration 4 (calls journaled in step rows) on a file written by the previous release."""
+    from edge_agent.engine import queries as q
+    from edge_agent.store.migrations import MIGRATIONS as REAL
+
+    path = tmp_path / "old.db"
+    old = Store(path, migrations=REAL[:3])
+    with old.atomic() as c:
+        q.insert_run(c, run_id="r1", workflow="w", input={}, origin="local", now=1.0)
+        c.execute("INSERT INTO steps (run_id, node, visit, attempt, status, output, started_at,"
+                  " finished_at) VALUES ('r1', 'a', 1, 1, 'completed', '{\"ok\":true}', 1, 2)")
+        q.journal_result(c, key="r1/a#1/0/0/a1", attempt=1, run_id="r1", node="a#1",
+                         tool="read", args={"x": 1}, status="ok", result={"ok": True},
+                         error=None, error_kind=None, started_at=1.0, now=2.0)
+    old.close()
+    s = Store(path)
+    try:
+        assert s.conn.execute("SELECT version FROM schema_version").fetchone()[0] == 4
+        with s.atomic() as c:
+            q.insert_step(c, run_id="r1", node="b", visit=1, attempt=1, status="completed",
+                          output={"ok": 2}, started_at=3.0, finished_at=4.0,
+                          call=("read", "r1/b#1/0/0/a1", {"x": 2}))
+        calls = s.read(lambda c: q.tool_calls(c, "r1"))
+        assert [(c["source"], c["node"], c["idem_key"], c["args"], c["result"]) for c in calls] \
+            == [("journal", "a#1", "r1/a#1/0/0/a1", {"x": 1}, {"ok": True}),
+                ("step", "b#1", "r1/b#1/0/0/a1", {"x": 2}, {"ok": 2})]
+        assert [st["tool"] for st in s.read(lambda c: q.steps(c, "r1"))] == [None, "read"]
+    finally:
+        s.close()
