@@ -26,12 +26,12 @@ from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.engine.control import emit, pack
-from sync.outbox import append
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.expressions import ExpressionError, evaluate
 from edge_agent.telemetry.logs import log_context
 from edge_agent.store import GroupCommitter, Store
+from sync.outbox import append
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
@@ -303,9 +303,9 @@ class Engine:
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
                 store_output: bool = True, call: q.StepCall | None = None,
                 error: tuple[str, str] | None = None) -> bool:
-        """Commit a finished node and move on: one transaction, one outbox record. When the
-        next node is an `end`, the run completes in the same transaction (an end has nothing
-        to fence)."""
+        """Commit a finished node and move on: one transaction, with the step row, the run's
+        checkpoint and the outbox record. When the next node is an `end`, the run completes in
+        the same transaction (an end has nothing to fence): two step rows, two records."""
         wf = self.workflows[run.workflow]
         context = dict(run.context)
         if store_output and output is not None:
