@@ -7,6 +7,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED = (
     "queued", "running", "waiting_approval", "completed", "failed", "cancelled")
 STATUSES = (QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED)
@@ -14,10 +16,17 @@ TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str).encode
+_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(value: Any) -> str:
-    return _ENCODE(value)
+    """Compact JSON with sorted keys; anything else becomes its str(). orjson is the engine's
+    encoder (every transition encodes the run's context); what it refuses (integers beyond
+    64 bits, strings that are not UTF-8) goes through the standard library's."""
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON).decode()
+    except orjson.JSONEncodeError:
+        return _ENCODE(value)
 
 
 def loads(text: str | None) -> Any:
