@@ -76,14 +76,16 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
         exporter = threading.Thread(target=loop, daemon=True)
         exporter.start()
     await engine.start()
-    ids = [queue_run(writer.write, workflow="bench", input={}, workflows=workflows)
-           for _ in range(runs)]
+    left = [runs]
     commits0 = writer.commits
     start = time.perf_counter()
 
     async def worker() -> None:
-        while ids:
-            await engine.settle(ids.pop())
+        # each run is queued inside the timed loop, as the peers create theirs when invoked
+        while left[0] > 0:
+            left[0] -= 1
+            rid = queue_run(writer.write, workflow="bench", input={}, workflows=workflows)
+            await engine.settle(rid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     stop.set()
