@@ -28,6 +28,7 @@ from edge_agent.runtime import build_agent_runner, build_tools, close_tools, syn
 from edge_agent.store import GroupCommitter, Store
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
+from edge_agent.triggers import EdgeTrigger, stop_all
 
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
@@ -152,8 +153,7 @@ class Daemon:
     async def shutdown(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for trigger in self.edge_triggers:
-            await asyncio.get_running_loop().run_in_executor(None, trigger.stop)
+        await asyncio.get_running_loop().run_in_executor(None, stop_all, self.edge_triggers)
         if self.control:
             await self.control.shutdown()
         if self.engine:
@@ -202,8 +202,8 @@ class Daemon:
         self.engine.agent_runner = build_agent_runner(new, tools)
         close_tools({k: v for k, v in old_tools.items() if tools.get(k) is not v})
         loop = asyncio.get_running_loop()
-        for trigger in self.edge_triggers:  # they wait through the old tools
-            await loop.run_in_executor(None, trigger.stop)
+        # they wait through the old tools: all stop (together) before those close
+        await loop.run_in_executor(None, stop_all, self.edge_triggers)
         self.edge_triggers = []
         self._start_edge_triggers(loop)
         log.info("reloaded %d tools, %d agents, %d workflows", len(tools), len(new.agents),
@@ -292,7 +292,6 @@ class Daemon:
 
     def _start_edge_triggers(self, loop: asyncio.AbstractEventLoop) -> None:
         """One thread per workflow started by a GPIO edge; each edge queues one run."""
-        from edge_agent.triggers import EdgeTrigger
         assert self.writer is not None and self.engine is not None
         writer, engine = self.writer, self.engine
         for wf in self.config.workflows.values():

@@ -39,8 +39,16 @@ class EdgeTrigger:
         self._thread.start()
 
     def stop(self) -> None:
+        self.signal()
+        self.join()
+
+    def signal(self) -> None:
+        """Ask the loop to end (it notices within WAIT_S); `join` waits for it."""
         self._stop.set()
-        self._thread.join(WAIT_S + 1)
+
+    def join(self) -> None:
+        if self._thread.is_alive():
+            self._thread.join(WAIT_S + 1)
 
     def _run(self) -> None:
         args = {"op": "wait_edge", "line": self.spec.line, "edge": self.spec.edge,
@@ -62,3 +70,11 @@ class EdgeTrigger:
                 self.fired += 1
             except Exception:  # noqa: BLE001 - a full outbox or store: log, keep waiting
                 log.exception("trigger %s: could not queue a run", self.workflow)
+
+
+def stop_all(triggers: list[EdgeTrigger]) -> None:
+    """Stop several triggers in the time of one: all are told first, then awaited."""
+    for trigger in triggers:
+        trigger.signal()
+    for trigger in triggers:
+        trigger.join()

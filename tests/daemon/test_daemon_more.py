@@ -229,3 +229,24 @@ def test_bad_edge_triggers_are_config_errors(tmp_path: Path, trigger: str,
     r = cli(config, "config", "check", check=False)
     assert r.returncode == 78 and "workflows.opened.trigger" in r.stderr + r.stdout
     assert message in r.stderr + r.stdout
+
+
+def test_edge_triggers_are_all_told_to_stop_before_any_is_awaited() -> None:
+    """Each trigger notices a stop within its wait; stopping several takes one wait, not N."""
+    from edge_agent.triggers import stop_all
+
+    events: list[tuple[str, int]] = []
+
+    class Recorder:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def signal(self) -> None:
+            events.append(("signal", self.n))
+
+        def join(self) -> None:
+            events.append(("join", self.n))
+
+    stop_all([Recorder(i) for i in range(3)])  # type: ignore[list-item]
+    assert events == [("signal", 0), ("signal", 1), ("signal", 2),
+                      ("join", 0), ("join", 1), ("join", 2)]
