@@ -121,6 +121,30 @@ def append(conn: sqlite3.Connection, stream: str, kind: str, payload: bytes, *,
     return int(seq)
 
 
+def append_many(conn: sqlite3.Connection, stream: str, records: list[tuple[str, bytes]], *,
+                limit: int | None = None, now: float | None = None) -> bool:
+    """Append several records with one sequence bump and one multi-row insert; False (and
+    nothing written) when they do not all fit under the stream's bound, for the caller to
+    append them one by one under the stream's policy."""
+    if stream not in DEFAULT_LIMITS:
+        raise UnknownStream(stream)
+    n, total = len(records), sum(len(payload) for _, payload in records)
+    row = conn.execute(
+        "UPDATE outbox_streams SET last_seq = last_seq + ?, pending_count = pending_count + ?,"
+        " pending_bytes = pending_bytes + ? WHERE stream = ? AND pending_bytes + ? <= ?"
+        " RETURNING last_seq",
+        (n, n, total, stream, total, DEFAULT_LIMITS[stream] if limit is None else limit)
+    ).fetchone()
+    if row is None:
+        return False
+    first, at = row[0] - n + 1, time.time() if now is None else now
+    conn.executemany("INSERT INTO outbox (stream, seq, kind, payload, size, created_at)"
+                     " VALUES (?, ?, ?, ?, ?, ?)",
+                     [(stream, first + i, kind, payload, len(payload), at)
+                      for i, (kind, payload) in enumerate(records)])
+    return True
+
+
 def _drop_oldest(conn: sqlite3.Connection, stream: str, need: int) -> None:
     acked = conn.execute("SELECT acked_seq FROM outbox_streams WHERE stream = ?",
                          (stream,)).fetchone()[0]

@@ -30,8 +30,7 @@ from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.expressions import ExpressionError, evaluate
 from edge_agent.telemetry.logs import log_context
-from edge_agent.store import GroupCommitter, Store
-from sync.outbox import append
+from edge_agent.store import GroupCommitter, Prepared, Store
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
@@ -365,17 +364,13 @@ class Engine:
             # (cancel, decision) makes the next step read the database instead
             fresh = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
                               visits=visits, updated_at=now)
-        packed = [(kind, pack(payload)) for kind, payload in records]
         limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
-
-        def tx(conn: sqlite3.Connection) -> None:
-            if extra is not None:
-                extra(conn)
-            for sql, params in ops:
-                conn.execute(sql, params)
-            for kind, body in packed:
-                append(conn, "checkpoints", kind, body, limit=limit)
-        self.write(tx, rid)
+        prepared = Prepared(ops, [("checkpoints", kind, pack(payload), limit)
+                                  for kind, payload in records])
+        if extra is None:
+            self.write(prepared, rid)  # mergeable with other runs' transitions
+        else:
+            self.write(lambda conn: (extra(conn), prepared(conn)), rid)
         if fresh is not None:
             self._fresh[rid] = fresh
             log.debug("step %s %s (attempt %d) -> %s", node.name, step_status, attempt,

@@ -1,6 +1,6 @@
 """The device database and its group-committing writer."""
 
 from edge_agent.store.db import Store
-from edge_agent.store.writer import GroupCommitter
+from edge_agent.store.writer import GroupCommitter, Prepared
 
-__all__ = ["GroupCommitter", "Store"]
+__all__ = ["GroupCommitter", "Prepared", "Store"]

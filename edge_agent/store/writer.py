@@ -2,6 +2,9 @@
 
 A writer that finds nobody leading becomes the leader: it takes the queued writes, runs each
 in its own savepoint inside one transaction, commits once and hands each writer its result;
+writes given as prepared statements (`Prepared`, the engine's transitions) are merged
+across writers instead, one multi-row statement per kind, and run one by one only if the
+merged form fails;
 once its own write is committed it passes the lead to the oldest waiting writer, whose
 batch then holds whatever queued meanwhile. Writers that arrive while someone leads
 just wait for their own result: no lock convoy, one wake-up each. A lone writer commits at
@@ -15,15 +18,39 @@ import collections
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
+
+from sync.outbox import OutboxError, append, append_many
 
 from edge_agent.errors import StoreError
 from edge_agent.store.db import Store, translate
 
 log = logging.getLogger(__name__)
+
+
+class Prepared(NamedTuple):
+    """A write as data: statements with their parameters, then outbox records
+    (stream, kind, payload, byte bound or None for the stream's default). Running it twice
+    from the start is harmless once the first run was rolled back, which is what lets the
+    leader merge prepared writes without a savepoint each."""
+
+    statements: Sequence[tuple[str, tuple[Any, ...]]]
+    records: Sequence[tuple[str, str, bytes, int | None]] = ()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        for sql, params in self.statements:
+            conn.execute(sql, params)
+        for stream, kind, payload, limit in self.records:
+            append(conn, stream, kind, payload, limit=limit)
+
+
 WriteFn = Callable[[sqlite3.Connection], Any]
+
+
+class _Unmergeable(Exception):
+    """The merged form of a batch's prepared writes cannot be used; run them one by one."""
 
 
 class _Slot:
@@ -104,6 +131,11 @@ class GroupCommitter:
                     if not slot.done:
                         slot.settle(False, exc)
 
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the next batch."""
+        return len(self._queue)
+
     def submit(self, fn: WriteFn) -> Future[Any]:
         """Non-blocking variant for the event loop: the write runs on a helper thread."""
         return self._async_pool.submit(self.write, fn)
@@ -126,6 +158,11 @@ class GroupCommitter:
         results: list[tuple[_Slot, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            prepared = [slot for slot in batch if isinstance(slot.fn, Prepared)]
+            if len(prepared) > 1 and self._merged(conn, prepared):
+                results += [(slot, True, None) for slot in prepared]
+                batch = [slot for slot in batch if not isinstance(slot.fn, Prepared)]
+                single = False
             for i, slot in enumerate(batch):
                 if not single:
                     conn.execute(f"SAVEPOINT w{i}")
@@ -160,6 +197,37 @@ class GroupCommitter:
                     slot.settle(False, err)
             return
         self.commits += 1
-        self.writes += len(batch)
+        self.writes += len(results)
         for slot, ok, value in results:
             slot.settle(ok, value)
+
+    @staticmethod
+    def _merged(conn: sqlite3.Connection, slots: list[_Slot]) -> bool:
+        """Run the batch's prepared writes as one multi-row statement per SQL text and one
+        outbox append per stream, first in the transaction; False, with nothing of them
+        written, when that fails (each then runs in its own savepoint, as any write)."""
+        try:
+            conn.execute("SAVEPOINT merged")
+            try:
+                rows: dict[str, list[tuple[Any, ...]]] = {}
+                records: dict[tuple[str, int | None], list[tuple[str, bytes]]] = {}
+                for slot in slots:
+                    for sql, params in slot.fn.statements:
+                        rows.setdefault(sql, []).append(params)
+                    for stream, kind, payload, limit in slot.fn.records:
+                        records.setdefault((stream, limit), []).append((kind, payload))
+                if len({stream for stream, _ in records}) != len(records):
+                    raise _Unmergeable  # one stream under two bounds
+                for sql, params_list in rows.items():
+                    conn.executemany(sql, params_list)
+                for (stream, limit), recs in records.items():
+                    if not append_many(conn, stream, recs, limit=limit):
+                        raise _Unmergeable  # over the bound: each write meets the policy
+            except (_Unmergeable, sqlite3.Error, OutboxError):
+                conn.execute("ROLLBACK TO merged")
+                conn.execute("RELEASE merged")
+                return False
+            conn.execute("RELEASE merged")
+            return True
+        except sqlite3.Error:
+            return False

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,4 +233,78 @@ def test_a_database_of_the_previous_schema_upgrades_with_its_calls_intact(
                 ("step", "b#1", "r1/b#1/0/0/a1", {"x": 2}, {"ok": 2})]
         assert [st["tool"] for st in s.read(lambda c: q.steps(c, "r1"))] == [None, "read"]
     finally:
+        s.close()
+
+
+def _held_batch(w: GroupCommitter, writes: list[Any]) -> list[Any]:
+    """Write from one thread each while the leader is busy, so the writes reach it as one
+    batch; their outcomes (value or exception) in order."""
+    import time
+
+    gate = threading.Event()
+    out: list[Any] = [None] * len(writes)
+
+    def one(i: int, fn: Any) -> None:
+        try:
+            out[i] = w.write(fn)
+        except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
+            out[i] = exc
+    leading = threading.Event()
+    holder = threading.Thread(target=lambda: w.write(
+        lambda c: (leading.set(), gate.wait(10))))
+    holder.start()
+    assert leading.wait(10)  # the holder's write runs: the next batch is held open
+    threads = [threading.Thread(target=one, args=(i, fn)) for i, fn in enumerate(writes)]
+    for i, t in enumerate(threads):
+        t.start()
+        deadline = time.monotonic() + 10
+        while w.queued < i + 1 and time.monotonic() < deadline:  # queued in this order
+            time.sleep(0.001)
+    gate.set()
+    for t in [holder, *threads]:
+        t.join(10)
+    return out
+
+
+def test_prepared_writes_merge_across_writers_and_fall_back_one_by_one(
+        tmp_path: Path) -> None:
+    """Prepared writes of one batch run as multi-row statements; when the merged form fails
+    (a bad row, the outbox bound) each write runs alone and meets its own outcome."""
+    from edge_agent.store import Prepared
+    from sync.outbox import OutboxFull
+
+    s = Store(tmp_path / "p.db")
+    w = GroupCommitter(s)
+
+    def write(i: int, payload: bytes = b"x" * 10, limit: int | None = None,
+              prefix: str = "m") -> Prepared:
+        return Prepared([("INSERT INTO telemetry_marks (name, value) VALUES (?, ?)",
+                          (f"{prefix}{i}", i))], [("checkpoints", "k", payload, limit)])
+
+    def seqs() -> list[tuple[int, str]]:
+        return s.conn.execute("SELECT seq, kind FROM outbox WHERE stream = 'checkpoints'"
+                              " ORDER BY seq").fetchall()
+    try:
+        commits = w.commits
+        assert _held_batch(w, [write(i) for i in range(6)]) == [None] * 6
+        assert w.commits - commits == 2  # the held write, then all six in one commit
+        assert [r[0] for r in seqs()] == list(range(1, 7))
+        assert s.conn.execute("SELECT count(*) FROM telemetry_marks").fetchone()[0] == 6
+
+        # one row breaks the merged insert (a duplicate key): the others still commit
+        out = _held_batch(w, [write(10), write(0), write(11)])
+        assert out[0] is None and out[2] is None and isinstance(out[1], StoreError)
+        assert [r[0] for r in seqs()] == list(range(1, 9))  # gap-free: 7 and 8 only
+
+        # together over the bound, one by one under it: the first fits, the others refuse
+        pending = s.conn.execute("SELECT pending_bytes FROM outbox_streams WHERE stream ="
+                                 " 'checkpoints'").fetchone()[0]
+        out = _held_batch(w, [write(i, b"y" * 100, limit=pending + 150, prefix="big")
+                              for i in range(3)])
+        assert out[0] is None and all(isinstance(e, OutboxFull) for e in out[1:])
+        assert [r[0] for r in seqs()] == list(range(1, 10))
+        assert s.conn.execute("SELECT count(*) FROM telemetry_marks WHERE name LIKE 'big%'"
+                              ).fetchone()[0] == 1  # a refused write left no row behind
+    finally:
+        w.shutdown()
         s.close()
