@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from sync.outbox import OutboxError, append, append_many
+from sync.outbox import append, append_many
 
 from edge_agent.errors import StoreError
 from edge_agent.store.db import Store, translate
@@ -156,29 +156,33 @@ class GroupCommitter:
         conn = self._conn
         single = len(batch) == 1
         results: list[tuple[_Slot, bool, Any]] = []
+        rest = batch
         try:
             conn.execute("BEGIN IMMEDIATE")
             prepared = [slot for slot in batch if isinstance(slot.fn, Prepared)]
             if len(prepared) > 1 and self._merged(conn, prepared):
                 results += [(slot, True, None) for slot in prepared]
-                batch = [slot for slot in batch if not isinstance(slot.fn, Prepared)]
+                rest = [slot for slot in batch if not isinstance(slot.fn, Prepared)]
                 single = False
-            for i, slot in enumerate(batch):
+            for i, slot in enumerate(rest):
                 if not single:
                     conn.execute(f"SAVEPOINT w{i}")
                 try:
                     value = slot.fn(conn)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    if single:
-                        conn.execute("ROLLBACK")
-                    else:
-                        conn.execute(f"ROLLBACK TO w{i}")
-                        conn.execute(f"RELEASE w{i}")
                     if isinstance(exc, sqlite3.Error):
                         exc = translate(self.store.path, exc)
-                    if single:
-                        slot.settle(False, exc)
+                    if single or not conn.in_transaction:
+                        # the whole transaction is gone: one write, or one that SQLite
+                        # rolled back entirely (a full disk), taking the batch with it
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        for other in batch:
+                            if not other.done:
+                                other.settle(False, exc)
                         return
+                    conn.execute(f"ROLLBACK TO w{i}")
+                    conn.execute(f"RELEASE w{i}")
                     results.append((slot, False, exc))
                 else:
                     if not single:
@@ -223,9 +227,12 @@ class GroupCommitter:
                 for (stream, limit), recs in records.items():
                     if not append_many(conn, stream, recs, limit=limit):
                         raise _Unmergeable  # over the bound: each write meets the policy
-            except (_Unmergeable, sqlite3.Error, OutboxError):
-                conn.execute("ROLLBACK TO merged")
-                conn.execute("RELEASE merged")
+            except Exception:  # noqa: BLE001 - any failure: each write runs alone instead
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO merged")
+                    conn.execute("RELEASE merged")
+                else:  # SQLite rolled the transaction back (a full disk); nothing else ran
+                    conn.execute("BEGIN IMMEDIATE")
                 return False
             conn.execute("RELEASE merged")
             return True

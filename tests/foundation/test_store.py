@@ -308,3 +308,26 @@ def test_prepared_writes_merge_across_writers_and_fall_back_one_by_one(
     finally:
         w.shutdown()
         s.close()
+
+
+def test_a_batch_on_a_full_disk_gives_every_writer_the_typed_error(tmp_path: Path) -> None:
+    from edge_agent.store import Prepared
+
+    s = Store(tmp_path / "pf.db")
+    w = GroupCommitter(s)
+    try:
+        pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+        w.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"))
+        big = [Prepared([("INSERT INTO telemetry_marks (name, value) VALUES (?, ?)",
+                          (f"{i}" + "x" * 6000, i))]) for i in range(4)]
+        out = _held_batch(w, big)
+        assert all(isinstance(e, StoreFull) for e in out), out
+        plain = [lambda c, p=p: p(c) for p in big]  # as plain functions: a savepoint each
+        out = _held_batch(w, plain)
+        assert all(isinstance(e, StoreFull) for e in out), out
+        w.write(lambda c: c.execute("PRAGMA max_page_count = 1000000"))
+        assert _held_batch(w, big) == [None] * 4  # room again: the same writes go through
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        w.shutdown()
+        s.close()
