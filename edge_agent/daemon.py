@@ -49,7 +49,7 @@ class Daemon:
         self.sync: Any = None
         self.control: ControlServer | None = None
         self.tools: dict[str, Any] = {}
-        self.edge_triggers: list[Any] = []
+        self.edge_triggers: list[EdgeTrigger] = []
         self._stop = asyncio.Event()
         self._terms = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -181,18 +181,16 @@ class Daemon:
             log.error("reload rejected, keeping the running configuration:\n%s", exc)
             self.notifier.status("reload rejected: config errors (see log)")
             return
-        try:
-            tools = build_tools(new, self.store)
-        except Exception as exc:  # noqa: BLE001 - a bad tool must not take the daemon down
-            log.error("reload rejected, keeping the running configuration: %s", exc)
-            return
         # an unchanged tool keeps its instance (and its open device); a changed or removed
         # one is closed, so its port or GPIO lines are free for the new one
         old_tools, old_cfg = self.tools, self.config
-        for name in list(tools):
-            if name in old_tools and new.tools[name] == old_cfg.tools.get(name):
-                close_tools({name: tools[name]})
-                tools[name] = old_tools[name]
+        unchanged = {name: binding for name, binding in old_tools.items()
+                     if name in new.tools and new.tools[name] == old_cfg.tools.get(name)}
+        try:
+            tools = build_tools(new, self.store, reuse=unchanged)
+        except Exception as exc:  # noqa: BLE001 - a bad tool must not take the daemon down
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return
         self.tools = tools
         self.config = new
         assert self.engine is not None
@@ -200,10 +198,10 @@ class Daemon:
         self.engine.tools = tools
         self.engine.journal.tools = tools
         self.engine.agent_runner = build_agent_runner(new, tools)
-        close_tools({k: v for k, v in old_tools.items() if tools.get(k) is not v})
         loop = asyncio.get_running_loop()
-        # they wait through the old tools: all stop (together) before those close
+        # edge triggers wait through the old tools: all stop (together) before those close
         await loop.run_in_executor(None, stop_all, self.edge_triggers)
+        close_tools({k: v for k, v in old_tools.items() if tools.get(k) is not v})
         self.edge_triggers = []
         self._start_edge_triggers(loop)
         log.info("reloaded %d tools, %d agents, %d workflows", len(tools), len(new.agents),

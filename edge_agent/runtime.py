@@ -14,14 +14,19 @@ from edge_agent.store import Store
 log = logging.getLogger(__name__)
 
 
-def build_tools(cfg: Config, store: Store | None = None) -> dict[str, ToolBinding]:
+def build_tools(cfg: Config, store: Store | None = None,
+                reuse: Mapping[str, ToolBinding] | None = None) -> dict[str, ToolBinding]:
     """The configured tools; `kv` tools need the device store (without one they are left
-    out, as for `edge-agent tools` run without the daemon's store)."""
+    out, as for `edge-agent tools` run without the daemon's store). A tool in `reuse` is
+    taken as it is, not built again (a reload keeps an unchanged tool and its open device)."""
     out: dict[str, ToolBinding] = {}
     if not cfg.tools:
         return out
     from edge_agent.tools.registry import build_tool
     for name, tc in cfg.tools.items():
+        if reuse and name in reuse:
+            out[name] = reuse[name]
+            continue
         if tc.kind == "kv":
             if store is not None:
                 from edge_agent.tools.base import SchemaTool

@@ -38,10 +38,6 @@ class EdgeTrigger:
     def begin(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self.signal()
-        self.join()
-
     def signal(self) -> None:
         """Ask the loop to end (it notices within WAIT_S); `join` waits for it."""
         self._stop.set()

@@ -147,15 +147,20 @@ class _Related:
 
 def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
               parent: str) -> list[Span]:
+    def call_span(sid: str, tool: str, start: float, end: float, attempt: int, outcome: str,
+                  key: str, error: str | None) -> Span:
+        return Span(s["trace_id"], sid, parent, f"tool {tool}", start, end, {
+            "edge_agent.run_id": s["run_id"], "edge_agent.tool": tool,
+            "edge_agent.attempt": attempt, "edge_agent.outcome": outcome,
+            "edge_agent.idempotency_key": key}, error)
+
     out: list[Span] = []
     if s["tool"] is not None:  # an idempotent call, journaled in its step row
-        status = "ok" if s["status"] == "completed" else "error"
-        out.append(Span(s["trace_id"], span_id(s["run_id"], "stepcall", s["id"]), parent,
-                        f"tool {s['tool']}", s["started_at"], s["finished_at"],
-                        {"edge_agent.run_id": s["run_id"], "edge_agent.tool": s["tool"],
-                         "edge_agent.attempt": s["attempt"], "edge_agent.outcome": status,
-                         "edge_agent.idempotency_key": s["call_key"]},
-                        s["error"] if status == "error" else None))
+        ok = s["status"] == "completed"
+        out.append(call_span(span_id(s["run_id"], "stepcall", s["id"]), s["tool"],
+                             s["started_at"], s["finished_at"], s["attempt"],
+                             "ok" if ok else "error", s["call_key"],
+                             None if ok else s["error"]))
     calls = related.between(related.calls.get(s["run_id"]), "started_at",
                             s["started_at"] - 1, s["finished_at"])
     for c in sorted(calls, key=lambda r: r["id"]):
@@ -165,14 +170,9 @@ def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
         error = c["error"] if status == "error" else (
             "interrupted: the process stopped during this call" if status in
             ("intent", "unknown", "assumed_failed", "confirmed") else None)
-        out.append(Span(s["trace_id"], span_id(s["run_id"], "call", c["id"]), parent,
-                        f"tool {c['tool']}", c["started_at"], c["finished_at"] or
-                        s["finished_at"], {"edge_agent.run_id": s["run_id"],
-                                           "edge_agent.tool": c["tool"],
-                                           "edge_agent.attempt": c["attempt"],
-                                           "edge_agent.outcome": status,
-                                           "edge_agent.idempotency_key": c["idem_key"]},
-                        error))
+        out.append(call_span(span_id(s["run_id"], "call", c["id"]), c["tool"],
+                             c["started_at"], c["finished_at"] or s["finished_at"],
+                             c["attempt"], status, c["idem_key"], error))
     for m in related.between(related.turns.get(s["run_id"]), "created_at", s["started_at"],
                              s["finished_at"]):
         if not scope_matches(m["scope"], step):

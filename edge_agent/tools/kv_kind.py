@@ -42,17 +42,13 @@ class KvState:
         self.collection = collection
 
     def __call__(self, args: Mapping[str, Any], key: str) -> dict[str, Any]:
-        from edge_agent.replication import record_version, replica
+        from edge_agent.replication import replica, write_doc
         name = str(args["key"])
         if args["op"] == "get":
             doc = self.store.read(lambda c: replica(c, self.config).read(self.collection,
                                                                           name))
             found = doc is not None and "value" in doc.value
             return {"key": name, "found": found, "value": doc.value["value"] if found else None}
-
-        def tx(conn: Any) -> str:
-            version = replica(conn, self.config).write(self.collection, name,
-                                                       {"value": args.get("value")})
-            record_version(conn, version)
-            return version.digest
-        return {"key": name, "written": True, "version": self.store.write(tx)[:12]}
+        version = write_doc(self.store, self.config, self.collection, name,
+                            {"value": args.get("value")})
+        return {"key": name, "written": True, "version": version.digest[:12]}

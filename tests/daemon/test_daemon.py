@@ -19,6 +19,37 @@ def start(daemons: list[DaemonProcess], config: Path, tmp_path: Path,
     return d
 
 
+def slow_ledger_workflow(tmp_path: Path, *, device: str, sleep_s: float, nodes: list[str],
+                         timeout_s: float) -> tuple[Path, Path]:
+    """A non-idempotent command tool that sleeps, then appends its argument to `ledger`, and
+    a workflow `w` calling it once per node in order. Returns (config, script)."""
+    script = tmp_path / "slow.sh"
+    script.write_text(f"#!/bin/sh\nsleep {sleep_s}\n"
+                      "echo \"$1\" >> \"$(dirname \"$0\")/ledger\"\n")
+    script.chmod(0o755)
+    chain = [*nodes, "done"]
+    steps = "".join(f'[workflows.w.nodes.{n}]\ntool = "slow"\nargs = {{ n = "{n}" }}\n'
+                    f'next = "{chain[i + 1]}"\n' for i, n in enumerate(nodes))
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[device]
+id = "{device}"
+data_dir = "data"
+runtime_dir = "run"
+[tools.slow]
+kind = "command"
+argv = ["./slow.sh", "{{n}}"]
+params = {{ type = "object", properties = {{ n = {{ type = "string" }} }}, required = ["n"] }}
+idempotent = false
+timeout_s = {timeout_s}
+[workflows.w]
+start = "{nodes[0]}"
+{steps}[workflows.w.nodes.done]
+end = true
+""")
+    return config, script
+
+
 def test_ready_after_recovery_then_status_lines(config: Path, tmp_path: Path,
                                                 daemons: list[DaemonProcess]) -> None:
     # a run queued while the daemon was down is recovered before READY
@@ -117,34 +148,8 @@ def test_cli_with_the_daemon_down_then_up(config: Path, tmp_path: Path,
 
 def test_sigterm_mid_run_then_restart_completes(tmp_path: Path,
                                                 daemons: list[DaemonProcess]) -> None:
-    script = tmp_path / "slow.sh"
-    script.write_text("#!/bin/sh\nsleep 0.5\necho \"$1\" >> \"$(dirname \"$0\")/ledger\"\n")
-    script.chmod(0o755)
-    config = tmp_path / "config.toml"
-    config.write_text("""
-[device]
-id = "cell-2"
-data_dir = "data"
-runtime_dir = "run"
-[tools.slow]
-kind = "command"
-argv = ["./slow.sh", "{n}"]
-params = { type = "object", properties = { n = { type = "string" } }, required = ["n"] }
-idempotent = false
-timeout_s = 5
-[workflows.w]
-start = "a"
-[workflows.w.nodes.a]
-tool = "slow"
-args = { n = "a" }
-next = "b"
-[workflows.w.nodes.b]
-tool = "slow"
-args = { n = "b" }
-next = "done"
-[workflows.w.nodes.done]
-end = true
-""")
+    config, _ = slow_ledger_workflow(tmp_path, device="cell-2", sleep_s=0.5,
+                                     nodes=["a", "b"], timeout_s=5)
     d = start(daemons, config, tmp_path)
     d.wait_for("READY=1")
     rid = cli_json(config, "start", "w")["run_id"]
@@ -205,30 +210,8 @@ def test_one_daemon_per_data_dir_and_config_errors(config: Path, tmp_path: Path,
 def test_a_second_sigterm_aborts_the_drain(tmp_path: Path,
                                            daemons: list[DaemonProcess]) -> None:
     """The first SIGTERM waits for the in-flight step; a second one does not wait."""
-    script = tmp_path / "long.sh"
-    script.write_text("#!/bin/sh\nsleep 8\necho \"$1\" >> \"$(dirname \"$0\")/ledger\"\n")
-    script.chmod(0o755)
-    config = tmp_path / "config.toml"
-    config.write_text("""
-[device]
-id = "cell-4"
-data_dir = "data"
-runtime_dir = "run"
-[tools.long]
-kind = "command"
-argv = ["./long.sh", "{n}"]
-params = { type = "object", properties = { n = { type = "string" } }, required = ["n"] }
-idempotent = false
-timeout_s = 30
-[workflows.w]
-start = "a"
-[workflows.w.nodes.a]
-tool = "long"
-args = { n = "a" }
-next = "done"
-[workflows.w.nodes.done]
-end = true
-""")
+    config, script = slow_ledger_workflow(tmp_path, device="cell-4", sleep_s=8, nodes=["a"],
+                                          timeout_s=30)
     d = start(daemons, config, tmp_path)
     d.wait_for("READY=1")
     rid = cli_json(config, "start", "w")["run_id"]

@@ -209,6 +209,21 @@ def test_a_gpio_edge_starts_a_run_per_edge(tmp_path: Path) -> None:
         while len(cli_json(config, "runs")["runs"]) < 3:
             assert time.time() < deadline
             time.sleep(0.05)
+        # a changed tool is built anew; the old one closes only after its trigger stopped
+        config.write_text(EDGE.replace('kind = "gpio"', 'kind = "gpio"\ndescription = "front"'))
+        request(sock, "gpio_inject", chip="door", offset=4, level=0, timeout=5)
+        d.signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while d.output().count("reloaded 1 tools") < 2:
+            assert time.time() < deadline, d.output()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        request(sock, "gpio_inject", chip="door", offset=4, level=1, timeout=5)
+        deadline = time.time() + 10
+        while len(cli_json(config, "runs")["runs"]) < 4:
+            assert time.time() < deadline, d.output()
+            time.sleep(0.05)
+        assert "waiting on door.sensor failed" not in d.output()
         assert d.stop() == 0
     finally:
         d.close()

@@ -40,8 +40,6 @@ end = true
 """
 
 
-
-
 def device_digest(cfg_path: Path, collection: str, key: str) -> str:
     cfg = load_config(cfg_path)
     store = Store(cfg.db_path)
