@@ -31,6 +31,8 @@ PEERS = {"dbos": ["dbos"], "langgraph": ["langgraph", "langgraph-checkpoint-sqli
 
 
 class Noop:
+    blocks = False  # pure computation: called on the worker with no hand-over (bindings.py)
+
     def __init__(self, idempotent: bool) -> None:
         self.name = "noop"
         self.idempotent = idempotent

@@ -121,6 +121,9 @@ def append(conn: sqlite3.Connection, stream: str, kind: str, payload: bytes, *,
     return int(seq)
 
 
+_ROWS_PER_INSERT = 4096  # 6 variables a row, well under SQLite's 32,766 per statement
+
+
 def append_many(conn: sqlite3.Connection, stream: str, records: list[tuple[str, bytes]], *,
                 limit: int | None = None, now: float | None = None) -> bool:
     """Append several records with one sequence bump and one multi-row insert; False (and
@@ -138,10 +141,13 @@ def append_many(conn: sqlite3.Connection, stream: str, records: list[tuple[str, 
     if row is None:
         return False
     first, at = row[0] - n + 1, time.time() if now is None else now
-    conn.executemany("INSERT INTO outbox (stream, seq, kind, payload, size, created_at)"
-                     " VALUES (?, ?, ?, ?, ?, ?)",
-                     [(stream, first + i, kind, payload, len(payload), at)
-                      for i, (kind, payload) in enumerate(records)])
+    # one multi-row statement: one call into SQLite, where executemany makes one per row
+    for start in range(0, n, _ROWS_PER_INSERT):
+        chunk = records[start:start + _ROWS_PER_INSERT]
+        conn.execute("INSERT INTO outbox (stream, seq, kind, payload, size, created_at) VALUES "
+                     + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                     [v for i, (kind, payload) in enumerate(chunk, first + start)
+                      for v in (stream, i, kind, payload, len(payload), at)])
     return True
 
 

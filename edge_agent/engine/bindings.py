@@ -44,6 +44,13 @@ class ToolBinding:
     def idempotent(self) -> bool:
         return bool(self.tool.idempotent)
 
+    @property
+    def blocks(self) -> bool:
+        """Whether a call may wait (I/O, a process, a lock): every tool unless it declares
+        `blocks = False` (pure computation), which lets the engine call it without handing
+        its queue of runs to another worker first."""
+        return bool(getattr(self.tool, "blocks", True))
+
 
 class AgentContext(Protocol):
     """The journal an agent loop writes through (see edge_agent.agent.AgentStepContext)."""

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import heapq
 import logging
+import os
 import random
 import secrets
 import sqlite3
@@ -28,6 +29,7 @@ from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
+from edge_agent.engine.scheduler import Scheduler
 from edge_agent.expressions import ExpressionError, evaluate
 from edge_agent.telemetry.logs import log_context
 from edge_agent.store import GroupCommitter, Prepared, Store
@@ -37,6 +39,10 @@ Tx = Callable[[sqlite3.Connection], Any]
 # What a node handler returns: True = go on, False = stop (finished or waiting for a human),
 # a float = sleep until that time (durable: the due time is already committed).
 Next = bool | float
+# What a step returns when its transition is committing and the commit's continuation will
+# drive the run on: the worker is free for other runs meanwhile.
+PENDING: Any = type("Pending", (), {"__repr__": lambda self: "PENDING"})()
+_local = threading.local()  # .drive = (run_id, future) on a worker driving that run
 
 
 class Engine:
@@ -59,7 +65,10 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
-        self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="run")
+        # runs are driven by about one busy worker per core; more only while calls block
+        self.sched = Scheduler(workers=os.cpu_count() or 2, max_workers=max_workers,
+                               between=writer.let_through)
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine")
         self.branch_pool = ThreadPoolExecutor(max_workers=max_workers,
                                               thread_name_prefix="branch")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,6 +123,7 @@ class Engine:
             if pending:
                 log.warning("%d runs did not reach a checkpoint within %.0fs; they resume from "
                             "their last one at the next start", len(pending), timeout)
+        self.sched.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.branch_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -154,10 +164,12 @@ class Engine:
         if current is not None and not current.done():
             self._again.add(run_id)
             return
-        fut = self.pool.submit(contextvars.copy_context().run, self._drive, run_id)
+        fut: Future[Any] = Future()
         self._driving[run_id] = fut
         loop = self._loop
         fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._driven, run_id, f))
+        ctx = contextvars.copy_context()
+        self.sched.submit(lambda: ctx.run(self._drive, run_id, fut))
 
     def _driven(self, run_id: str, fut: Future[Any]) -> None:
         if self._driving.get(run_id) is fut:
@@ -196,21 +208,41 @@ class Engine:
                 self.schedule_timeout(at, approval_id, run_id)
 
     # driving (worker thread side) -------------------------------------------------------------
-    def _drive(self, run_id: str) -> Any:
+    def _drive(self, run_id: str, fut: Future[Any],
+               resume: Callable[[], Next] | None = None) -> None:
+        """Take a run through as many nodes as it can go without waiting; `resume` first
+        finishes a step whose commit has just landed. The drive's future settles when the
+        run finishes, sleeps or waits for a human, not while a commit is in flight."""
+        outcome: Any = None
         try:
-            with log_context(run_id=run_id, device_id=self.device_id):
-                while not self.stopping.is_set():
-                    outcome = self.step(run_id)
-                    if outcome is not True:
-                        return outcome
-        except Exception as exc:  # noqa: BLE001 - a bug must fail one run, not the daemon
-            log.exception("run %s failed inside the engine", run_id)
-            self.finish(run_id, FAILED, error=f"engine error: {exc}")
+            try:
+                outcome = self._steps(run_id, fut, resume)
+            except Exception as exc:  # noqa: BLE001 - a bug fails one run, not the daemon
+                outcome = None
+                with log_context(run_id=run_id, device_id=self.device_id):
+                    log.exception("run %s failed inside the engine", run_id)
+                    self.finish(run_id, FAILED, error=f"engine error: {exc}")
         finally:
-            # the remembered row serves the steps of this drive only: whatever wakes the run
-            # next (a decision, a cancel, a timer) may have changed it in the database
-            self._fresh.pop(run_id, None)
-        return None
+            if outcome is not PENDING:  # else the run is no longer this thread's business
+                # the remembered row serves the steps of this drive only: whatever wakes the
+                # run next (a decision, a cancel, a timer) may have changed it in the database
+                self._fresh.pop(run_id, None)
+                fut.set_result(None if outcome is True else outcome)
+
+    def _steps(self, run_id: str, fut: Future[Any], resume: Callable[[], Next] | None) -> Any:
+        if resume is not None:
+            outcome = resume()
+            if outcome is not True:
+                return outcome
+        _local.drive = (run_id, fut)
+        try:
+            while not self.stopping.is_set():
+                outcome = self.step(run_id)
+                if outcome is not True:
+                    return outcome
+            return None
+        finally:
+            _local.drive = None
 
     def step(self, run_id: str) -> Next:
         """Advance a run by one node."""
@@ -228,6 +260,9 @@ class Engine:
             return False
         if run.status == QUEUED or run.node is None:
             span = secrets.token_hex(8)
+            with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
+                             trace_id=run.trace_id):
+                log.info("run started: workflow %s from %s", wf.name, run.origin)
             if not self._folds_begin(wf):
                 self.write(lambda c: self._begin(c, run, wf, span, remember=True))
                 return True
@@ -243,7 +278,8 @@ class Engine:
                         f"{wf.name!r} any more")
             return False
         try:
-            with log_context(workflow=run.workflow, step=node.name, trace_id=run.trace_id):
+            with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
+                             step=node.name, trace_id=run.trace_id):
                 return self.nodes.run(run, wf, node)
         finally:
             begin = self._begins.pop(run_id, None)
@@ -263,7 +299,6 @@ class Engine:
         now = self.clock() if at is None else at
         q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
                      visits={wf.start: 1}, node_state={}, span_id=span)
-        log.info("run started: workflow %s from %s", wf.name, run.origin)
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
                                                        "node": wf.start, "ts": now})
         if remember:
@@ -279,9 +314,14 @@ class Engine:
             def fn(conn: sqlite3.Connection) -> Any:
                 begin(conn)
                 return inner(conn)
-        result = self.writer.write(fn)
+        with self.sched.blocking():
+            result = self.writer.write(fn)
         self.notify()
         return result
+
+    def blocking(self, blocks: bool = True) -> Any:
+        """`with engine.blocking():` around anything a driving worker waits for."""
+        return self.sched.blocking(blocks)
 
     def read(self, fn: Tx) -> Any:
         return self.store.read(fn)
@@ -367,16 +407,44 @@ class Engine:
         limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
         prepared = Prepared(ops, [("checkpoints", kind, pack(payload), limit)
                                   for kind, payload in records])
-        if extra is None:
-            self.write(prepared, rid)  # mergeable with other runs' transitions
-        else:
-            self.write(lambda conn: (extra(conn), prepared(conn)), rid)
+        # a Prepared alone is mergeable with other runs' transitions
+        fn: Tx = prepared if extra is None else (lambda conn: (extra(conn), prepared(conn)))
+        drive = getattr(_local, "drive", None)
+        if drive is not None and drive[0] == rid:
+            # driven by the scheduler: hand the commit over and free this worker; the run goes
+            # on (or the error surfaces) once the commit that holds the step has landed
+            begin = self._begins.pop(rid, None)
+            if begin is not None:
+                inner = fn
+
+                def fn(conn: sqlite3.Connection) -> Any:
+                    begin(conn)
+                    return inner(conn)
+            fut = drive[1]
+
+            def landed(ok: bool, value: Any) -> None:
+                def resume() -> Next:
+                    if not ok:
+                        raise value
+                    self.notify()
+                    return self._advanced(rid, fresh, records)
+                self.sched.submit(lambda: self._drive(rid, fut, resume))
+            self.writer.write_then(fn, landed)
+            return PENDING  # type: ignore[no-any-return]
+        self.write(fn, rid)
+        return self._advanced(rid, fresh, records)
+
+    def _advanced(self, rid: str, fresh: Run | None,
+                  records: list[tuple[str, dict[str, Any]]]) -> bool:
+        """After a transition's commit: remember the row, tell the listeners."""
         if fresh is not None:
             self._fresh[rid] = fresh
-            log.debug("step %s %s (attempt %d) -> %s", node.name, step_status, attempt,
-                      next_node)
+            if log.isEnabledFor(logging.DEBUG):
+                with log_context(run_id=rid, device_id=self.device_id):
+                    log.debug("step %s committed -> %s", records[-1][1]["node"], fresh.node)
         elif records[-1][1].get("run_status") == COMPLETED:
-            log.info("run completed at %s", records[-1][1]["node"])
+            with log_context(run_id=rid, device_id=self.device_id):
+                log.info("run completed at %s", records[-1][1]["node"])
         self._changed(rid)
         return fresh is not None
 

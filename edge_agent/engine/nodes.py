@@ -78,8 +78,10 @@ class NodeRunner:
             if row["status"] in ("ok", "confirmed"):
                 return self.e.advance(run, node, output=row["result"], next_node=node.next,
                                             attempt=attempt)
-        res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key, attempt=attempt,
-                                     name=node.tool, args=args, write_result=False)
+        with self.e.blocking(binding.blocks or not binding.idempotent):
+            res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
+                                         attempt=attempt, name=node.tool, args=args,
+                                         write_result=False)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
         record: Tx | None = None
@@ -186,7 +188,8 @@ class NodeRunner:
         ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
         begun = self.e.clock()
         try:
-            outcome = self.e.agent_runner(agent, message, ctx)
+            with self.e.blocking():  # a model turn takes seconds: other runs go on meanwhile
+                outcome = self.e.agent_runner(agent, message, ctx)
         except UnknownOutcome as u:
             binding = self.e.tools.get(u.tool)
             on_unknown = node.on_unknown or (binding.on_unknown if binding else "escalate")

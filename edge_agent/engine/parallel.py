@@ -54,7 +54,8 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
     waiting = set(tasks)
     unknown: list[tuple[str, dict[str, Any]]] = []
     while outcome is None and waiting:
-        finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+        with e.blocking():
+            finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
         for task in finished:
             name = tasks[task]
             result = task.result()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -47,6 +48,65 @@ class Prepared(NamedTuple):
 
 
 WriteFn = Callable[[sqlite3.Connection], Any]
+Then = Callable[[bool, Any], None]
+
+
+_INSERT = re.compile(r"(INSERT INTO \w+ \([\w, ]+\) VALUES )(\((?:\?, )*\?\))")
+_UPDATE = re.compile(r"UPDATE (\w+) SET (.+) WHERE (\w+) = \?")
+_ASSIGN = re.compile(r"(\w+) = (\?|'[^',]*'|\w+)")
+_forms: dict[str, tuple[str, str, int] | None] = {}
+# each multi-row form stays well under SQLite's bound on variables per statement (32,766)
+_MAX_VARS = 30000
+
+
+def _form(sql: str) -> tuple[str, str, int] | None:
+    """How a one-row statement repeats for many rows: (head, per-row tuple, key position)
+    for `INSERT ... VALUES (?, ...)`, or for `UPDATE t SET c = ?, ... WHERE k = ?` the
+    equivalent `UPDATE ... FROM (VALUES ...)` (keyed, so a batch must hold each key once);
+    None for anything else."""
+    if sql in _forms:
+        return _forms[sql]
+    form: tuple[str, str, int] | None = None
+    if m := _INSERT.fullmatch(sql):
+        form = (m.group(1), m.group(2), -1)
+    elif (m := _UPDATE.fullmatch(sql)) and sqlite3.sqlite_version_info >= (3, 33):
+        table, sets, key = m.groups()
+        parts = sets.split(", ")
+        assigns = [_ASSIGN.fullmatch(p) for p in parts]
+        if all(assigns):
+            n, out = 0, []
+            for a in assigns:
+                col, value = a.groups()  # type: ignore[union-attr]
+                if value == "?":
+                    n += 1
+                    value = f"v.column{n}"
+                out.append(f"{col} = {value}")
+            tuple_ = "(" + ", ".join("?" * (n + 1)) + ")"
+            form = (f"UPDATE {table} SET {', '.join(out)} FROM (VALUES ", tuple_, n)
+            form = (form[0], form[1], n)
+            _forms[sql] = (form[0] + "\x00" + f") AS v WHERE {table}.{key} = v.column{n + 1}",
+                           tuple_, n)
+            return _forms[sql]
+    _forms[sql] = form
+    return form
+
+
+def _multi_row(sql: str, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]] | None:
+    """One statement for all rows (one call into SQLite instead of one per row, each of
+    which hands the GIL around), or None to run them one by one."""
+    if len(rows) < 2:
+        return None
+    form = _form(sql)
+    if form is None or len(rows) * len(rows[0]) > _MAX_VARS:
+        return None
+    head, tuple_, key = form
+    values = ", ".join([tuple_] * len(rows))
+    if key >= 0:  # an UPDATE: each key once, or the result would depend on the order
+        if len({r[key] for r in rows}) != len(rows):
+            return None
+        head, _, tail = head.partition("\x00")
+        return head + values + tail, [v for r in rows for v in r]
+    return head + values, [v for r in rows for v in r]
 
 
 class _Unmergeable(Exception):
@@ -58,23 +118,31 @@ class _Slot:
     gate is a held lock released exactly once: for the result, or to hand over the lead
     (cheaper than an Event, whose Condition allocates a lock for every wait)."""
 
-    __slots__ = ("fn", "done", "ok", "value", "lead", "gate")
+    __slots__ = ("fn", "done", "ok", "value", "lead", "gate", "then")
 
-    def __init__(self, fn: WriteFn) -> None:
+    def __init__(self, fn: WriteFn, then: Then | None = None) -> None:
         self.fn = fn
         self.done = False
         self.ok = False
         self.value: Any = None
         self.lead = False
-        self.gate = threading.Lock()
-        self.gate.acquire()
+        self.then = then
+        if then is None:
+            self.gate = threading.Lock()
+            self.gate.acquire()
 
     def wait(self) -> None:
         self.gate.acquire()
 
     def settle(self, ok: bool, value: Any) -> None:
         self.ok, self.value, self.done = ok, value, True
-        self.gate.release()
+        if self.then is None:
+            self.gate.release()
+            return
+        try:
+            self.then(ok, value)
+        except Exception:  # noqa: BLE001 - a continuation must not break the batch
+            log.exception("write continuation failed")
 
     def hand_lead(self) -> None:
         self.lead = True
@@ -90,6 +158,11 @@ class GroupCommitter:
         self._leading = False
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._pressing = False
+        self._press = threading.Lock()  # held while a batch is written (see let_through)
+        self._committer: threading.Thread | None = None
+        self._committer_gate = threading.Lock()
+        self._committer_gate.acquire()
         self._async_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
         self.commits = 0
         self.writes = 0
@@ -112,15 +185,38 @@ class GroupCommitter:
             return slot.value
         raise slot.value
 
-    def _lead_until(self, own: _Slot) -> None:
-        """Commit batches until our own write is in one, then pass the lead on."""
+    def write_then(self, fn: WriteFn, then: Then) -> None:
+        """Queue fn without waiting: `then(ok, value)` is called once, after the COMMIT that
+        holds it (or with the error), on whichever thread committed it. It must be quick:
+        the continuation of a run is handed to a scheduler, not run there. If nobody is
+        committing, the caller commits now, on its own thread."""
+        if self._closed:
+            raise StoreError("store writer is shut down")
+        slot = _Slot(fn, then)
+        with self._mutex:
+            self._queue.append(slot)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead_until(slot)
+
+    def _lead_until(self, own: _Slot | None) -> None:
+        """Commit batches until our own write is in one, then pass the lead on: to the
+        oldest writer waiting for its result, or, with only continuations queued, to the
+        committer thread (a writer whose own write is done has its own work to get back to:
+        the event loop, other runs). The committer (`own` None) leads until the queue is
+        empty."""
         while True:
             with self._mutex:
                 if not self._queue:
                     self._leading = False
                     return
-                if own.done:
-                    self._queue[0].hand_lead()  # leading stays True: the lead passes on
+                if own is not None and own.done:  # leading stays True: the lead passes on
+                    waiter = next((s for s in self._queue if s.then is None), None)
+                    if waiter is not None:
+                        waiter.hand_lead()
+                    else:
+                        self._wake_committer()
                     return
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
@@ -130,6 +226,26 @@ class GroupCommitter:
                 for slot in batch:        # is still released or passed on below
                     if not slot.done:
                         slot.settle(False, exc)
+
+    def let_through(self) -> None:
+        """Called by threads between pieces of Python work: while a batch is being written
+        (the part that needs the GIL between its calls into SQLite) wait for it, briefly, so
+        the commit everyone waits for is not queued behind them for the GIL."""
+        if self._pressing and self._press.acquire(timeout=0.002):
+            self._press.release()
+
+    def _wake_committer(self) -> None:
+        """Hand the lead to the committer thread (mutex held; started on first use)."""
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                               name="store-commit")
+            self._committer.start()
+        self._committer_gate.release()
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._committer_gate.acquire()  # released exactly once per hand-over
+            self._lead_until(None)
 
     @property
     def queued(self) -> int:
@@ -154,6 +270,16 @@ class GroupCommitter:
         if self._conn is None:
             self._conn = self.store._open()
         conn = self._conn
+        self._press.acquire()
+        self._pressing = True
+        try:
+            self._write_batch(conn, batch)
+        finally:
+            if self._pressing:
+                self._pressing = False
+                self._press.release()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Slot]) -> None:
         single = len(batch) == 1
         results: list[tuple[_Slot, bool, Any]] = []
         rest = batch
@@ -188,6 +314,8 @@ class GroupCommitter:
                     if not single:
                         conn.execute(f"RELEASE w{i}")
                     results.append((slot, True, value))
+            self._pressing = False
+            self._press.release()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -208,33 +336,32 @@ class GroupCommitter:
     @staticmethod
     def _merged(conn: sqlite3.Connection, slots: list[_Slot]) -> bool:
         """Run the batch's prepared writes as one multi-row statement per SQL text and one
-        outbox append per stream, first in the transaction; False, with nothing of them
-        written, when that fails (each then runs in its own savepoint, as any write)."""
+        outbox append per stream. They go first in a fresh transaction, so when that fails
+        the transaction is simply begun again (no savepoint: each costs a call into SQLite,
+        and so a trip through the GIL, on the path every writer waits on) and False is
+        returned, for each write to run alone in its own savepoint, as any write."""
         try:
-            conn.execute("SAVEPOINT merged")
-            try:
-                rows: dict[str, list[tuple[Any, ...]]] = {}
-                records: dict[tuple[str, int | None], list[tuple[str, bytes]]] = {}
-                for slot in slots:
-                    for sql, params in slot.fn.statements:
-                        rows.setdefault(sql, []).append(params)
-                    for stream, kind, payload, limit in slot.fn.records:
-                        records.setdefault((stream, limit), []).append((kind, payload))
-                if len({stream for stream, _ in records}) != len(records):
-                    raise _Unmergeable  # one stream under two bounds
-                for sql, params_list in rows.items():
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            records: dict[tuple[str, int | None], list[tuple[str, bytes]]] = {}
+            for slot in slots:
+                for sql, params in slot.fn.statements:
+                    rows.setdefault(sql, []).append(params)
+                for stream, kind, payload, limit in slot.fn.records:
+                    records.setdefault((stream, limit), []).append((kind, payload))
+            if len({stream for stream, _ in records}) != len(records):
+                raise _Unmergeable  # one stream under two bounds
+            for sql, params_list in rows.items():
+                multi = _multi_row(sql, params_list)
+                if multi is None:
                     conn.executemany(sql, params_list)
-                for (stream, limit), recs in records.items():
-                    if not append_many(conn, stream, recs, limit=limit):
-                        raise _Unmergeable  # over the bound: each write meets the policy
-            except Exception:  # noqa: BLE001 - any failure: each write runs alone instead
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK TO merged")
-                    conn.execute("RELEASE merged")
-                else:  # SQLite rolled the transaction back (a full disk); nothing else ran
-                    conn.execute("BEGIN IMMEDIATE")
-                return False
-            conn.execute("RELEASE merged")
-            return True
-        except sqlite3.Error:
+                else:
+                    conn.execute(*multi)
+            for (stream, limit), recs in records.items():
+                if not append_many(conn, stream, recs, limit=limit):
+                    raise _Unmergeable  # over the bound: each write meets the policy
+        except Exception:  # noqa: BLE001 - any failure: each write runs alone instead
+            if conn.in_transaction:  # else SQLite rolled it back itself (a full disk)
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")  # an error here fails the whole batch, typed
             return False
+        return True
