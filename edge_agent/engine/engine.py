@@ -31,8 +31,8 @@ from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.expressions import ExpressionError, evaluate
-from edge_agent.telemetry.logs import log_context
 from edge_agent.store import GroupCommitter, Prepared, Store
+from edge_agent.telemetry.logs import log_context
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
@@ -252,6 +252,12 @@ class Engine:
         if run is None or run.finished:
             return False
         wf = self.workflows.get(run.workflow)
+        # one log context for everything the step does (the drive adds none: one per step)
+        with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
+                         step=run.node or (wf.start if wf else None), trace_id=run.trace_id):
+            return self._step(run_id, run, wf)
+
+    def _step(self, run_id: str, run: Run, wf: WorkflowConfig | None) -> Next:
         if wf is None:
             self.finish(run_id, FAILED, error=f"workflow {run.workflow!r} is not loaded")
             return False
@@ -260,9 +266,7 @@ class Engine:
             return False
         if run.status == QUEUED or run.node is None:
             span = secrets.token_hex(8)
-            with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
-                             trace_id=run.trace_id):
-                log.info("run started: workflow %s from %s", wf.name, run.origin)
+            log.info("run started: workflow %s from %s", wf.name, run.origin)
             if not self._folds_begin(wf):
                 self.write(lambda c: self._begin(c, run, wf, span, remember=True))
                 return True
@@ -278,9 +282,7 @@ class Engine:
                         f"{wf.name!r} any more")
             return False
         try:
-            with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
-                             step=node.name, trace_id=run.trace_id):
-                return self.nodes.run(run, wf, node)
+            return self.nodes.run(run, wf, node)
         finally:
             begin = self._begins.pop(run_id, None)
             if begin is not None:  # a path that wrote nothing for the run: start it alone
@@ -345,6 +347,7 @@ class Engine:
         """Commit a finished node and move on: one transaction, with the step row, the run's
         checkpoint and the outbox record. When the next node is an `end`, the run completes in
         the same transaction (an end has nothing to fence): two step rows, two records."""
+        self.writer.let_through()
         wf = self.workflows[run.workflow]
         context = dict(run.context)
         if store_output and output is not None:
@@ -439,10 +442,9 @@ class Engine:
         """After a transition's commit: remember the row, tell the listeners."""
         if fresh is not None:
             self._fresh[rid] = fresh
-            if log.isEnabledFor(logging.DEBUG):
-                with log_context(run_id=rid, device_id=self.device_id):
-                    log.debug("step %s committed -> %s", records[-1][1]["node"], fresh.node)
+            log.debug("step %s committed -> %s", records[-1][1]["node"], fresh.node)
         elif records[-1][1].get("run_status") == COMPLETED:
+            # after a continuation this runs outside the step's log context: give it its own
             with log_context(run_id=rid, device_id=self.device_id):
                 log.info("run completed at %s", records[-1][1]["node"])
         self._changed(rid)

@@ -69,7 +69,8 @@ class NodeRunner:
                                 args)
         # An idempotent call writes its journal row only with the transition, so there is
         # nothing to replay: re-running it is the recovery. Only fenced calls need a look.
-        row = None if binding.idempotent else self.e.read(lambda c: q.journal_get(c, key, attempt))
+        idempotent = binding.idempotent
+        row = None if idempotent else self.e.read(lambda c: q.journal_get(c, key, attempt))
         if row is not None:
             if row["status"] in ("intent", "unknown"):
                 on_unknown = node.on_unknown or binding.on_unknown
@@ -78,7 +79,7 @@ class NodeRunner:
             if row["status"] in ("ok", "confirmed"):
                 return self.e.advance(run, node, output=row["result"], next_node=node.next,
                                             attempt=attempt)
-        with self.e.blocking(binding.blocks or not binding.idempotent):
+        with self.e.blocking(binding.blocks or not idempotent):
             res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
                                          attempt=attempt, name=node.tool, args=args,
                                          write_result=False)
@@ -86,7 +87,7 @@ class NodeRunner:
         # row itself, a fenced one completes its intent row
         record: Tx | None = None
         call: q.StepCall | None = (node.tool, key, args)
-        if not binding.idempotent:
+        if not idempotent:
             call = None
             record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope,
                                        key=key, attempt=attempt, name=node.tool, args=args,

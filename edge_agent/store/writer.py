@@ -21,12 +21,12 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
 from typing import Any, NamedTuple
-
-from sync.outbox import append, append_many
 
 from edge_agent.errors import StoreError
 from edge_agent.store.db import Store, translate
+from sync.outbox import append, append_many
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +54,33 @@ Then = Callable[[bool, Any], None]
 _INSERT = re.compile(r"(INSERT INTO \w+ \([\w, ]+\) VALUES )(\((?:\?, )*\?\))")
 _UPDATE = re.compile(r"UPDATE (\w+) SET (.+) WHERE (\w+) = \?")
 _ASSIGN = re.compile(r"(\w+) = (\?|'[^',]*'|\w+)")
-_forms: dict[str, tuple[str, str, int] | None] = {}
-# each multi-row form stays well under SQLite's bound on variables per statement (32,766)
+# each multi-row statement stays well under SQLite's bound on variables (32,766)
 _MAX_VARS = 30000
 
 
-def _form(sql: str) -> tuple[str, str, int] | None:
-    """How a one-row statement repeats for many rows: (head, per-row tuple, key position)
-    for `INSERT ... VALUES (?, ...)`, or for `UPDATE t SET c = ?, ... WHERE k = ?` the
-    equivalent `UPDATE ... FROM (VALUES ...)` (keyed, so a batch must hold each key once);
-    None for anything else."""
+class _Form(NamedTuple):
+    head: str
+    row: str        # the placeholders of one row, repeated once per row
+    tail: str
+    key: int | None  # for an UPDATE, the position of the row's key among its parameters
+
+
+_forms: dict[str, _Form | None] = {}
+
+
+def _form(sql: str) -> _Form | None:
+    """How a one-row statement repeats for many rows: `INSERT ... VALUES (?, ...)` takes
+    more value tuples; `UPDATE t SET c = ?, ... WHERE k = ?` becomes the equivalent
+    `UPDATE t SET c = v.column1, ... FROM (VALUES ...) AS v WHERE t.k = v.columnN`. None
+    for any other statement (it runs row by row)."""
     if sql in _forms:
         return _forms[sql]
-    form: tuple[str, str, int] | None = None
+    form: _Form | None = None
     if m := _INSERT.fullmatch(sql):
-        form = (m.group(1), m.group(2), -1)
+        form = _Form(m.group(1), m.group(2), "", None)
     elif (m := _UPDATE.fullmatch(sql)) and sqlite3.sqlite_version_info >= (3, 33):
         table, sets, key = m.groups()
-        parts = sets.split(", ")
-        assigns = [_ASSIGN.fullmatch(p) for p in parts]
+        assigns = [_ASSIGN.fullmatch(part) for part in sets.split(", ")]
         if all(assigns):
             n, out = 0, []
             for a in assigns:
@@ -81,32 +89,28 @@ def _form(sql: str) -> tuple[str, str, int] | None:
                     n += 1
                     value = f"v.column{n}"
                 out.append(f"{col} = {value}")
-            tuple_ = "(" + ", ".join("?" * (n + 1)) + ")"
-            form = (f"UPDATE {table} SET {', '.join(out)} FROM (VALUES ", tuple_, n)
-            form = (form[0], form[1], n)
-            _forms[sql] = (form[0] + "\x00" + f") AS v WHERE {table}.{key} = v.column{n + 1}",
-                           tuple_, n)
-            return _forms[sql]
-    _forms[sql] = form
+            form = _Form(f"UPDATE {table} SET {', '.join(out)} FROM (VALUES ",
+                         "(" + ", ".join("?" * (n + 1)) + ")",
+                         f") AS v WHERE {table}.{key} = v.column{n + 1}", n)
+    if len(_forms) < 512:  # the engine's statements are a small fixed set
+        _forms[sql] = form
     return form
 
 
 def _multi_row(sql: str, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]] | None:
-    """One statement for all rows (one call into SQLite instead of one per row, each of
-    which hands the GIL around), or None to run them one by one."""
+    """One statement for all rows (one call into SQLite, where executemany makes one per
+    row and hands the GIL around for each), or None to run them one by one: a single row,
+    a statement of another shape, or an UPDATE naming one key twice (its result would
+    depend on the order)."""
     if len(rows) < 2:
         return None
     form = _form(sql)
     if form is None or len(rows) * len(rows[0]) > _MAX_VARS:
         return None
-    head, tuple_, key = form
-    values = ", ".join([tuple_] * len(rows))
-    if key >= 0:  # an UPDATE: each key once, or the result would depend on the order
-        if len({r[key] for r in rows}) != len(rows):
-            return None
-        head, _, tail = head.partition("\x00")
-        return head + values + tail, [v for r in rows for v in r]
-    return head + values, [v for r in rows for v in r]
+    if form.key is not None and len({r[form.key] for r in rows}) != len(rows):
+        return None
+    return (form.head + ", ".join([form.row] * len(rows)) + form.tail,
+            list(chain.from_iterable(rows)))
 
 
 class _Unmergeable(Exception):
