@@ -83,10 +83,12 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     start = time.perf_counter()
 
     async def worker() -> None:
-        # each run is queued inside the timed loop, as the peers create theirs when invoked
+        # each run is queued inside the timed loop, as the peers create theirs when invoked,
+        # and off the event loop, as the daemon queues its triggered runs
         while left[0] > 0:
             left[0] -= 1
-            rid = queue_run(writer.write, workflow="bench", input={}, workflows=workflows)
+            rid = await asyncio.to_thread(queue_run, writer.write, workflow="bench", input={},
+                                          workflows=workflows)
             await engine.settle(rid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start

@@ -309,8 +309,10 @@ class Daemon:
         assert self.writer is not None and self.engine is not None
         while True:
             await asyncio.sleep(wf.trigger.every_s)
-            run_id = queue_run(self.writer.write, workflow=wf.name, input=dict(wf.trigger.input),
-                               workflows=self.config.workflows, origin="trigger")
+            # off the event loop: the commit may wait for a batch of other runs' steps
+            run_id = await asyncio.to_thread(
+                queue_run, self.writer.write, workflow=wf.name, input=dict(wf.trigger.input),
+                workflows=self.config.workflows, origin="trigger")
             self.engine.wake(run_id)
 
     # status -----------------------------------------------------------------------------------
