@@ -165,6 +165,7 @@ class GroupCommitter:
         self._pressing = False
         self._press = threading.Lock()  # held while a batch is written (see let_through)
         self._committer: threading.Thread | None = None
+        self._handed = False  # the lead is with the committer (or on its way to it)
         self._committer_gate = threading.Lock()
         self._committer_gate.acquire()
         self._async_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
@@ -219,9 +220,10 @@ class GroupCommitter:
                     waiter = next((s for s in self._queue if s.then is None), None)
                     if waiter is not None:
                         waiter.hand_lead()
-                    else:
+                        return
+                    if not self._closed:  # after shutdown the last leader drains the queue
                         self._wake_committer()
-                    return
+                        return
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
             try:
@@ -244,12 +246,18 @@ class GroupCommitter:
             self._committer = threading.Thread(target=self._commit_loop, daemon=True,
                                                name="store-commit")
             self._committer.start()
+        self._handed = True
         self._committer_gate.release()
 
     def _commit_loop(self) -> None:
         while True:
-            self._committer_gate.acquire()  # released exactly once per hand-over
-            self._lead_until(None)
+            self._committer_gate.acquire()  # released once per hand-over, or at shutdown
+            with self._mutex:
+                handed, self._handed = self._handed, False
+            if handed:
+                self._lead_until(None)
+            if self._closed:
+                return
 
     @property
     def queued(self) -> int:
@@ -266,6 +274,8 @@ class GroupCommitter:
         self._closed = True
         self._async_pool.shutdown(wait=True)
         with self._mutex:
+            if self._committer is not None and not self._handed:
+                self._committer_gate.release()  # it is waiting for a lead: let it go
             if self._conn is not None and not self._leading:
                 self._conn.close()
                 self._conn = None

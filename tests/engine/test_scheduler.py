@@ -181,9 +181,13 @@ def test_write_then_continues_after_the_commit_and_the_committer_takes_over(
         assert where == ["store-commit"] * 3
         assert store.read(lambda c: c.execute("SELECT count(*) FROM telemetry_marks WHERE"
                                               " name LIKE 'b%'").fetchone()[0]) == 3
+        committer = w._committer
+        assert committer is not None and committer.is_alive()
     finally:
         w.shutdown()
         store.close()
+    committer.join(5)
+    assert not committer.is_alive()  # no thread left behind by a writer that is shut down
 
 
 def test_multi_row_statements_write_what_row_by_row_statements_write(tmp_path: Path) -> None:
