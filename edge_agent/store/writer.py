@@ -3,15 +3,18 @@
 A writer that finds nobody leading becomes the leader: it takes the queued writes, runs each
 in its own savepoint inside one transaction, commits once and hands each writer its result;
 writes given as prepared statements (`Prepared`, the engine's transitions) are merged
-across writers instead, one multi-row statement per kind, and run one by one only if the
-merged form fails;
-once its own write is committed it passes the lead to the oldest waiting writer, whose
-batch then holds whatever queued meanwhile. Writers that arrive while someone leads
-just wait for their own result: no lock convoy, one wake-up each. A lone writer commits at
-once, on its own thread, with no hand-off. A result is handed back only after the COMMIT
-that holds it, so nothing is reported done before it is durable.
-"""
+across writers instead, one statement per table for the whole batch, and run one by one
+only if the merged form fails. Once its own write is committed the leader passes the lead
+to the oldest writer waiting for its result, whose batch then holds whatever queued
+meanwhile; writers that arrive while someone leads just wait for their own result: no lock
+convoy, one wake-up each. A lone writer commits at once, on its own thread.
 
+`write_then` queues a write without waiting: its continuation is called after the COMMIT
+that holds it (the engine's runs go on from there). When only such writes are left behind a
+leader, the committer thread takes the lead, so the leader goes back to its own work. A
+result is handed back only after the COMMIT that holds it, so nothing is reported done
+before it is durable.
+"""
 from __future__ import annotations
 
 import collections
