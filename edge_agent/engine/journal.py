@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import ToolBinding, UnknownOutcome
@@ -35,8 +34,9 @@ def scope_matches(scope: str, step: dict[str, Any], attempt: int | None = None) 
     return attempt is None or attempt == step["attempt"]
 
 
-@dataclass(frozen=True)
-class CallResult:
+class CallResult(NamedTuple):
+    """A tool call's outcome (a NamedTuple: built once per step on the hot path)."""
+
     ok: bool
     result: dict[str, Any] | None
     error: str | None

@@ -37,11 +37,13 @@ def _both(*fns: Tx | None) -> Tx:
 class NodeRunner:
     def __init__(self, engine: Engine) -> None:
         self.e = engine
+        self._handlers: dict[str, Callable[[Run, WorkflowConfig, NodeConfig], bool | float]] = {}
 
     def run(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
-        handler = getattr(self, f"_{node.kind}")
-        result: bool | float = handler(run, wf, node)
-        return result
+        handler = self._handlers.get(node.kind)
+        if handler is None:
+            handler = self._handlers[node.kind] = getattr(self, f"_{node.kind}")
+        return handler(run, wf, node)
 
     # tool -------------------------------------------------------------------------------------
     def _tool(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:

@@ -30,8 +30,9 @@ class log_context:  # noqa: N801 - used as a function: `with log_context(run_id=
 
     def __enter__(self) -> None:
         fields = self.fields
-        self.token = _context.set({**_context.get(), **{k: v for k, v in fields.items()
-                                                       if v is not None}})
+        if None in fields.values():
+            fields = {k: v for k, v in fields.items() if v is not None}
+        self.token = _context.set({**_context.get(), **fields})
 
     def __exit__(self, *exc: object) -> None:
         _context.reset(self.token)

@@ -43,12 +43,14 @@ def scripted_agent(agent: str, message: str, ctx: object) -> Outcome:
     return Outcome({"marked": marked, **answer})
 
 TOOLS = ("press", "weigh", "label", "light", "mark")  # press, label, mark: not idempotent
+MAX_ATTEMPTS = 4
 IDEMPOTENT = {"weigh", "light"}
 
 
 def workflows() -> dict:
     tools = {n: tool_config(n) for n in TOOLS}
-    retry = RetryPolicy(max_attempts=4, initial_delay_s=0.01, multiplier=2, jitter=0.5)
+    retry = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_delay_s=0.01, multiplier=2,
+                        jitter=0.5)
     wf = (Workflow("cell")  # scan (idempotent) starts the run in the commit of its own step
           .tool("scan", "weigh", args_from={"part": "input.part"}, next="press", retry=retry)
           .tool("press", "press", args_from={"part": "input.part"}, next="inspect", retry=retry)
@@ -63,14 +65,33 @@ def workflows() -> dict:
     return {"cell": wf}
 
 
+def attempt_of(key: str) -> int:
+    """The node attempt an idempotency key belongs to: `run/scope/turn/index/aN`, where an
+    agent's scope is `node#visit.attempt.segment` and its calls are all `a1`."""
+    parts = key.split("/")
+    bits = parts[-4].partition("#")[2].split(".")
+    return int(bits[1]) if len(bits) >= 3 else int(parts[-1][1:])
+
+
+class FlakyLedgerTool(LedgerTool):
+    """Fails one call in ten with a retryable timeout, but never on a node's last attempt:
+    retries are exercised across crashes, while whether a run completes does not depend on
+    four failures in a row (a 1-in-10,000 chance per node that would fail the test)."""
+
+    def __init__(self, *a: object, rng: random.Random, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.rng = rng
+
+    def call(self, args: dict, *, idempotency_key: str) -> dict:
+        if attempt_of(idempotency_key) < MAX_ATTEMPTS and self.rng.random() < 0.1:
+            raise LedgerError("transient", kind="timeout", retryable=True)
+        return super().call(args, idempotency_key=idempotency_key)
+
+
 def make_tools(ledger: Path) -> dict[str, ToolBinding]:
     rng = random.Random()
-
-    def flaky(n: int) -> LedgerError | None:
-        return LedgerError("transient", kind="timeout", retryable=True) \
-            if rng.random() < 0.1 else None
-    return {n: ToolBinding(LedgerTool(n, ledger, idempotent=n in IDEMPOTENT, fail=flaky,
-                                      delay_s=rng.uniform(0.0, 0.02)))
+    return {n: ToolBinding(FlakyLedgerTool(n, ledger, idempotent=n in IDEMPOTENT, rng=rng,
+                                           delay_s=rng.uniform(0.0, 0.02)))
             for n in TOOLS}
 
 
