@@ -65,8 +65,9 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
-        # runs are driven by about one busy worker per core; more only while calls block
-        self.sched = Scheduler(workers=os.cpu_count() or 2, max_workers=max_workers,
+        # Runs are driven by two busy workers (one in Python while the other is in SQLite;
+        # more would only take turns at the GIL), and more only while calls block.
+        self.sched = Scheduler(workers=min(2, os.cpu_count() or 2), max_workers=max_workers,
                                between=writer.let_through)
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine")
         self.branch_pool = ThreadPoolExecutor(max_workers=max_workers,

@@ -127,8 +127,9 @@ class DurableAgentContext:
             status = row["status"]
             if status in ("ok", "confirmed"):
                 return dict(row["result"] or {})
-            if status == "error":
-                raise tool_error(row["error"] or "failed", row["error_kind"] or "failed", False)
+            if status == "error":  # as it failed the first time, retryability included
+                raise tool_error(row["error"] or "failed", row["error_kind"] or "failed",
+                                 bool((row["result"] or {}).get("retryable")))
             if status == "assumed_failed":
                 raise tool_error("an operator said this call did not take effect",
                                  "unknown_outcome", True)

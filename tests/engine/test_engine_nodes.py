@@ -618,3 +618,46 @@ def test_start_and_end_ride_on_the_neighbouring_commit(db_path: Path, ledger: Pa
         finally:
             await h.stop()
     run(main())
+
+
+def test_an_agent_call_that_failed_retryably_before_a_crash_is_retried_after_it(
+        db_path: Path, ledger: Path) -> None:
+    """The crash left an agent's call journaled as a retryable failure, but not the node's
+    failed attempt: the replay raises the error as it was (retryable), so the node retries
+    instead of failing the run on an error that was never final."""
+    from edge_agent.config.model import AgentConfig
+    from edge_agent.engine import queue_run
+    from edge_agent.engine.journal import call_key
+    from edge_agent.store import Store
+    stamp = LedgerTool("stamp", ledger)
+
+    def runner(agent: str, message: str, ctx: Any) -> _Out:
+        return _Out(ctx.call_tool("stamp", {"part": "A"}, turn=0, index=0))
+    tools = {"stamp": tool_config("stamp", STAMP)}
+    wf = (Workflow("w").agent("look", "inspector", next="done", retry=fast_retry(3)).end("done")
+          .build(tools=tools, agents={"inspector": AgentConfig(
+              name="inspector", model="m", tools=("stamp",))}))
+    store = Store(db_path)
+    rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
+    now = time.time()
+    key = call_key(rid, "look#1.1.0", 0, 0, 1)
+    store.write(lambda c: (q.update_run(c, rid, now, status="running", node="look",
+                                        visits={"look": 1}, node_state={"attempt": 1}),
+                           q.journal_result(c, key=key, attempt=1, run_id=rid,
+                                            node="look#1.1.0", tool="stamp",
+                                            args={"part": "A"}, status="error",
+                                            result={"retryable": True}, error="transient",
+                                            error_kind="timeout", started_at=now, now=now)))
+    store.close()
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(stamp)}, agent_runner=runner)
+
+    async def main() -> None:
+        await h.start()
+        try:
+            run = await h.wait(rid, "completed", "failed")
+            assert run.status == "completed", run.error
+            assert stamp.calls == 1  # the second attempt's call; the first is not redone
+            assert [s["attempt"] for s in h.steps(rid) if s["node"] == "look"] == [1, 2]
+        finally:
+            await h.stop()
+    run(main())
