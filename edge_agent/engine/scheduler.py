@@ -3,8 +3,9 @@
 A run's step is short Python between two waits (its tool call, its commit). One thread per
 run would park and wake a thread for every step, and with the GIL those threads mostly wait
 for each other. Here a step that ends in a commit does not wait for it: the commit's
-continuation goes back on the queue, and whichever worker is free drives the run on. About
-one worker per core is running at a time, so a steady stream of steps costs no wake-ups.
+continuation goes back on the queue, and whichever worker is free drives the run on. A few
+workers are running at a time (the engine asks for two), so a steady stream of steps costs
+no wake-ups.
 
 Code that waits (a tool's I/O, a model, a blocking commit, a parallel join) runs inside
 `blocking()`: while it waits it does not count as running, and if work is queued another
