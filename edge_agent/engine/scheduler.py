@@ -48,8 +48,9 @@ class Scheduler:
 
     # submitting -------------------------------------------------------------------------------
     def submit(self, task: Task) -> None:
-        """Queue a task. After shutdown a task still runs, on the caller's thread: it is
-        the continuation of work already under way, which must be allowed to settle."""
+        """Queue a task. After shutdown a task still runs, on a thread of its own: it is the
+        continuation of work already under way, which must be allowed to settle (and not on
+        the caller's thread, which may be the store's committer, in the middle of a batch)."""
         with self._lock:
             closed = self._closed
             if not closed:
@@ -60,7 +61,7 @@ class Scheduler:
                                                     not getattr(_worker, "active", False)):
                     self._add_worker()
         if closed:
-            task()
+            threading.Thread(target=task, name=f"{self.name}-late", daemon=True).start()
 
     def _add_worker(self) -> None:
         """Wake a parked worker, or start one (lock held)."""

@@ -121,10 +121,13 @@ def test_a_blocking_task_hands_the_queue_on_and_workers_leave_at_shutdown() -> N
     for t in threads:
         t.join(5)
         assert not t.is_alive()
-    # a continuation of work under way still runs after shutdown, on its caller's thread
+    # a continuation of work under way still runs after shutdown, on a thread of its own
+    # (the caller may be the store's committer, which must not run a run's steps)
     where: list[str] = []
-    s.submit(lambda: where.append(threading.current_thread().name))
-    assert where == [threading.current_thread().name]
+    ran_late = threading.Event()
+    s.submit(lambda: (where.append(threading.current_thread().name), ran_late.set()))
+    assert ran_late.wait(5)
+    assert where == ["run-late"]
 
 
 def test_blocking_outside_the_workers_changes_nothing() -> None:
