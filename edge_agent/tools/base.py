@@ -43,8 +43,9 @@ class SchemaTool:
     def __init__(self, name: str, fn: Callable[[Mapping[str, Any], str], dict[str, Any]], *,
                  description: str, params: Mapping[str, Any],
                  result_schema: Mapping[str, Any] | None, idempotent: bool, timeout_s: float,
-                 close: Callable[[], None] | None = None) -> None:
+                 close: Callable[[], None] | None = None, blocks: bool = True) -> None:
         self.name = name
+        self.blocks = blocks  # whether a call may wait; the engine's scheduler reads it
         self.description = description
         self.params = params
         self.result_schema = result_schema

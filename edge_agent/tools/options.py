@@ -27,9 +27,11 @@ def resolve_path(base_dir: Path, value: str) -> str:
 class BoundCall:
     """A tool function with a close() for the resources behind it."""
 
-    def __init__(self, fn: CallFn, close: Callable[[], None] | None = None) -> None:
+    def __init__(self, fn: CallFn, close: Callable[[], None] | None = None, *,
+                 blocks: bool = True) -> None:
         self.fn = fn
         self.close = close or (lambda: None)
+        self.blocks = blocks  # False: pure computation, it never waits
 
     def __call__(self, args: Mapping[str, Any], key: str) -> dict[str, Any]:
         return self.fn(args, key)

@@ -56,7 +56,9 @@ def build_command(name: str, options: Mapping[str, Any], base_dir: Path, timeout
 
 
 def check_python(options: Mapping[str, Any], base_dir: Path) -> Problems:
-    problems = unknown_keys(options, {"entry"})
+    problems = unknown_keys(options, {"entry", "blocks"})
+    if not isinstance(options.get("blocks", True), bool):
+        problems.append(("blocks", "must be true or false", options["blocks"]))
     entry = options.get("entry")
     module, _, attr = entry.partition(":") if isinstance(entry, str) else ("", "", "")
     if not module or not attr.isidentifier():
@@ -82,4 +84,5 @@ def build_python(name: str, options: Mapping[str, Any], base_dir: Path, timeout_
     def call(args: Mapping[str, Any], key: str) -> dict[str, Any]:
         result: dict[str, Any] = fn(**args, idempotency_key=key) if takes_key else fn(**args)
         return result
-    return BoundCall(call)
+    # `blocks = false`: pure computation, called on the engine's worker without a hand-over
+    return BoundCall(call, blocks=bool(options.get("blocks", True)))

@@ -91,7 +91,7 @@ def build_tool(name: str, kind: str, *, description: str, params: Mapping[str, A
                         retryable=bool(getattr(exc, "retryable", False))) from exc
     return SchemaTool(name, fn, description=description, params=params,
                       result_schema=result_schema, idempotent=idempotent, timeout_s=timeout_s,
-                      close=fn.close)
+                      close=fn.close, blocks=getattr(fn, "blocks", True))
 
 
 def describe_tools(tools: Mapping[str, Tool]) -> list[dict[str, Any]]:

@@ -150,6 +150,15 @@ def test_python_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                       result_schema={"type": "object", "required": ["value"]},
                       idempotent=True, timeout_s=1, options=opts, base_dir=tmp_path)
     assert tool.call({"value": 4}, idempotency_key="k9") == {"value": 8, "key": "k9"}
+    assert tool.blocks  # a function may wait, unless it says it never does
+    pure = build_tool("scale", "python", description="", params={"type": "object"},
+                      result_schema=None, idempotent=True, timeout_s=1,
+                      options={**opts, "blocks": False}, base_dir=tmp_path)
+    from edge_agent.engine import ToolBinding
+    assert not pure.blocks and not ToolBinding(pure).blocks
+    assert pure.call({"value": 1}, idempotency_key="k") == {"value": 2, "key": "k"}
+    assert check_tool_options("python", {**opts, "blocks": "no"}, tmp_path) == [
+        ("blocks", "must be true or false", "no")]
     with pytest.raises(ToolError) as info:
         tool.call({"value": -1}, idempotency_key="k")
     assert info.value.kind == "failed" and "negative" in str(info.value)
