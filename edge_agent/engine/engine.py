@@ -356,9 +356,9 @@ class Engine:
         if patch:
             context.update(patch)
         finale = self._finale(wf, next_node, context)
-        # Everything but the statements is worked out here, in the run's own thread: under
-        # group commit the leader runs the transaction for many runs, so the less Python in
-        # it, the more of it overlaps with SQLite (which runs without the GIL).
+        # Everything but the statements is worked out here, on the worker driving the run:
+        # under group commit one thread writes the batch for many runs, so the less Python
+        # in it, the more of it overlaps with SQLite (which runs without the GIL).
         now = self.clock()
         visit = run.visit(node.name)
         rid = run.run_id

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.daemon import DaemonProcess, cli, cli_json
+from support.daemon import DaemonProcess, cli, cli_json, until
 
 CONFIG = """
 [device]
@@ -185,10 +185,9 @@ def test_a_gpio_edge_starts_a_run_per_edge(tmp_path: Path) -> None:
         for level in (1, 0, 1, 0):  # two rising edges, two falling ones
             request(sock, "gpio_inject", chip="door", offset=4, level=level, timeout=5)
             time.sleep(0.2)
-        deadline = time.time() + 10
-        while len(runs := cli_json(config, "runs")["runs"]) < 2:
-            assert time.time() < deadline, runs
-            time.sleep(0.05)
+        until(lambda: len(cli_json(config, "runs")["runs"]) >= 2,
+              timeout=10, every=0.05,
+              why=lambda: cli_json(config, "runs")["runs"])
         time.sleep(0.5)
         runs = cli_json(config, "runs")["runs"]
         assert len(runs) == 2  # rising edges only
@@ -199,30 +198,23 @@ def test_a_gpio_edge_starts_a_run_per_edge(tmp_path: Path) -> None:
             assert run["input"]["trigger"]["edge"] == "rising"
             assert run["origin"] == "trigger"
         d.signal(signal.SIGHUP)  # a reload restarts the trigger on the kept tool
-        deadline = time.time() + 10
-        while "reloaded 1 tools" not in d.output():  # old trigger stopped, new one started
-            assert time.time() < deadline, d.output()
-            time.sleep(0.05)
+        # old trigger stopped, new one started
+        until(lambda: "reloaded 1 tools" in d.output(), timeout=10, every=0.05,
+              why=d.output)
         time.sleep(0.3)
         request(sock, "gpio_inject", chip="door", offset=4, level=1, timeout=5)
-        deadline = time.time() + 10
-        while len(cli_json(config, "runs")["runs"]) < 3:
-            assert time.time() < deadline
-            time.sleep(0.05)
+        until(lambda: len(cli_json(config, "runs")["runs"]) >= 3, timeout=10, every=0.05,
+              why=d.output)
         # a changed tool is built anew; the old one closes only after its trigger stopped
         config.write_text(EDGE.replace('kind = "gpio"', 'kind = "gpio"\ndescription = "front"'))
         request(sock, "gpio_inject", chip="door", offset=4, level=0, timeout=5)
         d.signal(signal.SIGHUP)
-        deadline = time.time() + 10
-        while d.output().count("reloaded 1 tools") < 2:
-            assert time.time() < deadline, d.output()
-            time.sleep(0.05)
+        until(lambda: d.output().count("reloaded 1 tools") >= 2, timeout=10, every=0.05,
+              why=d.output)
         time.sleep(0.3)
         request(sock, "gpio_inject", chip="door", offset=4, level=1, timeout=5)
-        deadline = time.time() + 10
-        while len(cli_json(config, "runs")["runs"]) < 4:
-            assert time.time() < deadline, d.output()
-            time.sleep(0.05)
+        until(lambda: len(cli_json(config, "runs")["runs"]) >= 4, timeout=10, every=0.05,
+              why=d.output)
         assert "waiting on door.sensor failed" not in d.output()
         assert d.stop() == 0
     finally:

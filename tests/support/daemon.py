@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,12 @@ def cli_json(config: Path, *args: str) -> Any:
     return json.loads(cli(config, *args, "--json").stdout)
 
 
-def until(condition: Any, timeout: float = 30.0, every: float = 0.1) -> None:
-    """Poll until condition() is true; fail the test after `timeout` seconds."""
+def until(condition: Any, timeout: float = 30.0, every: float = 0.1,
+          why: Callable[[], Any] | None = None) -> None:
+    """Poll until condition() is true; fail the test after `timeout` seconds, with `why()`
+    (what the test was waiting on, such as the daemon's output) in the message."""
     deadline = time.time() + timeout
     while not condition():
-        assert time.time() < deadline, f"not true within {timeout:g}s"
+        assert time.time() < deadline, (f"not true within {timeout:g}s"
+                                         + (f": {why()}" if why else ""))
         time.sleep(every)
