@@ -98,6 +98,7 @@ class Scheduler:
         between = self.between
         while True:
             between()
+            woken = False
             with self._lock:
                 # park when nothing is queued, or when more workers run than cores (one came
                 # back from a wait); after shutdown, drain the queue and go
@@ -108,7 +109,12 @@ class Scheduler:
                     # woken by _add_worker, which has already counted us as running again
                     # (Condition has no spurious wake-ups, so the count stays exact)
                     self._wakeup.wait()
+                    woken = True
                 task = self._ready.popleft()
+            if woken:
+                # a parked worker is woken by a commit's continuation, and the committer
+                # goes straight on to its next batch: let that batch through first
+                between()
             try:
                 task()
             except BaseException:  # noqa: BLE001 - a task's failure is its own business

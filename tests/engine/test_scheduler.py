@@ -130,6 +130,24 @@ def test_a_blocking_task_hands_the_queue_on_and_workers_leave_at_shutdown() -> N
     assert where == ["run-late"]
 
 
+def test_a_woken_worker_lets_a_batch_through_before_its_task() -> None:
+    """A parked worker woken by a commit's continuation calls `between` (the writer's
+    let_through) before running the task, not only before it parked."""
+    events: list[str] = []
+    s = Scheduler(workers=1, max_workers=1, between=lambda: events.append("between"))
+    done = threading.Event()
+    s.submit(lambda: events.append("a"))
+    deadline = time.monotonic() + 5
+    while s._parked == 0 and time.monotonic() < deadline:  # the worker parks after a
+        time.sleep(0.005)
+    events.append("submit b")
+    s.submit(lambda: (events.append("b"), done.set()))
+    assert done.wait(5)
+    s.shutdown()
+    after = events[events.index("submit b"):]
+    assert after[:2] == ["submit b", "between"] and "b" in after, events
+
+
 def test_blocking_outside_the_workers_changes_nothing() -> None:
     s = Scheduler(workers=1, max_workers=2)
     with s.blocking():
