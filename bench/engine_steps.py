@@ -31,11 +31,13 @@ PEERS = {"dbos": ["dbos"], "langgraph": ["langgraph", "langgraph-checkpoint-sqli
 
 
 class Noop:
-    blocks = False  # pure computation: called on the worker with no hand-over (bindings.py)
-
-    def __init__(self, idempotent: bool) -> None:
+    def __init__(self, idempotent: bool, pure: bool = True) -> None:
         self.name = "noop"
         self.idempotent = idempotent
+        # pure computation, as the peers' steps are: called with no hand-over, and the run
+        # goes on to it once the previous step has committed (its fsync still runs before
+        # anything with an effect outside); False: a step as a device tool would be
+        self.blocks = not pure
 
     def call(self, args: Any, *, idempotency_key: str) -> dict[str, Any]:
         return {"ok": True}
@@ -57,7 +59,8 @@ def raw_commits(path: Path, n: int, sync: str) -> float:
 
 
 async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
-               idempotent: bool = True, telemetry: bool = False) -> tuple[float, float]:
+               idempotent: bool = True, telemetry: bool = False,
+               pure: bool = True) -> tuple[float, float, float]:
     wf = Workflow("bench")
     for i in range(k):
         wf.tool(f"s{i}", "noop", next=f"s{i + 1}" if i + 1 < k else "done")
@@ -66,7 +69,7 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     store = Store(path, synchronous=sync)
     writer = GroupCommitter(store)
     engine = Engine(store=store, writer=writer, workflows=workflows,
-                    tools={"noop": ToolBinding(Noop(idempotent), retry=RetryPolicy())})
+                    tools={"noop": ToolBinding(Noop(idempotent, pure), retry=RetryPolicy())})
     stop = threading.Event()
     exporter = None
     if telemetry:  # what the daemon does: derive spans every 0.5 s, off the hot path
@@ -79,7 +82,7 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
         exporter.start()
     await engine.start()
     left = [runs]
-    commits0 = writer.commits
+    commits0, syncs0 = writer.commits, writer.syncs
     start = time.perf_counter()
 
     async def worker() -> None:
@@ -97,11 +100,12 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
         exporter.join()
     # k tool steps, counted as the peers count theirs (the run's start and end are not steps)
     steps = runs * k
-    commits = writer.commits - commits0
+    commits, syncs = writer.commits - commits0, writer.syncs - syncs0
     await engine.shutdown()
     writer.shutdown()
     store.close()
-    return steps / elapsed, commits / steps
+    # fsyncs: the writer's own (it commits, then syncs the WAL; none with NORMAL)
+    return steps / elapsed, commits / steps, syncs / steps
 
 
 def peer(name: str, path: Path, runs: int, k: int) -> float | None:
@@ -127,15 +131,21 @@ def one_round(d: Path, runs: int, k: int, *, peers: bool) -> dict[str, Any]:
     results["raw_full"] = raw_commits(d / "raw_full.db", 3000, "FULL")
     results["raw_normal"] = raw_commits(d / "raw_normal.db", 3000, "NORMAL")
     for sync in ("FULL", "NORMAL"):
-        rate, cps = asyncio.run(ours(d / f"seq_{sync}.db", runs, k, sync, 1))
+        rate, cps, fps = asyncio.run(ours(d / f"seq_{sync}.db", runs, k, sync, 1))
         results[f"ours_seq_{sync.lower()}"], results[f"commits_per_step_{sync.lower()}"] = \
             rate, cps
-    results["ours_seq_full_nonidem"], results["commits_per_step_nonidem"] = asyncio.run(
+        if sync == "FULL":
+            results["fsyncs_per_step_full"] = fps
+    (results["ours_seq_full_blocking"], _,
+     results["fsyncs_per_step_blocking"]) = asyncio.run(
+        ours(d / "seq_blocking.db", runs, k, "FULL", 1, pure=False))
+    (results["ours_seq_full_nonidem"], results["commits_per_step_nonidem"],
+     results["fsyncs_per_step_nonidem"]) = asyncio.run(
         ours(d / "seq_nonidem.db", runs, k, "FULL", 1, idempotent=False))
-    results["ours_seq_full_telemetry"], _ = asyncio.run(
+    results["ours_seq_full_telemetry"], _, _ = asyncio.run(
         ours(d / "seq_tel.db", runs, k, "FULL", 1, telemetry=True))
-    results["ours_16_full"], results["commits_per_step_16"] = asyncio.run(
-        ours(d / "conc.db", runs * 4, k, "FULL", 16))
+    (results["ours_16_full"], results["commits_per_step_16"],
+     results["fsyncs_per_step_16"]) = asyncio.run(ours(d / "conc.db", runs * 4, k, "FULL", 16))
     if peers:
         results["dbos"] = peer("dbos", d / "dbos.db", runs, k)
         results["langgraph"] = peer("langgraph", d / "lg.db", runs, k)
@@ -169,7 +179,9 @@ def main() -> None:
     rows = [
         ("raw SQLite single-row commits, FULL", raw, None),
         ("raw SQLite single-row commits, NORMAL", results["raw_normal"], None),
-        ("edge-agent sequential, FULL (idempotent steps)", results["ours_seq_full"], raw),
+        ("edge-agent sequential, FULL (pure idempotent steps)", results["ours_seq_full"], raw),
+        ("edge-agent sequential, FULL, idempotent steps that block",
+         results["ours_seq_full_blocking"], raw),
         ("edge-agent sequential, NORMAL", results["ours_seq_normal"], results["raw_normal"]),
         ("edge-agent sequential, FULL, non-idempotent", results["ours_seq_full_nonidem"], raw),
         ("edge-agent 16 concurrent runs, FULL", results["ours_16_full"], raw),
@@ -189,6 +201,10 @@ def main() -> None:
     print(f"commits per step: idempotent {results['commits_per_step_full']:.2f}, "
           f"non-idempotent {results['commits_per_step_nonidem']:.2f}, "
           f"16 concurrent {results['commits_per_step_16']:.2f}")
+    print(f"fsyncs per step (the writer's; FULL): pure {results['fsyncs_per_step_full']:.2f}, "
+          f"blocking {results['fsyncs_per_step_blocking']:.2f}, "
+          f"non-idempotent {results['fsyncs_per_step_nonidem']:.2f}, "
+          f"16 concurrent {results['fsyncs_per_step_16']:.2f}")
     print(json.dumps(results))
 
 

@@ -45,7 +45,8 @@ class DaemonSync:
             password=password, batch_max_records=s.batch_max_records,
             batch_max_bytes=s.batch_max_bytes, linger_s=s.linger_s, window=s.window,
             compression=s.compression, keepalive_s=s.keepalive_s,
-            ack_timeout_s=s.ack_timeout_s, outbox_limits=dict(s.outbox_max_bytes))
+            ack_timeout_s=s.ack_timeout_s, outbox_limits=dict(s.outbox_max_bytes),
+            durable=self._durable)
 
     @property
     def connected(self) -> bool:
@@ -68,6 +69,11 @@ class DaemonSync:
 
     async def shutdown(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.edge.shutdown)
+
+    def _durable(self) -> None:
+        writer = getattr(self.daemon, "writer", None)
+        if writer is not None:
+            writer.durable()
 
     def _open(self) -> sqlite3.Connection:
         conn = self.daemon.store._open()

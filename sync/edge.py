@@ -63,7 +63,8 @@ class EdgeSync:
                  batch_max_records: int = 500, batch_max_bytes: int = 256 * 1024,
                  linger_s: float = 0.02, window: int = 8, compression: bool = True,
                  keepalive_s: int = 30, ack_timeout_s: float = 10.0,
-                 outbox_limits: dict[str, int] | None = None) -> None:
+                 outbox_limits: dict[str, int] | None = None,
+                 durable: Callable[[], None] | None = None) -> None:
         self.device_id = device_id
         self.broker = f"{host}:{port}"
         self.topics = Topics(prefix, device_id)
@@ -80,6 +81,10 @@ class EdgeSync:
         self.keepalive_s = keepalive_s
         self.ack_timeout_s = ack_timeout_s
         self.outbox_limits = outbox_limits
+        # called between reading records and publishing them: returns once every commit the
+        # read may have seen is on disk (the device's writer syncs after it commits), so the
+        # cloud never holds a record a power cut could take back from the device
+        self.durable = durable
         self.stats = EdgeSyncStats()
         self.connected = False
         self.last_sync: float | None = None
@@ -270,6 +275,13 @@ class EdgeSync:
                                          max_bytes=self.batch_max_bytes)
                 if not records:
                     break
+                if self.durable is not None:
+                    try:
+                        self.durable()
+                    except Exception as exc:  # noqa: BLE001 - held back, tried again later
+                        log.error("sync: records held back: the device cannot make its "
+                                  "commits durable: %s", exc)
+                        return
                 wire = [WireRecord(r.seq, r.kind, r.payload, r.created_at) for r in records]
                 payload = encode_batch(self.device_id, stream, after, wire,
                                        compress=self.compression,

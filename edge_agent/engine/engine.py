@@ -433,10 +433,28 @@ class Engine:
                     self.notify()
                     return self._advanced(rid, fresh, records)
                 self.sched.submit(lambda: self._drive(rid, fut, resume))
-            self.writer.write_then(fn, landed)
+            # a next node with no effect outside the database goes on once the COMMIT has
+            # returned; anything else waits for the fsync that puts it (and all before it)
+            # on disk
+            self.writer.write_then(fn, landed, durable=fresh is None or not self._pure(fresh))
             return PENDING  # type: ignore[no-any-return]
         self.write(fn, rid)
         return self._advanced(rid, fresh, records)
+
+    def _pure(self, run: Run) -> bool:
+        """Whether the run's next node has no effect outside the database: a branch, an end,
+        or a tool declared pure computation (idempotent, `blocks = false`). Such a node may
+        run before the commit of the step before it is on disk: after a power cut it simply
+        runs again."""
+        wf = self.workflows.get(run.workflow)
+        node = wf.nodes.get(run.node) if wf is not None and run.node else None
+        if node is None:
+            return False
+        if node.kind in ("branch", "end"):
+            return True
+        binding = self.tools.get(node.tool or "") if node.kind == "tool" else None
+        return (binding is not None and binding.idempotent and not binding.blocks
+                and not isinstance(binding.tool, RemoteTool))
 
     def _advanced(self, rid: str, fresh: Run | None,
                   records: list[tuple[str, dict[str, Any]]]) -> bool:

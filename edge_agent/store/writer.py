@@ -12,13 +12,31 @@ convoy, one wake-up each. A lone writer commits at once, on its own thread.
 `write_then` queues a write without waiting: its continuation is called after the COMMIT
 that holds it (the engine's runs go on from there). When only such writes are left behind a
 leader, the committer thread takes the lead, so the leader goes back to its own work. A
-result is handed back only after the COMMIT that holds it, so nothing is reported done
-before it is durable.
+result is handed back only after the COMMIT that holds it is on disk, so nothing is
+reported done before it is durable.
+
+Commit, then sync. With `synchronous=FULL` in WAL mode SQLite fsyncs the WAL inside COMMIT:
+nobody learns that the commit is done until the disk has answered. Here the writer's
+connection commits with `synchronous=NORMAL` (the frames are written to the WAL, not synced)
+and the writer fdatasyncs the WAL file itself before it hands a result back: what FULL
+does, and the same cost, but the moment between the two is the writer's to use. A write
+queued with `write_then(..., durable=False)` gets its continuation at COMMIT: the engine
+queues a run's transition that way when the run's next node is pure computation, so that
+node runs while the fsync is under way; everything else, and every blocking write, is
+handed back after the fsync. The committer thread syncs each batch itself before the next
+(the next batch gathers meanwhile); a writer whose continuation ran at COMMIT leaves its
+fsync to the sync thread and goes on; a writer waiting for its result syncs on its own
+thread. One fsync covers every commit made before it began. The WAL is append-only and
+replayed as a prefix, so a power cut takes only commits nothing outside has been told of:
+a step with an effect outside the database runs only after the commit before it is on
+disk. Readers on other connections can see a commit before its fsync returns, so whatever
+leaves the device first calls `durable()` (the sync publisher does, before each batch).
 """
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -125,11 +143,13 @@ class _Slot:
     gate is a held lock released exactly once: for the result, or to hand over the lead
     (cheaper than an Event, whose Condition allocates a lock for every wait)."""
 
-    __slots__ = ("fn", "done", "ok", "value", "lead", "gate", "then")
+    __slots__ = ("fn", "done", "committed", "ok", "value", "lead", "gate", "then", "early")
 
-    def __init__(self, fn: WriteFn, then: Then | None = None) -> None:
+    def __init__(self, fn: WriteFn, then: Then | None = None, early: bool = False) -> None:
         self.fn = fn
         self.done = False
+        self.committed = False  # in a COMMIT whose fsync is still to come
+        self.early = early  # its continuation runs at COMMIT, before the fsync
         self.ok = False
         self.value: Any = None
         self.lead = False
@@ -172,35 +192,54 @@ class GroupCommitter:
         self._committer_gate = threading.Lock()
         self._committer_gate.acquire()
         self._async_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
+        # commit, then sync (see the module's docstring): on with FULL in WAL mode
+        self._defer = False
+        self._sync_lock = threading.Lock()
+        self._unsynced: list[tuple[int, list[tuple[_Slot, bool, Any]]]] = []
+        self._syncing = False
+        self._begun = 0      # COMMITs started (numbered before each one runs)
+        self._synced = 0     # every COMMIT up to this number is on disk
+        self._broken: StoreError | None = None  # an fsync failed: nothing is promised now
+        self._wal_fd: int | None = None
+        self._syncer: threading.Thread | None = None
+        self._syncer_gate = threading.Lock()
+        self._syncer_gate.acquire()
         self.commits = 0
         self.writes = 0
+        self.syncs = 0
 
     def write(self, fn: WriteFn) -> Any:
         """Run fn in a committed transaction (shared with concurrent writers); blocking."""
-        if self._closed:
-            raise StoreError("store writer is shut down")
+        self._check()
         slot = _Slot(fn)
         with self._mutex:
             self._queue.append(slot)
             lead = not self._leading
             self._leading = True
         if not lead:
-            slot.wait()  # released once: with our result, or with the lead handed to us
+            slot.wait()  # released with our result, or with the lead handed to us
             lead = slot.lead
         if lead:
             self._lead_until(slot)
+            if not slot.done:
+                slot.wait()  # committed: released again once the commit is on disk
         if slot.ok:
             return slot.value
         raise slot.value
 
-    def write_then(self, fn: WriteFn, then: Then) -> None:
+    def write_then(self, fn: WriteFn, then: Then, *, durable: bool = True) -> None:
         """Queue fn without waiting: `then(ok, value)` is called once, after the COMMIT that
-        holds it (or with the error), on whichever thread committed it. It must be quick:
-        the continuation of a run is handed to a scheduler, not run there. If nobody is
-        committing, the caller commits now, on its own thread."""
-        if self._closed:
-            raise StoreError("store writer is shut down")
-        slot = _Slot(fn, then)
+        holds it is on disk (or with the error), on whichever thread committed or synced it.
+        It must be quick: the continuation of a run is handed to a scheduler, not run there.
+        If nobody is committing, the caller commits now, on its own thread.
+
+        With `durable=False` the continuation runs as soon as the COMMIT returns, before
+        its fsync: for a caller whose next move has no effect outside the database (a run's
+        next step that is pure computation). Commits reach the disk in the order they were
+        made, and the caller's next durable write is handed back only once everything
+        before it is on disk too, so nothing outside waits on a commit that is not."""
+        self._check()
+        slot = _Slot(fn, then, early=not durable)
         with self._mutex:
             self._queue.append(slot)
             lead = not self._leading
@@ -213,20 +252,26 @@ class GroupCommitter:
         oldest writer waiting for its result, or, with only continuations queued, to the
         committer thread (a writer whose own write is done has its own work to get back to:
         the event loop, other runs). The committer (`own` None) leads until the queue is
-        empty."""
+        empty, syncing each batch before the next. Then the commits are synced: here when
+        this writer waits for its result or nothing else is queued (no hand-off for a lone
+        writer), else by the sync thread (a writer whose continuation runs at COMMIT, or
+        whose lead passes on, has work to get back to)."""
+        inline = True
         while True:
             with self._mutex:
                 if not self._queue:
                     self._leading = False
-                    return
-                if own is not None and own.done:  # leading stays True: the lead passes on
+                    break
+                if own is not None and (own.done or own.committed):
+                    # leading stays True: the lead passes on
+                    inline = own.then is None
                     waiter = next((s for s in self._queue if s.then is None), None)
                     if waiter is not None:
                         waiter.hand_lead()
-                        return
+                        break
                     if not self._closed:  # after shutdown the last leader drains the queue
                         self._wake_committer()
-                        return
+                        break
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
             try:
@@ -235,6 +280,13 @@ class GroupCommitter:
                 for slot in batch:        # is still released or passed on below
                     if not slot.done:
                         slot.settle(False, exc)
+            if self._defer and own is None:
+                # the committer syncs each batch itself: the runs whose continuations ran at
+                # COMMIT work out their next steps meanwhile, and the next batch gathers them
+                self._sync(inline=True)
+        if self._defer:
+            # a writer whose continuation already ran at COMMIT has its work to get back to
+            self._sync(inline=inline and not (own is not None and own.early), own=own)
 
     def let_through(self) -> None:
         """Called by threads between pieces of Python work: while a batch is being written
@@ -262,6 +314,108 @@ class GroupCommitter:
             if self._closed:
                 return
 
+    # commit, then sync ------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError("store writer is shut down")
+        if self._broken is not None:
+            raise self._broken
+
+    def _sync(self, *, inline: bool, own: _Slot | None = None) -> None:
+        """See that the commits not yet on disk get synced: on this thread (until `own` is
+        handed back), or by the sync thread. A sync already running takes them on its next
+        round."""
+        with self._sync_lock:
+            if self._syncing or not self._unsynced:
+                return
+            self._syncing = True
+            if not inline:
+                self._hand_sync()
+                return
+        self._sync_rounds(own)
+
+    def _hand_sync(self) -> None:
+        """Let the sync thread carry on (sync lock held; started on first use)."""
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_thread, daemon=True,
+                                            name="store-sync")
+            self._syncer.start()
+        self._syncer_gate.release()
+
+    def _sync_thread(self) -> None:
+        while True:
+            self._syncer_gate.acquire()  # released once per hand-over, or at shutdown
+            if self._syncing:
+                self._sync_rounds()
+            if self._closed and not self._syncing:
+                return
+
+    def _sync_rounds(self, own: _Slot | None = None) -> None:
+        """fdatasync the WAL until no commit is left unsynced, handing out the results of the
+        commits each fsync covered (their continuations run here). A writer syncing for its
+        own result leaves the rounds after it to the sync thread: it has work to get back to."""
+        while True:
+            with self._sync_lock:
+                if own is not None and own.done and self._unsynced and not self._closed:
+                    self._hand_sync()  # still syncing: the sync thread goes on
+                    return
+                taken, self._unsynced = self._unsynced, []
+                if not taken:
+                    self._syncing = False
+                    return
+            error = self._broken
+            if error is None:
+                try:
+                    os.fdatasync(self._wal())
+                except OSError as exc:
+                    # an fsync that failed once cannot be trusted again (the kernel may have
+                    # dropped the pages): every later write fails, and the daemon's watchdog
+                    # stops, so it restarts and recovers from what is on disk
+                    error = self._broken = StoreError(
+                        f"{self.store.path}: could not make commits durable: {exc}")
+                    log.critical("%s", error)
+            with self._sync_lock:
+                self.syncs += 1
+                if error is None:
+                    self._synced = taken[-1][0]
+            for _, results in taken:
+                for slot, ok, value in results:
+                    if error is None:
+                        slot.settle(ok, value)
+                    else:
+                        slot.settle(False, error)
+
+    def _wal(self) -> int:
+        """A descriptor of the WAL file. SQLite removes the WAL only when the last connection
+        to the database closes, and the writer's stays open until shutdown, so one opened
+        after the first commit is the WAL for the writer's lifetime. (Not checked on each
+        sync: a stat of the file just before its fdatasync makes the fdatasync slower.)"""
+        fd = self._wal_fd
+        if fd is None:
+            with self._sync_lock:
+                if self._wal_fd is None:
+                    self._wal_fd = os.open(self.store.path + "-wal",
+                                           os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = self._wal_fd
+        return fd
+
+    def durable(self) -> None:
+        """Return once every commit that another connection may have seen is on disk. Call
+        it between reading what this writer wrote and sending it off the device. Costs
+        nothing when every commit is synced already, one fsync when not."""
+        if not self._defer:
+            return
+        with self._sync_lock:
+            if self._synced >= self._begun:
+                return
+        if self._broken is not None:
+            raise self._broken
+        try:
+            os.fdatasync(self._wal())  # covers every frame written before it began
+        except OSError as exc:
+            raise StoreError(f"{self.store.path}: could not make commits durable: {exc}") \
+                from exc
+
     @property
     def queued(self) -> int:
         """Writes waiting for the next batch."""
@@ -279,13 +433,25 @@ class GroupCommitter:
         with self._mutex:
             if self._committer is not None and not self._handed:
                 self._committer_gate.release()  # it is waiting for a lead: let it go
-            if self._conn is not None and not self._leading:
+            with self._sync_lock:
+                if self._syncer is not None and not self._syncing:
+                    self._syncer_gate.release()  # it is waiting for a sync: let it go
+                syncing = self._syncing
+            if self._conn is not None and not self._leading and not syncing:
                 self._conn.close()
                 self._conn = None
+                if self._wal_fd is not None:
+                    os.close(self._wal_fd)
+                    self._wal_fd = None
 
     def _commit(self, batch: list[_Slot]) -> None:
         if self._conn is None:
-            self._conn = self.store._open()
+            conn = self.store._open()
+            if self.store.synchronous.upper() in ("FULL", "EXTRA") and \
+                    conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                conn.execute("PRAGMA synchronous=NORMAL")  # the writer syncs (see above)
+                self._defer = True
+            self._conn = conn
         conn = self._conn
         self._press.acquire()
         self._pressing = True
@@ -333,6 +499,10 @@ class GroupCommitter:
                     results.append((slot, True, value))
             self._pressing = False
             self._press.release()
+            if self._defer:
+                with self._sync_lock:
+                    self._begun += 1  # before COMMIT: from here readers may see it
+                    number = self._begun
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -347,6 +517,17 @@ class GroupCommitter:
             return
         self.commits += 1
         self.writes += len(results)
+        if self._defer:  # handed back once the fsync that covers this COMMIT returns
+            later = []
+            for slot, ok, value in results:
+                slot.committed = True
+                if slot.early:
+                    slot.settle(ok, value)  # its next move needs the COMMIT, not the disk
+                else:
+                    later.append((slot, ok, value))
+            with self._sync_lock:
+                self._unsynced.append((number, later))  # synced even when nobody waits
+            return
         for slot, ok, value in results:
             slot.settle(ok, value)
 

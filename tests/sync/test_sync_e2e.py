@@ -165,3 +165,42 @@ def test_an_ack_with_the_wrong_digest_is_not_trusted(tmp_path: Path, broker: Bro
         e2.shutdown()
         worker.shutdown()
         store.close()
+
+
+def test_records_leave_only_once_the_device_says_they_are_on_disk(tmp_path: Path,
+                                                                  broker: Broker) -> None:
+    """The device's writer syncs after it commits, so the publisher asks it (`durable`)
+    between reading records and sending them; while it cannot say so, nothing leaves."""
+    import threading
+
+    db = tmp_path / "device.db"
+    device_db(db)
+    append(db, "checkpoints", 300)
+    calls: list[int] = []
+    on_disk = threading.Event()
+
+    def durable() -> None:
+        calls.append(e.stats.published_batches)
+        if not on_disk.is_set():
+            raise OSError(5, "Input/output error")
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    e = edge(db, broker.port, batch_max_records=100, durable=durable)
+    worker.start()
+    e.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(calls) < 2 and time.monotonic() < deadline:
+            e.notify()
+            time.sleep(0.05)
+        assert len(calls) >= 2 and e.stats.published_records == 0  # held back, not lost
+        on_disk.set()
+        e.notify()
+        wait_synced(db, 60)
+        assert_exactly_once(store, "dev-a", db)
+        # asked before each batch it sent (each call saw the batches sent before it)
+        sent = e.stats.published_batches
+        assert sent >= 3 and set(range(sent)) <= set(calls) and max(calls) == sent - 1
+    finally:
+        e.shutdown()
+        worker.shutdown()
+        store.close()
