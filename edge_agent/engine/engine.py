@@ -78,6 +78,7 @@ class Engine:
         self._sleepers: dict[str, asyncio.TimerHandle] = {}
         self._fresh: dict[str, Run] = {}
         self._begins: dict[str, Tx] = {}  # starts that ride on the run's next commit
+        self._pure_known: tuple[Any, Any, dict[tuple[str, str | None], bool]] = (None, None, {})
         self._timeouts: list[tuple[float, int, str]] = []
         self._timer_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -445,9 +446,20 @@ class Engine:
         """Whether the run's next node has no effect outside the database: a branch, an end,
         or a tool declared pure computation (idempotent, `blocks = false`). Such a node may
         run before the commit of the step before it is on disk: after a power cut it simply
-        runs again."""
-        wf = self.workflows.get(run.workflow)
-        node = wf.nodes.get(run.node) if wf is not None and run.node else None
+        runs again. Remembered per node for the workflows and tools now loaded (a reload
+        replaces them, and with them the answers)."""
+        known = self._pure_known
+        if known[0] is not self.workflows or known[1] is not self.tools:
+            known = self._pure_known = (self.workflows, self.tools, {})
+        key = (run.workflow, run.node)
+        pure = known[2].get(key)
+        if pure is None:
+            pure = known[2][key] = self._pure_node(run.workflow, run.node)
+        return pure
+
+    def _pure_node(self, workflow: str, name: str | None) -> bool:
+        wf = self.workflows.get(workflow)
+        node = wf.nodes.get(name) if wf is not None and name else None
         if node is None:
             return False
         if node.kind in ("branch", "end"):

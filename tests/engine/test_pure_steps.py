@@ -90,3 +90,37 @@ def test_a_pure_step_runs_before_the_fsync_and_an_effect_only_after(
             gate.set()
             await h.stop()
     asyncio.run(main())
+
+
+def test_what_counts_as_pure_follows_a_reload(db_path: Path) -> None:
+    """Which nodes may run before the disk has the step before them is remembered per node,
+    for the tools loaded now: a reload that makes a tool blocking changes the answer."""
+    from edge_agent.engine.records import Run
+
+    seen: list[str] = []
+    wf = Workflow("w")
+    wf.tool("t", "calc", next="b")
+    wf.branch("b", [("true", "done")], default="done")
+    wf.end("done")
+    workflows = {"w": wf.build(tools={"calc": tool_config("calc")})}
+    h = Harness(db_path, workflows, {"calc": ToolBinding(Pure("calc", seen))})
+
+    def at(node: str) -> Run:
+        return Run(run_id="r", workflow="w", status="running", node=node, node_state={},
+                   visits={}, input={}, context={}, output=None, error=None, origin="local",
+                   trace_id=None, span_id=None, cancel_requested=False, created_at=0.0,
+                   updated_at=0.0, finished_at=None)
+
+    async def main() -> None:
+        engine = await h.start()
+        try:
+            assert engine._pure(at("t")) and engine._pure(at("b")) and engine._pure(at("done"))
+            blocking = Pure("calc", seen)
+            blocking.blocks = True  # type: ignore[misc]
+            engine.tools = {"calc": ToolBinding(blocking)}  # what a reload does
+            assert not engine._pure(at("t")) and engine._pure(at("b"))
+            engine.tools = {"calc": ToolBinding(Effect(lambda: h.writer, seen))}
+            assert not engine._pure(at("t"))  # neither idempotent nor free of waits
+        finally:
+            await h.stop()
+    asyncio.run(main())
