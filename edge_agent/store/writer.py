@@ -26,7 +26,10 @@ node runs while the fsync is under way; everything else, and every blocking writ
 handed back after the fsync. The committer thread syncs each batch itself before the next
 (the next batch gathers meanwhile); a writer whose continuation ran at COMMIT leaves its
 fsync to the sync thread and goes on; a writer waiting for its result syncs on its own
-thread. One fsync covers every commit made before it began. The WAL is append-only and
+thread. One fsync covers every commit made before it began, and the sync thread lets
+commits that nobody waits for gather (up to LAZY_S or LAZY_COMMITS, ended at once by a
+commit somebody waits for), so a run of pure steps shares its fsyncs. The WAL is
+append-only and
 replayed as a prefix, so a power cut takes only commits nothing outside has been told of:
 a step with an effect outside the database runs only after the commit before it is on
 disk. Readers on other connections can see a commit before its fsync returns, so whatever
@@ -77,6 +80,10 @@ _UPDATE = re.compile(r"UPDATE (\w+) SET (.+) WHERE (\w+) = \?")
 _ASSIGN = re.compile(r"(\w+) = (\?|'[^',]*'|\w+)")
 # each multi-row statement stays well under SQLite's bound on variables (32,766)
 _MAX_VARS = 30000
+# commits whose continuations already ran (a run's pure steps) wait this long, or for this
+# many more, before the sync thread syncs them, unless a commit somebody waits for comes
+LAZY_S = 0.002
+LAZY_COMMITS = 16
 
 
 class _Form(NamedTuple):
@@ -189,12 +196,14 @@ class GroupCommitter:
         self._press = threading.Lock()  # held while a batch is written (see let_through)
         self._committer: threading.Thread | None = None
         self._handed = False  # the lead is with the committer (or on its way to it)
+        self._committing = False  # the committer thread is leading (it syncs each batch)
         self._committer_gate = threading.Lock()
         self._committer_gate.acquire()
         self._async_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
         # commit, then sync (see the module's docstring): on with FULL in WAL mode
         self._defer = False
         self._sync_lock = threading.Lock()
+        self._waiter_queued = threading.Condition(self._sync_lock)
         self._unsynced: list[tuple[int, list[tuple[_Slot, bool, Any]]]] = []
         self._syncing = False
         self._begun = 0      # COMMITs started (numbered before each one runs)
@@ -310,7 +319,11 @@ class GroupCommitter:
             with self._mutex:
                 handed, self._handed = self._handed, False
             if handed:
-                self._lead_until(None)
+                self._committing = True
+                try:
+                    self._lead_until(None)
+                finally:
+                    self._committing = False
             if self._closed:
                 return
 
@@ -327,6 +340,9 @@ class GroupCommitter:
         round."""
         with self._sync_lock:
             if self._syncing or not self._unsynced:
+                if self._syncing and inline:
+                    # this writer would sync now: the sync thread, if gathering, syncs now
+                    self._waiter_queued.notify()
                 return
             self._syncing = True
             if not inline:
@@ -346,19 +362,30 @@ class GroupCommitter:
         while True:
             self._syncer_gate.acquire()  # released once per hand-over, or at shutdown
             if self._syncing:
-                self._sync_rounds()
+                self._sync_rounds(lazy=True)
             if self._closed and not self._syncing:
                 return
 
-    def _sync_rounds(self, own: _Slot | None = None) -> None:
+    def _sync_rounds(self, own: _Slot | None = None, lazy: bool = False) -> None:
         """fdatasync the WAL until no commit is left unsynced, handing out the results of the
         commits each fsync covered (their continuations run here). A writer syncing for its
-        own result leaves the rounds after it to the sync thread: it has work to get back to."""
+        own result leaves the rounds after it to the sync thread: it has work to get back to.
+        The sync thread (`lazy`) lets commits that nobody waits for (their continuations ran
+        at COMMIT) gather for up to LAZY_S or LAZY_COMMITS before it syncs them: fewer
+        fsyncs, and fewer trips through the GIL for the thread that is making them."""
+        gathered = False
         while True:
             with self._sync_lock:
                 if own is not None and own.done and self._unsynced and not self._closed:
                     self._hand_sync()  # still syncing: the sync thread goes on
                     return
+                if lazy and not gathered and self._unsynced and not self._closed and \
+                        not self._committing and len(self._unsynced) < LAZY_COMMITS and \
+                        not any(results for _, results in self._unsynced):
+                    gathered = True
+                    self._waiter_queued.wait(LAZY_S)  # a commit somebody waits for ends it
+                    continue
+                gathered = False
                 taken, self._unsynced = self._unsynced, []
                 if not taken:
                     self._syncing = False
@@ -436,6 +463,7 @@ class GroupCommitter:
             with self._sync_lock:
                 if self._syncer is not None and not self._syncing:
                     self._syncer_gate.release()  # it is waiting for a sync: let it go
+                self._waiter_queued.notify_all()  # or gathering commits: sync them now
                 syncing = self._syncing
             if self._conn is not None and not self._leading and not syncing:
                 self._conn.close()
@@ -447,7 +475,10 @@ class GroupCommitter:
     def _commit(self, batch: list[_Slot]) -> None:
         if self._conn is None:
             conn = self.store._open()
+            # commit, then sync needs WAL mode, and a SQLite that syncs the WAL header when
+            # it restarts the WAL under NORMAL too (as under FULL); older ones sync in COMMIT
             if self.store.synchronous.upper() in ("FULL", "EXTRA") and \
+                    sqlite3.sqlite_version_info >= (3, 33) and \
                     conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 conn.execute("PRAGMA synchronous=NORMAL")  # the writer syncs (see above)
                 self._defer = True
@@ -527,6 +558,8 @@ class GroupCommitter:
                     later.append((slot, ok, value))
             with self._sync_lock:
                 self._unsynced.append((number, later))  # synced even when nobody waits
+                if later or len(self._unsynced) >= LAZY_COMMITS:
+                    self._waiter_queued.notify()  # the sync thread, if gathering: sync now
             return
         for slot, ok, value in results:
             slot.settle(ok, value)

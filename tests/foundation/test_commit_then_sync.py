@@ -245,3 +245,42 @@ def test_nothing_is_handed_back_that_a_power_cut_could_take(tmp_path: Path,
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
             conn.close()
+
+
+def test_commits_nobody_waits_for_gather_until_somebody_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits whose continuations ran at COMMIT (a run's pure steps) are synced in a group:
+    the sync thread waits for more (up to LAZY_S or LAZY_COMMITS) unless a commit that
+    somebody waits for arrives, which it syncs with them at once."""
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(writer_module.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(writer_module, "LAZY_S", 30.0)
+    monkeypatch.setattr(writer_module, "LAZY_COMMITS", 4)
+    s = Store(tmp_path / "d.db", migrations=MIGRATIONS)
+    w = GroupCommitter(s)
+    try:
+        w.write(lambda c: None)
+        n = len(calls)
+
+        def early(v: str) -> None:
+            done = threading.Event()
+            w.write_then(lambda c: c.execute(INSERT, (v,)), lambda ok, _: done.set(),
+                         durable=False)
+            assert done.wait(5)
+        early("a")
+        early("b")
+        threading.Event().wait(0.3)
+        assert len(calls) == n  # gathering: nobody waits for a or b
+        w.write(lambda c: c.execute(INSERT, ("c",)))  # somebody waits: all three synced now
+        assert len(calls) == n + 1 and w._synced == w._begun
+        for v in "defg":  # four commits nobody waits for: synced without waiting LAZY_S
+            early(v)
+        for _ in range(500):
+            if w._synced == w._begun:
+                break
+            threading.Event().wait(0.01)
+        assert w._synced == w._begun and count(s) == 7
+    finally:
+        w.shutdown()
+        s.close()
