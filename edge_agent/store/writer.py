@@ -29,11 +29,12 @@ fsync to the sync thread and goes on; a writer waiting for its result syncs on i
 thread. One fsync covers every commit made before it began, and the sync thread lets
 commits that nobody waits for gather (up to LAZY_S or LAZY_COMMITS, ended at once by a
 commit somebody waits for), so a run of pure steps shares its fsyncs. The WAL is
-append-only and
-replayed as a prefix, so a power cut takes only commits nothing outside has been told of:
-a step with an effect outside the database runs only after the commit before it is on
-disk. Readers on other connections can see a commit before its fsync returns, so whatever
-leaves the device first calls `durable()` (the sync publisher does, before each batch).
+append-only and replayed as a prefix, so a power cut takes only commits nothing outside
+has been told of: a step with an effect outside the database runs only after the commit
+before it is on disk. Readers on other connections can see a commit before its fsync
+returns, so whatever leaves the device first calls `durable()` (the sync publisher does,
+before each batch). Needs WAL mode and SQLite 3.33 or later (see `_commit`); otherwise
+SQLite syncs inside COMMIT as configured.
 """
 from __future__ import annotations
 
