@@ -346,7 +346,7 @@ class GroupCommitter:
                     self._waiter_queued.notify()
                 return
             self._syncing = True
-            if not inline:
+            if not inline and not self._closed:  # after shutdown the sync thread may be gone
                 self._hand_sync()
                 return
         self._sync_rounds(own)
