@@ -1,9 +1,11 @@
-"""SIGKILL at random moments: nothing finished is redone, no non-idempotent action twice."""
+"""SIGKILL at random moments, and power cuts (a SIGKILL that also loses what no fsync had
+covered yet): nothing finished is redone, no non-idempotent action runs twice."""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +24,10 @@ TESTS = Path(__file__).resolve().parents[1]
 RUNS = 12
 
 
-def child(db: Path, ledger: Path) -> subprocess.Popen[bytes]:
+def child(db: Path, ledger: Path, power_cut: Path | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if power_cut is not None:
+        env["POWER_CUT_DIR"] = str(power_cut)
     return subprocess.Popen([sys.executable, "-m", "support.crash_child", str(db), str(ledger),
                              str(RUNS)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -45,20 +49,58 @@ def answer_unknowns_truthfully(db: Path, ledger: Path) -> int:
     return answered
 
 
+def keep(db: Path, cut: Path) -> None:
+    """What is on disk now (nothing holds the database open): the state a power cut keeps
+    until the next child's first fsync."""
+    shutil.rmtree(cut, ignore_errors=True)
+    (cut / "base").mkdir(parents=True)
+    for suffix in ("", "-wal"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copyfile(f"{db}{suffix}", cut / "base" / f"{db.name}{suffix}")
+    (cut / "durable").write_text("base")
+
+
+def cut_power(db: Path, cut: Path) -> None:
+    """Leave only what the last completed fsync covered, as a power cut would."""
+    durable = cut / (cut / "durable").read_text()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    for suffix in ("", "-wal"):
+        if (durable / f"{db.name}{suffix}").exists():
+            shutil.copyfile(durable / f"{db.name}{suffix}", f"{db}{suffix}")
+
+
 def test_sigkill_at_random_moments(tmp_path: Path) -> None:
+    kill_at_random_moments(tmp_path, int(os.environ.get("CRASH_KILLS", "45")))
+
+
+def test_power_cut_at_random_moments(tmp_path: Path) -> None:
+    """As above, but each kill also loses what no fsync had covered yet (the writer's pure
+    steps commit before their fsync): every effect on the device must still be fenced by a
+    durable intent, and no finished step may be lost that anything was told of."""
+    kill_at_random_moments(tmp_path, int(os.environ.get("CRASH_POWER_CUTS", "20")),
+                           power_cut=tmp_path / "disk")
+
+
+def kill_at_random_moments(tmp_path: Path, kills_wanted: int,
+                           power_cut: Path | None = None) -> None:
     db, ledger = tmp_path / "crash.db", tmp_path / "ledger.jsonl"
     rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
     kills = answered = 0
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        while kills < int(os.environ.get("CRASH_KILLS", "45")):
-            p = child(db, ledger)
+        while kills < kills_wanted:
+            if power_cut is not None:
+                keep(db, power_cut)
+            p = child(db, ledger, power_cut)
             procs.append(p)
             time.sleep(rng.uniform(0.15, 0.6))
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
             p.wait()
+            if power_cut is not None:
+                cut_power(db, power_cut)
             if db.exists():
                 answered += answer_unknowns_truthfully(db, ledger)
         for _ in range(20):  # let it finish, answering what the kills left unknown
@@ -101,4 +143,5 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         store.close()
-    print(f"kills={kills} unknown outcomes answered={answered}")
+    print(f"{'power cuts' if power_cut else 'kills'}={kills} unknown outcomes "
+          f"answered={answered}")

@@ -95,9 +95,50 @@ def make_tools(ledger: Path) -> dict[str, ToolBinding]:
             for n in TOOLS}
 
 
+def keep_what_each_fsync_makes_durable(db: Path, into: Path) -> None:
+    """Power-cut mode: as each of the writer's fsyncs begins, copy the WAL and then the
+    database (a checkpoint between the two leaves both holding the pages); once the fsync
+    has returned, that copy is what a power cut would leave, and `into/durable` names it
+    (replaced atomically: a kill at any moment leaves a name of a whole copy). The parent
+    puts it back after each kill. SQLite's own checkpoints are turned off, so that only the
+    writer syncs."""
+    import os
+    import shutil
+    import threading
+    import time
+
+    from edge_agent.store import writer as writer_module
+    real = os.fdatasync
+    lock = threading.Lock()
+    count = [0]
+
+    def fdatasync(fd: int) -> None:
+        with lock:
+            count[0] += 1
+            snap = into / f"snap-{os.getpid()}-{count[0]}"
+            snap.mkdir(parents=True)
+            for suffix in ("-wal", ""):
+                if Path(f"{db}{suffix}").exists():
+                    shutil.copyfile(f"{db}{suffix}", snap / f"{db.name}{suffix}")
+            time.sleep(0.01)  # a slow disk: a result handed back before its fsync shows
+            real(fd)
+            before = (into / "durable").read_text() if (into / "durable").exists() else None
+            (into / "durable.tmp").write_text(snap.name)
+            os.replace(into / "durable.tmp", into / "durable")
+            if before:
+                shutil.rmtree(into / before, ignore_errors=True)
+    writer_module.os.fdatasync = fdatasync  # type: ignore[attr-defined]
+
+
 async def main(db: Path, ledger: Path, runs: int) -> None:
+    import os
     h = Harness(db, workflows(), make_tools(ledger), agent_runner=scripted_agent)
+    if os.environ.get("POWER_CUT_DIR"):
+        keep_what_each_fsync_makes_durable(db, Path(os.environ["POWER_CUT_DIR"]))
     engine = await h.start()
+    if os.environ.get("POWER_CUT_DIR"):
+        assert h.writer is not None
+        h.writer.write(lambda c: c.execute("PRAGMA wal_autocheckpoint=0"))
     for i in range(runs):
         queue_run(h.writer.write, workflow="cell", input={"part": i}, workflows=h.workflows,
                   run_id=f"run-{i:03d}")
