@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,8 +17,10 @@ CONTRACT = (ROOT / "tests" / "foundation" / "test_config.py").read_text().split(
 EXE = str(Path(sys.executable).parent / "edge-agent")
 
 
-def sh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+def sh(cwd: Path, *args: str, env: dict[str, str] | None = None
+       ) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                       env=env)
     assert r.returncode == 0, r.stderr
     return r
 
@@ -50,8 +53,11 @@ def test_contract_example_end_to_end(tmp_path: Path) -> None:
             assert time.time() < deadline, states
             time.sleep(0.1)
         assert sorted((tmp_path / "stamped.txt").read_text().split()) == ["A", "A", "B"]
-        sh(tmp_path, "approve", run_id, "--config", "cfg.toml")
-        sh(tmp_path, "reject", other, "--config", "cfg.toml")
+        # `edge-agent approve RUN_ID` / `reject RUN_ID` as the issue writes them: no --config,
+        # the file found where a device keeps it (here through $EDGE_AGENT_CONFIG)
+        device = {**os.environ, "EDGE_AGENT_CONFIG": str(tmp_path / "cfg.toml")}
+        sh(tmp_path, "approve", run_id, env=device)
+        sh(tmp_path, "reject", other, env=device)
         while True:
             runs = json.loads(sh(tmp_path, "runs", "--json", "--config", "cfg.toml").stdout)
             states = {r["run_id"]: r["status"] for r in runs["runs"]}
