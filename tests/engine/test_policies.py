@@ -1,0 +1,182 @@
+"""The policies that decide after a crash or a silence: `on_unknown = "fail"` and
+`"assume_failed"` for an interrupted non-idempotent call, and `on_timeout = "reject"` and
+`"escalate"` for an approval nobody answered. Real SQLite file, real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.engine import Harness, LedgerTool, fast_retry, ledger_lines
+
+from edge_agent.config import load_config
+from edge_agent.engine import ToolBinding, decide_approval, queue_run
+from edge_agent.engine import queries as q
+from edge_agent.engine.graph import Workflow, tool_config
+from edge_agent.engine.journal import call_key
+from edge_agent.errors import ConfigError
+from edge_agent.store import Store
+
+STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
+
+
+def interrupted(db_path: Path, wf: Any) -> str:
+    """A run whose non-idempotent call was started (intent committed) and never finished:
+    what the database holds after a SIGKILL in the middle of the call."""
+    store = Store(db_path)
+    try:
+        rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
+        now = time.time()
+        store.write(lambda c: (q.update_run(c, rid, now, status="running", node="a",
+                                            visits={"a": 1}, node_state={"attempt": 1}),
+                               q.journal_intent(c, key=call_key(rid, "a#1", 0, 0, 1), attempt=1,
+                                                run_id=rid, node="a#1", tool="stamp",
+                                                args={"part": "A"}, now=now)))
+    finally:
+        store.close()
+    return rid
+
+
+def stamp_once(policy_attempts: int, on_unknown: str) -> Any:
+    return (Workflow("w")
+            .tool("a", "stamp", args={"part": "A"}, next="done", on_unknown=on_unknown,
+                  retry=fast_retry(policy_attempts))
+            .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
+
+
+def test_on_unknown_fail_fails_the_run_without_calling_again(db_path: Path,
+                                                              ledger: Path) -> None:
+    tool = LedgerTool("stamp", ledger)
+    wf = stamp_once(3, "fail")
+    rid = interrupted(db_path, wf)
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            r = await h.wait(rid, "failed")
+            assert "unknown" in r.error and "on_unknown = fail" in r.error
+            assert tool.calls == 0 and ledger_lines(ledger) == []
+            calls = h.store.read(lambda c: q.tool_calls(c, rid))
+            assert [c["status"] for c in calls] == ["unknown"]
+            assert h.store.read(lambda c: q.pending_approval(c, rid)) is None
+            assert [s["status"] for s in h.steps(rid)] == ["interrupted"]
+        finally:
+            await h.stop()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("attempts,expect", [(3, "completed"), (1, "failed")])
+def test_on_unknown_assume_failed_retries_under_the_nodes_policy(
+        db_path: Path, ledger: Path, attempts: int, expect: str) -> None:
+    """assume_failed counts the interrupted call as a failed attempt: with attempts left the
+    call runs again (once, under a new key), with none left the run fails: no loop."""
+    tool = LedgerTool("stamp", ledger)
+    wf = stamp_once(attempts, "assume_failed")
+    rid = interrupted(db_path, wf)
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            r = await h.wait(rid, expect)
+            calls = h.store.read(lambda c: q.tool_calls(c, rid))
+            assert calls[0]["status"] == "assumed_failed"
+            if expect == "completed":
+                assert tool.calls == 1 and len(ledger_lines(ledger)) == 1
+                assert [c["status"] for c in calls] == ["assumed_failed", "ok"]
+                assert calls[1]["attempt"] == 2 and calls[1]["idem_key"] != calls[0]["idem_key"]
+                assert r.context["a"] == {"done": "stamp", "part": "A"}
+            else:
+                assert tool.calls == 0 and ledger_lines(ledger) == []
+                assert "assumed failed" in r.error
+        finally:
+            await h.stop()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("on_timeout", ["reject", "escalate"])
+def test_approval_timeout_rejects_or_escalates(db_path: Path, on_timeout: str) -> None:
+    wf = (Workflow("w").approval("gate", prompt="Ship it?", next="done", timeout_s=0.3,
+                                 on_timeout=on_timeout).end("done").build())
+    h = Harness(db_path, {"w": wf}, {})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {"count": 1})
+            if on_timeout == "reject":
+                r = await h.wait(rid, "cancelled", timeout=5)
+                assert "rejected at gate by timeout" in r.error
+                return
+            # escalated: the gate stays shut, a person is asked again, with no timeout now
+            deadline = time.monotonic() + 5
+            while True:
+                appr = h.store.read(lambda c: q.pending_approval(c, rid))
+                if appr is not None and appr["kind"] == "escalation":
+                    break
+                assert time.monotonic() < deadline, appr
+                await asyncio.sleep(0.02)
+            assert appr["prompt"].startswith("(timed out, escalated) Ship it?")
+            assert appr["timeout_at"] is None
+            history = h.store.read(lambda c: q.list_approvals(c, pending_only=False,
+                                                              run_id=rid))
+            assert [(a["kind"], a["status"], a["decided_by"]) for a in history] == [
+                ("gate", "escalated", "timeout"), ("escalation", "pending", None)]
+            await asyncio.sleep(0.5)  # no second timeout fires
+            assert (await h.wait(rid, "waiting_approval")).status == "waiting_approval"
+            decide_approval(h.writer.write, rid, approve=True, by="shift lead", note="ok")
+            h.engine.wake(rid)
+            r = await h.wait(rid, "completed")
+            assert r.context["gate"]["decision"] == "approved"
+            assert r.context["gate"]["by"] == "shift lead"
+        finally:
+            await h.stop()
+    asyncio.run(main())
+
+
+def test_policies_in_toml_are_checked_at_load(tmp_path: Path) -> None:
+    base = """
+[device]
+id = "d"
+data_dir = "data"
+
+[tools.stamp]
+kind = "command"
+argv = ["true"]
+idempotent = false
+on_unknown = "{tool}"
+
+[workflows.w]
+start = "a"
+
+[workflows.w.nodes.a]
+tool = "stamp"
+on_unknown = "{node}"
+next = "gate"
+
+[workflows.w.nodes.gate]
+approval = {{ prompt = "go?", timeout_s = 5, on_timeout = "{timeout}" }}
+next = "done"
+
+[workflows.w.nodes.done]
+end = true
+"""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(base.format(tool="fail", node="assume_failed", timeout="escalate"))
+    loaded = load_config(cfg)
+    assert loaded.tools["stamp"].on_unknown == "fail"
+    nodes = loaded.workflows["w"].nodes
+    assert nodes["a"].on_unknown == "assume_failed"
+    assert nodes["gate"].approval.on_timeout == "escalate"
+    for tool, node, timeout, key, bad in [
+            ("maybe", "fail", "reject", "tools.stamp.on_unknown", "maybe"),
+            ("fail", "retry", "reject", "workflows.w.nodes.a.on_unknown", "retry"),
+            ("fail", "fail", "later", "workflows.w.nodes.gate.approval.on_timeout", "later")]:
+        cfg.write_text(base.format(tool=tool, node=node, timeout=timeout))
+        with pytest.raises(ConfigError) as info:
+            load_config(cfg)
+        assert key in str(info.value) and repr(bad) in str(info.value), str(info.value)
