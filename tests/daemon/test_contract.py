@@ -20,7 +20,7 @@ EXE = str(Path(sys.executable).parent / "edge-agent")
 def sh(cwd: Path, *args: str, env: dict[str, str] | None = None
        ) -> subprocess.CompletedProcess[str]:
     r = subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                       env=env)
+                       check=False, env=env)
     assert r.returncode == 0, r.stderr
     return r
 

@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
-from support.engine import Harness, LedgerTool, fast_retry, ledger_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.engine import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
 
 from edge_agent.config import load_config
+from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import ToolBinding, decide_approval, queue_run
 from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
@@ -180,3 +184,49 @@ end = true
         with pytest.raises(ConfigError) as info:
             load_config(cfg)
         assert key in str(info.value) and repr(bad) in str(info.value), str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(initial=st.floats(0.001, 100), multiplier=st.floats(1.0, 10), cap=st.floats(0.001, 600),
+       jitter=st.floats(0.0, 1.0), attempt=st.integers(1, 60), rand=st.floats(0.0, 0.999999))
+def test_backoff_grows_by_the_multiplier_up_to_the_cap_within_the_jitter(
+        initial: float, multiplier: float, cap: float, jitter: float, attempt: int,
+        rand: float) -> None:
+    policy = RetryPolicy(max_attempts=100, initial_delay_s=initial, multiplier=multiplier,
+                         max_delay_s=cap, jitter=jitter)
+    base = min(cap, initial * multiplier ** (attempt - 1))
+    delay = policy.delay(attempt, rand)
+    assert base * (1 - jitter) - 1e-9 <= delay <= base * (1 + jitter) + 1e-9
+    assert delay <= cap * (1 + jitter) + 1e-9
+    steady = RetryPolicy(max_attempts=100, initial_delay_s=initial, multiplier=multiplier,
+                         max_delay_s=cap, jitter=0.0)
+    assert steady.delay(attempt + 1) >= steady.delay(attempt)
+
+
+def test_retry_waits_follow_the_policy_and_are_recorded(db_path: Path, ledger: Path) -> None:
+    """initial 0.05 s, x2, capped at 0.08 s, no jitter: the waits are 0.05, 0.08, 0.08, each
+    recorded with its attempt and error kind, and the run really waited them."""
+    flaky = LedgerTool("stamp", ledger, fail=lambda n: LedgerError(
+        "busy", kind="timeout", retryable=True) if n < 4 else None)
+    policy = RetryPolicy(max_attempts=4, initial_delay_s=0.05, multiplier=2.0, max_delay_s=0.08,
+                         jitter=0.0)
+    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=policy)
+          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
+    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(flaky)})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            started = time.monotonic()
+            rid = h.queue("w", {})
+            await h.wait(rid, "completed")
+            assert time.monotonic() - started >= 0.05 + 0.08 + 0.08
+            retries = [msgpack.unpackb(p) for (p,) in h.store.conn.execute(
+                "SELECT payload FROM outbox WHERE kind = 'step.retry' ORDER BY seq")]
+            assert [(r["attempt"], r["kind"], round(r["delay_s"], 3)) for r in retries] == [
+                (1, "timeout", 0.05), (2, "timeout", 0.08), (3, "timeout", 0.08)]
+            assert [s["status"] for s in h.steps(rid) if s["node"] == "a"] == [
+                "failed", "failed", "failed", "completed"]
+        finally:
+            await h.stop()
+    asyncio.run(main())
