@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,52 @@ def test_retry_waits_follow_the_policy_and_are_recorded(db_path: Path, ledger: P
                 (1, "timeout", 0.05), (2, "timeout", 0.08), (3, "timeout", 0.08)]
             assert [s["status"] for s in h.steps(rid) if s["node"] == "a"] == [
                 "failed", "failed", "failed", "completed"]
+        finally:
+            await h.stop()
+    asyncio.run(main())
+
+
+def test_runs_waiting_for_approval_hold_no_thread_and_no_polling(db_path: Path) -> None:
+    """Eighty runs at a gate with an hour's timeout: no thread is kept for any of them (the
+    engine's workers are all parked, a handful for eighty runs), and while they wait nothing
+    touches the database (a timeout is a timer on the event loop, not a poll)."""
+    wf = (Workflow("w").approval("gate", prompt="go?", next="done", timeout_s=3600)
+          .end("done").build())
+    h = Harness(db_path, {"w": wf}, {})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rids = [h.queue("w", {}) for _ in range(80)]
+            for rid in rids:
+                await h.wait(rid, "waiting_approval")
+            await asyncio.sleep(0.2)
+            sched = h.engine.sched
+            assert sched._blocked == 0 and sched._running == 0, (sched._blocked, sched._running)
+            assert threading.active_count() < 12, [t.name for t in threading.enumerate()]
+            # every statement on the engine's connections, and on any it opens meanwhile
+            statements: list[str] = []
+            conns = list(h.store._conns) + [h.writer._conn]
+            opened = h.store._open
+
+            def traced_open() -> Any:
+                conn = opened()
+                conn.set_trace_callback(statements.append)
+                conns.append(conn)
+                return conn
+            for conn in conns:
+                conn.set_trace_callback(statements.append)
+            h.store._open = traced_open  # type: ignore[method-assign]
+            try:
+                await asyncio.sleep(1.0)
+            finally:
+                h.store._open = opened  # type: ignore[method-assign]
+                for conn in conns:
+                    conn.set_trace_callback(None)
+            assert statements == []
+            decide_approval(h.writer.write, rids[7], approve=True, by="op")
+            h.engine.wake(rids[7])
+            await h.wait(rids[7], "completed")
         finally:
             await h.stop()
     asyncio.run(main())
