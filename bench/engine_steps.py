@@ -1,7 +1,8 @@
 """Durable steps per second: edge-agent against raw SQLite commits, DBOS and LangGraph.
 
 Run: .venv/bin/python -m bench.engine_steps [--quick] [--rounds N]
-Every figure is the median of three rounds (each round measures everything once, in turn).
+Every figure is the median of five rounds (each round measures everything once, in turn;
+the raw commit rate of a small VM disk moves by a third between rounds, hence five).
 Peers are installed into their own virtualenvs under .bench-venvs/ on first use.
 """
 
@@ -158,7 +159,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="every figure is the median of this many rounds, taken in turn so "
                     "that a slow spell of the disk touches all of them alike")
     args = ap.parse_args()
@@ -198,6 +199,11 @@ def main() -> None:
         if v:
             print(f"{peer_name + ' sequential, SQLite':52} {v:10.0f} {v / raw:7.2f}x   "
                   f"edge-agent is {results['ours_seq_full'] / v:.1f}x")
+    print("raw commits/s, round by round: " + ", ".join(f"{r['raw_full']:,.0f}" for r in rounds))
+    for key, label in (("ours_seq_full", "pure"), ("ours_seq_full_blocking", "blocking"),
+                       ("ours_16_full", "16 concurrent")):
+        print(f"{label} / raw, round by round: " + ", ".join(
+            f"{r[key] / r['raw_full']:.2f}x" for r in rounds))
     print(f"commits per step: idempotent {results['commits_per_step_full']:.2f}, "
           f"non-idempotent {results['commits_per_step_nonidem']:.2f}, "
           f"16 concurrent {results['commits_per_step_16']:.2f}")
