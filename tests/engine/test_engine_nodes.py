@@ -9,7 +9,14 @@ from typing import Any
 
 import msgpack
 import pytest
-from support.engine import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
+from support.engine import (
+    Harness,
+    LedgerError,
+    LedgerTool,
+    fast_retry,
+    interrupted_call,
+    ledger_lines,
+)
 
 from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import ToolBinding, decide_approval, request_cancel
@@ -459,24 +466,13 @@ def test_agent_handoff_is_a_checkpoint_and_tool_calls_are_journaled(db_path: Pat
 
 def test_unknown_outcome_after_a_crash_asks_a_human(db_path: Path, ledger: Path) -> None:
     """An intent with no result (the process died mid-call) is never silently repeated."""
-    from edge_agent.engine.journal import call_key
-    from edge_agent.store import Store
     tool = LedgerTool("stamp", ledger)
     wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done").end("done")
           .build(tools={"stamp": tool_config("stamp", STAMP)}))
     h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
 
     async def prepare(approve: bool) -> None:
-        store = Store(db_path)
-        from edge_agent.engine import queue_run
-        rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
-        now = time.time()
-        store.write(lambda c: (q.update_run(c, rid, now, status="running", node="a",
-                                            visits={"a": 1}, node_state={"attempt": 1}),
-                               q.journal_intent(c, key=call_key(rid, "a#1", 0, 0, 1), attempt=1,
-                                                run_id=rid, node="a#1", tool="stamp",
-                                                args={"part": "A"}, now=now)))
-        store.close()
+        rid = interrupted_call(db_path, wf, {"part": "A"})
         await h.start()
         try:
             await h.wait(rid, "waiting_approval")

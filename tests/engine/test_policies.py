@@ -14,35 +14,23 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.engine import Harness, LedgerError, LedgerTool, fast_retry, ledger_lines
+from support.engine import (
+    Harness,
+    LedgerError,
+    LedgerTool,
+    fast_retry,
+    interrupted_call,
+    ledger_lines,
+)
 
 from edge_agent.config import load_config
 from edge_agent.config.model import RetryPolicy
-from edge_agent.engine import ToolBinding, decide_approval, queue_run
+from edge_agent.engine import ToolBinding, decide_approval
 from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
-from edge_agent.engine.journal import call_key
 from edge_agent.errors import ConfigError
-from edge_agent.store import Store
 
 STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
-
-
-def interrupted(db_path: Path, wf: Any) -> str:
-    """A run whose non-idempotent call was started (intent committed) and never finished:
-    what the database holds after a SIGKILL in the middle of the call."""
-    store = Store(db_path)
-    try:
-        rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
-        now = time.time()
-        store.write(lambda c: (q.update_run(c, rid, now, status="running", node="a",
-                                            visits={"a": 1}, node_state={"attempt": 1}),
-                               q.journal_intent(c, key=call_key(rid, "a#1", 0, 0, 1), attempt=1,
-                                                run_id=rid, node="a#1", tool="stamp",
-                                                args={"part": "A"}, now=now)))
-    finally:
-        store.close()
-    return rid
 
 
 def stamp_once(policy_attempts: int, on_unknown: str) -> Any:
@@ -56,7 +44,7 @@ def test_on_unknown_fail_fails_the_run_without_calling_again(db_path: Path,
                                                               ledger: Path) -> None:
     tool = LedgerTool("stamp", ledger)
     wf = stamp_once(3, "fail")
-    rid = interrupted(db_path, wf)
+    rid = interrupted_call(db_path, wf, {"part": "A"})
     h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
 
     async def main() -> None:
@@ -81,7 +69,7 @@ def test_on_unknown_assume_failed_retries_under_the_nodes_policy(
     call runs again (once, under a new key), with none left the run fails: no loop."""
     tool = LedgerTool("stamp", ledger)
     wf = stamp_once(attempts, "assume_failed")
-    rid = interrupted(db_path, wf)
+    rid = interrupted_call(db_path, wf, {"part": "A"})
     h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
 
     async def main() -> None:

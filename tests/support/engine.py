@@ -133,6 +133,26 @@ class Harness:
         return self.store.read(lambda c: q.steps(c, run_id))
 
 
+def interrupted_call(db_path: Path, wf: Any, args: Mapping[str, Any]) -> str:
+    """A run of workflow `w` whose first node `a` had started its non-idempotent call (the
+    intent committed) and never recorded an outcome: what the database holds after a
+    SIGKILL in the middle of the call. Returns the run id."""
+    from edge_agent.engine import queue_run
+    from edge_agent.engine.journal import call_key
+    store = Store(db_path)
+    try:
+        rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
+        now = time.time()
+        store.write(lambda c: (q.update_run(c, rid, now, status="running", node="a",
+                                            visits={"a": 1}, node_state={"attempt": 1}),
+                               q.journal_intent(c, key=call_key(rid, "a#1", 0, 0, 1), attempt=1,
+                                                run_id=rid, node="a#1", tool="stamp",
+                                                args=dict(args), now=now)))
+    finally:
+        store.close()
+    return rid
+
+
 def fast_retry(n: int = 3, **kw: Any) -> RetryPolicy:
     return RetryPolicy(max_attempts=n, initial_delay_s=kw.pop("initial_delay_s", 0.01),
                        multiplier=1.0, max_delay_s=1.0, jitter=0.0, **kw)
