@@ -40,7 +40,9 @@ def test_contract_example_end_to_end(tmp_path: Path) -> None:
     runs = json.loads(sh(tmp_path, "runs", "--json", "--config", "cfg.toml").stdout)["runs"]
     assert {(r["run_id"], r["workflow"], r["status"]) for r in runs} == {
         (run_id, "stamp_parts", "queued"), (other, "stamp_parts", "queued")}
-    daemon = DaemonProcess(tmp_path / "cfg.toml", tmp_path)
+    # `edge-agent run --config cfg.toml`, as written, from the config's directory
+    daemon = DaemonProcess(tmp_path / "cfg.toml", tmp_path, cwd=tmp_path,
+                           argv=[EXE, "run", "--config", "cfg.toml"])
     try:
         daemon.start()
         daemon.wait_for("READY=1")

@@ -15,8 +15,13 @@ from typing import Any
 
 
 class DaemonProcess:
-    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None,
+                 argv: list[str] | None = None, cwd: Path | None = None) -> None:
+        """argv and cwd: the command line to start it with, as a user would type it
+        (default: this interpreter's `-m edge_agent run --config CONFIG`)."""
         self.config = config
+        self.argv = argv or [sys.executable, "-m", "edge_agent", "run", "--config", str(config)]
+        self.cwd = cwd
         self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.notify_path))
@@ -28,8 +33,7 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         self._logf = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config",
-                                      str(self.config)], env=self.env, stdout=self._logf,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._logf,
                                      stderr=subprocess.STDOUT, text=True)
         return self
 
