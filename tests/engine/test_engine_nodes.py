@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 from support.engine import (
+    STAMP,
     Harness,
     LedgerError,
     LedgerTool,
@@ -23,8 +24,6 @@ from edge_agent.engine import ToolBinding, decide_approval, request_cancel
 from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.errors import ConfigError
-
-STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
 
 
 def stamp_parts() -> Any:

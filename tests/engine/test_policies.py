@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.engine import (
+    STAMP,
     Harness,
     LedgerError,
     LedgerTool,
@@ -29,8 +30,6 @@ from edge_agent.engine import ToolBinding, decide_approval
 from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.errors import ConfigError
-
-STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
 
 
 def stamp_once(policy_attempts: int, on_unknown: str) -> Any:

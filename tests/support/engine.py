@@ -18,6 +18,9 @@ from edge_agent.engine import Engine, ToolBinding
 from edge_agent.engine import queries as q
 from edge_agent.store import GroupCommitter, Store
 
+# the params schema of the ledger tools the engine tests call "stamp"
+STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
+
 
 class LedgerError(Exception):
     def __init__(self, message: str, *, kind: str = "failed", retryable: bool = False) -> None:
