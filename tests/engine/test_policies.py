@@ -1,6 +1,7 @@
-"""The policies that decide after a crash or a silence: `on_unknown = "fail"` and
-`"assume_failed"` for an interrupted non-idempotent call, and `on_timeout = "reject"` and
-`"escalate"` for an approval nobody answered. Real SQLite file, real engine."""
+"""The policies that decide after a crash, a failure or a silence: `on_unknown = "fail"` and
+`"assume_failed"` for an interrupted non-idempotent call, `on_timeout = "reject"` and
+`"escalate"` for an approval nobody answered, the retry backoff, and what a run waiting for
+a person costs (nothing). Real SQLite file, real engine."""
 
 from __future__ import annotations
 
