@@ -160,6 +160,12 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
         store.close()
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from sync.cloud.install import install_service
+    print("\n".join(install_service(root=args.root, reload=not args.no_reload)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", required=True, help="cloud.toml")
@@ -167,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-agent-cloud", description="fleet ingest service")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the ingest workers")
+    s = sub.add_parser("install-service", help="install the cloud unit, user, dirs and "
+                       "example config")
+    s.add_argument("--root", default="/", help="install below this root (for packaging)")
+    s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
     sub.add_parser("status", parents=[common], help="devices, online state, stream positions")
     for name in ("approve", "reject", "cancel"):
         s = sub.add_parser(name, parents=[common], help=f"{name} a run on a device")
@@ -191,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--wait", action="store_true")
     s.add_argument("--timeout", type=float, default=30.0)
     args = p.parse_args(argv)
+    if args.command == "install-service":
+        return cmd_install_service(args)
     try:
         cfg = load_cloud_config(args.config)
     except CloudConfigError as exc:

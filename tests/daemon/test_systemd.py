@@ -11,7 +11,10 @@ import pytest
 
 from edge_agent.cli import main
 
-SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = {"edge-agent.service": ROOT / "edge_agent/systemd/edge-agent.service",
+         "edge-agent-cloud.service": ROOT / "sync/cloud/systemd/edge-agent-cloud.service"}
+SYSTEMD = ROOT / "edge_agent/systemd"
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed")
 
@@ -19,7 +22,7 @@ needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
 @needs_analyze
 @pytest.mark.parametrize("unit", ["edge-agent.service", "edge-agent-cloud.service"])
 def test_security_exposure_is_low(unit: str) -> None:
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(SYSTEMD / unit)],
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNITS[unit])],
                        capture_output=True, text=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
@@ -53,7 +56,7 @@ def test_install_service_into_a_root(tmp_path: Path, capsys: pytest.CaptureFixtu
 @needs_analyze
 def test_units_verify_cleanly(tmp_path: Path) -> None:
     for unit in ("edge-agent.service", "edge-agent-cloud.service"):
-        text = (SYSTEMD / unit).read_text().replace("/usr/local/bin/", "/bin/")
+        text = UNITS[unit].read_text().replace("/usr/local/bin/", "/bin/")
         (tmp_path / unit).write_text(text.replace("ExecStart=/bin/edge-agent-cloud",
                                                   "ExecStart=/bin/true").replace(
             "ExecStart=/bin/edge-agent", "ExecStart=/bin/true"))
@@ -62,3 +65,78 @@ def test_units_verify_cleanly(tmp_path: Path) -> None:
         problems = [l for l in (r.stdout + r.stderr).splitlines()
                     if unit in l and "Failed to" in l]
         assert not problems, r.stdout + r.stderr
+
+
+def test_device_install_lays_out_a_service_that_can_start(tmp_path: Path) -> None:
+    """The service user must read its config, ExecStart must name the installed entry point,
+    and the device install adds no cloud unit or user."""
+    assert main(["install-service", "--root", str(tmp_path), "--no-reload"]) == 0
+    config = tmp_path / "etc/edge-agent/config.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    tmpfiles = (tmp_path / "usr/lib/tmpfiles.d/edge-agent.conf").read_text()
+    assert "z /etc/edge-agent/config.toml 0640 root edge-agent -" in tmpfiles
+    assert "d /etc/edge-agent 0750 root edge-agent -" in tmpfiles
+    unit = (tmp_path / "etc/systemd/system/edge-agent.service").read_text()
+    exe = re.search(r"^ExecStart=(\S+) run --config /etc/edge-agent/config.toml$", unit, re.M)
+    assert exe and Path(exe.group(1)).is_file(), unit
+    if exe.group(1).startswith(("/home/", "/root/")):
+        assert "ProtectHome=read-only" in unit  # else systemd hides the entry point
+    assert not (tmp_path / "etc/systemd/system/edge-agent-cloud.service").exists()
+    sysusers = (tmp_path / "usr/lib/sysusers.d/edge-agent.conf").read_text()
+    assert "edge-agent-cloud" not in sysusers
+
+
+def test_cloud_install_is_its_own_command(tmp_path: Path) -> None:
+    from sync.cloud.cli import main as cloud_main
+    assert cloud_main(["install-service", "--root", str(tmp_path), "--no-reload"]) == 0
+    assert (tmp_path / "etc/systemd/system/edge-agent-cloud.service").exists()
+    assert "u edge-agent-cloud" in (tmp_path / "usr/lib/sysusers.d/edge-agent-cloud.conf"
+                                    ).read_text()
+    config = tmp_path / "etc/edge-agent-cloud/cloud.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert not (tmp_path / "etc/systemd/system/edge-agent.service").exists()
+
+
+def test_config_is_given_to_the_service_group(tmp_path: Path) -> None:
+    """As root, the config becomes root:GROUP 0640 (here with a group that exists)."""
+    import grp
+    import os
+
+    from sync.service_files import _give_to_group
+    if os.geteuid() != 0:
+        pytest.skip("chown to another group needs root")
+    f = tmp_path / "config.toml"
+    f.write_text("")
+    f.chmod(0o600)
+    group = grp.getgrgid(os.getgid()).gr_name
+    _give_to_group(f, group)
+    st = f.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, os.getgid(), 0o640)
+
+
+def test_wheel_carries_the_unit_files(tmp_path: Path) -> None:
+    """Installed from a wheel, install-service finds its files (they are package data)."""
+    import sys
+    import zipfile
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                        "-q", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    wheel = next(tmp_path.glob("edge_agent-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("edge_agent/systemd/edge-agent.service", "edge_agent/systemd/edge-agent.example.toml",
+              "edge_agent/systemd/edge-agent.sysusers.conf",
+              "edge_agent/systemd/edge-agent.tmpfiles.conf",
+              "sync/cloud/systemd/edge-agent-cloud.service",
+              "sync/cloud/systemd/cloud.example.toml", "sync/cloud/mosquitto.example.conf"):
+        assert f in names, f
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import sys; from edge_agent.install import install_service; "
+            "assert install_service.__code__.co_filename.startswith(sys.argv[1]); "
+            "print('\\n'.join(install_service(root=sys.argv[2], reload=False)))")
+    r = subprocess.run([sys.executable, "-c", code, str(site), str(tmp_path / "root")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": str(site)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "root/etc/edge-agent/config.toml").exists()
