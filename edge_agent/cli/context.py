@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import Config, load_config
-from edge_agent.control_socket import request
+from edge_agent.daemon.control_socket import request
 from edge_agent.store import Store
 
 

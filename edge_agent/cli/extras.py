@@ -46,7 +46,7 @@ def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out({"tool": args.name, "args": call_args, "valid": True, "dry_run": True},
                 f"{args.name}: arguments valid (dry run, nothing touched)")
         return 0
-    from edge_agent.runtime import build_tools, close_tools
+    from edge_agent.daemon.runtime import build_tools, close_tools
     from edge_agent.store import Store
     store = Store(cfg.db_path) if cfg.tools[args.name].kind == "kv" else None
     tools = build_tools(cfg, store)
@@ -68,7 +68,7 @@ def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_conflicts(ctx: Context, args: argparse.Namespace) -> int:
-    from edge_agent.replication import list_conflicts, resolve_conflict
+    from edge_agent.store.documents import list_conflicts, resolve_conflict
     if args.rest:
         if args.rest[0] != "resolve" or len(args.rest) != 2:
             raise CliError("usage: edge-agent conflicts resolve KEY --take VERSION|--value JSON",
@@ -110,7 +110,7 @@ def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_install_service(ctx: Context, args: argparse.Namespace) -> int:
-    from edge_agent.install import install_service
+    from edge_agent.daemon.install import install_service
     steps = install_service(root=args.root, reload=not args.no_reload)
     ctx.out({"installed": steps}, "\n".join(steps))
     return 0

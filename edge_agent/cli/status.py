@@ -13,8 +13,8 @@ from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
 from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError
-from edge_agent.lock import lock_holder
-from edge_agent.runtime import outbox_streams
+from edge_agent.daemon.lock import lock_holder
+from edge_agent.daemon.runtime import outbox_streams
 
 
 def collect_status(ctx: Context) -> dict[str, Any]:

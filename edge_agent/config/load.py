@@ -185,7 +185,7 @@ def _schema(t: Table, key: str) -> Mapping[str, Any] | None:
 
 
 def _tool(name: str, t: Table, base: Path) -> ToolConfig | None:
-    from edge_agent.tools.registry import KINDS, check_tool_options
+    from edge_agent.tools.kinds import KINDS, check_tool_options
 
     kind = t.str("kind", required=True, choices=tuple(sorted(KINDS)))
     fields: dict[str, Any] = {

@@ -14,7 +14,7 @@ from edge_agent.config.model import (
 )
 from edge_agent.config.reader import Table
 from edge_agent.errors import ConfigIssue
-from edge_agent.expressions import ExpressionError, compile_expression
+from edge_agent.config.expressions import ExpressionError, compile_expression
 
 NODE_KINDS = ("tool", "agent", "branch", "approval", "parallel", "handoff", "end")
 RESERVED_NAMES = frozenset({"input", "run", "approval", "error"})

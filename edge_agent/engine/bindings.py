@@ -53,7 +53,7 @@ class ToolBinding:
 
 
 class AgentContext(Protocol):
-    """The journal an agent loop writes through (see edge_agent.agent.AgentStepContext)."""
+    """The journal an agent loop writes through (see edge_agent.agents.loop.AgentStepContext)."""
 
     run_id: str
     node: str

@@ -30,7 +30,7 @@ from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
-from edge_agent.expressions import ExpressionError, evaluate
+from edge_agent.config.expressions import ExpressionError, evaluate
 from edge_agent.store import GroupCommitter, Prepared, Store
 from edge_agent.telemetry.logs import log_context
 

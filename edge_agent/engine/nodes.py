@@ -14,7 +14,7 @@ from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext, call_key
 from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
-from edge_agent.expressions import ExpressionError, evaluate, evaluate_condition
+from edge_agent.config.expressions import ExpressionError, evaluate, evaluate_condition
 
 log = logging.getLogger(__name__)
 

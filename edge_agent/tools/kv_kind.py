@@ -31,24 +31,3 @@ def check_kv(options: Mapping[str, Any], base_dir: Path) -> Problems:
     if not isinstance(c, str) or not c or "/" in c:
         problems.append(("collection", "must be a collection name without '/'", c))
     return problems
-
-
-class KvState:
-    """Reads and writes one collection of the device's replicated documents."""
-
-    def __init__(self, store: Any, config: Any, collection: str = "kv") -> None:
-        self.store = store
-        self.config = config
-        self.collection = collection
-
-    def __call__(self, args: Mapping[str, Any], key: str) -> dict[str, Any]:
-        from edge_agent.replication import replica, write_doc
-        name = str(args["key"])
-        if args["op"] == "get":
-            doc = self.store.read(lambda c: replica(c, self.config).read(self.collection,
-                                                                          name))
-            found = doc is not None and "value" in doc.value
-            return {"key": name, "found": found, "value": doc.value["value"] if found else None}
-        version = write_doc(self.store, self.config, self.collection, name,
-                            {"value": args.get("value")})
-        return {"key": name, "written": True, "version": version.digest[:12]}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from support.daemon import DaemonProcess, cli, cli_json
 
-from edge_agent.control_socket import request
+from edge_agent.daemon.control_socket import request
 
 
 def start(daemons: list[DaemonProcess], config: Path, tmp_path: Path,

@@ -174,7 +174,7 @@ end = true
 
 
 def test_a_gpio_edge_starts_a_run_per_edge(tmp_path: Path) -> None:
-    from edge_agent.control_socket import request
+    from edge_agent.daemon.control_socket import request
     config = tmp_path / "config.toml"
     config.write_text(EDGE)
     d = DaemonProcess(config, tmp_path, {"EDGE_AGENT_TEST_HOOKS": "1"}).start()
@@ -240,7 +240,7 @@ def test_bad_edge_triggers_are_config_errors(tmp_path: Path, trigger: str,
 
 def test_edge_triggers_are_all_told_to_stop_before_any_is_awaited() -> None:
     """Each trigger notices a stop within its wait; stopping several takes one wait, not N."""
-    from edge_agent.triggers import stop_all
+    from edge_agent.daemon.triggers import stop_all
 
     events: list[tuple[str, int]] = []
 

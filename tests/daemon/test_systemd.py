@@ -12,9 +12,9 @@ import pytest
 from edge_agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = {"edge-agent.service": ROOT / "edge_agent/systemd/edge-agent.service",
+UNITS = {"edge-agent.service": ROOT / "edge_agent/daemon/systemd/edge-agent.service",
          "edge-agent-cloud.service": ROOT / "sync/cloud/systemd/edge-agent-cloud.service"}
-SYSTEMD = ROOT / "edge_agent/systemd"
+SYSTEMD = ROOT / "edge_agent/daemon/systemd"
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed")
 
@@ -124,15 +124,15 @@ def test_wheel_carries_the_unit_files(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("edge_agent-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("edge_agent/systemd/edge-agent.service", "edge_agent/systemd/edge-agent.example.toml",
-              "edge_agent/systemd/edge-agent.sysusers.conf",
-              "edge_agent/systemd/edge-agent.tmpfiles.conf",
+    for f in ("edge_agent/daemon/systemd/edge-agent.service", "edge_agent/daemon/systemd/edge-agent.example.toml",
+              "edge_agent/daemon/systemd/edge-agent.sysusers.conf",
+              "edge_agent/daemon/systemd/edge-agent.tmpfiles.conf",
               "sync/cloud/systemd/edge-agent-cloud.service",
               "sync/cloud/systemd/cloud.example.toml", "sync/cloud/mosquitto.example.conf"):
         assert f in names, f
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import sys; from edge_agent.install import install_service; "
+    code = ("import sys; from edge_agent.daemon.install import install_service; "
             "assert install_service.__code__.co_filename.startswith(sys.argv[1]); "
             "print('\\n'.join(install_service(root=sys.argv[2], reload=False)))")
     r = subprocess.run([sys.executable, "-c", code, str(site), str(tmp_path / "root")],

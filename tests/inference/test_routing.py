@@ -19,7 +19,7 @@ from support.openai_server import FakeOpenAI
 
 from edge_agent.config.load import load_config
 from edge_agent.engine import ToolBinding
-from edge_agent.runtime import build_agent_runner
+from edge_agent.daemon.runtime import build_agent_runner
 
 CONFIG = """
 [device]

@@ -30,7 +30,7 @@ def test_conflicts_list_and_resolve(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(CONFIG)
     cfg = load_config(path)
-    from edge_agent.replication import replica, write_doc
+    from edge_agent.store.documents import replica, write_doc
     store = Store(cfg.db_path)
     mine = write_doc(store, cfg, "notes", "shift", {"text": "edge says"})
     theirs = Replica("cloud", MemoryDocStore(), rules={}).write("notes", "shift",
@@ -66,7 +66,7 @@ def test_resolve_with_a_new_value(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(CONFIG)
     cfg = load_config(path)
-    from edge_agent.replication import replica, write_doc
+    from edge_agent.store.documents import replica, write_doc
     store = Store(cfg.db_path)
     write_doc(store, cfg, "notes", "shift", {"text": "edge says"})
     theirs = Replica("cloud", MemoryDocStore(), rules={}).write("notes", "shift",

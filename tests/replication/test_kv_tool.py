@@ -12,7 +12,7 @@ from support.daemon import cli, cli_json
 from support.engine import Harness
 
 from edge_agent.config import load_config
-from edge_agent.runtime import build_tools
+from edge_agent.daemon.runtime import build_tools
 from edge_agent.store import Store
 from sync.documents import Version
 

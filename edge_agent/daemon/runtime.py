@@ -30,7 +30,7 @@ def build_tools(cfg: Config, store: Store | None = None,
         if tc.kind == "kv":
             if store is not None:
                 from edge_agent.tools.base import SchemaTool
-                from edge_agent.tools.kv_kind import KvState
+                from edge_agent.store.documents import KvState
                 state = KvState(store, cfg, tc.options.get("collection", "kv"))
                 out[name] = ToolBinding(SchemaTool(
                     name, state, description=tc.description, params=tc.params,
@@ -63,12 +63,12 @@ def close_tools(tools: Mapping[str, ToolBinding]) -> None:
 def build_agent_runner(cfg: Config, tools: Mapping[str, ToolBinding]) -> AgentRunner | None:
     if not cfg.agents:
         return None
-    from edge_agent.agent_runtime import make_agent_runner
+    from edge_agent.agents.providers import make_agent_runner
     return make_agent_runner(cfg, tools)
 
 
 def build_sync(cfg: Config, daemon: Any) -> Any:
-    from edge_agent.sync_runtime import make_sync
+    from edge_agent.daemon.sync_runtime import make_sync
     return make_sync(cfg, daemon)
 
 

@@ -18,17 +18,17 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import Config, load_config
-from edge_agent.control_socket import ControlServer
+from edge_agent.daemon.control_socket import ControlServer
 from edge_agent.engine import Engine, queue_run
 from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError
-from edge_agent.lock import DataDirLock
-from edge_agent.notify import SystemdNotifier, watchdog_interval
-from edge_agent.runtime import build_agent_runner, build_tools, close_tools, sync_status
+from edge_agent.daemon.lock import DataDirLock
+from edge_agent.daemon.notify import SystemdNotifier, watchdog_interval
+from edge_agent.daemon.runtime import build_agent_runner, build_tools, close_tools, sync_status
 from edge_agent.store import GroupCommitter, Store
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
-from edge_agent.triggers import EdgeTrigger, stop_all
+from edge_agent.daemon.triggers import EdgeTrigger, stop_all
 
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
@@ -131,7 +131,7 @@ class Daemon:
     def _build_sync(self) -> Any:
         if self.config.sync is None:
             return None
-        from edge_agent.runtime import build_sync
+        from edge_agent.daemon.runtime import build_sync
         assert self.store is not None
         return build_sync(self.config, self)
 
@@ -224,7 +224,7 @@ class Daemon:
     async def _anti_entropy(self, interval: float) -> None:
         """A document summary goes up at start and then every `anti_entropy_s`; the cloud
         answers only where it differs."""
-        from edge_agent.replication import record_summary
+        from edge_agent.store.documents import record_summary
         assert self.writer is not None
         writer, config = self.writer, self.config
         while True:
@@ -373,7 +373,7 @@ def run_daemon(config_path: str | None) -> int:
         return ConfigError.exit_code
     t = config.telemetry
     setup_logging(t.log_format, t.log_level, t.levels)
-    from edge_agent.lock import AlreadyRunning
+    from edge_agent.daemon.lock import AlreadyRunning
     try:
         return asyncio.run(Daemon(config).run())
     except AlreadyRunning as exc:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_agent.agent import AgentResult, ToolInfo, run_agent
+from edge_agent.agents.loop import AgentResult, ToolInfo, run_agent
 from edge_agent.config import Config, ModelConfig
 from edge_agent.engine.bindings import AgentContext, AgentRunner, ToolBinding
 from edge_agent.inference.provider import ModelLoadError, Provider

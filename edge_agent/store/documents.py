@@ -7,15 +7,18 @@ Every local write of a replicated document commits with its outbox record (strea
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from edge_agent.config import Config
 from edge_agent.errors import EdgeAgentError
-from edge_agent.store import Store
+from edge_agent.store.db import Store
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.replica import Replica, SqliteDocStore
+
+if TYPE_CHECKING:  # the store reads the device id and merge rules; it never loads a config
+    from edge_agent.config import Config
 
 
 def replica(conn: sqlite3.Connection, config: Config) -> Replica:
@@ -147,3 +150,23 @@ def resolve_conflict(store: Store, config: Config, full_key: str, *, take: str |
         return version
     version: Version = store.write(tx)
     return {"key": full_key, "version": version.digest[:12], "value": version.value}
+
+
+class KvState:
+    """Reads and writes one collection of the device's replicated documents."""
+
+    def __init__(self, store: Any, config: Any, collection: str = "kv") -> None:
+        self.store = store
+        self.config = config
+        self.collection = collection
+
+    def __call__(self, args: Mapping[str, Any], key: str) -> dict[str, Any]:
+        name = str(args["key"])
+        if args["op"] == "get":
+            doc = self.store.read(lambda c: replica(c, self.config).read(self.collection,
+                                                                          name))
+            found = doc is not None and "value" in doc.value
+            return {"key": name, "found": found, "value": doc.value["value"] if found else None}
+        version = write_doc(self.store, self.config, self.collection, name,
+                            {"value": args.get("value")})
+        return {"key": name, "written": True, "version": version.digest[:12]}
