@@ -30,6 +30,7 @@ from sync.envelope import (
 )
 from sync.mqtt import Topics, device_of, make_client, publish_properties
 from sync.outbox import STREAMS
+from sync.signing import DEFAULT_TTL_S, Sealer
 
 log = logging.getLogger(__name__)
 MAX_STATUS_BYTES = 4096
@@ -42,8 +43,10 @@ class IngestWorker:
                  tls_key: str | None = None, username: str | None = None,
                  password: str | None = None, otlp_endpoint: str | None = None,
                  tools: dict[str, Any] | None = None,
-                 collections: Mapping[str, CollectionRules] | None = None) -> None:
+                 collections: Mapping[str, CollectionRules] | None = None,
+                 sealer: Sealer | None = None) -> None:
         self.store = store
+        self.sealer = sealer  # None: downlink sent unsigned (insecure = true)
         self.docs = CloudDocs(store, collections)
         self.prefix = prefix
         self.group = group
@@ -108,9 +111,10 @@ class IngestWorker:
         if batch.stream == "control":
             self._documents(device, batch.records)  # before the ack: nothing acked is lost
         self.batches += 1
-        self.client.publish(Topics(self.prefix, device).ack,
-                            encode_ack(batch.stream, received,
-                                       batch.digest if received == batch.last else ""), qos=1)
+        ack = encode_ack(batch.stream, received, batch.digest if received == batch.last else "")
+        if self.sealer is not None:
+            ack = self.sealer.seal(device, "ack", ack)
+        self.client.publish(Topics(self.prefix, device).ack, ack, qos=1)
         if batch.stream == "control":
             for r in batch.records:
                 if r.kind == "cmd.result":
@@ -207,14 +211,21 @@ class IngestWorker:
                               payload=payload)
 
     def send_command(self, device: str, ctype: str, args: dict[str, Any],
-                     traceparent: str | None = None, wait_s: float = 0.0) -> str:
-        """Record and publish a command (QoS 1); the device confirms on its control stream."""
+                     traceparent: str | None = None, wait_s: float = 0.0,
+                     expires_in_s: float | None = None) -> str:
+        """Record and publish a command (QoS 1); the device confirms on its control stream.
+        It expires after `expires_in_s` (default 24 h): the broker drops it, the device
+        answers "expired"."""
         cid = uuid.uuid4().hex
         cmd = Command(cid, ctype, args, time.time())
         self.store.add_command(cid, device, ctype, args)
-        props = publish_properties(self.protocol, **({"traceparent": traceparent}
-                                                     if traceparent else {}))
-        info = self.client.publish(Topics(self.prefix, device).cmd, encode_command(cmd), qos=1,
+        ttl = expires_in_s or DEFAULT_TTL_S
+        payload = encode_command(cmd)
+        if self.sealer is not None:
+            payload = self.sealer.seal(device, ctype, payload, msg_id=cid, ttl_s=ttl)
+        props = publish_properties(self.protocol, ttl, **({"traceparent": traceparent}
+                                                          if traceparent else {}))
+        info = self.client.publish(Topics(self.prefix, device).cmd, payload, qos=1,
                                    properties=props)
         if wait_s:
             info.wait_for_publish(wait_s)
