@@ -147,11 +147,12 @@ class IngestWorker:
                          device, payload["collection"], len(payload["buckets"]))
                 self.send_command(device, "doc_sync", payload)
 
-    def write_doc(self, device: str, collection: str, key: str,
-                  changes: dict[str, Any]) -> tuple[str, Version]:
+    def write_doc(self, device: str, collection: str, key: str, changes: dict[str, Any],
+                  expires_in_s: float | None = None) -> tuple[str, Version]:
         """A cloud write to a device's document: stored here, then sent down."""
         version = self.docs.write(device, collection, key, changes)
-        return self.send_command(device, "doc_update", {"version": version.encode()}), version
+        return self.send_command(device, "doc_update", {"version": version.encode()},
+                                 expires_in_s=expires_in_s), version
 
     def _status(self, device: str, topic: str, payload: bytes) -> None:
         if not payload:

@@ -20,6 +20,7 @@ data_dir = "data"
 runtime_dir = "run"
 [sync]
 broker = "127.0.0.1:{port}"
+insecure = true
 ack_timeout_s = 2
 [tools.price]
 kind = "remote"
@@ -50,7 +51,7 @@ def setup(tmp: Path, port: int, timeout: float, fallback: bool) -> Path:
     cached = tmp / "cached.sh"
     cached.write_text('#!/bin/sh\necho "{\\"part\\": \\"$1\\", \\"eur\\": 10.0}"\n')
     cached.chmod(0o755)
-    (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\n[store]\n'
+    (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n[store]\n'
                                     f'url = "sqlite:///cloud.db"\n[tools]\n'
                                     f'price = "cloud_tools:price"\n')
     return cfg
