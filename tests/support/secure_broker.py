@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import socket
 import subprocess
 import time
@@ -20,10 +19,9 @@ from typing import Any
 import trustme
 from support.broker import free_port, mosquitto_path
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CONF = ROOT / "sync" / "cloud" / "mosquitto.example.conf"
-SHIPPED_ACL = ROOT / "sync" / "cloud" / "mosquitto.acl.example"
-DEVICE_PORT, CLOUD_PORT = 8883, 8884
+from sync.cloud.broker_example import EXAMPLE_ACL as SHIPPED_ACL
+from sync.cloud.broker_example import EXAMPLE_CONF as SHIPPED_CONF
+from sync.cloud.broker_example import render
 
 
 @dataclass(frozen=True)
@@ -54,20 +52,14 @@ class SecureBroker:
         self.devices_ca.cert_pem.write_to_path(str(self.etc / "devices-ca.pem"))
         self.cloud_ca.cert_pem.write_to_path(str(self.etc / "cloud-ca.pem"))
         self.devices_ca.cert_pem.write_to_path(str(self.etc / "ca.pem"))  # older examples
-        text = conf.read_text()
-        self.device_port = free_port()
-        two = re.search(rf"^listener {CLOUD_PORT}\b", text, re.M) is not None
-        self.cloud_port = free_port() if two else self.device_port
-        mount = re.search(r"^mount_point (\S+)", text, re.M)
-        self.cloud_prefix = (mount.group(1) if mount else "") + "edge"
-        text = re.sub(rf"^listener {DEVICE_PORT}\b.*$", f"listener {self.device_port} 127.0.0.1",
-                      text, flags=re.M)
-        text = re.sub(rf"^listener {CLOUD_PORT}\b.*$", f"listener {self.cloud_port} 127.0.0.1",
-                      text, flags=re.M)
-        text = text.replace("/etc/mosquitto/", f"{self.etc}/")
-        (self.etc / "edge-agent.acl").write_text(acl.read_text())
+        self.device_port, cloud_port = free_port(), free_port()
+        rendered = render(device_port=self.device_port, cloud_port=cloud_port, etc=self.etc,
+                          conf=conf, acl=acl)
+        self.cloud_port = cloud_port if rendered.own_cloud_listener else self.device_port
+        self.cloud_prefix = rendered.cloud_prefix
+        (self.etc / "edge-agent.acl").write_text(rendered.acl)
         self.conf = tmp / "mosquitto-secure.conf"
-        self.conf.write_text(text + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        self.conf.write_text(rendered.conf + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
         self.log = tmp / "mosquitto-secure.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
