@@ -27,12 +27,12 @@ def render(*, device_port: int, cloud_port: int, etc: Path, host: str = "127.0.0
     """The example config with its listeners on `host` and these ports and its files
     (CAs, broker certificate, ACL) in `etc` instead of /etc/mosquitto/."""
     text = conf.read_text()
-    own = re.search(rf"^listener {CLOUD_PORT}\b", text, re.M) is not None
-    mount = re.search(r"^mount_point (\S+)", text, re.M)
+    own = re.search(rf"^listener {CLOUD_PORT}\b", text, re.MULTILINE) is not None
+    mount = re.search(r"^mount_point (\S+)", text, re.MULTILINE)
     text = re.sub(rf"^listener {DEVICE_PORT}\b.*$", f"listener {device_port} {host}", text,
-                  flags=re.M)
+                  flags=re.MULTILINE)
     text = re.sub(rf"^listener {CLOUD_PORT}\b.*$", f"listener {cloud_port} {host}", text,
-                  flags=re.M)
+                  flags=re.MULTILINE)
     text = text.replace(ETC, f"{etc}/")
     return RenderedBroker(text, acl.read_text(), (mount.group(1) if mount else "") + "edge",
                           own)

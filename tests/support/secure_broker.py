@@ -14,7 +14,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trustme
 from support.broker import free_port, mosquitto_path
@@ -105,5 +104,5 @@ class SecureBroker:
     def __enter__(self) -> SecureBroker:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.kill()

@@ -5,7 +5,6 @@ expired while the device was offline does nothing and is answered "expired"."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
