@@ -29,7 +29,7 @@ from sync.envelope import (
 )
 from sync.mqtt import Topics, connect_properties, make_client, user_properties
 from sync.outbox import STREAMS, Outbox
-from sync.signing import Opener, SealError, check_bound
+from sync.signing import Opener, Sealer, SealError, check_bound
 
 log = logging.getLogger(__name__)
 Handler = Callable[[sqlite3.Connection, Command], dict[str, Any]]
@@ -66,9 +66,10 @@ class EdgeSync:
                  keepalive_s: int = 30, ack_timeout_s: float = 10.0,
                  outbox_limits: dict[str, int] | None = None,
                  durable: Callable[[], None] | None = None,
-                 opener: Opener | None = None) -> None:
+                 opener: Opener | None = None, uplink_sealer: Sealer | None = None) -> None:
         self.device_id = device_id
         self.opener = opener  # None: downlink taken unsigned (insecure = true)
+        self.uplink_sealer = uplink_sealer  # None: batches unsealed (no device key)
         self.broker = f"{host}:{port}"
         self.topics = Topics(prefix, device_id)
         self.host, self.port = host, port
@@ -306,6 +307,8 @@ class EdgeSync:
                 payload = encode_batch(self.device_id, stream, after, wire,
                                        compress=self.compression,
                                        max_bytes=max(self.batch_max_bytes * 2, 1 << 20))
+                if self.uplink_sealer is not None:
+                    payload = self.uplink_sealer.seal(self.device_id, "batch", payload)
                 info = self.client.publish(self.topics.up, payload, qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     self._reset.set()

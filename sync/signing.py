@@ -30,9 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from sync.envelope import EnvelopeError
 
 SEAL_VERSION = 1
-DOMAIN = "edge-agent/downlink/1"
+DOMAIN = "edge-agent/downlink/1"  # cloud -> device
+UPLINK_DOMAIN = "edge-agent/uplink/1"  # device -> cloud, with optional device keys
 DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
+UPLINK_TTL_S = 7 * 24 * 3600  # a batch may wait in a session for days; resends are re-sealed
 MAX_SEALED_BYTES = 80 << 10  # a command's limit (64 KiB) and room for the seal
 KEY_ID_BYTES = 8
 Clock = Callable[[], float]
@@ -107,9 +109,9 @@ def create_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 
 def signed_bytes(device: str, msg_id: str, mtype: str, issued_at_ms: int,
-                 expires_at_ms: int, body: bytes) -> bytes:
+                 expires_at_ms: int, body: bytes, domain: str = DOMAIN) -> bytes:
     """The bytes the signature covers (SIGNING.md, "Signed part")."""
-    out: bytes = msgpack.packb([DOMAIN, device, msg_id, mtype, issued_at_ms, expires_at_ms,
+    out: bytes = msgpack.packb([domain, device, msg_id, mtype, issued_at_ms, expires_at_ms,
                                 body], use_bin_type=True)
     return out
 
@@ -118,8 +120,9 @@ class Sealer:
     """The cloud's side: seals a downlink body for one device."""
 
     def __init__(self, key: Ed25519PrivateKey, *, ttl_s: float = DEFAULT_TTL_S,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, domain: str = DOMAIN) -> None:
         self.key = key
+        self.domain = domain
         self.key_id = key_id(key.public_key())
         self.ttl_s = ttl_s
         self.clock = clock
@@ -131,7 +134,7 @@ class Sealer:
             raise ValueError(f"a downlink message lives 0 < ttl <= {MAX_TTL_S}s (got {ttl})")
         issued = int(self.clock() * 1000)
         signed = signed_bytes(device, msg_id or uuid.uuid4().hex, mtype, issued,
-                              issued + int(ttl * 1000), body)
+                              issued + int(ttl * 1000), body, self.domain)
         out: bytes = msgpack.packb([SEAL_VERSION, self.key_id, signed, self.key.sign(signed)],
                                    use_bin_type=True)
         return out
@@ -161,7 +164,11 @@ class Opener:
     """The device's side: verifies a sealed message against its pinned keys."""
 
     def __init__(self, device: str, public_keys: Sequence[str | Ed25519PublicKey], *,
-                 clock: Clock = time.time, guard: ReplayGuard | None = None) -> None:
+                 clock: Clock = time.time, guard: ReplayGuard | None = None,
+                 domain: str = DOMAIN, replay: bool = True,
+                 max_bytes: int = MAX_SEALED_BYTES) -> None:
+        """`replay=False` where a repeat is harmless and expected (uplink batches: the
+        cloud stores each record once whatever arrives twice)."""
         if not public_keys:
             raise ValueError("a device pins at least one cloud key")
         keys = [parse_public_key(k) if isinstance(k, str) else k for k in public_keys]
@@ -169,6 +176,7 @@ class Opener:
         self.keys = {key_id(k): k for k in keys}
         self.clock = clock
         self.guard = guard or ReplayGuard()
+        self.domain, self.replay, self.max_bytes = domain, replay, max_bytes
 
     def open(self, payload: bytes, *, types: Collection[str] | None = None,
              allow_expired: bool = False) -> Sealed:
@@ -183,13 +191,13 @@ class Opener:
         if sealed.expired(now) and not allow_expired:
             raise SealError("expired", f"message {sealed.id[:64]} expired "
                             f"{now - sealed.expires_at_ms / 1000:.0f}s ago")
-        if self.guard.seen(sealed.id, sealed.expires_at_ms, int(now * 1000)):
+        if self.replay and self.guard.seen(sealed.id, sealed.expires_at_ms, int(now * 1000)):
             raise SealError("replayed", f"message {sealed.id[:64]} was already received")
         return sealed
 
     def _verify(self, payload: bytes) -> Sealed:
-        if len(payload) > MAX_SEALED_BYTES:
-            raise SealError("bad_seal", f"{len(payload)} bytes (limit {MAX_SEALED_BYTES})")
+        if len(payload) > self.max_bytes:
+            raise SealError("bad_seal", f"{len(payload)} bytes (limit {self.max_bytes})")
         outer = _unpack(payload)
         if not (isinstance(outer, list) and len(outer) == 4 and outer[0] == SEAL_VERSION
                 and not isinstance(outer[0], bool)):
@@ -206,7 +214,7 @@ class Opener:
         except InvalidSignature:
             raise SealError("bad_signature", f"key id {kid.hex()}") from None
         inner = _unpack(signed)
-        if not (isinstance(inner, list) and len(inner) == 7 and inner[0] == DOMAIN):
+        if not (isinstance(inner, list) and len(inner) == 7 and inner[0] == self.domain):
             raise SealError("bad_seal", "signed part")
         _, device, msg_id, mtype, issued, expires, body = inner
         if not (isinstance(device, str) and isinstance(msg_id, str) and msg_id

@@ -289,6 +289,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         collections=MappingProxyType(_collections(t, collections)),
         cloud_keys=tuple(t.list_of_str("cloud_keys", ()) or ()),
         insecure=t.bool("insecure", False),
+        device_key=_path(t, "device_key", base),
     )
     _sync_security(t, cfg["cloud_keys"], bool(cfg["insecure"]), tls, cfg["username"])
     prefix = cfg["topic_prefix"]

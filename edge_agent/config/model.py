@@ -178,6 +178,7 @@ class SyncConfig:
     collections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
     cloud_keys: tuple[str, ...] = ()  # pinned public keys that sign the downlink (base64)
     insecure: bool = False  # no pinned key, no client identity: a lab broker only
+    device_key: Path | None = None  # seals uplink batches, if the cloud registers its key
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class CloudConfig:
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
     collections: Mapping[str, CollectionRules] = field(default_factory=dict)  # as the devices'
     signing_key: str | None = None  # the Ed25519 key that seals every downlink message
+    device_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # uplink keys
+    require_device_keys: bool = False  # refuse batches from devices without a key
     insecure: bool = False  # unsigned downlink, no client identity: a lab broker only
 
 
@@ -78,7 +80,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                           "protocol", "group", "workers", "insecure"})
     store = table("store", {"url"})
     otlp = table("otlp", {"endpoint"}, required=False)
-    signing = table("signing", {"key"}, required=False)
+    signing = table("signing", {"key", "device_keys", "require_device_keys"}, required=False)
     host, port = "", 0
     m = re.match(r"^([^:\s]+):(\d{1,5})$", str(mqtt.get("broker", "")))
     if not m or not 0 < int(m.group(2)) < 65536:
@@ -135,6 +137,18 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
         problems.append(f"mqtt.insecure: must be true or false (got {insecure!r})")
         insecure = False
     signing_key = _signing_key(signing, rel, insecure, need_key, problems)
+    device_keys: dict[str, tuple[str, ...]] = {}
+    if signing.get("device_keys") is not None:
+        from sync.cloud.device_keys import load_device_keys
+        try:
+            device_keys = load_device_keys(rel(signing["device_keys"]) or "")
+        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+            problems.append(f"signing.device_keys: {exc} (got {signing['device_keys']!r})")
+    require_device_keys = signing.get("require_device_keys", False)
+    if not isinstance(require_device_keys, bool):
+        problems.append("signing.require_device_keys: must be true or false (got "
+                        f"{require_device_keys!r})")
+        require_device_keys = False
     if not insecure and not (tls.get("cert") and tls.get("key")):
         problems.append("mqtt.tls: a client certificate (cert, key) is required: the broker"
                         " knows the cloud by its CN (or mqtt.insecure = true for an anonymous"
@@ -148,7 +162,8 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        username=mqtt.get("username"), password=password,
                        otlp_endpoint=endpoint, workers=workers,
                        tools=tuple(sorted(tools.items())), collections=collections,
-                       signing_key=signing_key, insecure=insecure)
+                       signing_key=signing_key, insecure=insecure, device_keys=device_keys,
+                       require_device_keys=require_device_keys)
 
 
 def _signing_key(signing: dict[str, Any], rel: Any, insecure: bool, need_key: bool,

@@ -30,6 +30,7 @@ from sync.envelope import (
 )
 from sync.mqtt import Topics, device_of, make_client, publish_properties
 from sync.outbox import STREAMS
+from sync.cloud.device_keys import DeviceKeys
 from sync.signing import DEFAULT_TTL_S, Sealer
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class IngestWorker:
                  password: str | None = None, otlp_endpoint: str | None = None,
                  tools: dict[str, Any] | None = None,
                  collections: Mapping[str, CollectionRules] | None = None,
-                 sealer: Sealer | None = None) -> None:
+                 sealer: Sealer | None = None, uplink: DeviceKeys | None = None) -> None:
         self.store = store
+        self.uplink = uplink  # None: batches taken as the broker delivers them
         self.sealer = sealer  # None: downlink sent unsigned (insecure = true)
         self.docs = CloudDocs(store, collections)
         self.prefix = prefix
@@ -103,6 +105,8 @@ class IngestWorker:
             self._status(device, topic, payload)
             return
         try:
+            if self.uplink is not None:  # sealed by the device's own key
+                payload = self.uplink.open(device, payload)
             batch = decode_batch(payload, topic_device=device, streams=STREAMS)
         except EnvelopeError as exc:
             self._reject(device, topic, exc.reason, str(exc), payload)

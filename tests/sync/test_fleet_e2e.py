@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from support.daemon import DaemonProcess, cli_json
+from support.daemon import DaemonProcess, cli, cli_json
 from support.secure_broker import SecureBroker
 
 CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
@@ -27,7 +27,8 @@ def cloud(cfg: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 def secure_configs(tmp_path: Path, secure: SecureBroker, device: str,
                    workflows: str = "") -> tuple[Path, Path]:
     """The secure configuration: TLS client certificates on the shipped broker config and
-    ACL, a signing key made by `keys init`, the device pinning its public key."""
+    ACL, a signing key made by `keys init`, the device pinning its public key, and the
+    device's own key (`sync init-key`) in the cloud's keyring, required."""
     cloud_id, dev_id = secure.identity("cloud", cloud=True), secure.identity(device)
     cloud_cfg = tmp_path / "cloud.toml"
     cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{cloud_id.port}"\n'
@@ -45,12 +46,17 @@ runtime_dir = "run"
 [sync]
 broker = "127.0.0.1:{dev_id.port}"
 cloud_keys = ["{public}"]
+device_key = "device.key"
 ack_timeout_s = 2
 [sync.tls]
 ca = "{dev_id.ca}"
 cert = "{dev_id.cert}"
 key = "{dev_id.key}"
 {workflows}""")
+    device_public = cli(device_cfg, "sync", "init-key").stdout.strip()  # seals its batches
+    (tmp_path / "device-keys.toml").write_text(f'"{device}" = ["{device_public}"]\n')
+    with cloud_cfg.open("a") as f:
+        f.write('device_keys = "device-keys.toml"\nrequire_device_keys = true\n')
     return cloud_cfg, device_cfg
 
 
