@@ -96,3 +96,19 @@ def test_key_files(tmp_path: Path) -> None:
         parse_public_key("c2hvcnQ=")
     with pytest.raises(ValueError):
         parse_public_key("not base64!")
+
+
+@pytest.mark.parametrize("v", VECTORS["uplink"], ids=lambda v: v["name"])
+def test_uplink_vector_uses_its_own_domain(v: dict) -> None:
+    from sync.signing import UPLINK_DOMAIN
+    body = bytes.fromhex(v["body_hex"])
+    assert v["domain"] == UPLINK_DOMAIN
+    assert signed_bytes(v["device"], v["id"], v["type"], v["issued_at_ms"], v["expires_at_ms"],
+                        body, UPLINK_DOMAIN).hex() == v["signed_hex"]
+    sealed = Sealer(KEY, clock=lambda: at(v["issued_at_ms"]), domain=UPLINK_DOMAIN).seal(
+        v["device"], v["type"], body, msg_id=v["id"],
+        ttl_s=(v["expires_at_ms"] - v["issued_at_ms"]) / 1000)
+    assert sealed.hex() == v["sealed_hex"]
+    with pytest.raises(SealError, match="bad_seal"):  # never valid as a downlink message
+        Opener(v["device"], [VECTORS["public_key"]],
+               clock=lambda: at(v["issued_at_ms"])).open(sealed)
