@@ -25,7 +25,8 @@ import msgpack
 import paho.mqtt.client as mqtt
 
 from sync.envelope import (
-    COMMAND_TYPES, Command, EnvelopeError, WireRecord, batch_digest, decode_ack, decode_command, encode_batch,
+    COMMAND_TYPES, Command, EnvelopeError, WireRecord, batch_digest, decode_ack, decode_command,
+    encode_batch,
 )
 from sync.mqtt import Topics, connect_properties, make_client, user_properties
 from sync.outbox import STREAMS, Outbox

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
+from sync.cloud.device_keys import DeviceKeys
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
 from sync.documents import CollectionRules, DocumentError, Version
@@ -30,7 +31,6 @@ from sync.envelope import (
 )
 from sync.mqtt import Topics, device_of, make_client, publish_properties
 from sync.outbox import STREAMS
-from sync.cloud.device_keys import DeviceKeys
 from sync.signing import DEFAULT_TTL_S, Sealer
 
 log = logging.getLogger(__name__)
