@@ -1,6 +1,8 @@
 """`make demo`: the whole product on one machine, end to end, then everything stopped.
 
-A local Mosquitto, the cloud ingest on SQLite, a serial relay/sensor board on a pty, a
+A local Mosquitto run from the shipped example config and ACL (TLS, client certificates
+from a throwaway CA, a listener each for the devices and the cloud), the cloud ingest on
+SQLite signing every downlink message, a serial relay/sensor board on a pty, a
 Modbus sensor block, and the daemon with a generated model run an inspection: sensors are
 read over serial and Modbus, an agent decides under its grammar, a gate waits for a human
 (answered from the cloud), a relay closes. In the middle the daemon is SIGKILLed and the
@@ -39,6 +41,8 @@ log_format = "json"
 broker = "127.0.0.1:{mqtt}"
 topic_prefix = "edge"
 ack_timeout_s = 3
+cloud_keys = ["{cloud_key}"]      # printed by edge-agent-cloud keys init
+tls = {{ ca = "pki/ca.pem", cert = "pki/press-7.pem", key = "pki/press-7.key" }}
 
 [model.small]
 path = "models/small.gguf"
@@ -154,6 +158,7 @@ class Demo:
     def __init__(self) -> None:
         self.procs: dict[str, subprocess.Popen[Any]] = {}
         self.mqtt = free_port()
+        self.mqtt_cloud = free_port()
         self.modbus = free_port()
 
     def spawn(self, name: str, argv: list[str], ready: str | None = None) -> None:
@@ -196,12 +201,29 @@ class Demo:
             raise DemoFailed(f"edge-agent-cloud {' '.join(args)}: {r.stdout}{r.stderr}")
         return r.stdout
 
+    def pki(self) -> None:
+        """Throwaway CAs (one for devices, one for the cloud), the broker's certificate and
+        one client certificate per identity: its CN is the device id (or "cloud")."""
+        import trustme  # a dev dependency, installed by `make setup`
+        pki = DATA / "pki"
+        pki.mkdir()
+        devices, cloud = trustme.CA(), trustme.CA()
+        devices.cert_pem.write_to_path(str(pki / "ca.pem"))
+        devices.cert_pem.write_to_path(str(pki / "devices-ca.pem"))
+        cloud.cert_pem.write_to_path(str(pki / "cloud-ca.pem"))
+        for ca, name in ((devices, "broker"), (devices, "press-7"), (cloud, "cloud")):
+            cert = (ca.issue_cert("127.0.0.1", "localhost") if name == "broker"
+                    else ca.issue_cert(name, common_name=name))
+            cert.cert_chain_pems[0].write_to_path(str(pki / f"{name}.pem"))
+            cert.private_key_pem.write_to_path(str(pki / f"{name}.key"))
+
     def broker(self) -> None:
+        from sync.cloud.broker_example import render
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        shipped = render(device_port=self.mqtt, cloud_port=self.mqtt_cloud, etc=DATA / "pki")
+        (DATA / "pki" / "edge-agent.acl").write_text(shipped.acl)
         conf = DATA / "mosquitto.conf"
-        conf.write_text(f"listener {self.mqtt} 127.0.0.1\nallow_anonymous true\n"
-                        "persistence false\nmax_queued_messages 100000\n"
-                        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        conf.write_text(shipped.conf + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
         self.spawn("mosquitto", [exe, "-c", str(conf)])
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -243,16 +265,23 @@ class Demo:
         if DATA.exists():
             shutil.rmtree(DATA)
         (DATA / "logs").mkdir(parents=True)
-        (DATA / "config.toml").write_text(CONFIG.format(mqtt=self.mqtt, modbus=self.modbus))
-        (DATA / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{self.mqtt}"\n'
-                                         '[store]\nurl = "sqlite:///cloud.db"\n')
+        self.pki()
+        (DATA / "cloud.toml").write_text(
+            f'[mqtt]\nbroker = "127.0.0.1:{self.mqtt_cloud}"\ntopic_prefix = "fleet/edge"\n'
+            'tls = { ca = "pki/ca.pem", cert = "pki/cloud.pem", key = "pki/cloud.key" }\n'
+            '[store]\nurl = "sqlite:///cloud.db"\n[signing]\nkey = "signing.key"\n')
+        cloud_key = self.cloud("keys", "init").strip()
+        (DATA / "config.toml").write_text(CONFIG.format(mqtt=self.mqtt, modbus=self.modbus,
+                                                        cloud_key=cloud_key))
         say("setting up: a model, a broker, the cloud ingest, two devices")
+        print(f"   the cloud's signing key: signing.key; the device pins {cloud_key}")
         from edge_agent.inference.testmodel import make_test_model
         make_test_model(DATA / "models" / "small.gguf")
         print("   generated models/small.gguf (tiny, random weights: its words are nonsense,"
               " its tool calls are valid by grammar)")
         self.broker()
-        print(f"   mosquitto on 127.0.0.1:{self.mqtt}")
+        print(f"   mosquitto (the shipped example config and ACL, TLS with client certificates)"
+              f" on 127.0.0.1:{self.mqtt} (devices) and :{self.mqtt_cloud} (cloud)")
         self.spawn("cloud", [str(BIN / "edge-agent-cloud"), "run", "--config", "cloud.toml"])
         print("   edge-agent-cloud ingest on SQLite (cloud.db)")
         self.spawn("board", [sys.executable, "-m", "hardware.simulator", "--link",

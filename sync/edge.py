@@ -25,10 +25,12 @@ import msgpack
 import paho.mqtt.client as mqtt
 
 from sync.envelope import (
-    Command, EnvelopeError, WireRecord, batch_digest, decode_ack, decode_command, encode_batch,
+    COMMAND_TYPES, Command, EnvelopeError, WireRecord, batch_digest, decode_ack, decode_command,
+    encode_batch,
 )
 from sync.mqtt import Topics, connect_properties, make_client, user_properties
 from sync.outbox import STREAMS, Outbox
+from sync.signing import Opener, Sealer, SealError, check_bound
 
 log = logging.getLogger(__name__)
 Handler = Callable[[sqlite3.Connection, Command], dict[str, Any]]
@@ -64,8 +66,11 @@ class EdgeSync:
                  linger_s: float = 0.02, window: int = 8, compression: bool = True,
                  keepalive_s: int = 30, ack_timeout_s: float = 10.0,
                  outbox_limits: dict[str, int] | None = None,
-                 durable: Callable[[], None] | None = None) -> None:
+                 durable: Callable[[], None] | None = None,
+                 opener: Opener | None = None, uplink_sealer: Sealer | None = None) -> None:
         self.device_id = device_id
+        self.opener = opener  # None: downlink taken unsigned (insecure = true)
+        self.uplink_sealer = uplink_sealer  # None: batches unsealed (no device key)
         self.broker = f"{host}:{port}"
         self.topics = Topics(prefix, device_id)
         self.host, self.port = host, port
@@ -185,13 +190,16 @@ class EdgeSync:
                 topic, payload, props = self._arrivals.get_nowait()
             except queue.Empty:
                 return
-            if topic == self.topics.ack:
+            # Mosquitto 2.0.11 leaves a listener's mount point on delivered topics
+            if topic == self.topics.ack or topic.endswith("/" + self.topics.ack):
                 self._ack(outbox, payload)
-            elif topic == self.topics.cmd:
+            elif topic == self.topics.cmd or topic.endswith("/" + self.topics.cmd):
                 self._command(conn, outbox, payload, props)
 
     def _ack(self, outbox: Outbox, payload: bytes) -> None:
         try:
+            if self.opener is not None:
+                payload = self.opener.open(payload, types=("ack",)).body
             stream, seq, digest = decode_ack(payload, STREAMS)
         except EnvelopeError as exc:
             self.stats.rejected[f"ack:{exc.reason}"] += 1
@@ -213,8 +221,14 @@ class EdgeSync:
 
     def _command(self, conn: sqlite3.Connection, outbox: Outbox, payload: bytes,
                  props: dict[str, str]) -> None:
+        sealed = None
         try:
+            if self.opener is not None:
+                sealed = self.opener.open(payload, types=COMMAND_TYPES, allow_expired=True)
+                payload = sealed.body
             cmd = decode_command(payload)
+            if sealed is not None:
+                check_bound(sealed, cmd.id, cmd.type)
         except EnvelopeError as exc:
             self.stats.rejected[f"cmd:{exc.reason}"] += 1
             log.warning("rejected a command: %s", exc)
@@ -222,6 +236,12 @@ class EdgeSync:
         if props.get("traceparent"):
             cmd = Command(cmd.id, cmd.type, {**cmd.args, "traceparent": props["traceparent"]},
                           cmd.ts)
+        expired = sealed is not None and self.opener is not None and \
+            sealed.expired(self.opener.clock())
+        if expired:  # answered "expired", applied never
+            self.stats.rejected["cmd:expired"] += 1
+            log.warning("rejected a command: %s (%s) expired before it arrived", cmd.id,
+                        cmd.type)
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("SELECT 1 FROM inbox WHERE id = ?", (cmd.id,)).fetchone():
@@ -230,6 +250,8 @@ class EdgeSync:
                 return
             try:
                 conn.execute("SAVEPOINT handler")
+                if expired:
+                    raise SealError("expired")
                 result = {"ok": True, "result": self.handler(conn, cmd) if self.handler
                           else None}
                 conn.execute("RELEASE handler")
@@ -286,6 +308,8 @@ class EdgeSync:
                 payload = encode_batch(self.device_id, stream, after, wire,
                                        compress=self.compression,
                                        max_bytes=max(self.batch_max_bytes * 2, 1 << 20))
+                if self.uplink_sealer is not None:
+                    payload = self.uplink_sealer.seal(self.device_id, "batch", payload)
                 info = self.client.publish(self.topics.up, payload, qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     self._reset.set()

@@ -73,9 +73,15 @@ def user_properties(msg: mqtt.MQTTMessage) -> dict[str, str]:
     return {str(k): str(v) for k, v in pairs}
 
 
-def publish_properties(protocol: str, **user: str) -> Properties | None:
-    if protocol != "5" or not user:
+def publish_properties(protocol: str, expiry_s: float | None = None,
+                       **user: str) -> Properties | None:
+    """MQTT 5 user properties and, with `expiry_s`, a message expiry (the broker drops the
+    message for a subscriber that has not received it in time)."""
+    if protocol != "5" or not (user or expiry_s):
         return None
     props = Properties(PacketTypes.PUBLISH)
-    props.UserProperty = [(k, v) for k, v in user.items()]
+    if user:
+        props.UserProperty = [(k, v) for k, v in user.items()]
+    if expiry_s:
+        props.MessageExpiryInterval = max(1, int(expiry_s))
     return props

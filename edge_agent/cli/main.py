@@ -75,8 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs="*", metavar="resolve KEY")
     s.add_argument("--take", help="keep this sibling version")
     s.add_argument("--value", help="resolve with this JSON value")
-    s = add("sync", "sync commands: `sync now`")
-    s.add_argument("action", choices=["now"])
+    s = add("sync", "sync commands: `sync now`; `sync init-key` makes [sync] device_key and"
+            " prints its public key for the cloud's keyring")
+    s.add_argument("action", choices=["now", "init-key"])
     s = add("model", "model commands: `model make-test-model PATH`")
     s.add_argument("action", choices=["make-test-model"])
     s.add_argument("path")
@@ -117,6 +118,9 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
               "reject": runs.cmd_decide, "cancel": runs.cmd_cancel, "trace": trace.cmd_trace}
     if cmd in simple:
         return simple[cmd](ctx, args)
+    if cmd == "sync" and args.action == "init-key":
+        from edge_agent.cli.keys import cmd_init_key
+        return cmd_init_key(ctx, args)
     if cmd == "sync":
         return status.cmd_sync_now(ctx, args)
     from edge_agent.cli import extras

@@ -82,6 +82,11 @@ def render_status(data: dict[str, Any]) -> str:
     else:
         sync = paint(f"{'connected' if s['connected'] else 'disconnected'} to {s['broker']}",
                      s["connected"]) + f", last sync {s['last_sync'] or 'never'}"
+        down = s.get("downlink")
+        if down:  # the live daemon's word on what it verified and refused
+            refused = ", ".join(f"{k} {v}" for k, v in sorted(down["rejected"].items()))
+            sync += (", downlink " + ("signed" if down["signed"] else "UNSIGNED (insecure)")
+                     + (f", refused: {refused}" if refused else ""))
     streams = table(["stream", "pending", "bytes", "oldest", "acked", "dropped"], [
         [n, v["pending"], v["pending_bytes"],
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",

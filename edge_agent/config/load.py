@@ -287,7 +287,11 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         anti_entropy_s=t.float("anti_entropy_s", 300.0, min=0.0),
         outbox_max_bytes=MappingProxyType({k: v for k, v in limits.items() if v is not None}),
         collections=MappingProxyType(_collections(t, collections)),
+        cloud_keys=tuple(t.list_of_str("cloud_keys", ()) or ()),
+        insecure=t.bool("insecure", False),
+        device_key=_path(t, "device_key", base),
     )
+    _sync_security(t, cfg["cloud_keys"], bool(cfg["insecure"]), tls, cfg["username"])
     prefix = cfg["topic_prefix"]
     if prefix is not None and any(c in prefix for c in "#+") :
         t.error("topic_prefix", "must not contain MQTT wildcards", prefix)
@@ -295,6 +299,30 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
     if host is None or port is None:
         return None
     return SyncConfig(host=host, port=port, **{k: v for k, v in cfg.items() if v is not None})
+
+
+def _sync_security(t: Table, keys: tuple[str, ...], insecure: bool, tls: TlsConfig | None,
+                   username: str | None) -> None:
+    """Signed downlink and a broker identity, unless `insecure = true` says otherwise."""
+    from sync.signing import parse_public_key
+    for i, key in enumerate(keys):
+        try:
+            parse_public_key(key)
+        except ValueError as exc:
+            t.error(f"cloud_keys[{i}]", f"not an Ed25519 public key: {exc}", key)
+    if len(keys) > 2:
+        t.error("cloud_keys", "pins at most 2 keys (the current one and, during a rollover,"
+                " the next)", list(keys))
+    if insecure:
+        return
+    if not keys:
+        t.error("cloud_keys", "is required: the cloud's public key that signs every downlink"
+                " message (edge-agent-cloud keys init prints it), or insecure = true for an"
+                " unsigned lab setup")
+    if tls is None or (tls.cert is None and not username):
+        t.error("tls.cert" if tls is not None else "tls", "is required: the device's client"
+                " certificate (the broker knows the device by its CN), or insecure = true"
+                " for an anonymous lab broker")
 
 
 def _collections(t: Table, collections: dict[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -176,6 +176,9 @@ class SyncConfig:
     anti_entropy_s: float = 300.0  # how often a document summary goes up; 0 = never
     outbox_max_bytes: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     collections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
+    cloud_keys: tuple[str, ...] = ()  # pinned public keys that sign the downlink (base64)
+    insecure: bool = False  # no pinned key, no client identity: a lab broker only
+    device_key: Path | None = None  # seals uplink batches, if the cloud registers its key
 
 
 @dataclass(frozen=True)

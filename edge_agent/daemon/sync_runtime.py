@@ -36,6 +36,21 @@ class DaemonSync:
         elif s.password_env:
             import os
             password = os.environ.get(s.password_env)
+        opener = None
+        if s.cloud_keys:  # every downlink message must open with a pinned key
+            from sync.signing import Opener
+            opener = Opener(config.device.id, list(s.cloud_keys))
+        uplink = None
+        if s.device_key is not None:  # batches sealed by the device's own key
+            from sync.signing import UPLINK_DOMAIN, UPLINK_TTL_S, Sealer, load_private_key
+            try:
+                key = load_private_key(s.device_key)
+            except (OSError, ValueError) as exc:
+                from edge_agent.errors import ConfigError, ConfigIssue
+                raise ConfigError(str(config.path), [ConfigIssue(
+                    "sync.device_key", f"cannot read the device's key ({exc}); edge-agent"
+                    " sync init-key makes it", str(s.device_key))]) from exc
+            uplink = Sealer(key, domain=UPLINK_DOMAIN, ttl_s=UPLINK_TTL_S)
         self.edge = EdgeSync(
             device_id=config.device.id, host=s.host, port=s.port, open_conn=self._open,
             handler=self._handle, after_command=self._after, prefix=s.topic_prefix,
@@ -46,7 +61,7 @@ class DaemonSync:
             batch_max_bytes=s.batch_max_bytes, linger_s=s.linger_s, window=s.window,
             compression=s.compression, keepalive_s=s.keepalive_s,
             ack_timeout_s=s.ack_timeout_s, outbox_limits=dict(s.outbox_max_bytes),
-            durable=self._durable)
+            durable=self._durable, opener=opener, uplink_sealer=uplink)
 
     @property
     def connected(self) -> bool:
@@ -60,11 +75,22 @@ class DaemonSync:
     def last_sync(self) -> float | None:
         return self.edge.last_sync
 
+    @property
+    def downlink(self) -> dict[str, Any]:
+        """Whether the downlink is verified, and what was refused, by reason."""
+        return {"signed": self.edge.opener is not None,
+                "rejected": dict(self.edge.stats.rejected)}
+
     def notify(self) -> None:
         self.edge.notify()
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        s = self.config.sync
+        if s is not None and s.insecure:
+            log.warning("sync.insecure = true: %s; for a lab broker only, never a fleet",
+                        "downlink messages are verified but the broker may be anonymous"
+                        if s.cloud_keys else "downlink messages are taken unsigned")
         self.edge.start()
 
     async def shutdown(self) -> None:

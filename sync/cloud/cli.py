@@ -17,6 +17,9 @@ from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.ingest import IngestWorker
 from sync.cloud.store import SqlCloudStore
 
+EXPIRES = ("the device refuses it after this long (90s, 15m, 1h, 2d; default 24h): it"
+           " answers 'expired' and does nothing")
+
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
@@ -35,6 +38,12 @@ def load_tools(cfg: CloudConfig) -> dict[str, Any]:
 
 def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
     kw.setdefault("tools", load_tools(cfg))
+    if cfg.signing_key:
+        from sync.signing import Sealer, load_private_key
+        kw.setdefault("sealer", Sealer(load_private_key(cfg.signing_key)))
+    if cfg.device_keys or cfg.require_device_keys:
+        from sync.cloud.device_keys import DeviceKeys
+        kw.setdefault("uplink", DeviceKeys(cfg.device_keys, required=cfg.require_device_keys))
     return IngestWorker(store, host=cfg.host, port=cfg.port, prefix=cfg.topic_prefix,
                         group=cfg.group, protocol=cfg.protocol, tls_ca=cfg.tls_ca,
                         tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, username=cfg.username,
@@ -49,6 +58,10 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     workers = [worker(cfg, s) for s in stores]
     for w in workers:
         w.start()
+    if cfg.insecure:
+        logging.getLogger("edge-agent-cloud").warning(
+            "mqtt.insecure = true: %s; for a lab broker only, never a fleet",
+            "the broker may be anonymous" if cfg.signing_key else "the downlink is unsigned")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
@@ -98,7 +111,7 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
         if seen is not None:
             cargs["approval_id"] = seen  # the gate the cloud answers, as it last saw it
     return _deliver(cfg, store, args, lambda sender: sender.send_command(
-        args.device, args.command, cargs, wait_s=10))
+        args.device, args.command, cargs, wait_s=10, expires_in_s=args.expires_in))
 
 
 def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
@@ -129,7 +142,7 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
         print(f"--value: {exc} (got {args.value!r})", file=sys.stderr)
         return 64
     return _deliver(cfg, store, args, lambda sender: sender.write_doc(
-        args.device, collection, key, changes)[0])
+        args.device, collection, key, changes, expires_in_s=args.expires_in)[0])
 
 
 def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
@@ -160,6 +173,40 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
         store.close()
 
 
+def cmd_keys(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """`keys init` makes the signing key; `keys show` prints its public key to pin."""
+    from sync.cloud.keys import init_key, show_key
+    assert cfg.signing_key is not None
+    try:
+        public = init_key(cfg.signing_key) if args.action == "init" else show_key(cfg.signing_key)
+    except FileExistsError:
+        print(f"signing.key: {cfg.signing_key} exists; keys init never overwrites a key (keys"
+              " show prints its public key)", file=sys.stderr)
+        return 73
+    except (OSError, ValueError) as exc:
+        print(f"signing.key: {cfg.signing_key}: {exc}", file=sys.stderr)
+        return 66
+    if args.json:
+        print(json.dumps({"key": cfg.signing_key, "public_key": public}))
+    else:
+        print(public)
+        print(f'pin it on each device: [sync] cloud_keys = ["{public}"]', file=sys.stderr)
+    return 0
+
+
+def duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `1h`, `2d`: seconds, for --expires-in."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    num, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(num) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration like 90s, 15m, 1h, 2d (got {text!r})")
+    if not 0 < seconds <= 30 * 86400:
+        raise argparse.ArgumentTypeError(f"between 1s and 30d (got {text!r})")
+    return seconds
+
+
 def cmd_install_service(args: argparse.Namespace) -> int:
     from sync.cloud.install import install_service
     print("\n".join(install_service(root=args.root, reload=not args.no_reload)))
@@ -186,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--by", default="cloud")
         s.add_argument("--wait", action="store_true", help="wait until the device confirms")
         s.add_argument("--timeout", type=float, default=30.0)
+        s.add_argument("--expires-in", type=duration, help=EXPIRES)
     s = sub.add_parser("doc", parents=[common],
                        help="a device's replicated document: `doc get|set COLLECTION/KEY`")
     s.add_argument("action", choices=("get", "set"))
@@ -194,22 +242,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--value", help="set: a JSON object of the fields to write")
     s.add_argument("--wait", action="store_true", help="wait until the device confirms")
     s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--expires-in", type=duration, help=EXPIRES)
     s = sub.add_parser("start", parents=[common], help="start a workflow on a device")
     s.add_argument("--device", required=True)
     s.add_argument("workflow")
     s.add_argument("--input")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--expires-in", type=duration, help=EXPIRES)
+    s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
+                       " makes it ([signing] key), `keys show` prints its public key")
+    s.add_argument("action", choices=("init", "show"))
     args = p.parse_args(argv)
     if args.command == "install-service":
         return cmd_install_service(args)
     try:
-        cfg = load_cloud_config(args.config)
+        cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc}.get(args.command,
-                                                                         cmd_send)
+    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
+               "keys": cmd_keys}.get(args.command, cmd_send)
     return handler(cfg, args)
 
 

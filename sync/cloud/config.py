@@ -1,4 +1,4 @@
-"""`cloud.toml`: [mqtt], [store], [otlp], [tools], [collections]. Unknown keys are errors;
+"""`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [collections]. Unknown keys are errors;
 errors name key and value."""
 
 from __future__ import annotations
@@ -39,9 +39,14 @@ class CloudConfig:
     workers: int = 1
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
     collections: Mapping[str, CollectionRules] = field(default_factory=dict)  # as the devices'
+    signing_key: str | None = None  # the Ed25519 key that seals every downlink message
+    device_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # uplink keys
+    require_device_keys: bool = False  # refuse batches from devices without a key
+    insecure: bool = False  # unsigned downlink, no client identity: a lab broker only
 
 
-def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
+def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) -> CloudConfig:
+    """Parse and validate; `need_key=False` for `keys init`, which makes the key."""
     file = Path(path)
     try:
         data = tomllib.loads(file.read_text())
@@ -69,12 +74,13 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
         return t
 
     for k in data:
-        if k not in ("mqtt", "store", "otlp", "tools", "collections"):
+        if k not in ("mqtt", "store", "signing", "otlp", "tools", "collections"):
             problems.append(f"{k}: unknown key (got {data[k]!r})")
     mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
-                          "protocol", "group", "workers"})
+                          "protocol", "group", "workers", "insecure"})
     store = table("store", {"url"})
     otlp = table("otlp", {"endpoint"}, required=False)
+    signing = table("signing", {"key", "device_keys", "require_device_keys"}, required=False)
     host, port = "", 0
     m = re.match(r"^([^:\s]+):(\d{1,5})$", str(mqtt.get("broker", "")))
     if not m or not 0 < int(m.group(2)) < 65536:
@@ -126,6 +132,27 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
     endpoint = otlp.get("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
         problems.append(f"otlp.endpoint: must start with http:// or https:// (got {endpoint!r})")
+    insecure = mqtt.get("insecure", False)
+    if not isinstance(insecure, bool):
+        problems.append(f"mqtt.insecure: must be true or false (got {insecure!r})")
+        insecure = False
+    signing_key = _signing_key(signing, rel, insecure, need_key, problems)
+    device_keys: dict[str, tuple[str, ...]] = {}
+    if signing.get("device_keys") is not None:
+        from sync.cloud.device_keys import load_device_keys
+        try:
+            device_keys = load_device_keys(rel(signing["device_keys"]) or "")
+        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+            problems.append(f"signing.device_keys: {exc} (got {signing['device_keys']!r})")
+    require_device_keys = signing.get("require_device_keys", False)
+    if not isinstance(require_device_keys, bool):
+        problems.append("signing.require_device_keys: must be true or false (got "
+                        f"{require_device_keys!r})")
+        require_device_keys = False
+    if not insecure and not (tls.get("cert") and tls.get("key")):
+        problems.append("mqtt.tls: a client certificate (cert, key) is required: the broker"
+                        " knows the cloud by its CN (or mqtt.insecure = true for an anonymous"
+                        f" lab broker) (got {tls or None!r})")
     if problems:
         raise CloudConfigError(str(file), problems)
     return CloudConfig(host=host, port=port, store_url=str(url),
@@ -134,4 +161,32 @@ def load_cloud_config(path: str | os.PathLike[str]) -> CloudConfig:
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
                        username=mqtt.get("username"), password=password,
                        otlp_endpoint=endpoint, workers=workers,
-                       tools=tuple(sorted(tools.items())), collections=collections)
+                       tools=tuple(sorted(tools.items())), collections=collections,
+                       signing_key=signing_key, insecure=insecure, device_keys=device_keys,
+                       require_device_keys=require_device_keys)
+
+
+def _signing_key(signing: dict[str, Any], rel: Any, insecure: bool, need_key: bool,
+                 problems: list[str]) -> str | None:
+    key = signing.get("key")
+    if key is None:
+        if not insecure or not need_key:
+            problems.append("signing.key: is required: the file of the key that signs every"
+                            " downlink message (edge-agent-cloud keys init makes it), or"
+                            " mqtt.insecure = true for an unsigned lab setup (got None)")
+        return None
+    if not isinstance(key, str) or not key:
+        problems.append(f"signing.key: must be a file name (got {key!r})")
+        return None
+    path: str = rel(key)
+    if need_key:
+        from sync.signing import load_private_key
+        try:
+            load_private_key(path)
+        except OSError as exc:
+            problems.append(f"signing.key: cannot read ({exc.strerror}; edge-agent-cloud keys"
+                            f" init makes it) (got {key!r})")
+        except ValueError as exc:
+            problems.append(f"signing.key: not an Ed25519 private key in PEM ({exc})"
+                            f" (got {key!r})")
+    return path

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
+from sync.cloud.device_keys import DeviceKeys
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
 from sync.documents import CollectionRules, DocumentError, Version
@@ -30,6 +31,7 @@ from sync.envelope import (
 )
 from sync.mqtt import Topics, device_of, make_client, publish_properties
 from sync.outbox import STREAMS
+from sync.signing import DEFAULT_TTL_S, Sealer
 
 log = logging.getLogger(__name__)
 MAX_STATUS_BYTES = 4096
@@ -42,8 +44,11 @@ class IngestWorker:
                  tls_key: str | None = None, username: str | None = None,
                  password: str | None = None, otlp_endpoint: str | None = None,
                  tools: dict[str, Any] | None = None,
-                 collections: Mapping[str, CollectionRules] | None = None) -> None:
+                 collections: Mapping[str, CollectionRules] | None = None,
+                 sealer: Sealer | None = None, uplink: DeviceKeys | None = None) -> None:
         self.store = store
+        self.uplink = uplink  # None: batches taken as the broker delivers them
+        self.sealer = sealer  # None: downlink sent unsigned (insecure = true)
         self.docs = CloudDocs(store, collections)
         self.prefix = prefix
         self.group = group
@@ -100,6 +105,8 @@ class IngestWorker:
             self._status(device, topic, payload)
             return
         try:
+            if self.uplink is not None:  # sealed by the device's own key
+                payload = self.uplink.open(device, payload)
             batch = decode_batch(payload, topic_device=device, streams=STREAMS)
         except EnvelopeError as exc:
             self._reject(device, topic, exc.reason, str(exc), payload)
@@ -108,9 +115,10 @@ class IngestWorker:
         if batch.stream == "control":
             self._documents(device, batch.records)  # before the ack: nothing acked is lost
         self.batches += 1
-        self.client.publish(Topics(self.prefix, device).ack,
-                            encode_ack(batch.stream, received,
-                                       batch.digest if received == batch.last else ""), qos=1)
+        ack = encode_ack(batch.stream, received, batch.digest if received == batch.last else "")
+        if self.sealer is not None:
+            ack = self.sealer.seal(device, "ack", ack)
+        self.client.publish(Topics(self.prefix, device).ack, ack, qos=1)
         if batch.stream == "control":
             for r in batch.records:
                 if r.kind == "cmd.result":
@@ -143,11 +151,12 @@ class IngestWorker:
                          device, payload["collection"], len(payload["buckets"]))
                 self.send_command(device, "doc_sync", payload)
 
-    def write_doc(self, device: str, collection: str, key: str,
-                  changes: dict[str, Any]) -> tuple[str, Version]:
+    def write_doc(self, device: str, collection: str, key: str, changes: dict[str, Any],
+                  expires_in_s: float | None = None) -> tuple[str, Version]:
         """A cloud write to a device's document: stored here, then sent down."""
         version = self.docs.write(device, collection, key, changes)
-        return self.send_command(device, "doc_update", {"version": version.encode()}), version
+        return self.send_command(device, "doc_update", {"version": version.encode()},
+                                 expires_in_s=expires_in_s), version
 
     def _status(self, device: str, topic: str, payload: bytes) -> None:
         if not payload:
@@ -207,14 +216,21 @@ class IngestWorker:
                               payload=payload)
 
     def send_command(self, device: str, ctype: str, args: dict[str, Any],
-                     traceparent: str | None = None, wait_s: float = 0.0) -> str:
-        """Record and publish a command (QoS 1); the device confirms on its control stream."""
+                     traceparent: str | None = None, wait_s: float = 0.0,
+                     expires_in_s: float | None = None) -> str:
+        """Record and publish a command (QoS 1); the device confirms on its control stream.
+        It expires after `expires_in_s` (default 24 h): the broker drops it, the device
+        answers "expired"."""
         cid = uuid.uuid4().hex
         cmd = Command(cid, ctype, args, time.time())
         self.store.add_command(cid, device, ctype, args)
-        props = publish_properties(self.protocol, **({"traceparent": traceparent}
-                                                     if traceparent else {}))
-        info = self.client.publish(Topics(self.prefix, device).cmd, encode_command(cmd), qos=1,
+        ttl = expires_in_s or DEFAULT_TTL_S
+        payload = encode_command(cmd)
+        if self.sealer is not None:
+            payload = self.sealer.seal(device, ctype, payload, msg_id=cid, ttl_s=ttl)
+        props = publish_properties(self.protocol, ttl, **({"traceparent": traceparent}
+                                                          if traceparent else {}))
+        info = self.client.publish(Topics(self.prefix, device).cmd, payload, qos=1,
                                    properties=props)
         if wait_s:
             info.wait_for_publish(wait_s)

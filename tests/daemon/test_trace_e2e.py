@@ -24,6 +24,7 @@ runtime_dir = "run"
 metrics_interval_s = 1
 [sync]
 broker = "127.0.0.1:{port}"
+insecure = true
 ack_timeout_s = 2
 [tools.step]
 kind = "command"
@@ -62,7 +63,7 @@ def test_one_trace_after_crash_offline_and_reexport(tmp_path: Path) -> None:
     step.chmod(0o755)
     with OtlpReceiver() as rx:
         (tmp_path / "cloud.toml").write_text(
-            f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n[store]\nurl = "sqlite:///c.db"\n'
+            f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n[store]\nurl = "sqlite:///c.db"\n'
             f'[otlp]\nendpoint = "{rx.endpoint}"\n')
         ingest = subprocess.Popen([CLOUD, "run", "--config", str(tmp_path / "cloud.toml")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

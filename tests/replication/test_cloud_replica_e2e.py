@@ -28,6 +28,7 @@ data_dir = "data"
 runtime_dir = "run"
 [sync]
 broker = "127.0.0.1:{port}"
+insecure = true
 ack_timeout_s = 2
 anti_entropy_s = 1
 [workflows.gated]
@@ -71,7 +72,7 @@ def test_documents_converge_and_losses_are_repaired(tmp_path: Path, broker: Brok
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(CONFIG.format(port=broker.port))
     cloud_cfg = tmp_path / "cloud.toml"
-    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
+    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
                          '[store]\nurl = "sqlite:///cloud.db"\n')
     cloud_db = tmp_path / "cloud.db"
     ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)],
@@ -119,7 +120,7 @@ def test_a_runs_control_document_steers_the_run(tmp_path: Path, broker: Broker) 
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(CONFIG.format(port=broker.port))
     cloud_cfg = tmp_path / "cloud.toml"
-    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
+    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
                          '[store]\nurl = "sqlite:///cloud.db"\n')
     ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -22,6 +22,7 @@ data_dir = "data"
 runtime_dir = "run"
 [sync]
 broker = "127.0.0.1:{port}"
+insecure = true
 ack_timeout_s = 2
 keepalive_s = 5
 [workflows.ship]
@@ -44,7 +45,7 @@ def test_offline_conflicting_decisions_converge(tmp_path: Path, broker: Broker) 
     cfg = tmp_path / "config.toml"
     cfg.write_text(CONFIG.format(port=proxy.port))
     cloud_cfg = tmp_path / "cloud.toml"
-    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
+    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
                          '[store]\nurl = "sqlite:///cloud.db"\n')
     ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,6 +21,7 @@ data_dir = "data"
 runtime_dir = "run"
 [sync]
 broker = "127.0.0.1:1"
+insecure = true
 [sync.collections.notes]
 default = "manual"
 """

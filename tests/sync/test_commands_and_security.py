@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import trustme
-from support.broker import Broker, free_port
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.broker import Broker
+from support.secure_broker import SecureBroker
 from support.syncrig import device_db, edge, ingest
 
 from sync.envelope import Command, encode_command
 from sync.mqtt import Topics, make_client
+from sync.signing import Opener, Sealer, public_key_text
 
 
 def test_commands_apply_once_and_confirm(tmp_path: Path, broker: Broker) -> None:
@@ -66,69 +69,51 @@ def test_commands_apply_once_and_confirm(tmp_path: Path, broker: Broker) -> None
 
 
 @pytest.fixture
-def secure_broker(tmp_path: Path) -> Any:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    paths: dict[str, str] = {}
-    for name, pem in (("ca", ca.cert_pem), ("server", server.cert_chain_pems[0]),
-                      ("server_key", server.private_key_pem)):
-        p = tmp_path / f"{name}.pem"
-        pem.write_to_path(str(p))
-        paths[name] = str(p)
-    for ident in ("dev-a", "dev-b", "cloud"):
-        cert = ca.issue_cert(ident, common_name=ident)
-        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{ident}.pem"))
-        cert.private_key_pem.write_to_path(str(tmp_path / f"{ident}.key"))
-    acl = tmp_path / "acl"
-    acl.write_text(
-        "user cloud\ntopic read edge/+/up\ntopic read edge/+/status\n"
-        "topic write edge/+/ack\ntopic write edge/+/cmd\n\n"
-        "pattern write edge/%u/up\npattern readwrite edge/%u/status\n"
-        "pattern read edge/%u/ack\npattern read edge/%u/cmd\n")
-    b = Broker(tmp_path, extra=(
-        f"cafile {paths['ca']}\ncertfile {paths['server']}\nkeyfile {paths['server_key']}\n"
-        f"require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
-        f"acl_file {acl}\n"), port=free_port())
-    b.start()
-    yield b, tmp_path
-    b.kill()
+def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
+    """The shipped broker config and ACL (support/secure_broker.py)."""
+    with SecureBroker(tmp_path) as b:
+        yield b
 
 
-def tls_client(tmp: Path, ident: str, port: int, got: list[tuple[str, bytes]]) -> mqtt.Client:
-    c = make_client(f"{ident}-{time.time_ns()}", tls_ca=str(tmp / "ca.pem"),
-                    tls_cert=str(tmp / f"{ident}.pem"), tls_key=str(tmp / f"{ident}.key"))
-    c.on_message = lambda cl, u, m: got.append((m.topic, bytes(m.payload)))
-    c.connect("127.0.0.1", port)
+def tls_client(broker: SecureBroker, ident: str, got: list[tuple[str, bytes]],
+               cloud: bool = False) -> mqtt.Client:
+    who = broker.identity(ident, cloud=cloud)
+    c = make_client(f"{ident}-{time.time_ns()}", **who.tls())
+    # Mosquitto 2.0.11 leaves the mount point on delivered topics (fixed in 2.0.12)
+    c.on_message = lambda cl, u, m: got.append((m.topic.removeprefix("fleet/"),
+                                                bytes(m.payload)))
+    c.connect("127.0.0.1", who.port)
     c.loop_start()
     return c
 
 
-def test_tls_and_acl_confine_each_device(secure_broker: Any) -> None:
-    broker, tmp = secure_broker
+def test_tls_and_acl_confine_each_device(secure_broker: SecureBroker) -> None:
+    broker = secure_broker
+    up = broker.cloud_prefix
     seen_by_b: list[tuple[str, bytes]] = []
     seen_by_a: list[tuple[str, bytes]] = []
     seen_by_cloud: list[tuple[str, bytes]] = []
-    b = tls_client(tmp, "dev-b", broker.port, seen_by_b)
-    a = tls_client(tmp, "dev-a", broker.port, seen_by_a)
-    cloud = tls_client(tmp, "cloud", broker.port, seen_by_cloud)
+    b = tls_client(broker, "dev-b", seen_by_b)
+    a = tls_client(broker, "dev-a", seen_by_a)
+    cloud = tls_client(broker, "cloud", seen_by_cloud, cloud=True)
     try:
         time.sleep(0.5)
         b.subscribe([("edge/dev-b/cmd", 1)])
         a.subscribe([("edge/dev-b/cmd", 1), ("edge/dev-b/up", 1)])  # not allowed: nothing
-        cloud.subscribe([("edge/+/up", 1)])
+        cloud.subscribe([(f"{up}/+/up", 1)])
         time.sleep(0.3)
         a.publish("edge/dev-b/up", b"forged", qos=1).wait_for_publish(5)  # dropped by ACL
         a.publish("edge/dev-a/cmd", b"self-command", qos=1).wait_for_publish(5)  # not allowed
         a.publish("edge/dev-a/up", b"mine", qos=1).wait_for_publish(5)
-        cloud.publish("edge/dev-b/cmd", b"from-cloud", qos=1).wait_for_publish(5)
+        cloud.publish(f"{up}/dev-b/cmd", b"from-cloud", qos=1).wait_for_publish(5)
         time.sleep(0.8)
-        assert seen_by_cloud == [("edge/dev-a/up", b"mine")]
+        assert seen_by_cloud == [(f"{up}/dev-a/up".removeprefix("fleet/"), b"mine")]
         assert seen_by_b == [("edge/dev-b/cmd", b"from-cloud")]
         assert seen_by_a == []
         # without a client certificate there is no connection at all
-        anon = make_client("anon", tls_ca=str(tmp / "ca.pem"))
+        anon = make_client("anon", tls_ca=str(broker.etc / "devices-ca.pem"))
         with pytest.raises(Exception):
-            anon.connect("127.0.0.1", broker.port)
+            anon.connect("127.0.0.1", broker.device_port)
             anon.loop_start()
             time.sleep(0.5)
             assert anon.is_connected()
@@ -139,22 +124,33 @@ def test_tls_and_acl_confine_each_device(secure_broker: Any) -> None:
             c.loop_stop()
 
 
-def test_sync_over_tls_with_client_certificates(secure_broker: Any) -> None:
-    broker, tmp = secure_broker
-    db = tmp / "device.db"
+def test_sync_over_tls_with_client_certificates(secure_broker: SecureBroker,
+                                                tmp_path: Path) -> None:
+    """The secure path end to end: TLS client certificates on the shipped config and ACL,
+    every ack and command sealed by the cloud's key and opened by the device."""
+    broker = secure_broker
+    db = tmp_path / "device.db"
     device_db(db)
     from support.syncrig import append, assert_exactly_once, wait_synced
     append(db, "checkpoints", 1000)
-    worker, store = ingest(f"sqlite:///{tmp / 'cloud.db'}", broker.port,
-                           tls_ca=str(tmp / "ca.pem"), tls_cert=str(tmp / "cloud.pem"),
-                           tls_key=str(tmp / "cloud.key"))
-    e = edge(db, broker.port, tls_ca=str(tmp / "ca.pem"), tls_cert=str(tmp / "dev-a.pem"),
-             tls_key=str(tmp / "dev-a.key"))
+    key = Ed25519PrivateKey.generate()
+    cloud_id, dev_id = broker.identity("cloud", cloud=True), broker.identity("dev-a")
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", cloud_id.port,
+                           prefix=broker.cloud_prefix, sealer=Sealer(key), **cloud_id.tls())
+    applied: list[str] = []
+    e = edge(db, dev_id.port, opener=Opener("dev-a", [public_key_text(key)]),
+             handler=lambda conn, cmd: applied.append(cmd.id) or {}, **dev_id.tls())
     worker.start()
     e.start()
     try:
         wait_synced(db, 30)
         assert_exactly_once(store, "dev-a", db)
+        cid = worker.send_command("dev-a", "cancel", {"run_id": "r1"}, wait_s=5)
+        deadline = time.time() + 10
+        while (store.command(cid) or {}).get("state") != "confirmed":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert applied == [cid] and dict(e.stats.rejected) == {}
     finally:
         e.shutdown()
         worker.shutdown()

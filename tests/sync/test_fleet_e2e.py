@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from support.broker import Broker
-from support.daemon import DaemonProcess, cli_json
+from support.daemon import DaemonProcess, cli, cli_json
+from support.secure_broker import SecureBroker
 
 CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
 
@@ -24,27 +24,56 @@ def cloud(cfg: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return r
 
 
-def test_device_to_cloud_and_back(tmp_path: Path, broker: Broker) -> None:
+def secure_configs(tmp_path: Path, secure: SecureBroker, device: str,
+                   workflows: str = "") -> tuple[Path, Path]:
+    """The secure configuration: TLS client certificates on the shipped broker config and
+    ACL, a signing key made by `keys init`, the device pinning its public key, and the
+    device's own key (`sync init-key`) in the cloud's keyring, required."""
+    cloud_id, dev_id = secure.identity("cloud", cloud=True), secure.identity(device)
     cloud_cfg = tmp_path / "cloud.toml"
-    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
-                         f'[store]\nurl = "sqlite:///cloud.db"\n')
+    cloud_cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{cloud_id.port}"\n'
+                         f'topic_prefix = "{secure.cloud_prefix}"\n'
+                         f'tls = {{ ca = "{cloud_id.ca}", cert = "{cloud_id.cert}", '
+                         f'key = "{cloud_id.key}" }}\n[store]\nurl = "sqlite:///cloud.db"\n'
+                         '[signing]\nkey = "keys/signing.key"\n')
+    public = cloud(cloud_cfg, "keys", "init").stdout.strip()
     device_cfg = tmp_path / "config.toml"
     device_cfg.write_text(f"""
 [device]
-id = "press-7"
+id = "{device}"
 data_dir = "data"
 runtime_dir = "run"
 [sync]
-broker = "127.0.0.1:{broker.port}"
+broker = "127.0.0.1:{dev_id.port}"
+cloud_keys = ["{public}"]
+device_key = "device.key"
 ack_timeout_s = 2
+[sync.tls]
+ca = "{dev_id.ca}"
+cert = "{dev_id.cert}"
+key = "{dev_id.key}"
+{workflows}""")
+    device_public = cli(device_cfg, "sync", "init-key").stdout.strip()  # seals its batches
+    (tmp_path / "device-keys.toml").write_text(f'"{device}" = ["{device_public}"]\n')
+    with cloud_cfg.open("a") as f:
+        f.write('device_keys = "device-keys.toml"\nrequire_device_keys = true\n')
+    return cloud_cfg, device_cfg
+
+
+GATED = """
 [workflows.gated]
 start = "gate"
 [workflows.gated.nodes.gate]
-approval = {{ prompt = "Ship it?" }}
+approval = { prompt = "Ship it?" }
 next = "done"
 [workflows.gated.nodes.done]
 end = true
-""")
+"""
+
+
+def test_device_to_cloud_and_back(tmp_path: Path) -> None:
+    secure = SecureBroker(tmp_path).start()
+    cloud_cfg, device_cfg = secure_configs(tmp_path, secure, "press-7", GATED)
     ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     daemon = DaemonProcess(device_cfg, tmp_path)
@@ -90,6 +119,7 @@ end = true
             assert s["received_seq"] == s["acked_seq"] == \
                 st["sync"]["streams"][name]["acked_seq"]
         assert dev["streams"]["checkpoints"]["received_seq"] >= 4
+        assert st["sync"]["downlink"] == {"signed": True, "rejected": {}}  # all opened
         # the device goes away: its last will marks it offline
         daemon.kill()
         while json.loads(cloud(cloud_cfg, "status", "--json").stdout)["devices"][0]["online"]:
@@ -102,6 +132,7 @@ end = true
             ingest.wait(10)
         except subprocess.TimeoutExpired:
             ingest.kill()
+        secure.kill()
 
 
 def test_cloud_config_errors_exit_78(tmp_path: Path) -> None:
@@ -117,7 +148,7 @@ def test_cloud_config_errors_exit_78(tmp_path: Path) -> None:
 def test_cloud_collections_rules_are_checked(tmp_path: Path) -> None:
     from sync.cloud.config import load_cloud_config
     cfg = tmp_path / "cloud.toml"
-    base = '[mqtt]\nbroker = "127.0.0.1:1883"\n[store]\nurl = "sqlite:///c.db"\n'
+    base = '[mqtt]\nbroker = "127.0.0.1:1883"\ninsecure = true\n[store]\nurl = "sqlite:///c.db"\n'
     cfg.write_text(base + '[collections.notes]\ndefault = "manual"\n'
                           '[collections.notes.fields]\ncount = "counter"\n')
     loaded = load_cloud_config(cfg)

@@ -20,6 +20,7 @@ data_dir = "data"
 runtime_dir = "run"
 [sync]
 broker = "127.0.0.1:{port}"
+insecure = true
 ack_timeout_s = 2
 [tools.price]
 kind = "remote"
@@ -50,8 +51,8 @@ def setup(tmp: Path, port: int, timeout: float, fallback: bool) -> Path:
     cached = tmp / "cached.sh"
     cached.write_text('#!/bin/sh\necho "{\\"part\\": \\"$1\\", \\"eur\\": 10.0}"\n')
     cached.chmod(0o755)
-    (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\n[store]\n'
-                                    f'url = "sqlite:///cloud.db"\n[tools]\n'
+    (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n'
+                                    f'[store]\nurl = "sqlite:///cloud.db"\n[tools]\n'
                                     f'price = "cloud_tools:price"\n')
     return cfg
 
@@ -68,7 +69,8 @@ def wait(cfg: Path, rid: str, statuses: set[str], timeout: float = 30) -> dict:
 
 def test_the_cloud_answers_remote_tools(tmp_path: Path, broker: Broker) -> None:
     cfg = setup(tmp_path, broker.port, timeout=30, fallback=False)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # cloud_tools, and the code under test
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
     ingest = subprocess.Popen([CLOUD, "run", "--config", str(tmp_path / "cloud.toml")],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     d = DaemonProcess(cfg, tmp_path).start()
