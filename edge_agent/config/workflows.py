@@ -43,7 +43,8 @@ def _expr(t: Table, key: str, source: Any) -> None:
     try:
         compile_expression(source)
     except ExpressionError as exc:
-        t.error(key, f"invalid expression: {exc.reason}", source)
+        shown = source if len(source) <= 200 else source[:200] + "..."  # 600 kB in a log: no
+        t.error(key, f"invalid expression: {exc.reason}", shown)
 
 
 def _parse_node(name: str, t: Table) -> NodeConfig | None:
