@@ -158,10 +158,10 @@ def test_a_damaged_database_is_exit_74_with_what_to_do(config: Path, tmp_path: P
         f.seek((leaves[len(leaves) // 2] - 1) * page_size)
         f.write(b"\x0d\x00\x00\x00\xff\xff" + b"\xee" * 200)
     r = cli(config, "runs", check=False)
-    assert r.returncode == 74 and "damaged" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 74 and "restore a backup" in r.stderr and "Traceback" not in r.stderr
     d = start(daemons, config, tmp_path)
     assert d.proc is not None and d.proc.wait(30) == 74, d.output()
-    assert "damaged" in d.output() and "Traceback" not in d.output()
+    assert "restore a backup" in d.output() and "Traceback" not in d.output()
 
 
 def test_database_files_are_private_whatever_the_umask(config: Path, tmp_path: Path) -> None:
