@@ -12,7 +12,6 @@ from edge_agent.engine import decide_approval, queue_run, request_cancel
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import STATUSES
 
-
 MAX_JSON_DEPTH = 64
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from edge_agent.config.expressions import ExpressionError, compile_expression
@@ -57,7 +58,7 @@ def _argument(source: str, open_paren: int) -> str:
     return ""
 
 
-def _static_type(arg: str, maps: set[str]) -> str | None:
+def _static_type(arg: str, maps: AbstractSet[str]) -> str | None:
     """The type of an argument when the text alone says it (None: cannot tell)."""
     if arg.startswith("{"):
         return "map"
@@ -72,7 +73,7 @@ def _static_type(arg: str, maps: set[str]) -> str | None:
     return None
 
 
-def check_expression(source: str, visible: set[str], *, maps: set[str] = frozenset(),
+def check_expression(source: str, visible: set[str], *, maps: AbstractSet[str] = frozenset(),
                      condition: bool = False) -> list[str]:
     """What is wrong with one expression for a node that sees `visible`; [] when nothing."""
     try:
@@ -101,7 +102,7 @@ def check_expression(source: str, visible: set[str], *, maps: set[str] = frozens
             if not isinstance(value, bool):
                 problems.append(f"a condition must give a boolean, this gives "
                                 f"{type(value).__name__} {value!r}")
-        elif any(re.fullmatch(rf"{f}\s*\(.*\)", text, re.S) and
+        elif any(re.fullmatch(rf"{f}\s*\(.*\)", text, re.DOTALL) and
                  _argument(text, text.index("(")) == text[text.index("(") + 1:-1].strip()
                  for f in NON_BOOLEAN_CALLS):
             problems.append("a condition must give a boolean, this gives the result of "

@@ -123,7 +123,7 @@ def test_a_huge_flat_expression_is_exit_78_naming_the_key(tmp_path: Path) -> Non
     """It crashed the parser (SIGSEGV, exit 139) before the limits."""
     path = config(tmp_path, when=" + ".join(["input.x"] * 60_000) + " > 0")
     r = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", "--config",
-                        str(path)], capture_output=True, text=True, timeout=60)
+                        str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 78, (r.returncode, r.stdout[-500:], r.stderr[-500:])
     assert "workflows.w.nodes.check.branch[0].when: invalid expression" in r.stdout
     assert "longer than 4096 characters" in r.stdout
@@ -140,7 +140,7 @@ def test_a_model_file_that_cannot_load_fails_config_check(tmp_path: Path, what: 
         (models / "small.gguf").mkdir()
     path.write_text(path.read_text() + '\n[model.small]\npath = "models/small.gguf"\n')
     r = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", "--config",
-                        str(path)], capture_output=True, text=True, timeout=60)
+                        str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 78, (r.stdout, r.stderr)
     assert "model.small.path: " in r.stdout
     expected = {"missing": "no such file", "not gguf": "is not a GGUF model",
@@ -154,7 +154,7 @@ def test_a_generated_gguf_model_passes_config_check(tmp_path: Path) -> None:
     (tmp_path / "models" / "small.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\0" * 64)
     path.write_text(path.read_text() + '\n[model.small]\npath = "models/small.gguf"\n')
     r = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", "--config",
-                        str(path)], capture_output=True, text=True, timeout=60)
+                        str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, (r.stdout, r.stderr)
 
 
@@ -170,7 +170,7 @@ def test_config_check_refuses_what_is_not_a_config_file(tmp_path: Path, target: 
         path = tmp_path / "big.toml"
         path.write_text("# " + "x" * (5 * 1024 * 1024) + "\n")
     r = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", str(path)],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 78, (r.stdout, r.stderr)
     expected = "is larger than" if target == "big" else "is not a regular file"
     assert expected in r.stdout and "Traceback" not in r.stderr

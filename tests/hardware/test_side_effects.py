@@ -208,8 +208,8 @@ def _alive(pid: int) -> bool:
 
 def test_timeout_kills_the_whole_tree_even_a_setsid_child(tmp_path: Path) -> None:
     pidfile = tmp_path / "escaped.pid"
-    tool = command(tmp_path, ["sh", "-c", f"setsid sleep 300 & echo $! > {pidfile}; "
-                              "sleep 300"], {"type": "object"}, timeout_s=0.5)
+    script = f"setsid sleep 300 & echo $! > {pidfile}; sleep 300"
+    tool = command(tmp_path, ["sh", "-c", script], {"type": "object"}, timeout_s=0.5)
     with pytest.raises(ToolError) as info:
         tool.call({}, idempotency_key="k")
     assert info.value.kind == "timeout" and info.value.effect_may_have_happened
