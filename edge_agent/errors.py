@@ -44,6 +44,8 @@ class ConfigError(EdgeAgentError):
 class StoreError(EdgeAgentError):
     """The device database failed."""
 
+    exit_code = 74  # EX_IOERR
+
 
 class StoreFull(StoreError):
     """The disk or the database's page limit is full; committed data is intact."""

@@ -1,9 +1,14 @@
 """Run a fixed argv (never a shell) with arguments substituted into declared positions.
 
 Placeholders like `{part}` may only stand inside argv elements after the first; a value
-always stays one argument, whatever it contains, so no value can add options, commands or
-choose the program. Output is read as it comes and the process group is killed as soon as
-it passes the size limit or the timeout.
+always stays one argument, whatever it contains, so no value can add arguments, commands or
+choose the program. One argument can still *be* an option or a path to elsewhere: a value
+that would begin an argument with `-` (before any literal `--` in argv) or that holds a
+`..` path component is refused, unless its name is in `free_values` (the tool kind puts
+there the parameters whose schema pins their values down: `enum`, `const`, `pattern`).
+
+Output is read as it comes. At the size limit or the timeout the whole tree is killed: the
+process group, and every descendant that left it (`setsid`) while its parent still lived.
 """
 
 from __future__ import annotations
@@ -42,19 +47,79 @@ def placeholders(argv: Sequence[str]) -> set[str]:
     return names
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, read from /proc (empty where there is no /proc)."""
+    tree: dict[int, list[int]] = {}
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        entries = os.listdir("/proc")
+    except OSError:
+        return tree
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal(pid: int, sig: int, *, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the process group and every descendant, also those in a session of their own:
+    stopped first, so none forks a new child while the tree is being walked."""
+    if proc.poll() is None:
+        _signal(proc.pid, signal.SIGSTOP, group=True)
+        seen: set[int] = set()
+        while (new := _descendants(proc.pid) - seen):
+            for pid in new:
+                _signal(pid, signal.SIGSTOP)
+            seen |= new
+        for pid in seen:
+            _signal(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL, group=True)
+    _signal(proc.pid, signal.SIGKILL, group=True)
     proc.wait()
+
+
+def _leading_placeholders(argv: Sequence[str]) -> set[str]:
+    """Placeholders that begin an argument before any literal `--` (where a leading `-`
+    would make the value an option)."""
+    names: set[str] = set()
+    for part in argv[1:]:
+        if part == "--":
+            break
+        first = next(iter(_FORMATTER.parse(part)), None)
+        if first is not None and first[0] == "" and first[1]:
+            names.add(first[1])
+    return names
 
 
 class CommandRunner:
     """One declared command line; `run` fills its placeholders and runs it."""
 
     def __init__(self, argv: Sequence[str], *, cwd: Path, timeout_s: float,
-                 max_output_bytes: int = 64 * 1024, env: Mapping[str, str] | None = None) -> None:
+                 max_output_bytes: int = 64 * 1024, env: Mapping[str, str] | None = None,
+                 free_values: frozenset[str] = frozenset()) -> None:
         if not argv:
             raise ValueError("argv must not be empty")
         self.argv = list(argv)
@@ -63,6 +128,8 @@ class CommandRunner:
         self.max_output_bytes = max_output_bytes
         self.env = dict(env or {})
         self.names = placeholders(argv)
+        self.free_values = free_values
+        self._leading = _leading_placeholders(self.argv)
 
     def render(self, args: Mapping[str, Any]) -> list[str]:
         """The argv with values filled in; strings as they are, anything else as JSON."""
@@ -71,6 +138,16 @@ class CommandRunner:
             raise HardwareError(f"missing arguments for argv: {', '.join(sorted(missing))}",
                                 kind="invalid_args")
         values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}
+        for name in sorted(self.names - self.free_values):
+            value = values[name]
+            if name in self._leading and value.startswith("-"):
+                raise HardwareError(f"{name}: {value[:40]!r} would be read as an option (a value "
+                                    "may begin with '-' only after '--' in argv, or where the "
+                                    "parameter's schema allows it)", kind="invalid_args")
+            if ".." in value.replace("\\", "/").split("/"):
+                raise HardwareError(f"{name}: {value[:40]!r} climbs out of its folder ('..'); "
+                                    "refused unless the parameter's schema allows it",
+                                    kind="invalid_args")
         argv = [part.format(**values) for part in self.argv]
         if any("\0" in part for part in argv):
             raise HardwareError("arguments must not contain NUL bytes", kind="invalid_args")
@@ -125,7 +202,8 @@ class CommandRunner:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     _kill_group(proc)
-                    raise DeviceTimeout(f"{exe} did not finish within {self.timeout_s:g}s")
+                    raise DeviceTimeout(f"{exe} did not finish within {self.timeout_s:g}s",
+                                        effect_may_have_happened=True)
                 for key, _ in sel.select(left):
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
@@ -135,10 +213,12 @@ class CommandRunner:
                     buf += chunk
                     if len(buf) > self.max_output_bytes:
                         _kill_group(proc)
-                        raise BadReply(f"{exe} wrote more than {self.max_output_bytes} bytes")
+                        raise BadReply(f"{exe} wrote more than {self.max_output_bytes} bytes",
+                                       effect_may_have_happened=True)
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            raise DeviceTimeout(f"{exe} did not exit within {self.timeout_s:g}s") from None
+            raise DeviceTimeout(f"{exe} did not exit within {self.timeout_s:g}s",
+                                effect_may_have_happened=True) from None
         return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()])

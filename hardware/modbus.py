@@ -106,21 +106,26 @@ class ModbusDevice:
         reg = self._reg(name)
         if not reg.writable:
             raise NotDeclared(f"register {name!r} is not declared writable")
+        try:
+            raw: Any = bool(value)
+            if reg.table != "coil":
+                scaled = value / reg.scale if reg.scale != 1.0 else value
+                scaled = round(scaled) if reg.type != "float32" else float(scaled)
+                raw = self.client.convert_to_registers(scaled, self._dtype(reg.type))
+        except (TypeError, ValueError, OverflowError, struct.error) as exc:
+            raise HardwareError(f"Modbus write of {name}: {value!r} does not fit "
+                                f"{reg.type} ({exc})", kind="invalid_args") from exc
         with self._lock:
             self._connected()
-            try:
+            try:  # once connected, the request may reach the device whatever fails next
                 if reg.table == "coil":
-                    rr = self.client.write_coil(reg.address, bool(value), device_id=self.unit)
+                    rr = self.client.write_coil(reg.address, raw, device_id=self.unit)
                 else:
-                    raw = value / reg.scale if reg.scale != 1.0 else value
-                    raw = round(raw) if reg.type != "float32" else float(raw)
-                    regs = self.client.convert_to_registers(raw, self._dtype(reg.type))
-                    rr = self.client.write_registers(reg.address, regs, device_id=self.unit)
+                    rr = self.client.write_registers(reg.address, raw, device_id=self.unit)
             except ModbusException as exc:
-                raise self._translate(exc, f"write of {name}") from exc
-            except (TypeError, ValueError, OverflowError, struct.error) as exc:
-                raise HardwareError(f"Modbus write of {name}: {value!r} does not fit "
-                                    f"{reg.type} ({exc})", kind="invalid_args") from exc
+                err = self._translate(exc, f"write of {name}")
+                err.effect_may_have_happened = True
+                raise err from exc
         if rr.isError():
             raise DeviceRejected(f"Modbus write of {name}: device answered {rr}",
                                  fields={"exception_code": getattr(rr, "exception_code", None)})

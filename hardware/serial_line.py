@@ -1,6 +1,10 @@
 """A request/response line protocol over a serial port (pyserial).
 
-One lock per port path in this process serializes every exchange on it. A port that
+One lock per port path in this process serializes every exchange on it. Waiting for that
+lock has its own bound (`queue_timeout_s`): a call that never got the port fails with
+PortBusy, retryable, having sent nothing. The reply deadline starts once the port is ours,
+so time spent queueing never shortens it. Any failure after the first byte was handed to
+the port carries `effect_may_have_happened`: the device may have acted. A port that
 vanished (USB re-enumeration, a closed pty) raises DeviceGone and is reopened on the next
 call. Stale bytes left by an earlier timed-out reply are discarded before each request;
 a reply that arrives later than that can only be told apart with request ids, which is
@@ -21,7 +25,14 @@ from typing import Any
 
 import serial
 
-from hardware.errors import BadReply, DeviceGone, DeviceRejected, DeviceTimeout, HardwareError
+from hardware.errors import (
+    BadReply,
+    DeviceGone,
+    DeviceRejected,
+    DeviceTimeout,
+    HardwareError,
+    PortBusy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +76,10 @@ class SerialLine:
     """One serial port opened on demand; `exchange` sends a line and reads the reply."""
 
     def __init__(self, port: str, *, baudrate: int = 115200, terminator: str = "\n",
-                 encoding: str = "utf-8", timeout_s: float = 2.0) -> None:
+                 encoding: str = "utf-8", timeout_s: float = 2.0,
+                 queue_timeout_s: float = 10.0) -> None:
         self.port = port
+        self.queue_timeout_s = queue_timeout_s
         self.baudrate = baudrate
         self.terminator = terminator.encode(encoding)
         self.encoding = encoding
@@ -112,11 +125,16 @@ class SerialLine:
         With `reply_prefix`, first lines without it (late replies to earlier requests)
         are skipped.
         """
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        with self.lock:
-            ser = self._open()
+        if not self.lock.acquire(timeout=self.queue_timeout_s):
+            raise PortBusy(f"{self.port}: port busy for {self.queue_timeout_s:g}s "
+                           "(queue_timeout_s); nothing was sent")
+        try:
+            deadline = time.monotonic() + (timeout_s or self.timeout_s)  # the port is ours now
+            sent = False
             try:
+                ser = self._open()
                 ser.reset_input_buffer()
+                sent = True  # from here on, bytes may have reached the device
                 ser.write(line.encode(self.encoding) + self.terminator)
                 ser.flush()
                 lines: list[str] = []
@@ -131,7 +149,13 @@ class SerialLine:
                         return lines
             except (serial.SerialException, OSError, termios.error) as exc:
                 self._drop()
-                raise DeviceGone(f"{self.port}: device went away ({exc})") from exc
+                raise DeviceGone(f"{self.port}: device went away ({exc})",
+                                 effect_may_have_happened=sent) from exc
+            except HardwareError as exc:
+                exc.effect_may_have_happened = exc.effect_may_have_happened or sent
+                raise
+        finally:
+            self.lock.release()
 
     def _read_line(self, ser: serial.Serial, deadline: float) -> str:
         buf = bytearray()

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except EdgeAgentError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 1
+        return int(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         return 130
 

@@ -12,14 +12,42 @@ from edge_agent.engine import decide_approval, queue_run, request_cancel
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import STATUSES
 
+MAX_JSON_DEPTH = 64
+
 
 def _json_arg(text: str | None, name: str) -> Any:
+    """A JSON argument as data the store can keep: UTF-8 text, nested at most
+    MAX_JSON_DEPTH levels; anything else is a usage error (64)."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CliError(f"{name}: not valid UTF-8 text (a lone surrogate at position "
+                       f"{exc.start})", 64) from None
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in text:  # a cheap bound before the recursive parser runs
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise CliError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", 64)
+    try:
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # "\ud800" escapes too
     except json.JSONDecodeError as exc:
         raise CliError(f"{name}: not valid JSON ({exc.msg} at column {exc.colno})", 64) from None
+    except UnicodeEncodeError:
+        raise CliError(f"{name}: holds a lone surrogate (\\udXXX), which is not text",
+                       64) from None
+    return value
 
 
 def _poke(ctx: Context, run_id: str) -> bool:

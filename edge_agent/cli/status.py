@@ -11,6 +11,7 @@ from typing import Any
 from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
+from edge_agent.config.model_files import check_model_files
 from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError
 from edge_agent.daemon.lock import lock_holder
@@ -118,7 +119,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
     path = args.path or ctx.config_path
     try:
-        load_config(path)
+        config = load_config(path)
+        if issues := check_model_files(config):
+            raise ConfigError(str(config_path(path)), issues)
     except ConfigError as exc:
         if ctx.as_json:
             ctx.out({"ok": False, "errors": [i.render(exc.file) for i in exc.issues]})

@@ -1,6 +1,8 @@
 """Safe expressions over a run's context, evaluated with CEL (common-expression-language).
 
 No `eval`, no `exec`: a CEL program can read the context and compute, nothing else.
+Size and nesting are bounded before the parser sees a source (the parser recurses, and a
+deep or huge expression would take the process down with it, not raise).
 """
 
 from __future__ import annotations
@@ -22,9 +24,49 @@ class ExpressionError(EdgeAgentError):
         super().__init__(f"expression {source!r}: {reason}")
 
 
+MAX_EXPRESSION_CHARS = 4096
+MAX_EXPRESSION_DEPTH = 32  # nested (), [] and {}
+MAX_EXPRESSION_OPERATORS = 256
+
+
+def check_limits(source: str) -> None:
+    """Raise ExpressionError if `source` is too long, too deep or has too many operators;
+    a single pass over the text that never parses it."""
+    if len(source) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(source[:60] + "...", f"longer than {MAX_EXPRESSION_CHARS} "
+                              f"characters ({len(source)})")
+    depth = deepest = operators = 0
+    quote: str | None = None
+    i = 0
+    while i < len(source):
+        c = source[i]
+        if quote is not None:
+            if c == "\\":
+                i += 1
+            elif source.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif c in "\"'":
+            quote = c * 3 if source.startswith(c * 3, i) else c
+            i += len(quote) - 1
+        elif c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth -= 1
+        elif c in "+-*/%<>=!&|?":
+            operators += 1
+        i += 1
+    if deepest > MAX_EXPRESSION_DEPTH:
+        raise ExpressionError(source[:60], f"nested deeper than {MAX_EXPRESSION_DEPTH} levels")
+    if operators > MAX_EXPRESSION_OPERATORS:
+        raise ExpressionError(source[:60], f"more than {MAX_EXPRESSION_OPERATORS} operators")
+
+
 @lru_cache(maxsize=1024)
 def compile_expression(source: str) -> Any:
-    """Compile once; raises ExpressionError with the parser's message."""
+    """Check the limits, then compile once; raises ExpressionError with the reason."""
+    check_limits(source)
     try:
         return cel.compile(source)
     except (ValueError, RuntimeError, TypeError) as exc:

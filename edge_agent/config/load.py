@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge_agent.config.workflows import parse_retry, parse_workflow
 from edge_agent.errors import ConfigError, ConfigIssue
 
 DEFAULT_PATH = Path("/etc/edge-agent/config.toml")
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 SECTIONS = ("device", "model", "tools", "agents", "workflows", "sync", "telemetry")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -50,17 +52,44 @@ def load_config(path: str | os.PathLike[str] | None = None,
     file = config_path(path)
     name = str(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = _read_config_file(file).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(name, [ConfigIssue("", "file not found", has_value=False)]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(name, [ConfigIssue("", f"cannot read: {exc}", has_value=False)]) from exc
+    except ValueError as exc:
+        raise ConfigError(name, [ConfigIssue("", f"cannot read: {exc}", has_value=False)]
+                          ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, [ConfigIssue("", f"TOML syntax error: {exc}",
                                              has_value=False)]) from exc
-    return parse_config(data, file.resolve(), os.environ if env is None else env)
+    except RecursionError:
+        raise ConfigError(name, [ConfigIssue("", "TOML nested too deeply",
+                                             has_value=False)]) from None
+    try:
+        return parse_config(data, file.resolve(), os.environ if env is None else env)
+    except RecursionError:
+        raise ConfigError(name, [ConfigIssue("", "nested too deeply to check",
+                                             has_value=False)]) from None
+
+
+def _read_config_file(file: Path) -> bytes:
+    """The file's bytes; ValueError for anything but a regular file of at most
+    MAX_CONFIG_BYTES (a device, a FIFO or /dev/zero would block or never end)."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("is not a regular file")
+        data = b""
+        while len(data) <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 1 << 16)):
+            data += chunk
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ValueError(f"is larger than {MAX_CONFIG_BYTES} bytes")
+        return data
+    finally:
+        os.close(fd)
 
 
 def parse_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:

@@ -101,6 +101,7 @@ class ApprovalSpec:
     timeout_s: float | None = None
     on_timeout: str = "reject"  # approve | reject | escalate
     show: tuple[str, ...] = ()  # context keys a human needs
+    patch_keys: tuple[str, ...] = ()  # context keys an answer's patch may add
 
 
 @dataclass(frozen=True)

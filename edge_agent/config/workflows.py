@@ -14,6 +14,7 @@ from edge_agent.config.model import (
 )
 from edge_agent.config.reader import Table
 from edge_agent.errors import ConfigIssue
+from edge_agent.config.expression_check import check_workflow_expressions
 from edge_agent.config.expressions import ExpressionError, compile_expression
 
 NODE_KINDS = ("tool", "agent", "branch", "approval", "parallel", "handoff", "end")
@@ -42,7 +43,8 @@ def _expr(t: Table, key: str, source: Any) -> None:
     try:
         compile_expression(source)
     except ExpressionError as exc:
-        t.error(key, f"invalid expression: {exc.reason}", source)
+        shown = source if len(source) <= 200 else source[:200] + "..."  # 600 kB in a log: no
+        t.error(key, f"invalid expression: {exc.reason}", shown)
 
 
 def _parse_node(name: str, t: Table) -> NodeConfig | None:
@@ -98,9 +100,11 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
             timeout = a.float("timeout_s", min=0.0, exclusive_min=True)
             on_timeout = a.str("on_timeout", "reject", choices=("approve", "reject", "escalate"))
             show = a.list_of_str("show", ())
+            patch_keys = a.list_of_str("patch_keys", ())
             a.finish()
             fields["approval"] = ApprovalSpec(prompt=prompt or "", timeout_s=timeout,
-                                              on_timeout=on_timeout or "reject", show=show or ())
+                                              on_timeout=on_timeout or "reject", show=show or (),
+                                              patch_keys=patch_keys or ())
         fields["on_reject"] = t.str("on_reject")
     elif kind == "parallel":
         fields["branches"] = t.list_of_str("parallel", ()) or ()
@@ -153,6 +157,7 @@ def _trigger(tr: Table, tools: Mapping[str, ToolConfig]) -> TriggerSpec | None:
 
 def parse_workflow(name: str, t: Table, tools: Mapping[str, ToolConfig],
                    agents: Mapping[str, AgentConfig]) -> WorkflowConfig | None:
+    first_issue = len(t.issues)
     start = t.str("start", required=True)
     description = t.str("description", "", nonempty=False)
     trigger = None
@@ -173,6 +178,9 @@ def parse_workflow(name: str, t: Table, tools: Mapping[str, ToolConfig],
         return None
     before = len(t.issues)
     _check_graph(name, t, start, nodes, tools, agents)
+    if len(t.issues) == first_issue:  # expressions that parse, in a graph that holds
+        check_workflow_expressions(nodes, successors, lambda node, key, message, value: (
+            t.issues.append(ConfigIssue(f"{t.path}.nodes.{node}.{key}", message, value))))
     if len(t.issues) > before:
         return None
     return WorkflowConfig(name=name, start=start, nodes=MappingProxyType(nodes),

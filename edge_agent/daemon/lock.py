@@ -1,7 +1,12 @@
-"""One daemon per data directory: an flock held for the process's life."""
+"""One daemon per data directory: an flock held for the process's life.
+
+The lock file is opened with O_NOFOLLOW: a symlink planted in a data directory that someone
+else can write must not make a root daemon truncate the file it points to.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -15,14 +20,32 @@ class AlreadyRunning(EdgeAgentError):
         super().__init__(f"another edge-agent (pid {pid or 'unknown'}) holds {path}")
 
 
+class DataDirUnusable(EdgeAgentError):
+    """The data directory cannot hold the lock (read-only, not ours, a symlink planted)."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
 class DataDirLock:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "edge-agent.lock"
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataDirUnusable(self.path, "is a symbolic link; refusing to follow it "
+                                      "(remove it, and check who can write the data "
+                                      "directory)") from None
+            raise DataDirUnusable(self.path, f"cannot create the lock file: "
+                                  f"{exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,7 +66,7 @@ def lock_holder(data_dir: Path) -> int | None:
     """The pid holding the lock, or None if nobody does."""
     path = data_dir / "edge-agent.lock"
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:

@@ -21,7 +21,7 @@ from edge_agent.config import Config, load_config
 from edge_agent.daemon.control_socket import ControlServer
 from edge_agent.engine import Engine, queue_run
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StoreError
 from edge_agent.daemon.lock import DataDirLock
 from edge_agent.daemon.notify import SystemdNotifier, watchdog_interval
 from edge_agent.daemon.runtime import build_agent_runner, build_tools, close_tools, sync_status
@@ -180,6 +180,11 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload rejected, keeping the running configuration:\n%s", exc)
             self.notifier.status("reload rejected: config errors (see log)")
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the daemon stays
+            log.error("reload rejected, keeping the running configuration: %s: %s",
+                      type(exc).__name__, exc)
+            self.notifier.status("reload rejected: config unreadable (see log)")
             return
         # an unchanged tool keeps its instance (and its open device); a changed or removed
         # one is closed, so its port or GPIO lines are free for the new one
@@ -373,9 +378,15 @@ def run_daemon(config_path: str | None) -> int:
         return ConfigError.exit_code
     t = config.telemetry
     setup_logging(t.log_format, t.log_level, t.levels)
-    from edge_agent.daemon.lock import AlreadyRunning
+    from edge_agent.daemon.lock import AlreadyRunning, DataDirUnusable
     try:
         return asyncio.run(Daemon(config).run())
     except AlreadyRunning as exc:
         log.error("%s", exc)
         return 75  # EX_TEMPFAIL
+    except DataDirUnusable as exc:
+        log.error("%s", exc)
+        return DataDirUnusable.exit_code
+    except StoreError as exc:
+        log.error("%s", exc)
+        return StoreError.exit_code

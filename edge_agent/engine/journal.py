@@ -75,6 +75,10 @@ class ToolJournal:
             value = binding.tool.call(args, idempotency_key=key)
             res = CallResult(True, dict(value), None, None, False, started)
         except Exception as exc:  # noqa: BLE001 - every tool failure becomes a journal row
+            if not binding.idempotent and getattr(exc, "effect_may_have_happened", False):
+                # sent, then lost (a timeout, a vanished link): as after a crash mid-call,
+                # the intent row stays and the node's on_unknown policy decides
+                raise UnknownOutcome(key, attempt, name, args) from exc
             res = CallResult(False, None, str(exc), getattr(exc, "kind", type(exc).__name__),
                              bool(getattr(exc, "retryable", False)), started)
         if write_result:

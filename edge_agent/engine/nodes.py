@@ -81,10 +81,14 @@ class NodeRunner:
             if row["status"] in ("ok", "confirmed"):
                 return self.e.advance(run, node, output=row["result"], next_node=node.next,
                                             attempt=attempt)
-        with self.e.blocking(binding.blocks or not idempotent):
-            res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
-                                         attempt=attempt, name=node.tool, args=args,
-                                         write_result=False)
+        try:
+            with self.e.blocking(binding.blocks or not idempotent):
+                res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
+                                             attempt=attempt, name=node.tool, args=args,
+                                             write_result=False)
+        except UnknownOutcome as u:  # sent, then lost: the policy decides, as after a crash
+            return self._unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
+                                 u.key, u.attempt, u.tool, u.args)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
         record: Tx | None = None
@@ -512,9 +516,13 @@ class NodeRunner:
                 err, kind = row["error"], row["error_kind"]
                 retryable = bool((row["result"] or {}).get("retryable"))
             else:
-                res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
-                                             attempt=attempt, name=bnode.tool, args=args,
-                                             write_result=True)
+                try:
+                    res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
+                                                 attempt=attempt, name=bnode.tool, args=args,
+                                                 write_result=True)
+                except UnknownOutcome:  # sent, then lost: its intent row is read as a crash's
+                    attempt -= 1
+                    continue
                 if res.ok:
                     return {"ok": True, "output": res.result, "attempt": attempt}
                 err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable

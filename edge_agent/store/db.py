@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import SchemaTooNew, StoreError, StoreFull
+from edge_agent.store.files import SERVICE_GROUP, create_db_file
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ def translate(path: str, exc: sqlite3.Error) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc):
         return StoreFull(path)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc):
+        return StoreError(f"{path}: the database is damaged ({exc}); stop edge-agent, keep a "
+                          "copy of the file, then restore a backup or rebuild it with "
+                          "sqlite3's .recover")
     return StoreError(f"{path}: {exc}")
 
 
@@ -34,7 +39,8 @@ class Store:
     """One database file; a connection per thread; numbered migrations at open."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL",
-                 migrations: Sequence[Migration] | None = None, readonly: bool = False) -> None:
+                 migrations: Sequence[Migration] | None = None, readonly: bool = False,
+                 service_group: str = SERVICE_GROUP) -> None:
         self.path = str(path)
         self.synchronous = synchronous
         self.readonly = readonly
@@ -48,7 +54,12 @@ class Store:
         if readonly:
             self._check_version(self.conn)
         else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                create_db_file(Path(self.path), service_group)
+            except OSError as exc:
+                raise StoreError(f"{self.path}: cannot create the database: "
+                                 f"{exc.strerror or exc}") from exc
             self._migrate(migrations)
 
     # connections -----------------------------------------------------------------------------

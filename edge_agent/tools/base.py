@@ -13,15 +13,19 @@ from edge_agent.errors import EdgeAgentError
 
 class ToolError(EdgeAgentError):
     """kind: timeout | device_gone | bad_reply | device_error | invalid_args | invalid_result |
-    failed | not_declared | not_supported. `fields` holds extra data (the named groups of
-    a device's error pattern, a command's exit code and stderr tail)."""
+    failed | not_declared | not_supported | port_busy. `fields` holds extra data (the named
+    groups of a device's error pattern, a command's exit code and stderr tail).
+    `effect_may_have_happened`: the request may have reached the device before the failure,
+    so for a non-idempotent tool the engine treats the outcome as unknown."""
 
     def __init__(self, message: str, *, kind: str = "failed", retryable: bool = False,
-                 fields: Mapping[str, Any] | None = None) -> None:
+                 fields: Mapping[str, Any] | None = None,
+                 effect_may_have_happened: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
         self.fields = dict(fields or {})
+        self.effect_may_have_happened = effect_may_have_happened
 
 
 class Tool(Protocol):
@@ -69,7 +73,9 @@ class SchemaTool:
         except Exception as exc:
             raise ToolError(f"{self.name}: {exc}", kind=getattr(exc, "kind", "failed"),
                             retryable=bool(getattr(exc, "retryable", False)),
-                            fields=getattr(exc, "fields", None)) from exc
+                            fields=getattr(exc, "fields", None),
+                            effect_may_have_happened=bool(
+                                getattr(exc, "effect_may_have_happened", False))) from exc
         if not isinstance(result, dict):
             raise ToolError(f"{self.name}: returned {type(result).__name__}, not an object",
                             kind="invalid_result")

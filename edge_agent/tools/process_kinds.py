@@ -12,6 +12,8 @@ from typing import Any
 from edge_agent.tools.options import BoundCall, Problems, is_int, unknown_keys
 
 DEFAULT_MAX_OUTPUT = 64 * 1024
+MAX_OUTPUT_CEILING = 16 * 1024 * 1024  # output is held in memory and journaled: bounded
+PINNING_KEYWORDS = ("enum", "const", "pattern")
 
 
 def check_command(options: Mapping[str, Any], base_dir: Path) -> Problems:
@@ -32,6 +34,8 @@ def check_command(options: Mapping[str, Any], base_dir: Path) -> Problems:
     limit = options.get("max_output_bytes", DEFAULT_MAX_OUTPUT)
     if not is_int(limit) or limit < 1:
         problems.append(("max_output_bytes", "must be a positive integer", limit))
+    elif limit > MAX_OUTPUT_CEILING:
+        problems.append(("max_output_bytes", f"must be <= {MAX_OUTPUT_CEILING} (16 MiB)", limit))
     env = options.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                             for k, v in env.items()):
@@ -44,14 +48,22 @@ def check_command(options: Mapping[str, Any], base_dir: Path) -> Problems:
     return problems
 
 
-def build_command(name: str, options: Mapping[str, Any], base_dir: Path, timeout_s: float
-                  ) -> BoundCall:
+def free_values(params: Mapping[str, Any] | None) -> frozenset[str]:
+    """Parameters whose schema pins their values down (`enum`, `const`, `pattern`): values
+    the operator admitted explicitly, so a leading `-` or a `..` in them is intended."""
+    props = (params or {}).get("properties", {})
+    return frozenset(k for k, v in dict(props).items()
+                     if isinstance(v, Mapping) and any(p in v for p in PINNING_KEYWORDS))
+
+
+def build_command(name: str, options: Mapping[str, Any], base_dir: Path, timeout_s: float,
+                  params: Mapping[str, Any] | None = None) -> BoundCall:
     from hardware.command import CommandRunner
     cwd = base_dir / str(options.get("cwd") or ".")
     runner = CommandRunner(options["argv"], cwd=cwd, timeout_s=timeout_s,
                            max_output_bytes=int(options.get("max_output_bytes",
                                                             DEFAULT_MAX_OUTPUT)),
-                           env=options.get("env"))
+                           env=options.get("env"), free_values=free_values(params))
     return BoundCall(lambda args, key: runner.run(args, idempotency_key=key))
 
 

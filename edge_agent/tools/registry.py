@@ -42,6 +42,8 @@ def build_tool(name: str, kind: str, *, description: str, params: Mapping[str, A
     try:
         if kind in _TAKE_RESULT_SCHEMA:
             fn = builder(name, options, base_dir, timeout_s, result_schema)
+        elif kind == "command":  # which values the schema pins down (see free_values)
+            fn = builder(name, options, base_dir, timeout_s, params)
         else:
             fn = builder(name, options, base_dir, timeout_s)
     except Exception as exc:

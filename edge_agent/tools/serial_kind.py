@@ -12,7 +12,8 @@ from edge_agent.tools.options import BoundCall, Problems, is_int, resolve_path, 
 
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 KEYS = {"port", "baudrate", "terminator", "encoding", "send", "expect", "error", "until",
-        "request_id", "request_id_field"}
+        "request_id", "request_id_field", "queue_timeout_s"}
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
 
 
 def check_serial(options: Mapping[str, Any], base_dir: Path) -> Problems:
@@ -48,6 +49,10 @@ def check_serial(options: Mapping[str, Any], base_dir: Path) -> Problems:
         codecs.lookup(encoding)
     except (LookupError, TypeError):
         problems.append(("encoding", "is not a known text encoding", encoding))
+    queue = options.get("queue_timeout_s", DEFAULT_QUEUE_TIMEOUT_S)
+    if isinstance(queue, bool) or not isinstance(queue, (int, float)) or not 0 < queue <= 3600:
+        problems.append(("queue_timeout_s", "must be a number of seconds, > 0 and <= 3600",
+                         queue))
     if not isinstance(options.get("request_id", False), bool):
         problems.append(("request_id", "must be true or false", options.get("request_id")))
     rid_field = options.get("request_id_field")
@@ -69,7 +74,9 @@ def build_serial(name: str, options: Mapping[str, Any], base_dir: Path, timeout_
     line = SerialLine(resolve_path(base_dir, options["port"]),
                       baudrate=int(options.get("baudrate", 115200)),
                       terminator=options.get("terminator", "\n"),
-                      encoding=options.get("encoding", "utf-8"), timeout_s=timeout_s)
+                      encoding=options.get("encoding", "utf-8"), timeout_s=timeout_s,
+                      queue_timeout_s=float(options.get("queue_timeout_s",
+                                                        DEFAULT_QUEUE_TIMEOUT_S)))
     props = (result_schema or {}).get("properties", {})
     types = {k: v["type"] for k, v in dict(props).items()
              if isinstance(v, Mapping) and isinstance(v.get("type"), str)}
