@@ -57,6 +57,15 @@ class Context:
         else:
             print(text if text is not None else data)
 
+    def fail(self, message: str, code: int, prefix: str = "edge-agent: ") -> int:
+        """Report an error on stderr, as {"error", "exit_code"} under --json; returns the
+        exit code, the same either way."""
+        if self.as_json:
+            print(json.dumps({"error": message, "exit_code": code}), file=sys.stderr)
+        else:
+            print(f"{prefix}{message}", file=sys.stderr)
+        return code
+
     def note(self, message: str) -> None:
         """A side remark for people; kept off stdout so --json stays parseable."""
         print(message, file=sys.stderr)

@@ -13,7 +13,7 @@ from edge_agent.cli.render import table
 
 def dispatch(ctx: Context, args: argparse.Namespace) -> int:
     handler = {"tools": cmd_tools, "conflicts": cmd_conflicts, "model": cmd_model,
-               "install-service": cmd_install_service}[args.command]
+               "uninstall-service": cmd_install_service}[args.command]
     return handler(ctx, args)
 
 
@@ -109,8 +109,13 @@ def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_install_service(ctx: Context, args: argparse.Namespace) -> int:
-    from edge_agent.daemon.install import install_service
-    steps = install_service(root=args.root, reload=not args.no_reload)
+def cmd_install_service(ctx: Context, args: argparse.Namespace,
+                        man_page: str | None = None) -> int:
+    from edge_agent.daemon.install import install_service, uninstall_service
+    if args.command == "uninstall-service":
+        steps = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
+        ctx.out({"removed": steps}, "\n".join(steps))
+        return 0
+    steps = install_service(root=args.root, reload=not args.no_reload, man_page=man_page)
     ctx.out({"installed": steps}, "\n".join(steps))
     return 0

@@ -25,7 +25,7 @@ def _options(default: bool) -> argparse.ArgumentParser:
     return opts
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     common = _options(default=False)
     p = argparse.ArgumentParser(prog="edge-agent", parents=[_options(default=True)],
                                 description="Durable agentic workflows on this device.")
@@ -80,26 +80,49 @@ def _parser() -> argparse.ArgumentParser:
     s = add("model", "model commands: `model make-test-model PATH`")
     s.add_argument("action", choices=["make-test-model"])
     s.add_argument("path")
-    s = add("install-service", "install the systemd unit, users, dirs and example config")
+    s = add("install-service", "install the systemd unit, user, dirs, man page and example "
+            "config")
     s.add_argument("--root", default="/", help="install below this root (for packaging)")
     s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    s = add("uninstall-service", "stop the service and remove what install-service put "
+            "there; the config and the database stay unless --purge")
+    s.add_argument("--root", default="/", help="remove below this root (for packaging)")
+    s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    s.add_argument("--purge", action="store_true",
+                   help="also remove /etc/edge-agent and /var/lib/edge-agent (the database)")
     return p
 
 
+def manual() -> str:
+    """edge-agent(1), written from the parser."""
+    from sync.manpage import render
+    return render(
+        build_parser(), version=__version__,
+        summary="durable agentic workflows on an edge device",
+        environment=[
+            ("EDGE_AGENT_CONFIG", "the config file when --config is not given"),
+            ("EDGE_AGENT_DATA_DIR", "where the database lives (the unit sets /var/lib/edge-agent)"),
+            ("EDGE_AGENT_RUNTIME_DIR",
+             "where the control socket lives (the unit sets /run/edge-agent)"),
+            ("JOURNAL_STREAM", "set by systemd: each log line carries its journald priority"),
+            ("NO_COLOR", "no colour in the human-readable output")],
+        files=[("/etc/edge-agent/config.toml", "the config (root:edge-agent 0640)"),
+               ("/var/lib/edge-agent/", "the SQLite database"),
+               ("/run/edge-agent/control.sock", "the daemon's control socket")],
+        see_also=["edge-agent-cloud(1)", "systemctl(1)", "journalctl(1)"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     ctx = Context(args.config, args.json)
     try:
         return _dispatch(ctx, args)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return ConfigError.exit_code
+        return ctx.fail(str(exc), ConfigError.exit_code, prefix="")
     except CliError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return exc.code
+        return ctx.fail(str(exc), exc.code)
     except EdgeAgentError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return 1
+        return ctx.fail(str(exc), 1)
     except KeyboardInterrupt:
         return 130
 
@@ -120,6 +143,8 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
     if cmd == "sync":
         return status.cmd_sync_now(ctx, args)
     from edge_agent.cli import extras
+    if cmd == "install-service":
+        return extras.cmd_install_service(ctx, args, manual())
     return extras.dispatch(ctx, args)
 
 
