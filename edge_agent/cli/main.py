@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("cancel", "cancel a run")
     s.add_argument("run_id")
     s.add_argument("--by", default=getpass.getuser())
+    s = add("metrics", "tool calls and success rate, retries, step durations p50/p95 by "
+            "node and kind, agent time, tokens/s and time to first token (from the database)")
+    s.add_argument("--since", default="1h", help="how far back: 15m, 1h, 7d (default 1h)")
     s = add("trace", "a run as a tree: steps, model calls, tool calls, retries, approvals")
     s.add_argument("run_id")
     s = add("config", "configuration commands")
@@ -140,6 +143,9 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
               "reject": runs.cmd_decide, "cancel": runs.cmd_cancel, "trace": trace.cmd_trace}
     if cmd in simple:
         return simple[cmd](ctx, args)
+    if cmd == "metrics":
+        from edge_agent.cli.metrics import cmd_metrics
+        return cmd_metrics(ctx, args)
     if cmd == "sync":
         return status.cmd_sync_now(ctx, args)
     from edge_agent.cli import extras

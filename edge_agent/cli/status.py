@@ -9,9 +9,11 @@ import time
 from typing import Any
 
 from edge_agent.cli.context import CliError, Context
+from edge_agent.cli.metrics import kinds
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
 from edge_agent.engine import queries as q
+from edge_agent.telemetry.summary import collect, one_line
 from edge_agent.errors import ConfigError
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
@@ -43,15 +45,18 @@ def collect_status(ctx: Context) -> dict[str, Any]:
             if not sync["streams"]:
                 sync["streams"] = outbox_streams(store)
             conflicts = _conflicts(store)
+            summary = store.read(lambda c: collect(c, since=time.time() - 3600,
+                                                   kinds=kinds(ctx)))
         finally:
             store.close()
     else:
-        counts, pending, conflicts = {}, 0, 0
+        counts, pending, conflicts, summary = {}, 0, 0, None
     data["sync"] = sync
     data["runs"] = counts
     data["approvals_pending"] = pending
     data["conflicts"] = conflicts
     data["models"] = sorted(ctx.config.models)
+    data["last_hour"] = one_line(summary) if summary is not None else None
     return data
 
 
@@ -96,6 +101,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"runs      {runs}",
         f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
         f"models {', '.join(data['models']) or 'none'}",
+        f"last hour {data['last_hour'] or 'nothing yet'}   (edge-agent metrics for more)",
     ])
 
 
