@@ -53,9 +53,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._terms = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self.exporter: OtlpHttpExporter | None = None
-        if config.telemetry.otlp_endpoint:
-            self.exporter = OtlpHttpExporter(config.telemetry.otlp_endpoint)
+        # the config's endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT; None when neither is set
+        self.exporter = OtlpHttpExporter.from_env(config.telemetry.otlp_endpoint)
 
     @property
     def socket_path(self) -> Path:
