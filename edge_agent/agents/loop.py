@@ -113,7 +113,7 @@ def _decide(agent: AgentConfig, messages: list[dict[str, str]], schema: Mapping[
             errors.append(f"{p.name}: {exc}")
             log.warning("model %s failed on turn %d: %s", p.name, turn, exc)
             continue
-        summary = c.summary()
+        summary = {**c.summary(), "provider": getattr(p, "provider", None)}
         log.info("model turn %d on %s: chose %s", turn, p.name, c.parsed["tool"],
                  extra={"model": p.name, "turn": turn})
         return {"tool": c.parsed["tool"], "args": c.parsed["args"], "completion": summary}

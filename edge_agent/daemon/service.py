@@ -115,8 +115,10 @@ class Daemon:
         kinds = {(w.name, n.name): n.kind for w in cfg.workflows.values()
                  for n in w.nodes.values()}
         try:
+            agents = {(w.name, n.name): n.agent for w in cfg.workflows.values()
+                      for n in w.nodes.values() if n.agent}
             payloads = record_spans(self.writer, service=cfg.telemetry.service_name,
-                                    device_id=cfg.device.id, kinds=kinds,
+                                    device_id=cfg.device.id, kinds=kinds, agents=agents,
                                     limits=cfg.sync.outbox_max_bytes if cfg.sync else None)
         except Exception as exc:  # noqa: BLE001 - telemetry must never stop the daemon
             log.warning("span export failed: %s", exc)

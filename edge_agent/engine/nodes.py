@@ -216,7 +216,8 @@ class NodeRunner:
 
             def handoff(c: sqlite3.Connection) -> None:
                 q.insert_step(c, run_id=run.run_id, node=node.name, visit=run.visit(node.name),
-                              attempt=attempt, status="handoff", started_at=now, finished_at=now,
+                              attempt=attempt, status="handoff", started_at=begun,
+                              finished_at=now,  # the segment's time: its spans nest in it
                               output={"from": agent, "to": target, "context": outcome.output})
                 self.e.emit(c, "checkpoints", "agent.handoff", {
                     "run_id": run.run_id, "node": node.name, "from": agent, "to": target,
