@@ -20,14 +20,22 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
     cfg = ctx.config
     if args.tools_command == "list":
-        rows = [{"name": t.name, "kind": t.kind, "idempotent": t.idempotent,
-                 "location": t.location, "timeout_s": t.timeout_s,
-                 "description": t.description, "params": dict(t.params)}
-                for t in cfg.tools.values()]
+        rows = []
+        for t in cfg.tools.values():
+            # what the daemon does with it (runtime.build_tools): a remote tool, by kind or by
+            # location, is executed by the cloud; the device runs only its fallback
+            remote = t.kind == "remote" or t.location == "remote"
+            rows.append({"name": t.name, "kind": t.kind, "idempotent": t.idempotent,
+                         "location": "remote" if remote else "local",
+                         "executed_by": "cloud" if remote else "device",
+                         "fallback": t.options.get("fallback") if remote else None,
+                         "timeout_s": t.timeout_s, "description": t.description,
+                         "params": dict(t.params)})
         ctx.out({"tools": rows}, table(
-            ["name", "kind", "idempotent", "location", "description"],
-            [[r["name"], r["kind"], r["idempotent"], r["location"], r["description"][:50]]
-             for r in rows]))
+            ["name", "kind", "idempotent", "location", "executed by", "description"],
+            [[r["name"], r["kind"], r["idempotent"], r["location"],
+              r["executed_by"] + (f" (fallback {r['fallback']})" if r["fallback"] else ""),
+              r["description"][:50]] for r in rows]))
         return 0
     import jsonschema
     if args.name not in cfg.tools:
