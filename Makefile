@@ -17,7 +17,7 @@ LLAMA_VERSION := 0.3.36
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps venv llama demo test bench install clean python device-setup \
-	device-system-deps device-venv wheel
+	device-system-deps device-venv wheel deb
 
 setup: system-deps venv llama
 
@@ -51,6 +51,12 @@ device-venv: $(VENV)/.device-installed
 # The wheel that a device or a package installs: dist/edge_agent-VERSION-py3-none-any.whl
 wheel: | python
 	$(PYTHON) -m pip wheel --no-deps -q -w dist .
+
+# A Debian package of the device side (dpkg-deb): dist/edge-agent_VERSION_ARCH.deb, carrying
+# the wheels of the project and its dependencies for this architecture and Python version.
+# LLAMA_WHEEL_DIR=dir adds a llama-cpp-python wheel (see scripts/build-llama.sh's WHEEL_DIR).
+deb: | python
+	sh scripts/build-deb.sh $(PYTHON)
 
 # Debian packages the tests and the demo start for real: mosquitto, PostgreSQL, a compiler for llama.cpp.
 system-deps:
