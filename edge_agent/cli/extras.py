@@ -20,7 +20,7 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
     cfg = ctx.config
     if args.tools_command == "list":
-        rows = []
+        rows: list[dict[str, Any]] = []
         for t in cfg.tools.values():
             # what the daemon does with it (runtime.build_tools): a remote tool, by kind or by
             # location, is executed by the cloud; the device runs only its fallback

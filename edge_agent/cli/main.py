@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
-from edge_agent.cli.context import CliError, Context
+from edge_agent.cli.context import CliError, Context, parse_args
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 
@@ -116,7 +116,7 @@ def manual() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     ctx = Context(args.config, args.json)
     try:
         return _dispatch(ctx, args)

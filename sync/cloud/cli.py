@@ -165,6 +165,26 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
         store.close()
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse, except that with --json a usage error is a JSON object on stderr (exit 2)."""
+    import contextlib
+    import io
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "--json" not in words:
+        return parser.parse_args(words)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(words)
+    except SystemExit as exc:
+        if not exc.code:
+            raise
+        lines = captured.getvalue().strip().splitlines()
+        print(json.dumps({"error": lines[-1] if lines else "invalid arguments",
+                          "exit_code": exc.code}), file=sys.stderr)
+        raise
+
+
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     """An error on stderr: a JSON object under --json, else the plain message."""
     if getattr(args, "json", False):
@@ -257,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:

@@ -96,3 +96,16 @@ def test_cloud_imports_tools_only_to_run(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, "status", "--config", str(cfg), "--json"],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("0"), r.stderr
+
+
+@pytest.mark.parametrize("cmd", [[sys.executable, "-m", "edge_agent"],
+                                 [sys.executable, "-m", "sync.cloud.cli"]])
+def test_usage_errors_are_json_under_json(cmd: list[str]) -> None:
+    r = subprocess.run([*cmd, "approve", "--json", "--bogus"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2
+    err = json.loads(r.stderr)
+    assert err["exit_code"] == 2 and "approve: error:" in err["error"]
+    r = subprocess.run([*cmd, "approve", "--bogus"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2 and r.stderr.startswith("usage:")
