@@ -12,11 +12,11 @@ from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.metrics import kinds
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
-from edge_agent.engine import queries as q
-from edge_agent.telemetry.summary import collect, one_line
-from edge_agent.errors import ConfigError
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
+from edge_agent.engine import queries as q
+from edge_agent.errors import ConfigError
+from edge_agent.telemetry.summary import collect, one_line
 
 
 def collect_status(ctx: Context) -> dict[str, Any]:
@@ -99,8 +99,8 @@ def render_status(data: dict[str, Any]) -> str:
         f"sync      {sync}" + (paint("  [in sync]", True) if in_sync else ""),
         streams,
         f"runs      {runs}",
-        f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
-        f"models {', '.join(data['models']) or 'none'}",
+        (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
+         f"models {', '.join(data['models']) or 'none'}"),
         f"last hour {data['last_hour'] or 'nothing yet'}   (edge-agent metrics for more)",
     ])
 

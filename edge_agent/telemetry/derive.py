@@ -146,19 +146,21 @@ class _Related:
             chunk = run_ids[i:i + 500]
             marks = ",".join("?" * len(chunk))
             for table, sql in (
-                    (self.calls, f"SELECT * FROM tool_calls WHERE run_id IN ({marks}) AND"
-                                 " started_at >= ? AND started_at <= ?"),
-                    (self.turns, "SELECT run_id, scope, key, value, created_at FROM memo"
-                                 f" WHERE run_id IN ({marks}) AND created_at >= ? AND"
-                                 " created_at <= ?"),
-                    (self.approvals, f"SELECT * FROM approvals WHERE run_id IN ({marks}) AND"
-                                     " decided_at >= ? AND decided_at <= ?")):
+                    (self.calls, (f"SELECT * FROM tool_calls WHERE run_id IN ({marks}) AND"
+                                  " started_at >= ? AND started_at <= ?")),
+                    (self.turns, ("SELECT run_id, scope, key, value, created_at FROM memo"
+                                  f" WHERE run_id IN ({marks}) AND created_at >= ? AND"
+                                  " created_at <= ?")),
+                    (self.approvals, (f"SELECT * FROM approvals WHERE run_id IN ({marks})"
+                                      " AND decided_at >= ? AND decided_at <= ?"))):
                 for row in conn.execute(sql, (*chunk, lo, hi)):
                     table.setdefault(row["run_id"], []).append(row)
         for table, by in ((self.calls, "started_at"), (self.turns, "created_at"),
                           (self.approvals, "decided_at")):
+            def order(r: sqlite3.Row, k: str = by) -> tuple[Any, Any]:
+                return (r[k], r[0])
             for rows in table.values():
-                rows.sort(key=lambda r, k=by: (r[k], r[0]))
+                rows.sort(key=order)
 
     @staticmethod
     def between(rows: list[sqlite3.Row] | None, key: str, lo: float, hi: float

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 FIELDS = ("device_id", "workflow", "run_id", "agent", "step", "attempt", "tool", "model", "turn",
@@ -23,10 +24,10 @@ FIELDS = ("device_id", "workflow", "run_id", "agent", "step", "attempt", "tool",
 PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
               (logging.INFO, 6))
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "edge_agent_log_context", default={})
+    "edge_agent_log_context", default=MappingProxyType({}))
 
 
-class log_context:  # noqa: N801 - used as a function: `with log_context(run_id=...):`
+class log_context:  # used as a function: `with log_context(run_id=...):`
     """Add ids to every log line emitted inside the block (and tasks started in it). A plain
     class rather than a generator context manager: the engine enters one per step."""
 

@@ -169,7 +169,7 @@ class MetricsCollector:
                 resource=resource_pb2.Resource(attributes=_attrs({
                     "service.name": self.service, "device.id": self.device_id})),
                 scope_metrics=[metrics_pb2.ScopeMetrics(metrics=metrics)])])
-        return req.SerializeToString()
+        return bytes(req.SerializeToString())
 
     def _sum(self, name: str, start: int, now: int,
              points: list[tuple[dict[str, Any], int]]) -> metrics_pb2.Metric:

@@ -69,11 +69,11 @@ def encode(spans: Sequence[Span], *, service: str, device_id: str) -> bytes:
         if s.parent_id:
             pb.parent_span_id = bytes.fromhex(s.parent_id)
         pb.name = s.name
-        pb.kind = s.kind  # type: ignore[assignment]
+        pb.kind = s.kind  # type: ignore[assignment,unused-ignore]
         pb.start_time_unix_nano = int(s.start * 1e9)
         pb.end_time_unix_nano = int(max(s.end, s.start) * 1e9)
         put_attrs(pb.attributes, s.attributes)
-        pb.status.code = ERROR if s.error else OK  # type: ignore[assignment]
+        pb.status.code = ERROR if s.error else OK  # type: ignore[assignment,unused-ignore]
         if s.error:
             pb.status.message = s.error
         for name, ts, attrs in s.events:
@@ -81,7 +81,7 @@ def encode(spans: Sequence[Span], *, service: str, device_id: str) -> bytes:
             event.name = name
             event.time_unix_nano = int(ts * 1e9)
             put_attrs(event.attributes, attrs)
-    return req.SerializeToString()
+    return bytes(req.SerializeToString())
 
 
 def _value(v: Any) -> Any:

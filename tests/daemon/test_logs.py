@@ -115,7 +115,7 @@ def test_run_lines_carry_the_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         try:
             rid = h.queue("w", {"task": "inspect"})
             await h.wait(rid, "completed")
-            return rid
+            return str(rid)
         finally:
             await h.stop()
     rid = asyncio.run(main())
