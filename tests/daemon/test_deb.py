@@ -25,7 +25,9 @@ def test_deb_carries_what_postinst_needs(tmp_path: Path) -> None:
     r = subprocess.run(["sh", "scripts/build-deb.sh", sys.executable], cwd=src, env={
         **CLEAN, "DEB_OUT": str(tmp_path / "out")}, capture_output=True, text=True,
         timeout=600, check=False)
-    if r.returncode != 0 and "pip" in r.stderr and "index" in r.stderr.lower():
+    offline = ("No matching distribution", "Could not find a version", "Failed to establish",
+               "Network is unreachable", "Temporary failure in name resolution")
+    if r.returncode != 0 and any(m in r.stderr for m in offline):
         pytest.skip(f"the dependencies' wheels could not be fetched: {r.stderr[-300:]}")
     assert r.returncode == 0, r.stderr
     deb = next((tmp_path / "out").glob("edge-agent_*.deb"))
