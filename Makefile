@@ -1,17 +1,62 @@
 # One-command setup. `make demo` and `make test` install what is missing, then run.
+# `make device-setup` installs only what a device runs (no broker, no PostgreSQL, no dev tools).
 # CMAKE_ARGS is passed through to the llama-cpp-python build:
-#   CMAKE_ARGS="-DGGML_CUDA=on" make demo     # CUDA build on a Jetson
+#   CMAKE_ARGS="-DGGML_CUDA=on" make device-setup     # CUDA build on a Jetson
 SHELL := /bin/bash
-PYTHON ?= python3
+MIN_PYTHON := 3.11
+# The newest interpreter on PATH that is at least MIN_PYTHON; `make PYTHON=...` overrides.
+ifndef PYTHON
+PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do \
+  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  2>/dev/null && { echo $$p; break; }; done)
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 LLAMA_VERSION := 0.3.36
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps venv llama demo test bench install clean
+.PHONY: setup system-deps venv llama demo test bench install clean python device-setup \
+	device-system-deps device-venv wheel deb
 
 setup: system-deps venv llama
+
+# What a device needs: a compiler for llama.cpp, the core dependencies, `llm` (built from
+# source, CMAKE_ARGS honoured) and `gpio`. Not mosquitto, PostgreSQL or the dev extras.
+device-setup: device-system-deps device-venv llama
+
+python:
+	@[ -n "$(PYTHON)" ] || { echo "no Python >= $(MIN_PYTHON) on PATH (JetPack 6 ships 3.10:" \
+	  "see the README's Jetson steps, or make PYTHON=/path/to/python3.11 ...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "$(PYTHON) is older than $(MIN_PYTHON)"; exit 1; }
+
+device-system-deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.device-installed: pyproject.toml | python
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q '.[gpio]'
+	@touch $@
+
+device-venv: $(VENV)/.device-installed
+
+# The wheel that a device or a package installs: dist/edge_agent-VERSION-py3-none-any.whl
+wheel: | python
+	$(PYTHON) -m pip wheel --no-deps -q -w dist .
+
+# A Debian package of the device side (dpkg-deb): dist/edge-agent_VERSION_ARCH.deb, carrying
+# the wheels of the project and its dependencies for this architecture and Python version.
+# LLAMA_WHEEL_DIR=dir adds a llama-cpp-python wheel (see scripts/build-llama.sh's WHEEL_DIR).
+deb: | python
+	sh scripts/build-deb.sh $(PYTHON)
 
 # Debian packages the tests and the demo start for real: mosquitto, PostgreSQL, a compiler for llama.cpp.
 system-deps:
@@ -26,7 +71,7 @@ system-deps:
 	  $(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | python
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,cloud,telemetry]'
@@ -52,8 +97,10 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
-install: setup
-	$(VENV)/bin/edge-agent install-service
+# Installs the service from this checkout's device virtualenv (a wheel installed into /opt is
+# the hardened layout: see the README).
+install: device-setup
+	$(SUDO) $(VENV)/bin/edge-agent install-service
 
 clean:
-	rm -rf $(VENV) demo-data build *.egg-info
+	rm -rf $(VENV) demo-data build dist *.egg-info

@@ -1,6 +1,7 @@
-"""Lay out a systemd service below a root: unit, sysusers and tmpfiles snippets, and an
-example config the service's group can read. Shared by `edge-agent install-service` and
-`edge-agent-cloud install-service`; it knows no service of its own."""
+"""Lay out a systemd service below a root: unit, sysusers and tmpfiles snippets, a man page,
+and an example config the service's group can read; and take it away again. Shared by
+`edge-agent install-service`/`uninstall-service` and their `edge-agent-cloud` twins; it
+knows no service of its own."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ class ServiceFiles:
                 (f"{self.name}.sysusers.conf", f"usr/lib/sysusers.d/{self.name}.conf"),
                 (f"{self.name}.tmpfiles.conf", f"usr/lib/tmpfiles.d/{self.name}.conf")]
 
+    @property
+    def man_page(self) -> str:
+        return f"usr/share/man/man1/{self.command}.1"
+
+    @property
+    def state_dir(self) -> str:
+        return f"var/lib/{self.name}"  # the unit's StateDirectory=
+
 
 def entry_point(command: str) -> Path:
     """The installed console script: beside the running interpreter (a virtualenv), else
@@ -53,8 +62,10 @@ def render_unit(text: str, exe: Path, command: str) -> str:
     return text
 
 
-def install(svc: ServiceFiles, root: str = "/", reload: bool = True) -> list[str]:
-    """Copy the files below `root`; never overwrite an existing config. Returns what it did."""
+def install(svc: ServiceFiles, root: str = "/", reload: bool = True,
+            man_page: str | None = None) -> list[str]:
+    """Copy the files below `root`, and `man_page` (roff: the CLI writes it from its parser)
+    as COMMAND(1); never overwrite an existing config. Returns what it did."""
     base = Path(root)
     done: list[str] = []
     exe = entry_point(svc.command)
@@ -67,6 +78,12 @@ def install(svc: ServiceFiles, root: str = "/", reload: bool = True) -> list[str
         target.write_text(text)
         target.chmod(0o644)
         done.append(f"installed {target}")
+    if man_page is not None:
+        page = base / svc.man_page
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(man_page)
+        page.chmod(0o644)
+        done.append(f"installed {page}")
     if str(exe).startswith(_HOME_TREES):
         done.append(f"note: {exe} is below a home directory; the unit reads it with "
                     "ProtectHome=read-only (install into /opt or /usr for full hardening)")
@@ -79,17 +96,68 @@ def install(svc: ServiceFiles, root: str = "/", reload: bool = True) -> list[str
         done.append(f"installed example config {config} (edit it)")
     if reload and root == "/":
         done += _run_system_tools()
-    done.append(_give_to_group(config, svc.name))
-    done.append(_give_to_group(config.parent, svc.name, mode=0o750))
+    done.append(_give_to_group(config, svc.name, base=base))
+    done.append(_give_to_group(config.parent, svc.name, mode=0o750, base=base))
     return done
 
 
-def _give_to_group(path: Path, group: str, mode: int = 0o640) -> str:
+def uninstall(svc: ServiceFiles, root: str = "/", reload: bool = True,
+              purge: bool = False) -> list[str]:
+    """Stop and disable the unit (on the running system), remove what `install` wrote.
+    The config and the state directory stay unless `purge`; the user and group always stay
+    (files they own may outlive the package, and a reused id would inherit them)."""
+    base = Path(root)
+    done: list[str] = []
+    live = reload and root == "/"
+    if live and shutil.which("systemctl"):
+        r = subprocess.run(["systemctl", "disable", "--now", f"{svc.name}.service"],
+                           check=False, capture_output=True, text=True)
+        done.append(f"ran systemctl disable --now {svc.name}: "
+                    f"{'ok' if r.returncode == 0 else r.stderr.strip()}")
+    for _, dst in svc.files() + [("", svc.man_page)]:
+        target = base / dst
+        if target.exists() or target.is_symlink():
+            target.unlink()
+            done.append(f"removed {target}")
+    config_dir = (base / svc.config_path.lstrip("/")).parent
+    state = base / svc.state_dir
+    for kept in (config_dir, state):
+        if not kept.exists():
+            continue
+        if purge:
+            shutil.rmtree(kept)
+            done.append(f"purged {kept}")
+        else:
+            done.append(f"kept {kept} (--purge removes it)")
+    done.append(f"kept user and group {svc.name}")
+    if live and shutil.which("systemctl"):
+        r = subprocess.run(["systemctl", "daemon-reload"], check=False, capture_output=True, text=True)
+        done.append(f"ran systemctl daemon-reload: "
+                    f"{'ok' if r.returncode == 0 else r.stderr.strip()}")
+    return done
+
+
+def _gid(group: str, base: Path) -> int | None:
+    """The group's id: below another root, from that root's own /etc/group (an image's);
+    else from this system. None where it does not exist yet."""
+    if base != Path("/"):
+        if (base / "etc/group").exists():
+            for line in (base / "etc/group").read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) > 2 and fields[0] == group:
+                    return int(fields[2])
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def _give_to_group(path: Path, group: str, mode: int = 0o640, base: Path = Path("/")) -> str:
     """root:GROUP with `mode`, so the service user can read what root wrote."""
     path.chmod(mode)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
+    gid = _gid(group, base)
+    if gid is None:
         return (f"{path} is mode {mode:o}; group {group} does not exist yet (systemd-tmpfiles "
                 f"gives it to root:{group} when the package's snippets are applied)")
     if os.geteuid() == 0:
@@ -104,6 +172,6 @@ def _run_system_tools() -> list[str]:
                                  ["systemctl", "daemon-reload"])
     for cmd in cmds:
         if shutil.which(cmd[0]):
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True)
             done.append(f"ran {' '.join(cmd)}: {'ok' if r.returncode == 0 else r.stderr.strip()}")
     return done

@@ -82,6 +82,7 @@ def run_agent(agent: AgentConfig, user_message: str, ctx: AgentStepContext, *,
             out = args if agent.output_schema else args.get("answer")
             return AgentResult(out, None, turn + 1)
         if tool == "handoff":
+            log.info("agent %s hands off to %s", agent.name, args["to"])
             return AgentResult(args.get("note", ""), str(args["to"]), turn + 1)
         try:
             result = ctx.call_tool(tool, dict(args), turn=turn, index=0)
@@ -112,6 +113,9 @@ def _decide(agent: AgentConfig, messages: list[dict[str, str]], schema: Mapping[
             errors.append(f"{p.name}: {exc}")
             log.warning("model %s failed on turn %d: %s", p.name, turn, exc)
             continue
-        return {"tool": c.parsed["tool"], "args": c.parsed["args"], "completion": c.summary()}
+        summary = {**c.summary(), "provider": getattr(p, "provider", None)}
+        log.info("model turn %d on %s: chose %s", turn, p.name, c.parsed["tool"],
+                 extra={"model": p.name, "turn": turn})
+        return {"tool": c.parsed["tool"], "args": c.parsed["args"], "completion": summary}
     raise AgentError("no model could answer: " + ("; ".join(errors) or "none configured"),
                      kind="no_model", retryable=True)

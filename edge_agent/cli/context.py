@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import sys
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,25 @@ from typing import Any
 from edge_agent.config import Config, load_config
 from edge_agent.daemon.control_socket import request
 from edge_agent.store import Store
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse, except that with --json a usage error is a JSON object on stderr (the same
+    exit code, 2) rather than the usage text."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--json" not in args:
+        return parser.parse_args(args)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(args)
+    except SystemExit as exc:
+        if not exc.code:  # --help, --version
+            raise
+        lines = captured.getvalue().strip().splitlines()
+        print(json.dumps({"error": lines[-1] if lines else "invalid arguments",
+                          "exit_code": exc.code}), file=sys.stderr)
+        raise
 
 
 class CliError(Exception):
@@ -56,6 +79,15 @@ class Context:
             sys.stdout.write("\n")
         else:
             print(text if text is not None else data)
+
+    def fail(self, message: str, code: int, prefix: str = "edge-agent: ") -> int:
+        """Report an error on stderr, as {"error", "exit_code"} under --json; returns the
+        exit code, the same either way."""
+        if self.as_json:
+            print(json.dumps({"error": message, "exit_code": code}), file=sys.stderr)
+        else:
+            print(f"{prefix}{message}", file=sys.stderr)
+        return code
 
     def note(self, message: str) -> None:
         """A side remark for people; kept off stdout so --json stays parseable."""

@@ -13,21 +13,29 @@ from edge_agent.cli.render import table
 
 def dispatch(ctx: Context, args: argparse.Namespace) -> int:
     handler = {"tools": cmd_tools, "conflicts": cmd_conflicts, "model": cmd_model,
-               "install-service": cmd_install_service}[args.command]
+               "uninstall-service": cmd_install_service}[args.command]
     return handler(ctx, args)
 
 
 def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
     cfg = ctx.config
     if args.tools_command == "list":
-        rows = [{"name": t.name, "kind": t.kind, "idempotent": t.idempotent,
-                 "location": t.location, "timeout_s": t.timeout_s,
-                 "description": t.description, "params": dict(t.params)}
-                for t in cfg.tools.values()]
+        rows: list[dict[str, Any]] = []
+        for t in cfg.tools.values():
+            # what the daemon does with it (runtime.build_tools): a remote tool, by kind or by
+            # location, is executed by the cloud; the device runs only its fallback
+            remote = t.kind == "remote" or t.location == "remote"
+            rows.append({"name": t.name, "kind": t.kind, "idempotent": t.idempotent,
+                         "location": "remote" if remote else "local",
+                         "executed_by": "cloud" if remote else "device",
+                         "fallback": t.options.get("fallback") if remote else None,
+                         "timeout_s": t.timeout_s, "description": t.description,
+                         "params": dict(t.params)})
         ctx.out({"tools": rows}, table(
-            ["name", "kind", "idempotent", "location", "description"],
-            [[r["name"], r["kind"], r["idempotent"], r["location"], r["description"][:50]]
-             for r in rows]))
+            ["name", "kind", "idempotent", "location", "executed by", "description"],
+            [[r["name"], r["kind"], r["idempotent"], r["location"],
+              r["executed_by"] + (f" (fallback {r['fallback']})" if r["fallback"] else ""),
+              r["description"][:50]] for r in rows]))
         return 0
     import jsonschema
     if args.name not in cfg.tools:
@@ -109,8 +117,13 @@ def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_install_service(ctx: Context, args: argparse.Namespace) -> int:
-    from edge_agent.daemon.install import install_service
-    steps = install_service(root=args.root, reload=not args.no_reload)
+def cmd_install_service(ctx: Context, args: argparse.Namespace,
+                        man_page: str | None = None) -> int:
+    from edge_agent.daemon.install import install_service, uninstall_service
+    if args.command == "uninstall-service":
+        steps = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
+        ctx.out({"removed": steps}, "\n".join(steps))
+        return 0
+    steps = install_service(root=args.root, reload=not args.no_reload, man_page=man_page)
     ctx.out({"installed": steps}, "\n".join(steps))
     return 0

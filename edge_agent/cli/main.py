@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
-from edge_agent.cli.context import CliError, Context
+from edge_agent.cli.context import CliError, Context, parse_args
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 
@@ -25,7 +25,7 @@ def _options(default: bool) -> argparse.ArgumentParser:
     return opts
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     common = _options(default=False)
     p = argparse.ArgumentParser(prog="edge-agent", parents=[_options(default=True)],
                                 description="Durable agentic workflows on this device.")
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     s = add("cancel", "cancel a run")
     s.add_argument("run_id")
     s.add_argument("--by", default=getpass.getuser())
+    s = add("metrics", "tool calls and success rate, retries, step durations p50/p95 by "
+            "node and kind, agent time, tokens/s and time to first token (from the database)")
+    s.add_argument("--since", default="1h", help="how far back: 15m, 1h, 7d (default 1h)")
     s = add("trace", "a run as a tree: steps, model calls, tool calls, retries, approvals")
     s.add_argument("run_id")
     s = add("config", "configuration commands")
@@ -81,26 +84,49 @@ def _parser() -> argparse.ArgumentParser:
     s = add("model", "model commands: `model make-test-model PATH`")
     s.add_argument("action", choices=["make-test-model"])
     s.add_argument("path")
-    s = add("install-service", "install the systemd unit, users, dirs and example config")
+    s = add("install-service", "install the systemd unit, user, dirs, man page and example "
+            "config")
     s.add_argument("--root", default="/", help="install below this root (for packaging)")
     s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    s = add("uninstall-service", "stop the service and remove what install-service put "
+            "there; the config and the database stay unless --purge")
+    s.add_argument("--root", default="/", help="remove below this root (for packaging)")
+    s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    s.add_argument("--purge", action="store_true",
+                   help="also remove /etc/edge-agent and /var/lib/edge-agent (the database)")
     return p
 
 
+def manual() -> str:
+    """edge-agent(1), written from the parser."""
+    from sync.manpage import render
+    return render(
+        build_parser(), version=__version__,
+        summary="durable agentic workflows on an edge device",
+        environment=[
+            ("EDGE_AGENT_CONFIG", "the config file when --config is not given"),
+            ("EDGE_AGENT_DATA_DIR", "where the database lives (the unit sets /var/lib/edge-agent)"),
+            ("EDGE_AGENT_RUNTIME_DIR",
+             "where the control socket lives (the unit sets /run/edge-agent)"),
+            ("JOURNAL_STREAM", "set by systemd: each log line carries its journald priority"),
+            ("NO_COLOR", "no colour in the human-readable output")],
+        files=[("/etc/edge-agent/config.toml", "the config (root:edge-agent 0640)"),
+               ("/var/lib/edge-agent/", "the SQLite database"),
+               ("/run/edge-agent/control.sock", "the daemon's control socket")],
+        see_also=["edge-agent-cloud(1)", "systemctl(1)", "journalctl(1)"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     ctx = Context(args.config, args.json)
     try:
         return _dispatch(ctx, args)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return ConfigError.exit_code
+        return ctx.fail(str(exc), ConfigError.exit_code, prefix="")
     except CliError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return exc.code
+        return ctx.fail(str(exc), exc.code)
     except EdgeAgentError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))
+        return ctx.fail(str(exc), int(getattr(exc, "exit_code", 1)))
     except KeyboardInterrupt:
         return 130
 
@@ -121,9 +147,14 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
     if cmd == "sync" and args.action == "init-key":
         from edge_agent.cli.keys import cmd_init_key
         return cmd_init_key(ctx, args)
+    if cmd == "metrics":
+        from edge_agent.cli.metrics import cmd_metrics
+        return cmd_metrics(ctx, args)
     if cmd == "sync":
         return status.cmd_sync_now(ctx, args)
     from edge_agent.cli import extras
+    if cmd == "install-service":
+        return extras.cmd_install_service(ctx, args, manual())
     return extras.dispatch(ctx, args)
 
 

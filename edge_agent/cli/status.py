@@ -9,13 +9,15 @@ import time
 from typing import Any
 
 from edge_agent.cli.context import CliError, Context
+from edge_agent.cli.metrics import kinds
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
 from edge_agent.config.model_files import check_model_files
-from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
+from edge_agent.engine import queries as q
+from edge_agent.errors import ConfigError
+from edge_agent.telemetry.summary import collect, one_line
 
 
 def collect_status(ctx: Context) -> dict[str, Any]:
@@ -44,15 +46,18 @@ def collect_status(ctx: Context) -> dict[str, Any]:
             if not sync["streams"]:
                 sync["streams"] = outbox_streams(store)
             conflicts = _conflicts(store)
+            summary = store.read(lambda c: collect(c, since=time.time() - 3600,
+                                                   kinds=kinds(ctx)))
         finally:
             store.close()
     else:
-        counts, pending, conflicts = {}, 0, 0
+        counts, pending, conflicts, summary = {}, 0, 0, None
     data["sync"] = sync
     data["runs"] = counts
     data["approvals_pending"] = pending
     data["conflicts"] = conflicts
     data["models"] = sorted(ctx.config.models)
+    data["last_hour"] = one_line(summary) if summary is not None else None
     return data
 
 
@@ -100,8 +105,9 @@ def render_status(data: dict[str, Any]) -> str:
         f"sync      {sync}" + (paint("  [in sync]", True) if in_sync else ""),
         streams,
         f"runs      {runs}",
-        f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
-        f"models {', '.join(data['models']) or 'none'}",
+        (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
+         f"models {', '.join(data['models']) or 'none'}"),
+        f"last hour {data['last_hour'] or 'nothing yet'}   (edge-agent metrics for more)",
     ])
 
 

@@ -53,9 +53,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._terms = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self.exporter: OtlpHttpExporter | None = None
-        if config.telemetry.otlp_endpoint:
-            self.exporter = OtlpHttpExporter(config.telemetry.otlp_endpoint)
+        # the config's endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT; None when neither is set
+        self.exporter = OtlpHttpExporter.from_env(config.telemetry.otlp_endpoint)
 
     @property
     def socket_path(self) -> Path:
@@ -116,8 +115,10 @@ class Daemon:
         kinds = {(w.name, n.name): n.kind for w in cfg.workflows.values()
                  for n in w.nodes.values()}
         try:
+            agents = {(w.name, n.name): n.agent for w in cfg.workflows.values()
+                      for n in w.nodes.values() if n.agent}
             payloads = record_spans(self.writer, service=cfg.telemetry.service_name,
-                                    device_id=cfg.device.id, kinds=kinds,
+                                    device_id=cfg.device.id, kinds=kinds, agents=agents,
                                     limits=cfg.sync.outbox_max_bytes if cfg.sync else None)
         except Exception as exc:  # noqa: BLE001 - telemetry must never stop the daemon
             log.warning("span export failed: %s", exc)

@@ -256,7 +256,8 @@ class Engine:
         wf = self.workflows.get(run.workflow)
         # one log context for everything the step does (the drive adds none: one per step)
         with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
-                         step=run.node or (wf.start if wf else None), trace_id=run.trace_id):
+                         step=run.node or (wf.start if wf else None), trace_id=run.trace_id,
+                         attempt=int((run.node_state or {}).get("attempt", 1))):
             return self._step(run_id, run, wf)
 
     def _step(self, run_id: str, run: Run, wf: WorkflowConfig | None) -> Next:
@@ -476,8 +477,10 @@ class Engine:
             log.debug("step %s committed -> %s", records[-1][1]["node"], fresh.node)
         elif records[-1][1].get("run_status") == COMPLETED:
             # after a continuation this runs outside the step's log context: give it its own
-            with log_context(run_id=rid, device_id=self.device_id):
-                log.info("run completed at %s", records[-1][1]["node"])
+            last = records[-1][1]
+            with log_context(run_id=rid, device_id=self.device_id,
+                             workflow=last.get("workflow"), step=last["node"]):
+                log.info("run completed at %s", last["node"])
         self._changed(rid)
         return fresh is not None
 

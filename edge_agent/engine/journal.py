@@ -7,6 +7,7 @@ saves a commit; a non-idempotent tool is never run twice for one intent.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -14,6 +15,8 @@ from typing import Any, NamedTuple
 from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import ToolBinding, UnknownOutcome
 from edge_agent.store import GroupCommitter, Store
+
+log = logging.getLogger(__name__)
 
 
 def call_key(run_id: str, scope: str, turn: int, index: int, attempt: int) -> str:
@@ -81,6 +84,12 @@ class ToolJournal:
                 raise UnknownOutcome(key, attempt, name, args) from exc
             res = CallResult(False, None, str(exc), getattr(exc, "kind", type(exc).__name__),
                              bool(getattr(exc, "retryable", False)), started)
+        if res.ok:
+            log.info("tool %s ok in %.0f ms", name, (self.clock() - started) * 1000,
+                     extra={"tool": name})
+        else:
+            log.warning("tool %s failed (%s%s): %s", name, res.kind,
+                        ", retryable" if res.retryable else "", res.error, extra={"tool": name})
         if write_result:
             self.writer.write(lambda c: self.record(c, run_id=run_id, node=node, key=key,
                                                     attempt=attempt, name=name, args=args,

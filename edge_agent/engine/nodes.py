@@ -15,6 +15,7 @@ from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext, call_key
 from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
 from edge_agent.config.expressions import ExpressionError, evaluate, evaluate_condition
+from edge_agent.telemetry.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class NodeRunner:
         ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
         begun = self.e.clock()
         try:
-            with self.e.blocking():  # a model turn takes seconds: other runs go on meanwhile
+            with self.e.blocking(), log_context(agent=agent):  # other runs go on meanwhile
                 outcome = self.e.agent_runner(agent, message, ctx)
         except UnknownOutcome as u:
             binding = self.e.tools.get(u.tool)
@@ -219,12 +220,14 @@ class NodeRunner:
 
             def handoff(c: sqlite3.Connection) -> None:
                 q.insert_step(c, run_id=run.run_id, node=node.name, visit=run.visit(node.name),
-                              attempt=attempt, status="handoff", started_at=now, finished_at=now,
+                              attempt=attempt, status="handoff", started_at=begun,
+                              finished_at=now,  # the segment's time: its spans nest in it
                               output={"from": agent, "to": target, "context": outcome.output})
                 self.e.emit(c, "checkpoints", "agent.handoff", {
                     "run_id": run.run_id, "node": node.name, "from": agent, "to": target,
                     "ts": now})
             self.e.set_state(run, new_state, extra=handoff)
+            log.info("handoff from agent %s to %s", agent, target, extra={"agent": agent})
             return True
         return self.e.advance(run, node, output=outcome.output, next_node=node.next,
                               attempt=attempt, started_at=begun)

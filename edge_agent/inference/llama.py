@@ -33,6 +33,7 @@ MAX_RESAMPLES = 8
 
 class LlamaProvider:
     constrained = True
+    provider = "llama.cpp"  # gen_ai.provider.name
 
     def __init__(self, name: str, path: str | Path, *, n_ctx: int = 2048, n_gpu_layers: int = 0,
                  n_threads: int | None = None, seed: int = 0, chat_format: str | None = None,

@@ -22,6 +22,7 @@ from edge_agent.inference.schema_grammar import check
 
 class OpenAIProvider:
     constrained = False
+    provider = "openai"  # gen_ai.provider.name: an OpenAI-compatible API
 
     def __init__(self, name: str, base_url: str, *, model_id: str | None = None,
                  api_key: str | None = None, timeout_s: float = 60.0,

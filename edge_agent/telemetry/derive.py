@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.engine.journal import scope_matches
-from edge_agent.telemetry.spans import Span
+from edge_agent.telemetry.spans import CLIENT, Span
 
 MARK = "spans.last_step"
 MARK_RUNS = "spans.last_finished"
@@ -56,11 +56,17 @@ class SpanBatch:
 
 
 def derive_spans(conn: sqlite3.Connection, *, kinds: Mapping[tuple[str, str], str] | None = None,
+                 agents: Mapping[tuple[str, str], str] | None = None,
                  limit: int = 2000) -> SpanBatch:
     """Spans for steps committed since the watermark, and for runs finished since. Reads
     only: run it outside the write lock, then `commit_marks` in the transaction that
-    appends the encoded spans to the outbox."""
+    appends the encoded spans to the outbox. `kinds` and `agents` map (workflow, node) to
+    the node's kind and its first agent, from the config: an agent step gets an
+    `invoke_agent` span (GenAI conventions) around its model turns and tool calls."""
     kinds = kinds or {}
+    agents = agents or {}
+    handed: dict[tuple[str, str, int], str] = {}  # the agent a handoff passed the step to
+    segments: dict[tuple[str, str, int, int], int] = {}  # handoffs so far in a step
     since = (_mark(conn, MARK), _mark(conn, MARK_RUNS))
     last = int(since[0])
     rows = conn.execute(
@@ -89,7 +95,26 @@ def derive_spans(conn: sqlite3.Connection, *, kinds: Mapping[tuple[str, str], st
         spans.append(Span(s["trace_id"], sid, s["run_span"], f"step {s['node']}",
                           s["started_at"], s["finished_at"], attrs, error))
         step = {"node": s["node"], "visit": s["visit"], "attempt": s["attempt"]}
-        spans += _children(related, s, step, sid)
+        parent = sid
+        if attrs["edge_agent.node_kind"] in ("agent", "handoff") or s["status"] == "handoff":
+            where = (s["run_id"], s["node"], s["visit"])
+            # each segment (the agent before a handoff, the one after) owns its own calls
+            seg_key = (*where, s["attempt"])
+            step["segment"] = segments.get(seg_key, 0)
+            if s["status"] == "handoff":
+                agent = attrs["edge_agent.handoff.from"]
+                handed[where] = attrs["edge_agent.handoff.to"]
+                segments[seg_key] = step["segment"] + 1
+            else:
+                agent = handed.pop(where, None) or agents.get((s["workflow"], s["node"]))
+                segments.pop(seg_key, None)
+            parent = span_id(s["run_id"], "agent", s["id"])
+            spans.append(Span(s["trace_id"], parent, sid, f"invoke_agent {agent or ''}".strip(),
+                              s["started_at"], s["finished_at"], {
+                                  "gen_ai.operation.name": "invoke_agent",
+                                  "gen_ai.agent.name": agent,
+                                  "error.type": s["error_kind"] if error else None}, error))
+        spans += _children(related, s, step, parent)
     run_spans, top = _finished_runs(conn, since[1])
     return SpanBatch(spans + run_spans, since, (float(last), top), len(rows) >= limit)
 
@@ -121,19 +146,21 @@ class _Related:
             chunk = run_ids[i:i + 500]
             marks = ",".join("?" * len(chunk))
             for table, sql in (
-                    (self.calls, f"SELECT * FROM tool_calls WHERE run_id IN ({marks}) AND"
-                                 " started_at >= ? AND started_at <= ?"),
-                    (self.turns, "SELECT run_id, scope, key, value, created_at FROM memo"
-                                 f" WHERE run_id IN ({marks}) AND created_at >= ? AND"
-                                 " created_at <= ?"),
-                    (self.approvals, f"SELECT * FROM approvals WHERE run_id IN ({marks}) AND"
-                                     " decided_at >= ? AND decided_at <= ?")):
+                    (self.calls, (f"SELECT * FROM tool_calls WHERE run_id IN ({marks}) AND"
+                                  " started_at >= ? AND started_at <= ?")),
+                    (self.turns, ("SELECT run_id, scope, key, value, created_at FROM memo"
+                                  f" WHERE run_id IN ({marks}) AND created_at >= ? AND"
+                                  " created_at <= ?")),
+                    (self.approvals, (f"SELECT * FROM approvals WHERE run_id IN ({marks})"
+                                      " AND decided_at >= ? AND decided_at <= ?"))):
                 for row in conn.execute(sql, (*chunk, lo, hi)):
                     table.setdefault(row["run_id"], []).append(row)
         for table, by in ((self.calls, "started_at"), (self.turns, "created_at"),
                           (self.approvals, "decided_at")):
+            def order(r: sqlite3.Row, k: str = by) -> tuple[Any, Any]:
+                return (r[k], r[0])
             for rows in table.values():
-                rows.sort(key=lambda r, k=by: (r[k], r[0]))
+                rows.sort(key=order)
 
     @staticmethod
     def between(rows: list[sqlite3.Row] | None, key: str, lo: float, hi: float
@@ -149,10 +176,12 @@ def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
               parent: str) -> list[Span]:
     def call_span(sid: str, tool: str, start: float, end: float, attempt: int, outcome: str,
                   key: str, error: str | None) -> Span:
-        return Span(s["trace_id"], sid, parent, f"tool {tool}", start, end, {
-            "edge_agent.run_id": s["run_id"], "edge_agent.tool": tool,
+        return Span(s["trace_id"], sid, parent, f"execute_tool {tool}", start, end, {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool,
+            "gen_ai.tool.call.id": key, "edge_agent.run_id": s["run_id"],
             "edge_agent.attempt": attempt, "edge_agent.outcome": outcome,
-            "edge_agent.idempotency_key": key}, error)
+            "edge_agent.idempotency_key": key,
+            "error.type": (s["error_kind"] or "error") if error else None}, error)
 
     out: list[Span] = []
     if s["tool"] is not None:  # an idempotent call, journaled in its step row
@@ -164,7 +193,7 @@ def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
     calls = related.between(related.calls.get(s["run_id"]), "started_at",
                             s["started_at"] - 1, s["finished_at"])
     for c in sorted(calls, key=lambda r: r["id"]):
-        if not scope_matches(c["node"], step, c["attempt"]):
+        if not scope_matches(c["node"], step, c["attempt"]) or not _in_segment(c["node"], step):
             continue
         status = c["status"]
         error = c["error"] if status == "error" else (
@@ -175,19 +204,21 @@ def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
                              c["attempt"], status, c["idem_key"], error))
     for m in related.between(related.turns.get(s["run_id"]), "created_at", s["started_at"],
                              s["finished_at"]):
-        if not scope_matches(m["scope"], step):
+        if not scope_matches(m["scope"], step) or not _in_segment(m["scope"], step):
             continue
         comp = (json.loads(m["value"]) or {}).get("completion") or {}
         model = comp.get("model", "?")
         start = m["created_at"] - float(comp.get("ttft_s") or 0) - \
             (comp.get("completion_tokens") or 0) / max(comp.get("tokens_per_s") or 1e9, 1e-9)
+        reason = comp.get("finish_reason")
         out.append(Span(s["trace_id"], span_id(s["run_id"], "turn", m["scope"], m["key"]),
                         parent, f"chat {model}", start, m["created_at"], {
                             "gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+                            "gen_ai.provider.name": comp.get("provider"),
                             "gen_ai.usage.input_tokens": comp.get("prompt_tokens"),
                             "gen_ai.usage.output_tokens": comp.get("completion_tokens"),
-                            "gen_ai.response.finish_reasons": comp.get("finish_reason"),
-                            "edge_agent.turn": m["key"]}))
+                            "gen_ai.response.finish_reasons": [reason] if reason else None,
+                            "edge_agent.turn": m["key"]}, kind=CLIENT))
     for a in related.between(related.approvals.get(s["run_id"]), "decided_at",
                              s["started_at"] - 1, s["finished_at"] + 1):
         if a["node"] != s["node"]:
@@ -200,6 +231,15 @@ def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
                             "edge_agent.approval.origin": a["origin"],
                             "edge_agent.approval.note": a["note"]}))
     return out
+
+
+def _in_segment(scope: str, step: dict[str, Any]) -> bool:
+    """An agent's scope `node#visit.attempt.segment` belongs to the step row of that segment
+    (a handoff row ends one segment; the next row holds the rest)."""
+    if "segment" not in step:
+        return True
+    parts = scope.split("/")[-1].partition("#")[2].split(".")
+    return len(parts) < 3 or not parts[2].isdigit() or int(parts[2]) == step["segment"]
 
 
 def _finished_runs(conn: sqlite3.Connection, since: float) -> tuple[list[Span], float]:

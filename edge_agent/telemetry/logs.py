@@ -1,6 +1,8 @@
 """Structured logging: JSON lines for journald, or text for people; ids from contextvars.
 
 One filter adds device, workflow, run, agent, step, attempt and trace ids to every record.
+Under systemd (JOURNAL_STREAM names the stream we write to) each line starts with its syslog
+priority, `<4>` for a warning, so `journalctl -p warning` filters.
 Libraries only call `logging.getLogger(__name__)`; the daemon and the CLI configure handlers.
 """
 
@@ -9,17 +11,23 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-FIELDS = ("device_id", "workflow", "run_id", "agent", "step", "attempt", "trace_id", "span_id")
+FIELDS = ("device_id", "workflow", "run_id", "agent", "step", "attempt", "tool", "model", "turn",
+          "trace_id", "span_id")
+# syslog priorities (sd-daemon.h): what journald reads from a `<N>` line prefix
+PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+              (logging.INFO, 6))
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "edge_agent_log_context", default={})
+    "edge_agent_log_context", default=MappingProxyType({}))
 
 
-class log_context:  # noqa: N801 - used as a function: `with log_context(run_id=...):`
+class log_context:  # used as a function: `with log_context(run_id=...):`
     """Add ids to every log line emitted inside the block (and tasks started in it). A plain
     class rather than a generator context manager: the engine enters one per step."""
 
@@ -82,11 +90,48 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level: 2 critical ... 6 info, 7 debug."""
+    for level, prio in PRIORITIES:
+        if levelno >= level:
+            return prio
+    return 7
+
+
+class JournalPrefix(logging.Formatter):
+    """Wraps a formatter: `<N>` before every line, so journald files each at its priority
+    (a traceback's lines too: journald splits a record at newlines)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def writes_to_journal(stream: Any) -> bool:
+    """True when systemd connected `stream` to the journal: JOURNAL_STREAM is the
+    device:inode of that very file (a child's redirected stdout does not match)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
 def setup_logging(fmt: str = "json", level: str = "INFO",
                   levels: Mapping[str, str] | None = None, stream: Any = None) -> None:
     """Configure the root logger once, for the daemon or the CLI."""
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    out = stream or sys.stdout
+    handler = logging.StreamHandler(out)
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handler.setFormatter(JournalPrefix(formatter) if writes_to_journal(out) else formatter)
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

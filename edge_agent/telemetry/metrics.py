@@ -8,8 +8,11 @@ drop its oldest under pressure), and to the OTLP endpoint when one is configured
 Metrics: edge_agent.step.duration (histogram, s, by node kind and status),
 edge_agent.tool.calls (sum, by tool and outcome), edge_agent.retries,
 edge_agent.escalations, edge_agent.outbox.pending / .oldest_age (gauges, by stream),
-edge_agent.sync.lag (gauge, s), gen_ai.client.tokens_per_second and
-gen_ai.client.time_to_first_token (histograms, by model).
+edge_agent.sync.lag (gauge, s), and for model turns the OpenTelemetry GenAI conventions'
+histograms: gen_ai.client.token.usage ({token}, by gen_ai.token.type input/output),
+gen_ai.client.operation.duration, gen_ai.server.time_to_first_token and
+gen_ai.server.time_per_output_token (s), each by gen_ai.operation.name,
+gen_ai.provider.name and gen_ai.request.model.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 DURATION_BOUNDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60]
-TPS_BOUNDS = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
-TTFT_BOUNDS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]
+# the bucket boundaries the GenAI conventions advise for each instrument
+TOKEN_BOUNDS: list[float] = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                16777216, 67108864]
+OPERATION_BOUNDS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92]
+TTFT_BOUNDS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+               5.0, 7.5, 10.0]
+TPOT_BOUNDS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
 CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
 
 
@@ -48,6 +57,48 @@ class _Hist:
         self.sum += v
         i = next((i for i, b in enumerate(self.bounds) if v <= b), len(self.bounds))
         self.counts[i] += 1
+
+
+class _GenAi:
+    """Model turns as the GenAI conventions' histograms, keyed by their attributes."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, str, str], _Hist] = {}
+        self.duration: dict[tuple[str, str], _Hist] = {}
+        self.ttft: dict[tuple[str, str], _Hist] = {}
+        self.tpot: dict[tuple[str, str], _Hist] = {}
+
+    def add(self, comp: dict[str, Any]) -> None:
+        key = (str(comp.get("provider") or "unknown"), str(comp["model"]))
+        out = int(comp.get("completion_tokens") or 0)
+        for kind, n in (("input", comp.get("prompt_tokens")), ("output", out)):
+            if n is not None:
+                self.tokens.setdefault((*key, kind), _Hist(TOKEN_BOUNDS)).add(float(n))
+        ttft = float(comp.get("ttft_s") or 0)
+        tps = float(comp.get("tokens_per_s") or 0)
+        self.ttft.setdefault(key, _Hist(TTFT_BOUNDS)).add(ttft)
+        if tps > 0:
+            self.tpot.setdefault(key, _Hist(TPOT_BOUNDS)).add(1 / tps)
+        self.duration.setdefault(key, _Hist(OPERATION_BOUNDS)).add(
+            ttft + (out / tps if tps > 0 else 0))
+
+    @staticmethod
+    def _attrs(provider: str, model: str) -> dict[str, Any]:
+        return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider,
+                "gen_ai.request.model": model}
+
+    def metrics(self) -> list[tuple[str, str, list[tuple[dict[str, Any], _Hist]]]]:
+        return [
+            ("gen_ai.client.token.usage", "{token}",
+             [({**self._attrs(p, m), "gen_ai.token.type": t}, h)
+              for (p, m, t), h in self.tokens.items()]),
+            ("gen_ai.client.operation.duration", "s",
+             [(self._attrs(*k), h) for k, h in self.duration.items()]),
+            ("gen_ai.server.time_to_first_token", "s",
+             [(self._attrs(*k), h) for k, h in self.ttft.items()]),
+            ("gen_ai.server.time_per_output_token", "s",
+             [(self._attrs(*k), h) for k, h in self.tpot.items()]),
+        ]
 
 
 class MetricsCollector:
@@ -81,14 +132,12 @@ class MetricsCollector:
         escalations = conn.execute(
             "SELECT count(*) FROM approvals WHERE kind != 'gate' AND created_at > ?",
             (self.since,)).fetchone()[0]
-        tps: dict[str, _Hist] = defaultdict(lambda: _Hist(TPS_BOUNDS))
-        ttft: dict[str, _Hist] = defaultdict(lambda: _Hist(TTFT_BOUNDS))
+        genai = _GenAi()
         for (value,) in conn.execute("SELECT value FROM memo WHERE created_at > ?",
                                      (self.since,)):
             comp = (json.loads(value) or {}).get("completion") or {}
             if comp.get("model"):
-                tps[comp["model"]].add(float(comp.get("tokens_per_s") or 0))
-                ttft[comp["model"]].add(float(comp.get("ttft_s") or 0))
+                genai.add(comp)
         outbox = conn.execute("SELECT stream, pending_count, acked_seq FROM outbox_streams"
                               ).fetchall()
         oldest = {s: conn.execute("SELECT min(created_at) FROM outbox WHERE stream = ? AND"
@@ -109,10 +158,8 @@ class MetricsCollector:
             self._gauge("edge_agent.outbox.oldest_age", now_ns,
                         [({"edge_agent.stream": s}, 0.0 if o is None else now - o)
                          for s, o in oldest.items()], unit="s"),
-            self._hist("gen_ai.client.tokens_per_second", "{token}/s", start_ns, now_ns,
-                       dict(tps), ("gen_ai.request.model",)),
-            self._hist("gen_ai.client.time_to_first_token", "s", start_ns, now_ns, dict(ttft),
-                       ("gen_ai.request.model",)),
+            *(self._hist_points(name, unit, start_ns, now_ns, points)
+              for name, unit, points in genai.metrics()),
         ]
         if sync_lag_s is not None:
             metrics.append(self._gauge("edge_agent.sync.lag", now_ns, [({}, sync_lag_s)],
@@ -122,7 +169,7 @@ class MetricsCollector:
                 resource=resource_pb2.Resource(attributes=_attrs({
                     "service.name": self.service, "device.id": self.device_id})),
                 scope_metrics=[metrics_pb2.ScopeMetrics(metrics=metrics)])])
-        return req.SerializeToString()
+        return bytes(req.SerializeToString())
 
     def _sum(self, name: str, start: int, now: int,
              points: list[tuple[dict[str, Any], int]]) -> metrics_pb2.Metric:
@@ -137,6 +184,15 @@ class MetricsCollector:
         return metrics_pb2.Metric(name=name, unit=unit, gauge=metrics_pb2.Gauge(data_points=[
             metrics_pb2.NumberDataPoint(attributes=_attrs(a), time_unix_nano=now, as_double=v)
             for a, v in points]))
+
+    def _hist_points(self, name: str, unit: str, start: int, now: int,
+                     points: list[tuple[dict[str, Any], _Hist]]) -> metrics_pb2.Metric:
+        return metrics_pb2.Metric(name=name, unit=unit, histogram=metrics_pb2.Histogram(
+            aggregation_temporality=CUMULATIVE, data_points=[
+                metrics_pb2.HistogramDataPoint(
+                    attributes=_attrs(a), start_time_unix_nano=start, time_unix_nano=now,
+                    count=h.n, sum=h.sum, bucket_counts=h.counts, explicit_bounds=h.bounds)
+                for a, h in points]))
 
     def _hist(self, name: str, unit: str, start: int, now: int, hists: dict[Any, _Hist],
               keys: tuple[str, ...]) -> metrics_pb2.Metric:

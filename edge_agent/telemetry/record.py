@@ -28,13 +28,15 @@ def in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
 
 def record_spans(writer: GroupCommitter, *, service: str, device_id: str,
                  kinds: Mapping[tuple[str, str], str] | None = None,
+                 agents: Mapping[tuple[str, str], str] | None = None,
                  limits: Mapping[str, int] | None = None, max_rounds: int = 16) -> list[bytes]:
     """Append spans of newly committed steps to the outbox's traces stream; returns the
     encoded payloads (for a direct OTLP export). Keeps going while batches come back full."""
     payloads: list[bytes] = []
     for _ in range(max_rounds):
         batch: SpanBatch = writer.store.read(
-            lambda c: in_snapshot(c, lambda c2: derive_spans(c2, kinds=kinds)))
+            lambda c: in_snapshot(c, lambda c2: derive_spans(c2, kinds=kinds,
+                                                               agents=agents)))
         if not batch.moved:
             break
         payload = encode(batch.spans, service=service, device_id=device_id) \

@@ -16,6 +16,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 SCOPE = "edge_agent"
 OK, ERROR = trace_pb2.Status.STATUS_CODE_OK, trace_pb2.Status.STATUS_CODE_ERROR
+CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT  # a model call (GenAI inference spans)
 
 
 @dataclass
@@ -46,6 +47,9 @@ def put_attrs(kvs: Any, attributes: Mapping[str, Any]) -> None:
             kv.value.int_value = v
         elif isinstance(v, float):
             kv.value.double_value = v
+        elif isinstance(v, (list, tuple)):  # e.g. gen_ai.response.finish_reasons
+            for item in v:
+                kv.value.array_value.values.add().string_value = str(item)
         else:
             kv.value.string_value = str(v)
 
@@ -65,11 +69,11 @@ def encode(spans: Sequence[Span], *, service: str, device_id: str) -> bytes:
         if s.parent_id:
             pb.parent_span_id = bytes.fromhex(s.parent_id)
         pb.name = s.name
-        pb.kind = s.kind  # type: ignore[assignment]
+        pb.kind = s.kind  # type: ignore[assignment,unused-ignore]
         pb.start_time_unix_nano = int(s.start * 1e9)
         pb.end_time_unix_nano = int(max(s.end, s.start) * 1e9)
         put_attrs(pb.attributes, s.attributes)
-        pb.status.code = ERROR if s.error else OK  # type: ignore[assignment]
+        pb.status.code = ERROR if s.error else OK  # type: ignore[assignment,unused-ignore]
         if s.error:
             pb.status.message = s.error
         for name, ts, attrs in s.events:
@@ -77,7 +81,14 @@ def encode(spans: Sequence[Span], *, service: str, device_id: str) -> bytes:
             event.name = name
             event.time_unix_nano = int(ts * 1e9)
             put_attrs(event.attributes, attrs)
-    return req.SerializeToString()
+    return bytes(req.SerializeToString())
+
+
+def _value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    if which == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, which) if which else None
 
 
 def decode(payload: bytes) -> list[dict[str, Any]]:
@@ -92,7 +103,6 @@ def decode(payload: bytes) -> list[dict[str, Any]]:
                     "parent_id": s.parent_span_id.hex() or None, "name": s.name,
                     "start": s.start_time_unix_nano / 1e9, "end": s.end_time_unix_nano / 1e9,
                     "error": s.status.message if s.status.code == ERROR else None,
-                    "attributes": {a.key: getattr(a.value, a.value.WhichOneof("value"))
-                                   for a in s.attributes},
+                    "attributes": {a.key: _value(a.value) for a in s.attributes},
                     "events": [e.name for e in s.events]})
     return out

@@ -37,7 +37,10 @@ def load_tools(cfg: CloudConfig) -> dict[str, Any]:
 
 
 def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
-    kw.setdefault("tools", load_tools(cfg))
+    """An ingest worker; the [tools] modules are imported only where `tools` is not given
+    (by `run`, the one command that executes remote tools)."""
+    if "tools" not in kw:
+        kw["tools"] = load_tools(cfg)
     if cfg.signing_key:
         from sync.signing import Sealer, load_private_key
         kw.setdefault("sealer", Sealer(load_private_key(cfg.signing_key)))
@@ -100,11 +103,17 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
         try:
             payload = json.loads(args.input) if args.input else {}
         except json.JSONDecodeError as exc:
-            print(f"--input: not valid JSON ({exc.msg})", file=sys.stderr)
-            return 64
+            return _fail(args, f"--input: not valid JSON ({exc.msg})", 64)
         cargs: dict[str, Any] = {"workflow": args.workflow, "input": payload}
     else:
         cargs = {"run_id": args.run_id, "note": args.note, "by": args.by}
+        if getattr(args, "patch", None) is not None:
+            try:
+                cargs["patch"] = json.loads(args.patch)
+            except ValueError as exc:
+                return _fail(args, f"--patch: not valid JSON ({exc})", 64)
+            if not isinstance(cargs["patch"], dict):
+                return _fail(args, f"--patch: must be a JSON object (got {args.patch})", 64)
     store = SqlCloudStore(cfg.store_url)
     if args.command in ("approve", "reject"):
         seen = store.last_approval(args.device, args.run_id)
@@ -119,8 +128,7 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
     from sync.cloud.docs import CloudDocs
     collection, sep, key = args.key.rpartition("/")
     if not sep or not collection or not key:
-        print(f"a document is COLLECTION/KEY (got {args.key!r})", file=sys.stderr)
-        return 64
+        return _fail(args, f"a document is COLLECTION/KEY (got {args.key!r})", 64)
     store = SqlCloudStore(cfg.store_url)
     if args.action == "get":
         try:
@@ -128,8 +136,7 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
         finally:
             store.close()
         if doc is None:
-            print(f"no document {args.key} for {args.device}", file=sys.stderr)
-            return 1
+            return _fail(args, f"no document {args.key} for {args.device}", 1)
         out = {"key": args.key, "value": doc.value, "siblings": doc.siblings}
         print(json.dumps(out, indent=2) if args.json else json.dumps(doc.value))
         return 0
@@ -139,8 +146,7 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
             raise ValueError("a JSON object of fields")
     except ValueError as exc:
         store.close()
-        print(f"--value: {exc} (got {args.value!r})", file=sys.stderr)
-        return 64
+        return _fail(args, f"--value: {exc} (got {args.value!r})", 64)
     return _deliver(cfg, store, args, lambda sender: sender.write_doc(
         args.device, collection, key, changes, expires_in_s=args.expires_in)[0])
 
@@ -149,7 +155,7 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
              send: Any) -> int:
     """Send one command through a short-lived client; with --wait, until the device
     confirms it."""
-    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}")
+    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={})
     sender.client.connect(cfg.host, cfg.port, keepalive=30)
     sender.client.loop_start()
     try:
@@ -163,9 +169,8 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
                     print(json.dumps(c) if args.json else f"{c['state']}: {c['result']}")
                     return 0 if c["state"] == "confirmed" else 1
                 time.sleep(0.2)
-            print(f"no confirmation within {args.timeout:g}s (the device may be offline; the"
-                  " command waits in its session)", file=sys.stderr)
-            return 2
+            return _fail(args, f"no confirmation within {args.timeout:g}s (the device may be "
+                         "offline; the command waits in its session)", 2)
         return 0
     finally:
         sender.client.disconnect()
@@ -205,25 +210,89 @@ def duration(text: str) -> float:
     if not 0 < seconds <= 30 * 86400:
         raise argparse.ArgumentTypeError(f"between 1s and 30d (got {text!r})")
     return seconds
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse, except that with --json a usage error is a JSON object on stderr (exit 2)."""
+    import contextlib
+    import io
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "--json" not in words:
+        return parser.parse_args(words)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(words)
+    except SystemExit as exc:
+        if not exc.code:
+            raise
+        lines = captured.getvalue().strip().splitlines()
+        print(json.dumps({"error": lines[-1] if lines else "invalid arguments",
+                          "exit_code": exc.code}), file=sys.stderr)
+        raise
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """An error on stderr: a JSON object under --json, else the plain message."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}), file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+    return code
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from sync.cloud.install import install_service
-    print("\n".join(install_service(root=args.root, reload=not args.no_reload)))
+    from sync.cloud.install import install_service, uninstall_service
+    if args.command == "uninstall-service":
+        done = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
+    else:
+        done = install_service(root=args.root, reload=not args.no_reload, man_page=manual())
+    print(json.dumps({"done": done}) if args.json else "\n".join(done))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("edge-agent")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def manual() -> str:
+    """edge-agent-cloud(1), written from the parser."""
+    from sync.manpage import render
+    return render(
+        build_parser(), version=_version(),
+        summary="fleet ingest: devices' MQTT streams into a database, commands back",
+        files=[("/etc/edge-agent-cloud/cloud.toml",
+                "the config (root:edge-agent-cloud 0640)"),
+               ("/var/lib/edge-agent-cloud/", "the ingest's state (SQLite store)")],
+        see_also=["edge-agent(1)", "mosquitto(8)", "systemctl(1)"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; also the source of the edge-agent-cloud(1) man page."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", required=True, help="cloud.toml")
-    common.add_argument("--json", action="store_true")
-    p = argparse.ArgumentParser(prog="edge-agent-cloud", description="fleet ingest service")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="run the ingest workers")
-    s = sub.add_parser("install-service", help="install the cloud unit, user, dirs and "
-                       "example config")
-    s.add_argument("--root", default="/", help="install below this root (for packaging)")
-    s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    common.add_argument("--json", action="store_true", help="machine-readable output; "
+                        "errors as a JSON object on stderr")
+    p = argparse.ArgumentParser(prog="edge-agent-cloud", description="Fleet ingest service: "
+                                "receives what every device did over MQTT, keeps it in a "
+                                "database, and sends devices commands.")
+    p.add_argument("--version", action="version", version=f"edge-agent-cloud {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the ingest workers (imports the "
+                   "[tools] modules: remote tools the cloud executes)")
+    for name, text in (("install-service", ("install the cloud unit, user, dirs, man page "
+                                            "and example config")),
+                       ("uninstall-service", ("remove what install-service put there; the "
+                                              "config and state stay unless --purge"))):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--root", default="/", help="below this root (for packaging)")
+        s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+        s.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "uninstall-service":
+            s.add_argument("--purge", action="store_true",
+                           help="also remove the config and the state directory")
     sub.add_parser("status", parents=[common], help="devices, online state, stream positions")
     for name in ("approve", "reject", "cancel"):
         s = sub.add_parser(name, parents=[common], help=f"{name} a run on a device")
@@ -234,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--wait", action="store_true", help="wait until the device confirms")
         s.add_argument("--timeout", type=float, default=30.0)
         s.add_argument("--expires-in", type=duration, help=EXPIRES)
+        if name == "approve":
+            s.add_argument("--patch", help="JSON object merged into the run's context")
     s = sub.add_parser("doc", parents=[common],
                        help="a device's replicated document: `doc get|set COLLECTION/KEY`")
     s.add_argument("action", choices=("get", "set"))
@@ -253,14 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
-    args = p.parse_args(argv)
-    if args.command == "install-service":
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(build_parser(), argv)
+    if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
-        print(exc, file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
     handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
                "keys": cmd_keys}.get(args.command, cmd_send)
     return handler(cfg, args)

@@ -13,7 +13,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -76,6 +75,8 @@ class IngestWorker:
     def shutdown(self) -> None:
         self._queue.put(None)
         self._thread.join(5)
+        if "_otlp" in self.__dict__:  # what is queued is still sent; no new retry waits
+            self.__dict__["_otlp"].shutdown()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -198,15 +199,13 @@ class IngestWorker:
         self.send_command(device, "tool_result", answer)
 
     def _export(self, payload: bytes, signal: str = "traces") -> None:
-        assert self.otlp_endpoint is not None
-        req = urllib.request.Request(self.otlp_endpoint.rstrip("/") + f"/v1/{signal}",
-                                     data=payload, method="POST",
-                                     headers={"Content-Type": "application/x-protobuf"})
-        try:
-            with urllib.request.urlopen(req, timeout=5):
-                pass
-        except OSError as exc:
-            log.warning("ingest: OTLP re-export failed: %s", exc)
+        """Queue for the exporter's thread: gzip, OTEL_EXPORTER_OTLP_* headers, retries of
+        429/503 with backoff (sync/otlp.py); the ingest never waits on the collector."""
+        from sync.otlp import OtlpHttpExporter
+        exporter = self.__dict__.get("_otlp")
+        if exporter is None:
+            exporter = self.__dict__["_otlp"] = OtlpHttpExporter(self.otlp_endpoint)
+        (exporter if signal == "traces" else exporter.metrics)(payload)
 
     def _reject(self, device: str | None, topic: str, reason: str, detail: str,
                 payload: bytes) -> None:

@@ -17,7 +17,8 @@ from support.daemon import DaemonProcess, cli, cli_json
 
 COMMANDS = [["run"], ["status"], ["start"], ["runs"], ["approvals"], ["approve"], ["reject"],
             ["cancel"], ["trace"], ["config", "check"], ["tools", "list"], ["tools", "call"],
-            ["conflicts"], ["sync", "now"], ["model", "make-test-model"], ["install-service"]]
+            ["conflicts"], ["sync", "now"], ["model", "make-test-model"], ["install-service"],
+            ["uninstall-service"], ["metrics"]]
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +32,7 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert r.returncode == 0, r.stderr
     assert " ".join(r.stdout.split()).startswith("usage: edge-agent " + command[0])
     if command != ["run"] and command != ["model", "make-test-model"] \
-            and command != ["install-service"]:
+            and command not in (["install-service"], ["uninstall-service"]):
         assert "--json" in r.stdout
 
 

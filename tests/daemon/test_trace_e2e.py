@@ -102,7 +102,7 @@ def test_one_trace_after_crash_offline_and_reexport(tmp_path: Path) -> None:
     steps = [s for s in spans if s["name"].startswith("step ")]
     assert {s["name"] for s in steps} == {"step a", "step b", "step c", "step done"}
     assert all(s["parent_id"] == run_span["span_id"] for s in steps)
-    tools = [s for s in spans if s["name"] == "tool step"]
+    tools = [s for s in spans if s["name"] == "execute_tool step"]
     assert len(tools) == 3 and all(by_id[t["parent_id"]]["name"].startswith("step ")
                                    for t in tools)
     names = set().union(*(m.keys() for m in rx.metrics))

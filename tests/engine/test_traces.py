@@ -47,7 +47,7 @@ def test_one_trace_with_parent_links_retries_and_approval(db_path: Path, ledger:
         failed = [s for s in steps if s["name"] == "step a" and s["error"]]
         assert len(failed) == 2
         assert all(s["attributes"]["edge_agent.retry_reason"] == "timeout: busy" for s in failed)
-        tools = [s for s in spans if s["name"] == "tool stamp"]
+        tools = [s for s in spans if s["name"] == "execute_tool stamp"]
         assert len(tools) == 3 and all(by_id[t["parent_id"]]["name"] == "step a" for t in tools)
         wait = next(s for s in spans if s["name"] == "approval wait")
         assert wait["attributes"]["edge_agent.approval.decided_by"] == "dana"
@@ -84,7 +84,7 @@ def test_a_stale_batch_is_not_recorded_twice_and_big_backlogs_drain(db_path: Pat
         assert len({s["span_id"] for s in spans}) == len(spans)
         assert sum(s["name"].startswith("step ") for s in spans) == 80 * (k + 1)
         assert sum(s["name"] == "run w" for s in spans) == 80
-        assert sum(s["name"] == "tool stamp" for s in spans) == 80 * k
+        assert sum(s["name"] == "execute_tool stamp" for s in spans) == 80 * k
     asyncio.run(main())
 
 
@@ -119,7 +119,7 @@ def test_an_idempotent_call_is_journaled_in_its_step_row(db_path: Path, ledger: 
             children = [c for s in trace["steps"] for c in s["children"]]
             assert [(c["tool"], c["status"]) for c in children] == [("read", "error"),
                                                                     ("read", "ok")]
-            spans = [s for s in spans_in(h.store) if s["name"] == "tool read"]
+            spans = [s for s in spans_in(h.store) if s["name"] == "execute_tool read"]
             assert sorted(s["attributes"]["edge_agent.outcome"] for s in spans) == ["error",
                                                                                      "ok"]
             assert [s["error"] for s in spans if s["error"]] == ["busy"]
