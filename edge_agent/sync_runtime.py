@@ -60,6 +60,13 @@ class DaemonSync:
     def last_sync(self) -> float | None:
         return self.edge.last_sync
 
+    @property
+    def health(self) -> dict[str, Any]:
+        """Whether the publisher's last round went through, and its last error."""
+        e = self.edge
+        return {"healthy": e.healthy, "last_error": e.last_error, "errors": e.stats.errors,
+                "epoch": e.epoch}
+
     def notify(self) -> None:
         self.edge.notify()
 

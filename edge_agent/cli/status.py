@@ -82,6 +82,8 @@ def render_status(data: dict[str, Any]) -> str:
     else:
         sync = paint(f"{'connected' if s['connected'] else 'disconnected'} to {s['broker']}",
                      s["connected"]) + f", last sync {s['last_sync'] or 'never'}"
+        if s.get("healthy") is False:
+            sync += paint(f"  UNHEALTHY: {s.get('last_error')}", False)
     streams = table(["stream", "pending", "bytes", "oldest", "acked", "dropped"], [
         [n, v["pending"], v["pending_bytes"],
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",

@@ -68,7 +68,9 @@ def wait(cfg: Path, rid: str, statuses: set[str], timeout: float = 30) -> dict:
 
 def test_the_cloud_answers_remote_tools(tmp_path: Path, broker: Broker) -> None:
     cfg = setup(tmp_path, broker.port, timeout=30, fallback=False)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent)] + ([os.environ["PYTHONPATH"]]
+                                        if os.environ.get("PYTHONPATH") else []))}
     ingest = subprocess.Popen([CLOUD, "run", "--config", str(tmp_path / "cloud.toml")],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     d = DaemonProcess(cfg, tmp_path).start()
