@@ -69,14 +69,23 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
     finally:
         store.close()
     out = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
-                        "first_seen": _iso(d["first_seen"])} for d in devices]}
+                        "first_seen": _iso(d["first_seen"]),
+                        "epochs": [{**e, "first_seen": _iso(e["first_seen"])}
+                                   for e in d["epochs"]],
+                        "resets": [{**r, "at": _iso(r["at"])} for r in d["resets"]]}
+                       for d in devices]}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     for d in out["devices"]:
         streams = ", ".join(f"{s} {v['received_seq']}" for s, v in d["streams"].items())
         print(f"{d['device_id']:20} {'online' if d['online'] else 'offline':8} "
-              f"last seen {d['last_seen']}  {streams}")
+              f"last seen {d['last_seen']}  epoch {d['epoch'] or '(protocol 1)'}  {streams}")
+        for r in d["resets"]:
+            if r["upgrade"]:
+                print(f"{'':20} upgraded to protocol 2 at {r['at']}, epoch {r['to']}")
+            else:
+                print(f"{'':20} database reset at {r['at']}, epoch {r['from']} to {r['to']}")
     if not out["devices"]:
         print("(no devices yet)")
     return 0
