@@ -255,7 +255,7 @@ class EdgeSync:
         before = outbox.watermark(ack.stream)
         new = outbox.ack(ack.stream, upto)
         self.stats.acked_records += max(0, new - before)
-        window.cleared(new, time.monotonic(), new > before)
+        window.cleared(new, time.monotonic())
         self.last_sync = time.time()
 
     def _command(self, conn: sqlite3.Connection, outbox: Outbox, payload: bytes,
@@ -322,7 +322,7 @@ class EdgeSync:
             time.sleep(self.linger_s)  # let a partial batch fill; a full one goes at once
         for stream in STREAMS:  # priority order: control first, metrics last
             w = self._windows[stream]
-            while len(w.flights) < self.window and self.connected:
+            while w.busy() < self.window and self.connected:
                 if not self._send_next(outbox, stream, w):
                     break
 
@@ -415,7 +415,7 @@ class EdgeSync:
         drains without lingering between batches)."""
         for stream, last in outbox.last_seqs().items():
             w = self._windows.get(stream)
-            if w is None or len(w.flights) >= self.window:
+            if w is None or w.busy() >= self.window:
                 continue
             after = (w.next_seq if w.next_seq is not None
                      else outbox.watermark(stream) + 1) - 1

@@ -28,7 +28,7 @@ class Window:
     next_seq: int | None = None  # the next seq to send new; None: after the watermark
     partial: int | None = None  # the next piece of the record at next_seq, when chunked
     high: int = 0  # the highest seq sent in full since the window was last reset
-    progress_at: float = 0.0  # when the watermark last moved (or the window started)
+    progress_at: float = 0.0  # when an ack last answered (or the window started)
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=256))
 
     def sent(self, flight: Flight, *, complete_through: int | None) -> None:
@@ -49,8 +49,13 @@ class Window:
         flight.answered = True
         return "ok", min(watermark, self.high)
 
-    def cleared(self, watermark: int, now: float, moved: bool) -> None:
-        """Drop the flights the watermark covers."""
+    def busy(self) -> int:
+        """The flights counted against the window: those no ack has answered yet (the
+        answered ones wait only for a hole below them to fill)."""
+        return sum(not f.answered for f in self.flights)
+
+    def cleared(self, watermark: int, now: float) -> None:
+        """Drop the flights the watermark covers (after an ack answered one)."""
         keep = []
         for f in self.flights:
             if f.last <= watermark:
@@ -58,16 +63,15 @@ class Window:
             else:
                 keep.append(f)
         self.flights = keep
-        if moved:
-            self.progress_at = now
+        self.progress_at = now
 
     def overdue(self, now: float, timeout: float) -> list[Flight]:
         """Unanswered flights older than the timeout (lost on the way, or their ack was)."""
         return [f for f in self.flights if not f.answered and now - f.sent_at > timeout]
 
     def stalled(self, now: float, timeout: float) -> bool:
-        """Every flight answered, yet the watermark has not reached them for a timeout: the
-        cloud lacks something below them that no flight covers."""
+        """Every flight answered, yet none cleared and no ack for a timeout: the cloud lacks
+        something below them that no flight covers."""
         return bool(self.flights) and all(f.answered for f in self.flights) and \
             now - self.progress_at > timeout
 

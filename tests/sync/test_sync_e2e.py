@@ -105,7 +105,8 @@ def test_linger_waits_only_for_partial_batches(tmp_path: Path) -> None:
     assert not e._full_batch_waiting(outbox)  # a partial batch: linger
     append(db, "traces", 1)
     assert e._full_batch_waiting(outbox)  # a full one: no linger
-    e._windows["traces"].flights = [object(), object()]  # type: ignore[list-item]
+    from sync.flights import Flight
+    e._windows["traces"].flights = [Flight(1, 50, "a", 0.0), Flight(51, 100, "b", 0.0)]
     assert not e._full_batch_waiting(outbox)  # no room in the window: nothing to send now
     e._windows["traces"].flights = []
     e._windows["traces"].next_seq = 51  # 50 already sent, 50 pending
