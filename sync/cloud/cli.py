@@ -15,13 +15,17 @@ from typing import Any
 
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.ingest import IngestWorker
-from sync.cloud.store import SqlCloudStore
+from sync.cloud.store import CloudStoreError, SqlCloudStore
 
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def store_of(cfg: CloudConfig) -> SqlCloudStore:
+    return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
 
 
 def load_tools(cfg: CloudConfig) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
 def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    stores = [SqlCloudStore(cfg.store_url) for _ in range(cfg.workers)]
+    stores = [store_of(cfg) for _ in range(cfg.workers)]
     workers = [worker(cfg, s) for s in stores]
     for w in workers:
         w.start()
@@ -63,7 +67,7 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
-    store = SqlCloudStore(cfg.store_url)
+    store = store_of(cfg)
     try:
         devices = store.devices()
     finally:
@@ -101,7 +105,7 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
         cargs: dict[str, Any] = {"workflow": args.workflow, "input": payload}
     else:
         cargs = {"run_id": args.run_id, "note": args.note, "by": args.by}
-    store = SqlCloudStore(cfg.store_url)
+    store = store_of(cfg)
     if args.command in ("approve", "reject"):
         seen = store.last_approval(args.device, args.run_id)
         if seen is not None:
@@ -117,7 +121,7 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
     if not sep or not collection or not key:
         print(f"a document is COLLECTION/KEY (got {args.key!r})", file=sys.stderr)
         return 64
-    store = SqlCloudStore(cfg.store_url)
+    store = store_of(cfg)
     if args.action == "get":
         try:
             doc = CloudDocs(store, cfg.collections).read(args.device, collection, key)
@@ -219,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc}.get(args.command,
                                                                          cmd_send)
-    return handler(cfg, args)
+    try:
+        return handler(cfg, args)
+    except CloudStoreError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":
