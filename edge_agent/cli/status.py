@@ -34,7 +34,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         sync = {"configured": ctx.config.sync is not None, "connected": False,
                 "broker": (f"{ctx.config.sync.host}:{ctx.config.sync.port}"
                            if ctx.config.sync else None),
-                "last_sync": None, "streams": {}}
+                "last_sync": None, "healthy": None, "last_error": None, "streams": {}}
     if ctx.config.db_path.exists():
         store = ctx.store()
         try:
