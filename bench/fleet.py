@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.broker import Broker  # noqa: E402
-from support.postgres import Postgres  # noqa: E402
+from support.broker import Broker
+from support.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(

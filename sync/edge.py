@@ -31,8 +31,14 @@ import paho.mqtt.client as mqtt
 from sync.acks import decode_ack
 from sync.chunks import DEFAULT_MAX_RECORD_BYTES, piece, stub_of
 from sync.envelope import (
-    MAX_BATCH_BYTES, Chunk, Command, EnvelopeError, WireRecord, batch_digest,
-    decode_command, encode_batch,
+    MAX_BATCH_BYTES,
+    Chunk,
+    Command,
+    EnvelopeError,
+    WireRecord,
+    batch_digest,
+    decode_command,
+    encode_batch,
 )
 from sync.flights import Flight, Window
 from sync.mqtt import Topics, connect_properties, make_client, user_properties
@@ -277,8 +283,8 @@ class EdgeSync:
                 return
             try:
                 conn.execute("SAVEPOINT handler")
-                result = {"ok": True, "result": self.handler(conn, cmd) if self.handler
-                          else None}
+                result: dict[str, Any] = {"ok": True, "result": self.handler(conn, cmd)
+                                          if self.handler else None}
                 conn.execute("RELEASE handler")
             except Exception as exc:  # noqa: BLE001 - reported to the cloud, applied once
                 conn.execute("ROLLBACK TO handler")

@@ -10,6 +10,7 @@ short, stable reason (the quarantine reason); nothing else escapes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -218,7 +219,7 @@ def decode_batch(data: bytes, *, topic_device: str, streams: Sequence[str],
     if not isinstance(rows, list) or not rows or len(rows) > max_records:
         raise EnvelopeError("bad_records", "records must be a non-empty list within limits")
     records = [_record(row) for row in rows]
-    if any(b.seq <= a.seq for a, b in zip(records, records[1:])):
+    if any(b.seq <= a.seq for a, b in itertools.pairwise(records)):
         raise EnvelopeError("bad_order", "sequences must increase")
     if records[0].seq != first or records[-1].seq != last or first <= floor:
         raise EnvelopeError("bad_range", "first/last do not match the records")

@@ -22,14 +22,18 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
-from sync.cloud.docs import CloudDocs, decode_summaries
+from sync.acks import encode_ack
 from sync.cloud.batches import Stored
+from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.envelope import (
-    Batch, Command, EnvelopeError, decode_batch, encode_command,
+    Batch,
+    Command,
+    EnvelopeError,
+    decode_batch,
+    encode_command,
 )
-from sync.acks import encode_ack
 from sync.mqtt import Topics, device_of, make_client, publish_properties
 from sync.outbox import STREAMS
 
@@ -92,7 +96,7 @@ class IngestWorker:
         while (msg := self._queue.get()) is not None:
             try:
                 self.handle(msg.topic, bytes(msg.payload))
-            except Exception:  # noqa: BLE001 - one bad message must not stop the worker
+            except Exception:
                 log.exception("ingest: failed on a message from %s", msg.topic)
 
     def handle(self, topic: str, payload: bytes) -> None:

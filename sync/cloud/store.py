@@ -8,6 +8,7 @@ stream's row: workers never hold a watermark of their own. See sync/PROTOCOL.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -210,7 +211,7 @@ class SqlCloudStore:
                            for d, e, s, r, a, lc, cf, st in streams
                            if d == device and e == current}
             resets = [{"at": b["first_seen"], "from": a["epoch"], "to": b["epoch"],
-                       "upgrade": a["epoch"] == ""} for a, b in zip(mine, mine[1:])]
+                       "upgrade": a["epoch"] == ""} for a, b in itertools.pairwise(mine)]
             out.append({"device_id": device, "online": bool(online), "first_seen": first,
                         "last_seen": last, "epoch": current, "streams": streams_now,
                         "epochs": mine, "resets": resets})

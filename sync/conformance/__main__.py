@@ -31,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--broker: must be host:port (got {a.broker!r})")
     if a.play == "cloud" and not a.device:
         p.error("--play cloud needs --device")
-    password = open(a.password_file).read().strip() if a.password_file else None
+    password = None
+    if a.password_file:
+        with open(a.password_file) as f:
+            password = f.read().strip()
     wire = {"host": m.group(1), "port": int(m.group(2)), "tls_ca": a.tls_ca,
             "tls_cert": a.tls_cert, "tls_key": a.tls_key, "username": a.username,
             "password": password}

@@ -7,6 +7,7 @@ At the end the suite acks everything it saw, so the device is left in sync.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -61,7 +62,7 @@ def run(wire_args: dict[str, Any], device: str, prefix: str = "edge",
         stream = max(STREAMS, key=lambda s: sum(b.stream == s for b in first))
         mine = [b for b in first if b.stream == stream and b.chunk is None]
         r.check("6", "batches of a stream are consecutive seqs, sent once",
-                all(b.first == a.last + 1 for a, b in zip(mine, mine[1:])),
+                all(b.first == a.last + 1 for a, b in itertools.pairwise(mine)),
                 repr([(b.first, b.last) for b in mine]))
         b1 = mine[0]
         again = d.collect(wait, until=lambda g: any(b.digest == b1.digest for b in g))

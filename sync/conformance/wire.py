@@ -6,8 +6,6 @@ import queue
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
-
 from sync.mqtt import make_client
 
 

@@ -6,7 +6,6 @@ Each test runs real parts (mosquitto, SQLite files, PostgreSQL) and failed on pr
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any

@@ -23,7 +23,7 @@ def test_the_cloud_passes_on_both_backends(broker: Broker, cloud_url: str) -> No
         r = subprocess.run([sys.executable, "-m", "sync.conformance", "--broker",
                             f"127.0.0.1:{broker.port}", "--play", "device",
                             "--ack-timeout", "10"], capture_output=True, text=True,
-                           timeout=240, env={**os.environ})
+                           timeout=240, env={**os.environ}, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
         assert " 0 failed" in r.stdout and "FAIL" not in r.stdout
         reasons = {q["reason"] for q in store.quarantined()}

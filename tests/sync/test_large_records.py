@@ -86,7 +86,7 @@ def test_the_cloud_stubs_a_record_above_its_own_limit(tmp_path: Path, broker: Br
     e.start()
     try:
         wait_synced(db, 60)
-        (s1, k1, p1), (s2, k2, p2) = store.records("dev-a", "traces")
+        (s1, k1, p1), (s2, _, p2) = store.records("dev-a", "traces")
         assert (s1, k1, s2, p2) == (1, "stub", 2, b"next")
         assert msgpack.unpackb(p1)["size"] == 1_500_000
         assert worker.stubs == 1 and store.devices()[0]["streams"]["traces"]["stubs"] == 1

@@ -13,7 +13,13 @@ import pytest
 import sync
 from sync.acks import decode_ack, encode_ack
 from sync.envelope import (
-    Chunk, EnvelopeError, WireRecord, batch_digest, decode_batch, decode_command, encode_batch,
+    Chunk,
+    EnvelopeError,
+    WireRecord,
+    batch_digest,
+    decode_batch,
+    decode_command,
+    encode_batch,
 )
 from sync.outbox import STREAMS
 
