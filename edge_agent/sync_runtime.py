@@ -46,6 +46,7 @@ class DaemonSync:
             batch_max_bytes=s.batch_max_bytes, linger_s=s.linger_s, window=s.window,
             compression=s.compression, keepalive_s=s.keepalive_s,
             ack_timeout_s=s.ack_timeout_s, outbox_limits=dict(s.outbox_max_bytes),
+            max_record_bytes=s.max_record_bytes,
             durable=self._durable)
 
     @property
