@@ -348,7 +348,8 @@ class EdgeSync:
                         self.max_record_bytes)
             wire = [stub_of(_wire(head))]
         elif len(head.payload) > self.piece_bytes:
-            index = w.partial or 0
+            # go on with the record in pieces, unless it was dropped meanwhile
+            index = w.partial if w.partial is not None and head.seq == w.next_seq else 0
             chunk, data = piece(head.payload, self.piece_bytes, index)
             self._send(outbox, stream, w, [WireRecord(head.seq, head.kind, data,
                                                       head.created_at)], chunk)

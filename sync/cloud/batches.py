@@ -68,7 +68,10 @@ def _chunk(store: Any, c: Any, batch: Batch, received: int) -> tuple[list[WireRe
         return [WireRecord(r.seq, STUB_KIND, stub(r.kind, ch.size, ch.sha256),
                            r.created_at)], 1, ""
     x(c, "INSERT INTO chunks (device, epoch, stream, seq, idx, count, size, sha256, kind,"
-         " created_at, piece) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+         " created_at, piece) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device,"
+         " epoch, stream, seq, idx) DO UPDATE SET count = excluded.count, size ="
+         " excluded.size, sha256 = excluded.sha256, kind = excluded.kind, created_at ="
+         " excluded.created_at, piece = excluded.piece",  # a new layout replaces the old
       (*key, ch.index, ch.count, ch.size, ch.sha256, r.kind, r.created_at, r.payload))
     rows = x(c, "SELECT idx, piece FROM chunks WHERE device = ? AND epoch = ? AND stream = ?"
                 " AND seq = ? AND count = ? AND size = ? AND sha256 = ? ORDER BY idx",

@@ -154,3 +154,30 @@ def test_the_publisher_survives_unexpected_errors_and_says_so(tmp_path: Path,
         e.shutdown()
         worker.shutdown()
         store.close()
+
+
+def test_chunks_of_a_new_layout_replace_the_old(cloud_url: str) -> None:
+    """A device whose batch budget changed mid-record sends its pieces in another layout:
+    the cloud assembles the record from the new layout, and stores it once."""
+    from sync.chunks import split
+    from sync.cloud.store import SqlCloudStore
+    from sync.envelope import Batch, WireRecord
+    store = SqlCloudStore(cloud_url)
+    payload = os.urandom(10_000)
+
+    def send(piece: int, only: list[int] | None = None) -> int:
+        wm = 0
+        for i, (chunk, data) in enumerate(split(payload, piece)):
+            if only is None or i in only:
+                rec = (WireRecord(1, "big", data, 1.0),)
+                wm = store.store_batch(Batch("d", "traces", 0, 1, 1, rec, "3" * 16, 2,
+                                             chunk)).watermark
+        return wm
+    try:
+        assert send(3000, only=[0, 2]) == 0  # 2 of 4 pieces, then the layout changes
+        assert send(4000) == 1  # 3 pieces of 4,000
+        assert store.records("d", "traces") == [(1, "big", payload)]
+        assert send(4000) == 1  # a late resend changes nothing
+        assert store.quarantined() == []
+    finally:
+        store.close()
