@@ -40,10 +40,12 @@ def fresh_db(pg: Postgres, name: str) -> str:
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-def start_worker(tmp: Path, port: int, url: str, n: int) -> subprocess.Popen[bytes]:
+def start_worker(tmp: Path, port: int, url: str, n: int,
+                 threads: int = 1) -> subprocess.Popen[bytes]:
+    """An `edge-agent-cloud run` process with `threads` workers (`[mqtt] workers`)."""
     cfg = tmp / f"cloud-{n}-{time.monotonic_ns()}.toml"
     cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ngroup = "fleet"\n'
-                   f'[store]\nurl = "{url}"\n')
+                   f'workers = {threads}\n[store]\nurl = "{url}"\n')
     return subprocess.Popen([sys.executable, "-m", "sync.cloud.cli", "run", "--config",
                              str(cfg)], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=open(tmp / f"worker-{n}.log", "ab"))
@@ -119,12 +121,12 @@ def audit(url: str, devices: int, records: int) -> dict[str, int]:
 
 
 def run(tmp: Path, broker: Broker, pg: Postgres, name: str, workers: int, devices: int,
-        records: int, fault: bool = False) -> dict[str, Any]:
+        records: int, fault: bool = False, threads: int = 1) -> dict[str, Any]:
     url = fresh_db(pg, name)
     since = log_size(broker)
-    procs = [start_worker(tmp, broker.port, url, i) for i in range(workers)]
+    procs = [start_worker(tmp, broker.port, url, i, threads) for i in range(workers)]
     try:
-        wait_connected(broker, since, workers)
+        wait_connected(broker, since, workers * threads)
 
         def faults() -> None:
             time.sleep(0.4)
@@ -161,6 +163,8 @@ def main() -> None:
         try:
             results["workers_1"] = run(tmp, broker, pg, "fleet1", 1, a.devices, a.records)
             results["workers_2"] = run(tmp, broker, pg, "fleet2", 2, a.devices, a.records)
+            results["workers_2_in_1"] = run(tmp, broker, pg, "fleet21", 1, a.devices,
+                                            a.records, threads=2)
             if not a.skip_fault:
                 results["fault"] = run(tmp, broker, pg, "fleetf", 2, a.devices, a.records,
                                        fault=True)
@@ -170,6 +174,7 @@ def main() -> None:
     print(f"fleet: {a.devices} simulated devices x {a.records} records into PostgreSQL")
     print(f"{'run':28} {'records/s':>10} {'elapsed':>8} {'resends':>8} {'lost':>5} {'dup':>4}")
     for key, label in (("workers_1", "1 worker"), ("workers_2", "2 workers (processes)"),
+                       ("workers_2_in_1", "workers = 2 in one process"),
                        ("fault", "2 workers, kill + restart")):
         r = results.get(key)
         if r:

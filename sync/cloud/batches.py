@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from sync.chunks import STUB_KIND, assemble, stub, stub_of
 from sync.envelope import Batch, EnvelopeError, WireRecord
 from sync.watermark import advance
@@ -25,17 +27,21 @@ class Stored:
     new: tuple[WireRecord, ...] = ()  # records stored by this batch (not held before)
 
 
-def store_batch(store: Any, c: Any, batch: Batch, now: float) -> Stored:
+def store_batch(store: Any, c: Any, batch: Batch, now: float, *,
+                new_epoch: bool = True) -> Stored:
+    """`new_epoch`: whether the epoch may be new to the store (else its row is not written
+    again; a worker remembers the epochs it has stored)."""
     x = store._exec
     key = (batch.device, batch.epoch, batch.stream)
-    x(c, "INSERT INTO epochs (device, epoch, first_seen, protocol) VALUES (?, ?, ?, ?)"
-         " ON CONFLICT (device, epoch) DO NOTHING", (batch.device, batch.epoch, now,
-                                                      batch.version))
-    x(c, "INSERT INTO streams (device, epoch, stream) VALUES (?, ?, ?) ON CONFLICT"
-         " (device, epoch, stream) DO NOTHING", key)
-    lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
-    received = int(x(c, "SELECT received_seq FROM streams WHERE device = ? AND epoch = ? AND"
-                        " stream = ?" + lock, key).fetchone()[0])
+    if new_epoch:
+        x(c, "INSERT INTO epochs (device, epoch, first_seen, protocol) VALUES (?, ?, ?, ?)"
+             " ON CONFLICT (device, epoch) DO NOTHING", (batch.device, batch.epoch, now,
+                                                          batch.version))
+    # the stream's row, made if new, and locked until commit (an upsert locks the row on
+    # PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers)
+    received = int(x(c, "INSERT INTO streams (device, epoch, stream) VALUES (?, ?, ?) ON"
+                        " CONFLICT (device, epoch, stream) DO UPDATE SET received_seq ="
+                        " streams.received_seq RETURNING received_seq", key).fetchone()[0])
     records, stubs, bad = list(batch.records), 0, ""
     if batch.chunk is not None:
         records, stubs, bad = _chunk(store, c, batch, received)
@@ -93,13 +99,14 @@ def _insert(store: Any, c: Any, batch: Batch, records: list[WireRecord],
     dev, ep, st = batch.device, batch.epoch, batch.stream
     inserted: set[int] = set()
     if store.dialect == "postgresql":
+        # one statement, the rows as one JSON parameter: twice as fast as psycopg's arrays
         rows = c.execute(
             "INSERT INTO records (device, epoch, stream, seq, kind, payload, created_at,"
-            " received_at) SELECT %s, %s, %s, s, k, p, t, %s FROM unnest(%s::bigint[],"
-            " %s::text[], %s::bytea[], %s::float8[]) AS u(s, k, p, t)"
+            " received_at) SELECT %s, %s, %s, (x->>0)::bigint, x->>1, decode(x->>2, 'hex'),"
+            " (x->>3)::float8, %s FROM jsonb_array_elements(%s::jsonb) AS x"
             " ON CONFLICT DO NOTHING RETURNING seq",
-            (dev, ep, st, now, [r.seq for r in records], [r.kind for r in records],
-             [r.payload for r in records], [r.created_at for r in records])).fetchall()
+            (dev, ep, st, now, orjson.dumps([[r.seq, r.kind, r.payload.hex(), r.created_at]
+                                             for r in records]).decode())).fetchall()
         inserted = {int(s) for (s,) in rows}
     else:
         for i in range(0, len(records), _ROWS_PER_SQLITE_INSERT):

@@ -24,6 +24,9 @@ from sync.cloud.batches import Stored, store_batch
 from sync.envelope import Batch
 
 
+TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
+
+
 class CloudStoreError(Exception):
     """The fleet store cannot be opened or used."""
 
@@ -67,6 +70,8 @@ class SqlCloudStore:
         self.url = url
         self.max_record_bytes = max_record_bytes
         self._lock = threading.Lock()
+        self._epochs: set[tuple[str, str]] = set()  # stored already: not written again
+        self._touched: dict[str, float] = {}  # device -> when this store last wrote last_seen
         if url.startswith("sqlite:///"):
             self.dialect = "sqlite"
             path = url[len("sqlite:///"):]
@@ -135,9 +140,16 @@ class SqlCloudStore:
     def store_batch(self, batch: Batch) -> Stored:
         """Store a batch (idempotent), then compute the stream's watermark; one transaction."""
         now = time.time()
+        known = (batch.device, batch.epoch) in self._epochs
+        touch = now - self._touched.get(batch.device, 0.0) >= TOUCH_EVERY_S
         with self.tx() as c:
-            self._touch(c, batch.device, now)
-            return store_batch(self, c, batch, now)
+            if touch:
+                self._touch(c, batch.device, now)
+            stored = store_batch(self, c, batch, now, new_epoch=not known)
+        self._epochs.add((batch.device, batch.epoch))
+        if touch:
+            self._touched[batch.device] = now
+        return stored
 
     def _touch(self, c: Any, device: str, now: float) -> None:
         self._exec(c, "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?)"
