@@ -23,7 +23,6 @@ from sync.cloud import schema
 from sync.cloud.batches import Stored, store_batch
 from sync.envelope import Batch
 
-
 TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
 
 
