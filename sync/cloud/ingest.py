@@ -117,8 +117,9 @@ class IngestWorker:
             self._reject(device, topic, "bad_chunk", stored.bad_chunk, payload)
         self.conflicts += stored.conflicts
         self.stubs += stored.stubs
-        if batch.stream == "control" and stored.new:
-            self._documents(device, stored.new)  # before the ack: nothing acked is lost
+        if batch.stream == "control":  # before the ack: nothing acked is lost (idempotent,
+            # so a resend applies again what a worker killed after its commit had not)
+            self._documents(device, stored.new if batch.chunk else batch.records)
         self.batches += 1
         self.client.publish(Topics(self.prefix, device).ack, self._ack(batch, stored), qos=1)
         if batch.stream == "control":
