@@ -121,7 +121,8 @@ def audit(url: str, devices: int, records: int) -> dict[str, int]:
 
 
 def run(tmp: Path, broker: Broker, pg: Postgres, name: str, workers: int, devices: int,
-        records: int, fault: bool = False, threads: int = 1) -> dict[str, Any]:
+        records: int, fault: bool = False, threads: int = 1,
+        fault_after_s: float = 0.4) -> dict[str, Any]:
     url = fresh_db(pg, name)
     since = log_size(broker)
     procs = [start_worker(tmp, broker.port, url, i, threads) for i in range(workers)]
@@ -129,7 +130,7 @@ def run(tmp: Path, broker: Broker, pg: Postgres, name: str, workers: int, device
         wait_connected(broker, since, workers * threads)
 
         def faults() -> None:
-            time.sleep(0.4)
+            time.sleep(fault_after_s)
             procs[0].send_signal(signal.SIGKILL)  # mid-stream, whatever it held
             procs[0].wait()
             time.sleep(0.3)
