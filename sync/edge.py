@@ -200,6 +200,8 @@ class EdgeSync:
                     self._publish(outbox)
                 failures = 0
                 self.healthy = True
+            except _NotSent:
+                self._reset.set()  # the connection went: sent again once it is back
             except Exception as exc:  # noqa: BLE001 - the publisher must never die
                 failures += 1
                 self.stats.errors += 1
@@ -372,7 +374,7 @@ class EdgeSync:
                                max_bytes=MAX_BATCH_BYTES)
         info = self.client.publish(self.topics.up, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectionError(f"publish failed ({mqtt.error_string(info.rc)})")
+            raise _NotSent(mqtt.error_string(info.rc))
         digest, now = batch_digest(wire, chunk), time.monotonic()
         if flight is None:
             complete = None if chunk is not None and chunk.index + 1 < chunk.count \
@@ -437,6 +439,10 @@ class EdgeSync:
                 "errors": self.stats.errors, "epoch": self.epoch,
                 "conflicts": self.stats.conflicts, "stubbed": self.stats.stubbed,
                 "rejected": dict(self.stats.rejected)}
+
+
+class _NotSent(Exception):
+    """paho refused a publish (the connection just went): not an error of the publisher."""
 
 
 def _wire(r: Record) -> WireRecord:
