@@ -209,3 +209,38 @@ def test_acks_move_nothing_unless_they_name_a_batch_in_flight(tmp_path: Path,
         e.shutdown()
         liar.loop_stop()
         liar.disconnect()
+
+
+def test_the_device_counts_what_the_cloud_held_otherwise(tmp_path: Path,
+                                                        broker: Broker) -> None:
+    """A resend under a seq the cloud holds with other content: quarantined and counted by
+    the cloud, counted by the device from the ack; the stream goes on."""
+    import sqlite3
+
+    from sync.envelope import Batch
+    from sync.outbox import epoch
+    db = tmp_path / "device.db"
+    device_db(db)
+    append(db, "control", 20)
+    conn = sqlite3.connect(db, isolation_level=None)
+    ep = epoch(conn)
+    conn.close()
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    other = tuple(recs(range(1, 4), "someone-else"))
+    store.store_batch(Batch("dev-a", "control", 0, 1, 3, other, ep, 2))
+    e = edge(db, broker.port)
+    worker.start()
+    e.start()
+    try:
+        wait_synced(db, 30)
+        deadline = time.monotonic() + 10
+        while e.stats.conflicts < 3:
+            assert time.monotonic() < deadline, e.stats
+            time.sleep(0.02)
+        assert e.stats.conflicts == 3 and worker.conflicts == 3
+        assert [q["reason"] for q in store.quarantined()] == ["seq_conflict"] * 3
+        assert len(store.records("dev-a", "control")) == 20
+    finally:
+        e.shutdown()
+        worker.shutdown()
+        store.close()
