@@ -57,3 +57,77 @@ def test_overdue_and_stalled() -> None:
     w.answer("a" * 64, 0)  # answered, yet the cloud's watermark stays at 0
     w.cleared(0, 6.0)
     assert not w.stalled(7.0, 2.0) and w.stalled(9.0, 2.0)
+
+
+@given(st.data())
+def test_device_and_cloud_rules_under_loss_reorder_and_duplicates(data: st.DataObject) -> None:
+    """The device's flight rules against the cloud's watermark rule, over a network that
+    loses, reorders and duplicates: the device never clears a record the cloud lacks, and
+    once the network behaves every record is cleared."""
+    n, size, window = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 7)), 3
+    w, pointer, clock = Window(), 0, 0.0
+    stored: set[int] = set()
+    cloud_wm = 0
+    up: list[tuple[int, int, str]] = []  # batches on their way to the cloud
+    down: list[tuple[str, int]] = []  # acks on their way to the device
+
+    def send_new() -> None:  # as EdgeSync._send_next: from next_seq, or after the pointer
+        while w.busy() < window:
+            first = w.next_seq if w.next_seq is not None else pointer + 1
+            if first > n:
+                return
+            last = min(n, first + size - 1)
+            digest = f"{first}-{last}"  # by content, as batch_digest
+            w.sent(Flight(first, last, digest, clock), complete_through=last)
+            up.append((first, last, digest))
+            w.next_seq = last + 1
+
+    def deliver_up(i: int) -> None:
+        nonlocal cloud_wm
+        first, last, digest = up.pop(i)
+        stored.update(range(first, last + 1))
+        cloud_wm = advance(cloud_wm, 0, sorted(s for s in stored if s > cloud_wm))
+        down.append((digest, cloud_wm))
+
+    def deliver_down(i: int) -> None:
+        nonlocal pointer
+        digest, wm = down.pop(i)
+        verdict, upto = w.answer(digest, wm)
+        if verdict == "ok":
+            pointer = max(pointer, upto)
+            w.cleared(pointer, clock)
+
+    def tick() -> None:
+        nonlocal clock
+        clock += 10.0
+        for f in w.overdue(clock, 5.0):
+            f.sent_at = clock
+            up.append((f.first, f.last, f.digest))
+        if w.stalled(clock, 5.0):
+            w.reset()
+
+    for _ in range(data.draw(st.integers(0, 120))):
+        send_new()
+        op = data.draw(st.sampled_from(["up", "down", "lose", "dup", "tick"]))
+        if op == "up" and up:
+            deliver_up(data.draw(st.integers(0, len(up) - 1)))
+        elif op == "down" and down:
+            deliver_down(data.draw(st.integers(0, len(down) - 1)))
+        elif op == "lose" and (up or down):
+            q = up if up and (not down or data.draw(st.booleans())) else down
+            q.pop(data.draw(st.integers(0, len(q) - 1)))  # type: ignore[attr-defined]
+        elif op == "dup" and down:
+            down.append(down[data.draw(st.integers(0, len(down) - 1))])
+        elif op == "tick":
+            tick()
+        assert set(range(1, pointer + 1)) <= stored  # never cleared what the cloud lacks
+    for _ in range(10 * n + 20):  # the network behaves now: everything gets through
+        if pointer == n:
+            break
+        send_new()
+        while up:
+            deliver_up(0)
+        while down:
+            deliver_down(0)
+        tick()
+    assert pointer == n and set(range(1, n + 1)) <= stored
