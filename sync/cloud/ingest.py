@@ -2,8 +2,10 @@
 
 Several workers share the fleet's traffic through MQTT 5 shared subscriptions
 (`$share/<group>/<prefix>/+/up`). Each batch is committed before its ack is published, so
-an ack always means "stored". A worker killed mid-batch acks nothing for it; the device
-resends and the store keeps each (device, stream, seq) once.
+an ack always means "stored"; it names the batch by digest and carries the watermark the
+store computed (sync/PROTOCOL.md, section 5). A worker killed mid-batch acks nothing for
+it; the device resends and the store keeps each (device, epoch, stream, seq) once.
+Protocol 1 batches are answered with protocol 1 acks.
 """
 
 from __future__ import annotations
