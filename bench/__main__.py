@@ -17,6 +17,7 @@ from typing import Any
 
 BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
+           ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
@@ -72,6 +73,22 @@ def _sync(r: dict[str, Any]) -> list[Row]:
              "plain / zstd", "")]
 
 
+def _fleet(r: dict[str, Any]) -> list[Row]:
+    one, two = r["workers_1"], r["workers_2"]
+    rows = [("fleet 1,000 devices x 200 records, 2 workers", _rate(two["records_per_s"],
+                                                                   "records/s"),
+             f"1 worker {one['records_per_s']:,.0f}/s",
+             _ratio(two["records_per_s"], one["records_per_s"])),
+            ("fleet timeout resends without faults", str(one["timeout_resends"]
+                                                         + two["timeout_resends"]),
+             "target 0", "")]
+    if "fault" in r:
+        f = r["fault"]
+        rows.append(("fleet, worker SIGKILL + broker restart", f"{f['lost']} lost, "
+                     f"{f['duplicated']} duplicated", "target 0 and 0", ""))
+    return rows
+
+
 def _inference(r: dict[str, Any]) -> list[Row]:
     return [("agent step tokens/s (grammar)", _rate(r["agent_tps"], "tokens/s"),
              f"bare llama-cpp-python {r['bare_tps']:,.0f}/s",
@@ -105,7 +122,7 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "sync": _sync, "inference": _inference, "grammar": _grammar,
+    "engine": _engine, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
     "hardware": _hardware, "footprint": _footprint}
 
 

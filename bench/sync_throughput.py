@@ -51,7 +51,7 @@ def end_to_end(tmp: Path, port: int, n: int, compression: bool) -> tuple[float, 
     device_db(db)
     append(db, "checkpoints", n, size=200)
     cfg = tmp / f"cloud-{compression}-{n}.toml"
-    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\n'
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n'
                    f'[store]\nurl = "sqlite:///{tmp / f"cloud-{compression}-{n}.db"}"\n')
     worker = subprocess.Popen([str(Path(sys.executable).parent / "edge-agent-cloud"), "run",
                                "--config", str(cfg)], stdout=subprocess.DEVNULL,

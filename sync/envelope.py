@@ -1,19 +1,18 @@
-"""Wire formats: uplink batches, acks, downlink commands. msgpack, versioned, size-limited.
+"""Wire formats of uplink batches and downlink commands: msgpack, versioned, size-limited.
 
-Uplink batch (`<prefix>/<device>/up`), a msgpack map:
-  v: protocol version (1)            dev: device id (must match the topic)
-  s: stream                          after: last seq the cloud should already have
-  first, last: seq range             z: true if `r` is zstd-compressed
-  r: msgpack array of [seq, kind, payload (bin), created_at (float)], or its zstd bytes
-Ack (`<prefix>/<device>/ack`): {v, s, seq, digest} where seq is the highest contiguous
-  sequence the cloud has committed and digest the SHA-256 of that batch's payloads.
-Command (`<prefix>/<device>/cmd`): {v, id, type, args, ts}.
-Every decoder raises EnvelopeError with a short reason; nothing else escapes.
+`sync/PROTOCOL.md` is the specification; this module implements it. Protocol 2 batches
+carry the device database's epoch, a `floor` (below which the device holds nothing the
+cloud lacks) and, for a record larger than a batch, a chunk header. Protocol 1 batches are
+still decoded, for devices not yet upgraded. Every decoder raises EnvelopeError with a
+short, stable reason (the quarantine reason); nothing else escapes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +20,17 @@ from typing import Any
 import msgpack
 import zstandard
 
-PROTOCOL = 1
-MAX_BATCH_BYTES = 4 << 20
+PROTOCOL = 2
+PROTOCOLS = (1, 2)
+MAX_BATCH_BYTES = 4 << 20  # an uplink message as it travels (compressed or not)
 MAX_RECORDS = 100_000
+MAX_SEQ = 2**63 - 1
+MAX_CREATED_AT = 1e11  # seconds since 1970: year 5138
+MAX_CHUNKS = 4096
 MAX_COMMAND_BYTES = 64 << 10
 COMMAND_TYPES = ("approve", "reject", "cancel", "start", "doc_update", "doc_sync", "tool_result")
+KIND_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -48,17 +53,34 @@ class WireRecord:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """Piece `index` (from 0) of `count` of one record of `size` bytes with this SHA-256."""
+
+    index: int
+    count: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Batch:
     device: str
     stream: str
-    after: int
+    floor: int  # v2: seqs <= floor the cloud lacks are gone for good; v1: `after`
     first: int
     last: int
     records: tuple[WireRecord, ...]
+    epoch: str = ""  # "" for protocol 1 devices
+    version: int = 1
+    chunk: Chunk | None = None
+
+    @property
+    def after(self) -> int:
+        return self.floor
 
     @property
     def digest(self) -> str:
-        return batch_digest(self.records)
+        return batch_digest(self.records, self.chunk)
 
 
 @dataclass(frozen=True)
@@ -69,15 +91,19 @@ class Command:
     ts: float = 0.0
 
 
-def batch_digest(records: Sequence[WireRecord]) -> str:
+def batch_digest(records: Sequence[WireRecord], chunk: Chunk | None = None) -> str:
+    """Lowercase hex SHA-256 of, per record, its seq (8 bytes, big-endian) then the SHA-256
+    of its payload; a chunk adds its index and count (4 bytes each, big-endian)."""
     h = hashlib.sha256()
     for r in records:
         h.update(r.seq.to_bytes(8, "big", signed=False))
         h.update(hashlib.sha256(r.payload).digest())
+    if chunk is not None:
+        h.update(chunk.index.to_bytes(4, "big") + chunk.count.to_bytes(4, "big"))
     return h.hexdigest()
 
 
-def _unpack(data: bytes, max_bytes: int, what: str) -> Any:
+def unpack(data: bytes, max_bytes: int, what: str) -> Any:
     if len(data) > max_bytes:
         raise EnvelopeError("too_large", f"{what} of {len(data)} bytes (limit {max_bytes})")
     try:
@@ -89,24 +115,32 @@ def _unpack(data: bytes, max_bytes: int, what: str) -> Any:
         raise EnvelopeError("bad_msgpack", str(exc)[:120]) from exc
 
 
-def encode_batch(device: str, stream: str, after: int, records: Sequence[WireRecord], *,
+def encode_batch(device: str, stream: str, floor: int, records: Sequence[WireRecord], *,
+                 epoch: str | None = None, chunk: Chunk | None = None,
                  compress: bool = False, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
-    rows = msgpack.packb([[r.seq, r.kind, r.payload, r.created_at] for r in records])
-    body: bytes = rows
-    if compress:
-        body = zstandard.ZstdCompressor(level=3).compress(rows)
-    out: bytes = msgpack.packb({"v": PROTOCOL, "dev": device, "s": stream, "after": after,
-                                "first": records[0].seq, "last": records[-1].seq,
-                                "z": compress, "r": body})
+    """A protocol 2 batch when `epoch` is given, else a protocol 1 batch (`floor` is then
+    v1's `after`)."""
+    rows = msgpack.packb([[r.seq, r.kind, r.payload, float(r.created_at)] for r in records])
+    body: bytes = zstandard.ZstdCompressor(level=3).compress(rows) if compress else rows
+    env: dict[str, Any] = {"v": 1 if epoch is None else 2, "dev": device, "s": stream,
+                           "first": records[0].seq, "last": records[-1].seq,
+                           "z": compress, "r": body}
+    if epoch is None:
+        env["after"] = floor
+    else:
+        env.update(ep=epoch, floor=floor)
+        if chunk is not None:
+            env["ch"] = [chunk.index, chunk.count, chunk.size, chunk.sha256]
+    out: bytes = msgpack.packb(env)
     if len(out) > max_bytes:
         raise EnvelopeError("too_large", f"batch of {len(out)} bytes (limit {max_bytes})")
     return out
 
 
-def _int(m: Mapping[str, Any], k: str) -> int:
+def _int(m: Mapping[str, Any], k: str, low: int = 0) -> int:
     v = m.get(k)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 2**63:
-        raise EnvelopeError("bad_field", f"{k} must be a non-negative integer")
+    if not isinstance(v, int) or isinstance(v, bool) or v < low or v > MAX_SEQ:
+        raise EnvelopeError("bad_field", f"{k} must be an integer in {low}..2^63-1")
     return v
 
 
@@ -117,20 +151,56 @@ def _str(m: Mapping[str, Any], k: str, limit: int = 256) -> str:
     return v
 
 
+def _chunk(m: Mapping[str, Any]) -> Chunk | None:
+    ch = m.get("ch")
+    if ch is None:
+        return None
+    if (not isinstance(ch, list) or len(ch) != 4
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in ch[:3])
+            or not isinstance(ch[3], str) or not re.fullmatch(r"[0-9a-f]{64}", ch[3])
+            or not 1 <= ch[1] <= MAX_CHUNKS or not 0 <= ch[0] < ch[1] or ch[2] < 1):
+        raise EnvelopeError("bad_chunk", "ch is [index, count, size, sha256 hex]")
+    return Chunk(ch[0], ch[1], ch[2], ch[3])
+
+
+def _record(row: Any) -> WireRecord:
+    if (not isinstance(row, list) or len(row) != 4 or not isinstance(row[0], int)
+            or isinstance(row[0], bool) or not isinstance(row[1], str)
+            or not isinstance(row[2], bytes) or not isinstance(row[3], (int, float))
+            or isinstance(row[3], bool)):
+        raise EnvelopeError("bad_record", "a record is [seq, kind, payload, created_at]")
+    if not 1 <= row[0] <= MAX_SEQ:
+        raise EnvelopeError("bad_seq", "a seq is in 1..2^63-1")
+    if not KIND_RE.match(row[1]):
+        raise EnvelopeError("bad_kind", "a kind is 1-64 of A-Z a-z 0-9 . _ : -")
+    created = float(row[3])
+    if not (math.isfinite(created) and 0 <= created <= MAX_CREATED_AT):
+        raise EnvelopeError("bad_created_at", "created_at must be finite in 0..1e11")
+    return WireRecord(row[0], row[1], row[2], created)
+
+
 def decode_batch(data: bytes, *, topic_device: str, streams: Sequence[str],
                  max_bytes: int = MAX_BATCH_BYTES, max_records: int = MAX_RECORDS) -> Batch:
-    m = _unpack(data, max_bytes, "batch")
+    m = unpack(data, max_bytes, "batch")
     if not isinstance(m, dict):
         raise EnvelopeError("bad_shape", "a batch is a map")
-    if m.get("v") != PROTOCOL:
-        raise EnvelopeError("bad_version", f"protocol {m.get('v')!r}, expected {PROTOCOL}")
+    version = m.get("v")
+    if version not in PROTOCOLS or isinstance(version, bool):
+        raise EnvelopeError("bad_version", f"protocol {version!r}, expected one of {PROTOCOLS}")
     device = _str(m, "dev")
     if device != topic_device:
         raise EnvelopeError("forged_device", f"batch for {device!r} on {topic_device!r}'s topic")
     stream = _str(m, "s")
     if stream not in streams:
-        raise EnvelopeError("bad_stream", stream[:40])
-    after, first, last = _int(m, "after"), _int(m, "first"), _int(m, "last")
+        raise EnvelopeError("bad_stream", ascii(stream[:40]))
+    epoch, chunk = "", None
+    if version == 2:
+        epoch = m.get("ep")  # type: ignore[assignment]
+        if not isinstance(epoch, str) or not EPOCH_RE.match(epoch):
+            raise EnvelopeError("bad_epoch", "ep is 16 lowercase hex digits")
+        chunk = _chunk(m)
+    floor = _int(m, "after" if version == 1 else "floor")
+    first, last = _int(m, "first", 1), _int(m, "last", 1)
     body = m.get("r")
     if not isinstance(body, bytes):
         raise EnvelopeError("bad_field", "r must be bytes")
@@ -145,55 +215,31 @@ def decode_batch(data: bytes, *, topic_device: str, streams: Sequence[str],
             raise EnvelopeError("too_large", "decompressed batch")
     elif m.get("z") is not False:
         raise EnvelopeError("bad_field", "z must be a boolean")
-    rows = _unpack(body, max_bytes * 4, "records")
+    rows = unpack(body, max_bytes * 4, "records")
     if not isinstance(rows, list) or not rows or len(rows) > max_records:
         raise EnvelopeError("bad_records", "records must be a non-empty list within limits")
-    records = []
-    prev = after
-    for row in rows:
-        if (not isinstance(row, list) or len(row) != 4 or not isinstance(row[0], int)
-                or isinstance(row[0], bool) or not isinstance(row[1], str)
-                or not isinstance(row[2], bytes) or not isinstance(row[3], (int, float))
-                or isinstance(row[3], bool)):
-            raise EnvelopeError("bad_record", "a record is [seq, kind, payload, created_at]")
-        if row[0] <= prev:
-            raise EnvelopeError("bad_order", "sequences must increase")
-        prev = row[0]
-        records.append(WireRecord(row[0], row[1][:128], row[2], float(row[3])))
-    if records[0].seq != first or records[-1].seq != last or first <= after:
+    records = [_record(row) for row in rows]
+    if any(b.seq <= a.seq for a, b in itertools.pairwise(records)):
+        raise EnvelopeError("bad_order", "sequences must increase")
+    if records[0].seq != first or records[-1].seq != last or first <= floor:
         raise EnvelopeError("bad_range", "first/last do not match the records")
-    return Batch(device, stream, after, first, last, tuple(records))
-
-
-def encode_ack(stream: str, seq: int, digest: str) -> bytes:
-    out: bytes = msgpack.packb({"v": PROTOCOL, "s": stream, "seq": seq, "digest": digest})
-    return out
-
-
-def decode_ack(data: bytes, streams: Sequence[str]) -> tuple[str, int, str]:
-    m = _unpack(data, 4096, "ack")
-    if not isinstance(m, dict) or m.get("v") != PROTOCOL:
-        raise EnvelopeError("bad_version" if isinstance(m, dict) else "bad_shape", "ack")
-    stream = _str(m, "s")
-    if stream not in streams:
-        raise EnvelopeError("bad_stream", stream[:40])
-    digest = m.get("digest", "")
-    if not isinstance(digest, str):
-        raise EnvelopeError("bad_field", "digest")
-    return stream, _int(m, "seq"), digest
+    if chunk is not None and len(records) != 1:
+        raise EnvelopeError("bad_chunk", "a chunk message carries exactly one record")
+    return Batch(device, stream, floor, first, last, tuple(records), epoch, version, chunk)
 
 
 def encode_command(cmd: Command) -> bytes:
-    out: bytes = msgpack.packb({"v": PROTOCOL, "id": cmd.id, "type": cmd.type,
+    """Commands are the same in protocols 1 and 2 and carry v = 1, so both read them."""
+    out: bytes = msgpack.packb({"v": 1, "id": cmd.id, "type": cmd.type,
                                 "args": dict(cmd.args), "ts": cmd.ts})
     return out
 
 
 def decode_command(data: bytes) -> Command:
-    m = _unpack(data, MAX_COMMAND_BYTES, "command")
+    m = unpack(data, MAX_COMMAND_BYTES, "command")
     if not isinstance(m, dict):
         raise EnvelopeError("bad_shape", "a command is a map")
-    if m.get("v") != PROTOCOL:
+    if m.get("v") != 1:
         raise EnvelopeError("bad_version", f"protocol {m.get('v')!r}")
     cid = _str(m, "id", 128)
     ctype = _str(m, "type", 32)
@@ -206,3 +252,4 @@ def decode_command(data: bytes) -> Command:
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise EnvelopeError("bad_field", "ts")
     return Command(cid, ctype, args, float(ts))
+

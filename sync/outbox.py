@@ -48,6 +48,35 @@ SCHEMA: tuple[str, ...] = (
 )
 
 
+# The device database's epoch: random, made once when the database is made (the device's
+# migration 5 carries the same text); a reflashed device starts a new sequence space.
+EPOCH_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS sync_epoch (epoch TEXT NOT NULL, created_at REAL NOT NULL)",
+    "INSERT INTO sync_epoch (epoch, created_at) SELECT lower(hex(randomblob(8))),"
+    " (julianday('now') - 2440587.5) * 86400.0 WHERE NOT EXISTS (SELECT 1 FROM sync_epoch)",
+)
+
+
+def epoch(conn: sqlite3.Connection) -> str:
+    """This database's epoch (16 lowercase hex digits), made on first use if a database
+    from before epochs was not migrated."""
+    try:
+        row = conn.execute("SELECT epoch FROM sync_epoch").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row is None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in EPOCH_SCHEMA:
+                conn.execute(sql)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        row = conn.execute("SELECT epoch FROM sync_epoch").fetchone()
+    return str(row[0])
+
+
 class OutboxError(Exception):
     """Root of the outbox's errors."""
 
@@ -221,6 +250,22 @@ class Outbox:
             total += size
             out.append(Record(stream, seq, kind, bytes(payload), created))
         return out
+
+    def record(self, stream: str, seq: int) -> Record | None:
+        row = self.conn.execute("SELECT kind, payload, created_at FROM outbox WHERE stream = ?"
+                                " AND seq = ?", (stream, seq)).fetchone()
+        return None if row is None else Record(stream, seq, row[0], bytes(row[1]), row[2])
+
+    def floor(self, stream: str) -> int:
+        """The seq below the oldest record still pending: the device holds nothing unacked
+        at or below it (what lay there was acked, or dropped under the stream's bound)."""
+        row = self.conn.execute(
+            "SELECT min(o.seq), s.acked_seq FROM outbox_streams s LEFT JOIN outbox o ON"
+            " o.stream = s.stream AND o.seq > s.acked_seq WHERE s.stream = ?",
+            (stream,)).fetchone()
+        if row is None:
+            raise UnknownStream(stream)
+        return int(row[1]) if row[0] is None else int(row[0]) - 1
 
     def last_seqs(self) -> dict[str, int]:
         """The last sequence appended to each stream."""

@@ -37,7 +37,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         sync = {"configured": ctx.config.sync is not None, "connected": False,
                 "broker": (f"{ctx.config.sync.host}:{ctx.config.sync.port}"
                            if ctx.config.sync else None),
-                "last_sync": None, "streams": {}}
+                "last_sync": None, "healthy": None, "last_error": None, "streams": {}}
     if ctx.config.db_path.exists():
         store = ctx.store()
         try:
@@ -93,6 +93,8 @@ def render_status(data: dict[str, Any]) -> str:
             refused = ", ".join(f"{k} {v}" for k, v in sorted(down["rejected"].items()))
             sync += (", downlink " + ("signed" if down["signed"] else "UNSIGNED (insecure)")
                      + (f", refused: {refused}" if refused else ""))
+        if s.get("healthy") is False:
+            sync += paint(f"  UNHEALTHY: {s.get('last_error')}", False)
     streams = table(["stream", "pending", "bytes", "oldest", "acked", "dropped"], [
         [n, v["pending"], v["pending_bytes"],
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",
@@ -107,7 +109,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"runs      {runs}",
         (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
          f"models {', '.join(data['models']) or 'none'}"),
-        f"last hour {data['last_hour'] or 'nothing yet'}   (edge-agent metrics for more)",
+        f"last hour {data.get('last_hour') or 'nothing yet'}   (edge-agent metrics for more)",
     ])
 
 

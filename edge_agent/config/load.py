@@ -313,6 +313,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         compression=t.bool("compression", True),
         keepalive_s=t.int("keepalive_s", 30, min=5, max=65535),
         ack_timeout_s=t.float("ack_timeout_s", 10.0, min=0.0, exclusive_min=True),
+        max_record_bytes=t.int("max_record_bytes", 16 << 20, min=1024),
         anti_entropy_s=t.float("anti_entropy_s", 300.0, min=0.0),
         outbox_max_bytes=MappingProxyType({k: v for k, v in limits.items() if v is not None}),
         collections=MappingProxyType(_collections(t, collections)),

@@ -174,6 +174,7 @@ class SyncConfig:
     compression: bool = True
     keepalive_s: int = 30
     ack_timeout_s: float = 10.0
+    max_record_bytes: int = 16 << 20  # larger records go to the cloud as stubs
     anti_entropy_s: float = 300.0  # how often a document summary goes up; 0 = never
     outbox_max_bytes: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     collections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)

@@ -92,5 +92,6 @@ def sync_status(store: Store, sync: Any) -> dict[str, Any]:
             "connected": bool(sync is not None and sync.connected),
             "broker": getattr(sync, "broker", None),
             "last_sync": iso(getattr(sync, "last_sync", None)),
+            **getattr(sync, "health", {"healthy": None, "last_error": None}),
             "streams": outbox_streams(store),
             "downlink": getattr(sync, "downlink", None)}

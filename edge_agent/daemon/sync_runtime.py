@@ -61,6 +61,7 @@ class DaemonSync:
             batch_max_bytes=s.batch_max_bytes, linger_s=s.linger_s, window=s.window,
             compression=s.compression, keepalive_s=s.keepalive_s,
             ack_timeout_s=s.ack_timeout_s, outbox_limits=dict(s.outbox_max_bytes),
+            max_record_bytes=s.max_record_bytes,
             durable=self._durable, opener=opener, uplink_sealer=uplink)
 
     @property
@@ -80,6 +81,13 @@ class DaemonSync:
         """Whether the downlink is verified, and what was refused, by reason."""
         return {"signed": self.edge.opener is not None,
                 "rejected": dict(self.edge.stats.rejected)}
+
+    @property
+    def health(self) -> dict[str, Any]:
+        """Whether the publisher's last round went through, and its last error."""
+        e = self.edge
+        return {"healthy": e.healthy, "last_error": e.last_error, "errors": e.stats.errors,
+                "epoch": e.epoch}
 
     def notify(self) -> None:
         self.edge.notify()

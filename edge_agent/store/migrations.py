@@ -148,4 +148,10 @@ MIGRATIONS: list[tuple[int, Sequence[str]]] = [
                    CASE status WHEN 'completed' THEN output END, error, error_kind,
                    started_at, finished_at
               FROM steps WHERE tool IS NOT NULL""")),
+    # Sync protocol 2: the database's random epoch, made once (a reflashed device gets a new
+    # one, so the cloud never mistakes its new sequences for old ones).
+    (5, ("CREATE TABLE IF NOT EXISTS sync_epoch (epoch TEXT NOT NULL, created_at REAL NOT NULL)",
+         "INSERT INTO sync_epoch (epoch, created_at) SELECT lower(hex(randomblob(8))),"
+         " (julianday('now') - 2440587.5) * 86400.0"
+         " WHERE NOT EXISTS (SELECT 1 FROM sync_epoch)")),
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.ingest import IngestWorker
-from sync.cloud.store import SqlCloudStore
+from sync.cloud.store import CloudStoreError, SqlCloudStore
 
 EXPIRES = ("the device refuses it after this long (90s, 15m, 1h, 2d; default 24h): it"
            " answers 'expired' and does nothing")
@@ -25,6 +25,10 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def store_of(cfg: CloudConfig) -> SqlCloudStore:
+    return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
 
 
 def load_tools(cfg: CloudConfig) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
 def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    stores = [SqlCloudStore(cfg.store_url) for _ in range(cfg.workers)]
+    stores = [store_of(cfg) for _ in range(cfg.workers)]
     workers = [worker(cfg, s) for s in stores]
     for w in workers:
         w.start()
@@ -79,20 +83,29 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
-    store = SqlCloudStore(cfg.store_url)
+    store = store_of(cfg)
     try:
         devices = store.devices()
     finally:
         store.close()
     out = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
-                        "first_seen": _iso(d["first_seen"])} for d in devices]}
+                        "first_seen": _iso(d["first_seen"]),
+                        "epochs": [{**e, "first_seen": _iso(e["first_seen"])}
+                                   for e in d["epochs"]],
+                        "resets": [{**r, "at": _iso(r["at"])} for r in d["resets"]]}
+                       for d in devices]}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     for d in out["devices"]:
         streams = ", ".join(f"{s} {v['received_seq']}" for s, v in d["streams"].items())
         print(f"{d['device_id']:20} {'online' if d['online'] else 'offline':8} "
-              f"last seen {d['last_seen']}  {streams}")
+              f"last seen {d['last_seen']}  epoch {d['epoch'] or '(protocol 1)'}  {streams}")
+        for r in d["resets"]:
+            if r["upgrade"]:
+                print(f"{'':20} upgraded to protocol 2 at {r['at']}, epoch {r['to']}")
+            else:
+                print(f"{'':20} database reset at {r['at']}, epoch {r['from']} to {r['to']}")
     if not out["devices"]:
         print("(no devices yet)")
     return 0
@@ -114,7 +127,7 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 return _fail(args, f"--patch: not valid JSON ({exc})", 64)
             if not isinstance(cargs["patch"], dict):
                 return _fail(args, f"--patch: must be a JSON object (got {args.patch})", 64)
-    store = SqlCloudStore(cfg.store_url)
+    store = store_of(cfg)
     if args.command in ("approve", "reject"):
         seen = store.last_approval(args.device, args.run_id)
         if seen is not None:
@@ -129,7 +142,7 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
     collection, sep, key = args.key.rpartition("/")
     if not sep or not collection or not key:
         return _fail(args, f"a document is COLLECTION/KEY (got {args.key!r})", 64)
-    store = SqlCloudStore(cfg.store_url)
+    store = store_of(cfg)
     if args.action == "get":
         try:
             doc = CloudDocs(store, cfg.collections).read(args.device, collection, key)
@@ -337,7 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, str(exc), exc.exit_code)
     handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
                "keys": cmd_keys}.get(args.command, cmd_send)
-    return handler(cfg, args)
+    try:
+        return handler(cfg, args)
+    except CloudStoreError as exc:
+        return _fail(args, f"{args.config}: {exc}", exc.exit_code)
 
 
 if __name__ == "__main__":

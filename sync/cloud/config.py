@@ -37,6 +37,7 @@ class CloudConfig:
     password: str | None = None
     otlp_endpoint: str | None = None
     workers: int = 1
+    max_record_bytes: int = 16 << 20  # larger records are kept as stubs (size and digest)
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
     collections: Mapping[str, CollectionRules] = field(default_factory=dict)  # as the devices'
     signing_key: str | None = None  # the Ed25519 key that seals every downlink message
@@ -78,7 +79,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
             problems.append(f"{k}: unknown key (got {data[k]!r})")
     mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
                           "protocol", "group", "workers", "insecure"})
-    store = table("store", {"url"})
+    store = table("store", {"url", "max_record_bytes"})
     otlp = table("otlp", {"endpoint"}, required=False)
     signing = table("signing", {"key", "device_keys", "require_device_keys"}, required=False)
     host, port = "", 0
@@ -91,8 +92,14 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
     if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://",
                                                        "postgres://")):
         problems.append(f"store.url: must be sqlite:///PATH or postgresql://... (got {url!r})")
-    elif url.startswith("sqlite:///") and not url[len("sqlite:///"):].startswith("/"):
-        url = "sqlite:///" + str(base / url[len("sqlite:///"):])
+    elif url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.is_absolute():  # relative to the config's folder, not the cwd
+            path = base / path
+            url = f"sqlite:///{path}"
+        if not path.parent.is_dir():
+            problems.append(f"store.url: the directory {str(path.parent)!r} does not exist"
+                            f" (got {store['url']!r})")
     protocol = mqtt.get("protocol", "5")
     if protocol not in ("5", "3.1.1"):
         problems.append(f"mqtt.protocol: must be '5' or '3.1.1' (got {protocol!r})")
@@ -129,6 +136,10 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                                                              else {"?": rules})
         except DocumentError as exc:
             problems.append(f"collections.{name}: {exc} (got {rules!r})")
+    max_record = store.get("max_record_bytes", 16 << 20)
+    if not isinstance(max_record, int) or isinstance(max_record, bool) or max_record < 1024:
+        problems.append(f"store.max_record_bytes: must be an integer >= 1024 (got"
+                        f" {max_record!r})")
     endpoint = otlp.get("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
         problems.append(f"otlp.endpoint: must start with http:// or https:// (got {endpoint!r})")
@@ -160,7 +171,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        group=mqtt.get("group", "ingest"), tls_ca=rel(tls.get("ca")),
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
                        username=mqtt.get("username"), password=password,
-                       otlp_endpoint=endpoint, workers=workers,
+                       otlp_endpoint=endpoint, workers=workers, max_record_bytes=max_record,
                        tools=tuple(sorted(tools.items())), collections=collections,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
                        require_device_keys=require_device_keys)

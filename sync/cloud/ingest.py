@@ -2,8 +2,10 @@
 
 Several workers share the fleet's traffic through MQTT 5 shared subscriptions
 (`$share/<group>/<prefix>/+/up`). Each batch is committed before its ack is published, so
-an ack always means "stored". A worker killed mid-batch acks nothing for it; the device
-resends and the store keeps each (device, stream, seq) once.
+an ack always means "stored"; it names the batch by digest and carries the watermark the
+store computed (sync/PROTOCOL.md, section 5). A worker killed mid-batch acks nothing for
+it; the device resends and the store keeps each (device, epoch, stream, seq) once.
+Protocol 1 batches are answered with protocol 1 acks.
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ import msgpack
 import paho.mqtt.client as mqtt
 
 from sync.cloud.device_keys import DeviceKeys
+from sync.acks import encode_ack
+from sync.cloud.batches import Stored
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.envelope import (
-    Command, EnvelopeError, decode_batch, encode_ack, encode_command,
+    Batch,
+    Command,
+    EnvelopeError,
+    decode_batch,
+    encode_command,
 )
 from sync.mqtt import Topics, device_of, make_client, publish_properties
 from sync.outbox import STREAMS
@@ -57,6 +65,8 @@ class IngestWorker:
         self.host, self.port = host, port
         self.rejected: Counter[str] = Counter()
         self.batches = 0
+        self.conflicts = 0  # records resent under a seq the store holds with other content
+        self.stubs = 0
         self.connected = threading.Event()
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="ingest", daemon=True)
@@ -94,7 +104,7 @@ class IngestWorker:
         while (msg := self._queue.get()) is not None:
             try:
                 self.handle(msg.topic, bytes(msg.payload))
-            except Exception:  # noqa: BLE001 - one bad message must not stop the worker
+            except Exception:
                 log.exception("ingest: failed on a message from %s", msg.topic)
 
     def handle(self, topic: str, payload: bytes) -> None:
@@ -112,24 +122,39 @@ class IngestWorker:
         except EnvelopeError as exc:
             self._reject(device, topic, exc.reason, str(exc), payload)
             return
-        received = self.store.store_batch(batch)
-        if batch.stream == "control":
-            self._documents(device, batch.records)  # before the ack: nothing acked is lost
+        stored = self.store.store_batch(batch)
+        if stored.bad_chunk:
+            self._reject(device, topic, "bad_chunk", stored.bad_chunk, payload)
+        self.conflicts += stored.conflicts
+        self.stubs += stored.stubs
+        if batch.stream == "control":  # before the ack: nothing acked is lost (idempotent,
+            # so a resend applies again what a worker killed after its commit had not)
+            self._documents(device, stored.new if batch.chunk else batch.records)
         self.batches += 1
-        ack = encode_ack(batch.stream, received, batch.digest if received == batch.last else "")
-        if self.sealer is not None:
+        ack = self._ack(batch, stored)
+        if self.sealer is not None and batch.version >= 2:  # a protocol 1 device reads plain acks
             ack = self.sealer.seal(device, "ack", ack)
         self.client.publish(Topics(self.prefix, device).ack, ack, qos=1)
         if batch.stream == "control":
-            for r in batch.records:
+            for r in stored.new:  # side effects once, for records this batch stored
                 if r.kind == "cmd.result":
-                    self._confirm(r.payload)
-                elif r.kind == "tool.request" and r.seq > batch.after:
+                    self._confirm(device, r.payload)
+                elif r.kind == "tool.request":
                     self._remote_tool(device, r.payload)
         if batch.stream in ("traces", "metrics") and self.otlp_endpoint:
-            for r in batch.records:
-                if r.kind in ("otlp.traces", "otlp.metrics") and r.seq > batch.after:
+            for r in stored.new:
+                if r.kind in ("otlp.traces", "otlp.metrics"):
                     self._export(r.payload, "traces" if r.kind == "otlp.traces" else "metrics")
+
+    @staticmethod
+    def _ack(batch: Batch, stored: Stored) -> bytes:
+        """Protocol 2: the batch's digest and the watermark. Protocol 1: the watermark, and
+        the digest only when the watermark covers the batch."""
+        if batch.version == 1:
+            return encode_ack(batch.stream, stored.watermark,
+                              batch.digest if stored.watermark >= batch.last else "")
+        return encode_ack(batch.stream, stored.watermark, batch.digest, epoch=batch.epoch,
+                          conflicts=stored.conflicts)
 
     def _documents(self, device: str, records: Any) -> None:
         """Apply the device's document versions; answer its summary with what differs."""
@@ -174,12 +199,21 @@ class IngestWorker:
             return
         self.store.seen(device, state == "online", status)
 
-    def _confirm(self, payload: bytes) -> None:
+    def _confirm(self, device: str, payload: bytes) -> None:
+        """A result confirms only a command sent to the device whose stream carries it."""
         try:
             result = msgpack.unpackb(payload, raw=False)
-            self.store.confirm_command(str(result["id"]), result)
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            log.warning("ingest: unreadable command result: %s", exc)
+            cid = str(result["id"])
+            confirmed = self.store.confirm_command(cid, device, result)
+        except (ValueError, KeyError, TypeError, AttributeError,
+                msgpack.UnpackException) as exc:
+            self.rejected["bad_result"] += 1
+            log.warning("ingest: unreadable command result from %s: %s", device, exc)
+            return
+        if not confirmed:
+            self.rejected["foreign_result"] += 1
+            log.warning("ingest: %s sent a result for command %s, which waits for no result"
+                        " from it", device, cid[:64])
 
     def _remote_tool(self, device: str, payload: bytes) -> None:
         """Run a device's remote tool request, if this worker serves that tool."""

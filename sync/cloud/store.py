@@ -1,44 +1,45 @@
 """The fleet store: SQLite (embedded default) or PostgreSQL, behind one interface.
 
-Each (device, stream, seq) is stored once. A stream's `received_seq` is the highest
-sequence up to which the cloud holds everything the device still had (batches chain by
-their `after` field); that is what the ack carries, and it is only moved inside the same
-transaction that stored the records.
+Each (device, epoch, stream, seq) is stored once, whatever order batches arrive in and
+however many workers store them. A stream's watermark is computed from what the store
+holds (sync.watermark), inside the transaction that stored the batch, under a lock on the
+stream's row: workers never hold a watermark of their own. See sync/PROTOCOL.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
+from sync.chunks import DEFAULT_MAX_RECORD_BYTES
+from sync.cloud import schema
+from sync.cloud.batches import Stored, store_batch
 from sync.envelope import Batch
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS records (device TEXT NOT NULL, stream TEXT NOT NULL,
-        seq BIGINT NOT NULL, kind TEXT NOT NULL, payload {blob} NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (device, stream, seq))""",
-    """CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY,
-        first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
-        online BOOLEAN NOT NULL DEFAULT FALSE, status TEXT)""",
-    """CREATE TABLE IF NOT EXISTS streams (device TEXT NOT NULL, stream TEXT NOT NULL,
-        received_seq BIGINT NOT NULL DEFAULT 0, acked_seq BIGINT NOT NULL DEFAULT 0,
-        last_created_at DOUBLE PRECISION, PRIMARY KEY (device, stream))""",
-    """CREATE TABLE IF NOT EXISTS quarantine (id {serial}, device TEXT, topic TEXT NOT NULL,
-        reason TEXT NOT NULL, detail TEXT, payload {blob}, received_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, device TEXT NOT NULL,
-        type TEXT NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, confirmed_at DOUBLE PRECISION, result TEXT)""",
-)
+TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
+
+
+class CloudStoreError(Exception):
+    """The fleet store cannot be opened or used."""
+
+    exit_code = 78
+    retryable = False
+
+
+def clean(text: str | None, limit: int = 500) -> str | None:
+    """Text any backend stores: no NUL (PostgreSQL refuses it), bounded."""
+    return None if text is None else text[:limit].replace("\x00", "\\x00")
 
 
 class CloudStore(Protocol):
-    def store_batch(self, batch: Batch) -> int: ...
+    def store_batch(self, batch: Batch) -> Stored: ...
 
     def quarantine(self, *, device: str | None, topic: str, reason: str, detail: str,
                    payload: bytes) -> None: ...
@@ -47,29 +48,14 @@ class CloudStore(Protocol):
 
     def add_command(self, cid: str, device: str, ctype: str, args: Any) -> None: ...
 
-    def confirm_command(self, cid: str, result: Any) -> None: ...
+    def confirm_command(self, cid: str, device: str, result: Any) -> bool: ...
 
     def command(self, cid: str) -> dict[str, Any] | None: ...
 
     def devices(self) -> list[dict[str, Any]]: ...
 
-    def records(self, device: str, stream: str) -> list[tuple[int, str, bytes]]: ...
-
-    def last_approval(self, device: str, run_id: str) -> int | None:
-        """The latest approval the device asked for on this run, as the cloud has seen it."""
-        import msgpack
-        with self.tx() as c:
-            rows = self._exec(c, "SELECT payload FROM records WHERE device = ? AND stream ="
-                                 " 'control' AND kind = 'approval.requested' ORDER BY seq DESC",
-                              (device,)).fetchall()
-        for (payload,) in rows:
-            try:
-                rec = msgpack.unpackb(bytes(payload), raw=False)
-            except (ValueError, msgpack.UnpackException):
-                continue
-            if rec.get("run_id") == run_id:
-                return int(rec["approval_id"])
-        return None
+    def records(self, device: str, stream: str,
+                epoch: str | None = None) -> list[tuple[int, str, bytes]]: ...
 
     def quarantined(self) -> list[dict[str, Any]]: ...
 
@@ -79,28 +65,54 @@ class CloudStore(Protocol):
 class SqlCloudStore:
     """One implementation for both engines; only the dialect differs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.url = url
+        self.max_record_bytes = max_record_bytes
         self._lock = threading.Lock()
+        self._epochs: set[tuple[str, str]] = set()  # stored already: not written again
+        self._touched: dict[str, float] = {}  # device -> when this store last wrote last_seen
         if url.startswith("sqlite:///"):
             self.dialect = "sqlite"
             path = url[len("sqlite:///"):]
-            self.conn: Any = sqlite3.connect(path, isolation_level=None,
-                                             check_same_thread=False, timeout=30)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
+            if not Path(path).parent.is_dir():
+                raise CloudStoreError(f"store.url: directory {str(Path(path).parent)!r} does"
+                                      f" not exist (got {url!r})")
+            try:
+                self.conn: Any = sqlite3.connect(path, isolation_level=None,
+                                                 check_same_thread=False, timeout=30)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise CloudStoreError(f"store.url: cannot open {path!r}: {exc}") from exc
             blob, serial = "BLOB", "INTEGER PRIMARY KEY"
         elif url.startswith(("postgresql://", "postgres://")):
             import psycopg
             self.dialect = "postgresql"
-            self.conn = psycopg.connect(url, autocommit=True)
+            try:
+                self.conn = psycopg.connect(url, autocommit=True)
+            except psycopg.Error as exc:
+                raise CloudStoreError(f"store.url: cannot connect: {exc}") from exc
             blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
         else:
-            raise ValueError(f"store url must be sqlite:///PATH or postgresql://... (got {url!r})")
+            raise CloudStoreError(f"store url must be sqlite:///PATH or postgresql://..."
+                                  f" (got {url!r})")
+        self._migrate(blob, serial)
+
+    def _migrate(self, blob: str, serial: str) -> None:
         from sync.cloud.docs import SCHEMA as DOCS_SCHEMA
         with self.tx() as c:
-            for sql in SCHEMA:
-                self._exec(c, sql.format(blob=blob, serial=serial))
+            if self.dialect == "postgresql":  # one migrator at a time across workers
+                c.execute("SELECT pg_advisory_xact_lock(7117)")
+                tables = {r[0] for r in c.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+            else:
+                tables = {r[0] for r in c.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            row = (self._exec(c, "SELECT version FROM schema_version").fetchone()
+                   if "schema_version" in tables else None)
+            for _, sqls in schema.pending(self.dialect, schema.current_version(tables, row)):
+                for sql in sqls:
+                    self._exec(c, sql.format(blob=blob, serial=serial))
             self._exec(c, DOCS_SCHEMA)
 
     def _sql(self, sql: str) -> str:
@@ -124,34 +136,19 @@ class SqlCloudStore:
                 with self.conn.transaction():
                     yield self.conn
 
-    def store_batch(self, batch: Batch) -> int:
+    def store_batch(self, batch: Batch) -> Stored:
+        """Store a batch (idempotent), then compute the stream's watermark; one transaction."""
         now = time.time()
+        known = (batch.device, batch.epoch) in self._epochs
+        touch = now - self._touched.get(batch.device, 0.0) >= TOUCH_EVERY_S
         with self.tx() as c:
-            self._touch(c, batch.device, now)
-            self._exec(c, "INSERT INTO streams (device, stream) VALUES (?, ?) ON CONFLICT"
-                          " (device, stream) DO NOTHING", (batch.device, batch.stream))
-            row = self._exec(c, "SELECT received_seq FROM streams WHERE device = ? AND"
-                                " stream = ?", (batch.device, batch.stream)).fetchone()
-            received = int(row[0])
-            rows = [(batch.device, batch.stream, r.seq, r.kind, r.payload, r.created_at, now)
-                    for r in batch.records if r.seq > received]
-            if rows:
-                sql = self._sql("INSERT INTO records (device, stream, seq, kind, payload,"
-                                " created_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                                " ON CONFLICT (device, stream, seq) DO UPDATE SET"
-                                " payload = excluded.payload, kind = excluded.kind")
-                if self.dialect == "sqlite":
-                    c.executemany(sql, rows)
-                else:
-                    with c.cursor() as cur:
-                        cur.executemany(sql, rows)
-            if batch.after <= received < batch.last:
-                received = batch.last
-                self._exec(c, "UPDATE streams SET received_seq = ?, acked_seq = ?,"
-                              " last_created_at = ? WHERE device = ? AND stream = ?",
-                           (received, received, batch.records[-1].created_at, batch.device,
-                            batch.stream))
-            return received
+            if touch:
+                self._touch(c, batch.device, now)
+            stored = store_batch(self, c, batch, now, new_epoch=not known)
+        self._epochs.add((batch.device, batch.epoch))
+        if touch:
+            self._touched[batch.device] = now
+        return stored
 
     def _touch(self, c: Any, device: str, now: float) -> None:
         self._exec(c, "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?)"
@@ -161,9 +158,15 @@ class SqlCloudStore:
     def quarantine(self, *, device: str | None, topic: str, reason: str, detail: str,
                    payload: bytes) -> None:
         with self.tx() as c:
-            self._exec(c, "INSERT INTO quarantine (device, topic, reason, detail, payload,"
-                          " received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (device, topic, reason, detail[:500], payload[:65536], time.time()))
+            self.quarantine_in(c, device=device, topic=topic, reason=reason, detail=detail,
+                               payload=payload)
+
+    def quarantine_in(self, c: Any, *, device: str | None, topic: str, reason: str,
+                      detail: str, payload: bytes) -> None:
+        self._exec(c, "INSERT INTO quarantine (device, topic, reason, detail, payload,"
+                      " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (clean(device, 256), clean(topic, 512), reason, clean(detail),
+                    payload[:65536], time.time()))
 
     def seen(self, device: str, online: bool | None, status: Any = None) -> None:
         now = time.time()
@@ -179,12 +182,15 @@ class SqlCloudStore:
                           " VALUES (?, ?, ?, ?, 'sent', ?) ON CONFLICT (id) DO NOTHING",
                        (cid, device, ctype, json.dumps(args), time.time()))
 
-    def confirm_command(self, cid: str, result: Any) -> None:
+    def confirm_command(self, cid: str, device: str, result: Any) -> bool:
+        """Confirm a command sent to `device` (the one whose stream carried the result);
+        False when there is no such command waiting for that device."""
         with self.tx() as c:
-            self._exec(c, "UPDATE commands SET state = ?, confirmed_at = ?, result = ? WHERE"
-                          " id = ? AND state = 'sent'",
-                       ("confirmed" if result.get("ok") else "failed", time.time(),
-                        json.dumps(result, default=str), cid))
+            cur = self._exec(c, "UPDATE commands SET state = ?, confirmed_at = ?, result = ?"
+                                " WHERE id = ? AND device = ? AND state = 'sent'",
+                             ("confirmed" if result.get("ok") else "failed", time.time(),
+                              json.dumps(result, default=str), cid, device))
+            return bool(cur.rowcount)
 
     def command(self, cid: str) -> dict[str, Any] | None:
         with self.tx() as c:
@@ -196,24 +202,44 @@ class SqlCloudStore:
                 "result": json.loads(row[4]) if row[4] else None}
 
     def devices(self) -> list[dict[str, Any]]:
+        """Each device, the streams of its current epoch, and every epoch met."""
         with self.tx() as c:
             devs = self._exec(c, "SELECT device, online, first_seen, last_seen FROM devices"
                                  " ORDER BY device").fetchall()
-            streams = self._exec(c, "SELECT device, stream, received_seq, acked_seq,"
-                                    " last_created_at FROM streams").fetchall()
+            streams = self._exec(c, "SELECT device, epoch, stream, received_seq, acked_seq,"
+                                    " last_created_at, conflicts, stubs FROM streams"
+                                    ).fetchall()
+            epochs = self._exec(c, "SELECT device, epoch, first_seen, protocol FROM epochs"
+                                   " ORDER BY first_seen, epoch").fetchall()
         out = []
         for device, online, first, last in devs:
-            mine = {s: {"received_seq": int(r), "acked_seq": int(a),
-                        "lag_s": None if lc is None else max(0.0, time.time() - lc)}
-                    for d, s, r, a, lc in streams if d == device}
+            mine = [{"epoch": e, "first_seen": f, "protocol": int(p)}
+                    for d, e, f, p in epochs if d == device]
+            current = mine[-1]["epoch"] if mine else ""
+            streams_now = {s: {"received_seq": int(r), "acked_seq": int(a),
+                               "lag_s": None if lc is None else max(0.0, time.time() - lc),
+                               "conflicts": int(cf), "stubs": int(st)}
+                           for d, e, s, r, a, lc, cf, st in streams
+                           if d == device and e == current}
+            resets = [{"at": b["first_seen"], "from": a["epoch"], "to": b["epoch"],
+                       "upgrade": a["epoch"] == ""} for a, b in itertools.pairwise(mine)]
             out.append({"device_id": device, "online": bool(online), "first_seen": first,
-                        "last_seen": last, "streams": mine})
+                        "last_seen": last, "epoch": current, "streams": streams_now,
+                        "epochs": mine, "resets": resets})
         return out
 
-    def records(self, device: str, stream: str) -> list[tuple[int, str, bytes]]:
+    def records(self, device: str, stream: str,
+                epoch: str | None = None) -> list[tuple[int, str, bytes]]:
+        """A stream's records (of one epoch, or of the device's latest one)."""
         with self.tx() as c:
+            if epoch is None:
+                row = self._exec(c, "SELECT epoch FROM epochs WHERE device = ? ORDER BY"
+                                    " first_seen DESC, epoch DESC LIMIT 1", (device,)
+                                 ).fetchone()
+                epoch = row[0] if row else ""
             rows = self._exec(c, "SELECT seq, kind, payload FROM records WHERE device = ? AND"
-                                 " stream = ? ORDER BY seq", (device, stream)).fetchall()
+                                 " epoch = ? AND stream = ? ORDER BY seq",
+                              (device, epoch, stream)).fetchall()
         return [(int(s), k, bytes(p)) for s, k, p in rows]
 
     def last_approval(self, device: str, run_id: str) -> int | None:
@@ -221,8 +247,8 @@ class SqlCloudStore:
         import msgpack
         with self.tx() as c:
             rows = self._exec(c, "SELECT payload FROM records WHERE device = ? AND stream ="
-                                 " 'control' AND kind = 'approval.requested' ORDER BY seq DESC",
-                              (device,)).fetchall()
+                                 " 'control' AND kind = 'approval.requested' ORDER BY"
+                                 " received_at DESC, seq DESC", (device,)).fetchall()
         for (payload,) in rows:
             try:
                 rec = msgpack.unpackb(bytes(payload), raw=False)

@@ -31,7 +31,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlCloudSt
         pg = request.getfixturevalue("postgres")
         s = SqlCloudStore(pg.url)
         with s.tx() as c:
-            for t in ("records", "devices", "streams", "quarantine", "commands", "docs"):
+            for t in ("records", "devices", "streams", "quarantine", "commands", "docs",
+                      "epochs", "chunks"):
                 c.execute(f"DELETE FROM {t}")
     try:
         yield s
@@ -45,11 +46,11 @@ def batch(after: int, seqs: range, device: str = "d1", stream: str = "checkpoint
 
 
 def test_each_record_once_and_contiguous_acks(store: SqlCloudStore) -> None:
-    assert store.store_batch(batch(0, range(1, 11))) == 10
-    assert store.store_batch(batch(0, range(1, 11))) == 10  # a resend changes nothing
-    assert store.store_batch(batch(20, range(21, 31))) == 10  # a gap: stored, not acked
-    assert store.store_batch(batch(10, range(11, 21))) == 20
-    assert store.store_batch(batch(10, range(11, 31))) == 30  # the resend closes the gap
+    assert store.store_batch(batch(0, range(1, 11))).watermark == 10
+    assert store.store_batch(batch(0, range(1, 11))).watermark == 10  # a resend: no change
+    assert store.store_batch(batch(20, range(21, 31))).watermark == 10  # a gap: not acked
+    assert store.store_batch(batch(10, range(11, 21))).watermark == 30  # the gap fills
+    assert store.store_batch(batch(10, range(11, 31))).watermark == 30  # a resend
     assert [s for s, _, _ in store.records("d1", "checkpoints")] == list(range(1, 31))
     dev = store.devices()[0]
     assert dev["device_id"] == "d1" and dev["streams"]["checkpoints"]["received_seq"] == 30
@@ -65,8 +66,10 @@ def test_registry_quarantine_and_commands(store: SqlCloudStore) -> None:
                                     "reason": "bad_version", "detail": "v=9"}]
     store.add_command("c1", "d2", "approve", {"run_id": "r"})
     assert store.command("c1")["state"] == "sent"
-    store.confirm_command("c1", {"id": "c1", "ok": True, "result": {"x": 1}})
-    store.confirm_command("c1", {"id": "c1", "ok": False})  # confirmed once
+    assert not store.confirm_command("c1", "d3", {"id": "c1", "ok": True})  # not its command
+    assert store.command("c1")["state"] == "sent"
+    assert store.confirm_command("c1", "d2", {"id": "c1", "ok": True, "result": {"x": 1}})
+    assert not store.confirm_command("c1", "d2", {"id": "c1", "ok": False})  # confirmed once
     assert store.command("c1")["state"] == "confirmed"
 
 

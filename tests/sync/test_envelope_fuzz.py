@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.envelope import (
-    Command, EnvelopeError, WireRecord, decode_ack, decode_batch, decode_command,
-    encode_batch, encode_command,
+    Command, EnvelopeError, WireRecord, decode_batch, decode_command, encode_batch,
+    encode_command,
 )
+from sync.acks import decode_ack
 from sync.outbox import STREAMS
 
 RECORDS = [WireRecord(i, "k", bytes([i % 256]) * 20, 1.0) for i in range(1, 30)]

@@ -157,3 +157,23 @@ def test_cloud_collections_rules_are_checked(tmp_path: Path) -> None:
     cfg.write_text(base + '[collections.notes]\ndefault = "newest"\n')
     r = cloud(cfg, "status", check=False)
     assert r.returncode == 78 and "collections.notes" in r.stderr and "newest" in r.stderr
+
+
+def test_a_relative_sqlite_url_is_the_configs_folder_and_a_missing_one_exits_78(
+        tmp_path: Path) -> None:
+    """Observation 8's config part: `sqlite:///cloud.db` is next to cloud.toml whatever the
+    working directory; a directory that does not exist is a config error, not a traceback."""
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    cfg = conf / "cloud.toml"
+    cfg.write_text('[mqtt]\nbroker = "127.0.0.1:1883"\ninsecure = true\n[store]\nurl = "sqlite:///cloud.db"\n')
+    r = subprocess.run([CLOUD, "status", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (conf / "cloud.db").exists() and not (tmp_path / "cloud.db").exists()
+    cfg.write_text('[mqtt]\nbroker = "127.0.0.1:1883"\ninsecure = true\n[store]\nurl = "sqlite:///no/c.db"\n')
+    r = subprocess.run([CLOUD, "status", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 78
+    assert "store.url: the directory" in r.stderr and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -105,20 +105,23 @@ def test_linger_waits_only_for_partial_batches(tmp_path: Path) -> None:
     assert not e._full_batch_waiting(outbox)  # a partial batch: linger
     append(db, "traces", 1)
     assert e._full_batch_waiting(outbox)  # a full one: no linger
-    e._inflight["traces"] = [object(), object()]  # type: ignore[list-item]
+    from sync.flights import Flight
+    e._windows["traces"].flights = [Flight(1, 50, "a", 0.0), Flight(51, 100, "b", 0.0)]
     assert not e._full_batch_waiting(outbox)  # no room in the window: nothing to send now
-    e._inflight["traces"] = []
-    e._next["traces"] = 51  # 50 already sent, 50 pending
+    e._windows["traces"].flights = []
+    e._windows["traces"].next_seq = 51  # 50 already sent, 50 pending
     assert not e._full_batch_waiting(outbox)
     conn.close()
 
 
 def test_an_ack_with_the_wrong_digest_is_not_trusted(tmp_path: Path, broker: Broker) -> None:
-    """An ack whose digest does not match what was sent (a corrupted or mixed-up store on the
-    cloud side) moves no watermark; the device sends the stream again from its watermark."""
+    """An ack whose digest names no batch in flight (a corrupted or mixed-up store on the
+    cloud side) moves no watermark and is counted; the batch goes again after the ack
+    timeout, unchanged."""
     import threading
 
-    from sync.envelope import decode_batch, encode_ack
+    from sync.acks import encode_ack
+    from sync.envelope import decode_batch
     from sync.mqtt import Topics, make_client
     db = tmp_path / "dev.db"
     device_db(db)
@@ -132,13 +135,14 @@ def test_an_ack_with_the_wrong_digest_is_not_trusted(tmp_path: Path, broker: Bro
         seen.append((batch.after, batch.last, batch.digest))
         if len(seen) == 1:  # acknowledge the first batch with somebody else's digest
             client.publish(Topics("edge", "dev-a").ack,
-                           encode_ack(batch.stream, batch.last, "0" * 64), qos=1)
+                           encode_ack(batch.stream, batch.last, "0" * 64,
+                                      epoch=batch.epoch), qos=1)
         got.set()
     liar.on_message = on_message
     liar.on_connect = lambda c, *a: c.subscribe("edge/dev-a/up", 1)
     liar.connect("127.0.0.1", broker.port)
     liar.loop_start()
-    e = edge(db, broker.port, batch_max_records=50, ack_timeout_s=30)
+    e = edge(db, broker.port, batch_max_records=50, ack_timeout_s=1, window=1)
     try:
         time.sleep(0.5)
         e.start()
@@ -147,7 +151,8 @@ def test_an_ack_with_the_wrong_digest_is_not_trusted(tmp_path: Path, broker: Bro
             assert time.monotonic() < deadline, seen
             time.sleep(0.05)
         assert e.stats.digest_mismatches == 1
-        assert seen[1][:2] == seen[0][:2] == (0, 50)  # the same batch again, at once
+        assert e.stats.rejected["ack:unknown_digest"] == 1
+        assert seen[1][:2] == seen[0][:2] == (0, 50)  # the same batch again
         assert seen[1][2] == seen[0][2]  # its true digest never changed
         assert watermarks(db)["checkpoints"][0] == 0  # the lie moved nothing
     finally:

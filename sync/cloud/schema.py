@@ -1,0 +1,89 @@
+"""Numbered migrations of the fleet store, per dialect. Shipped migrations are frozen text:
+never edit one; add the next. `schema_version` holds the last one applied (a store from
+before it existed is version 1: its tables are migration 1's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_V1 = (
+    """CREATE TABLE IF NOT EXISTS records (device TEXT NOT NULL, stream TEXT NOT NULL,
+        seq BIGINT NOT NULL, kind TEXT NOT NULL, payload {blob} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (device, stream, seq))""",
+    """CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY,
+        first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
+        online BOOLEAN NOT NULL DEFAULT FALSE, status TEXT)""",
+    """CREATE TABLE IF NOT EXISTS streams (device TEXT NOT NULL, stream TEXT NOT NULL,
+        received_seq BIGINT NOT NULL DEFAULT 0, acked_seq BIGINT NOT NULL DEFAULT 0,
+        last_created_at DOUBLE PRECISION, PRIMARY KEY (device, stream))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (id {serial}, device TEXT, topic TEXT NOT NULL,
+        reason TEXT NOT NULL, detail TEXT, payload {blob}, received_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, device TEXT NOT NULL,
+        type TEXT NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, confirmed_at DOUBLE PRECISION, result TEXT)""",
+)
+
+# Protocol 2: records and stream positions keyed by the device database's epoch (protocol 1
+# devices have epoch ''), epochs as the cloud met them, chunks of records being reassembled.
+_V2_COMMON = (
+    """CREATE TABLE epochs (device TEXT NOT NULL, epoch TEXT NOT NULL,
+        first_seen DOUBLE PRECISION NOT NULL, protocol INTEGER NOT NULL,
+        PRIMARY KEY (device, epoch))""",
+    """INSERT INTO epochs (device, epoch, first_seen, protocol)
+        SELECT d.device, '', d.first_seen, 1 FROM devices d
+        WHERE EXISTS (SELECT 1 FROM streams s WHERE s.device = d.device)""",
+    """CREATE TABLE chunks (device TEXT NOT NULL, epoch TEXT NOT NULL, stream TEXT NOT NULL,
+        seq BIGINT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL,
+        size BIGINT NOT NULL, sha256 TEXT NOT NULL, kind TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, piece {blob} NOT NULL,
+        PRIMARY KEY (device, epoch, stream, seq, idx))""",
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version (version) VALUES (2)",
+)
+_V2 = {
+    "sqlite": (
+        "ALTER TABLE records RENAME TO records_v1",
+        """CREATE TABLE records (device TEXT NOT NULL, epoch TEXT NOT NULL,
+            stream TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL,
+            payload BLOB NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device, epoch, stream, seq))""",
+        """INSERT INTO records SELECT device, '', stream, seq, kind, payload, created_at,
+            received_at FROM records_v1""",
+        "DROP TABLE records_v1",
+        "ALTER TABLE streams RENAME TO streams_v1",
+        """CREATE TABLE streams (device TEXT NOT NULL, epoch TEXT NOT NULL,
+            stream TEXT NOT NULL, received_seq BIGINT NOT NULL DEFAULT 0,
+            acked_seq BIGINT NOT NULL DEFAULT 0, last_created_at DOUBLE PRECISION,
+            conflicts BIGINT NOT NULL DEFAULT 0, stubs BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (device, epoch, stream))""",
+        """INSERT INTO streams (device, epoch, stream, received_seq, acked_seq,
+            last_created_at) SELECT device, '', stream, received_seq, acked_seq,
+            last_created_at FROM streams_v1""",
+        "DROP TABLE streams_v1",
+    ) + _V2_COMMON,
+    "postgresql": (
+        "ALTER TABLE records ADD COLUMN epoch TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE records DROP CONSTRAINT records_pkey",
+        "ALTER TABLE records ADD PRIMARY KEY (device, epoch, stream, seq)",
+        "ALTER TABLE streams ADD COLUMN epoch TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE streams ADD COLUMN conflicts BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE streams ADD COLUMN stubs BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE streams DROP CONSTRAINT streams_pkey",
+        "ALTER TABLE streams ADD PRIMARY KEY (device, epoch, stream)",
+    ) + _V2_COMMON,
+}
+MIGRATIONS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
+    d: [(1, _V1), (2, _V2[d])] for d in ("sqlite", "postgresql")}
+LATEST = 2
+
+
+def current_version(tables: set[str], version_row: Any) -> int:
+    """0 for an empty store, 1 for one from before `schema_version`, else its row."""
+    if "schema_version" in tables:
+        return int(version_row[0])
+    return 1 if "records" in tables else 0
+
+
+def pending(dialect: str, version: int) -> list[tuple[int, tuple[str, ...]]]:
+    return [(v, sqls) for v, sqls in MIGRATIONS[dialect] if v > version]
