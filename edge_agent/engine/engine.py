@@ -25,6 +25,7 @@ from typing import Any
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
+from edge_agent.engine import versions
 from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
@@ -78,7 +79,9 @@ class Engine:
         self._sleepers: dict[str, asyncio.TimerHandle] = {}
         self._fresh: dict[str, Run] = {}
         self._begins: dict[str, Tx] = {}  # starts that ride on the run's next commit
-        self._pure_known: tuple[Any, Any, dict[tuple[str, str | None], bool]] = (None, None, {})
+        self._pure_known: tuple[Any, Any, dict[tuple[str, str | None, str | None], bool]] = (
+            None, None, {})
+        self._pinned: dict[tuple[str, str], WorkflowConfig] = {}  # definitions read back
         self._timeouts: list[tuple[float, int, str]] = []
         self._timer_changed: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -102,6 +105,10 @@ class Engine:
         self._timer_changed = asyncio.Event()
         self._accepting = True
         self.stopping.clear()
+        # runs queued before versions existed are pinned to the definitions loaded now; the
+        # definitions no unfinished run needs any more go
+        await self._in_pool(lambda: self.writer.write(lambda c: (
+            versions.pin_unpinned(c, self.workflows), versions.prune(c))))
         for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
             heapq.heappush(self._timeouts, (at, approval_id, run_id))
         self._timer_task = self._loop.create_task(self._timer_loop(), name="approval-timeouts")
@@ -253,7 +260,7 @@ class Engine:
             self.store.read(lambda c: q.get_run(c, run_id))
         if run is None or run.finished:
             return False
-        wf = self.workflows.get(run.workflow)
+        wf = self.definition(run)
         # one log context for everything the step does (the drive adds none: one per step)
         with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
                          step=run.node or (wf.start if wf else None), trace_id=run.trace_id):
@@ -261,7 +268,8 @@ class Engine:
 
     def _step(self, run_id: str, run: Run, wf: WorkflowConfig | None) -> Next:
         if wf is None:
-            self.finish(run_id, FAILED, error=f"workflow {run.workflow!r} is not loaded")
+            pinned = f" (version {versions.short(run.version)})" if run.version else ""
+            self.finish(run_id, FAILED, error=f"workflow {run.workflow!r}{pinned} is not loaded")
             return False
         if run.cancel_requested:
             self.finish(run_id, CANCELLED, error=run.error or "cancelled on request")
@@ -289,6 +297,22 @@ class Engine:
             begin = self._begins.pop(run_id, None)
             if begin is not None:  # a path that wrote nothing for the run: start it alone
                 self.write(begin)
+
+    def definition(self, run: Run) -> WorkflowConfig | None:
+        """The workflow definition the run is pinned to: the loaded one while it is the same
+        version, else the one stored when the run was queued (a reload or an upgrade never
+        changes the graph of a run in flight)."""
+        live = self.workflows.get(run.workflow)
+        version = run.version
+        if version is None or (live is not None and versions.version_of(live) == version):
+            return live
+        key = (run.workflow, version)
+        wf = self._pinned.get(key)
+        if wf is None:
+            wf = self.store.read(lambda c: versions.load(c, run.workflow, version))
+            if wf is not None:
+                self._pinned[key] = wf
+        return wf
 
     def _folds_begin(self, wf: WorkflowConfig) -> bool:
         start = wf.nodes[wf.start]
@@ -350,7 +374,8 @@ class Engine:
         checkpoint and the outbox record. When the next node is an `end`, the run completes in
         the same transaction (an end has nothing to fence): two step rows, two records."""
         self.writer.let_through()
-        wf = self.workflows[run.workflow]
+        wf = self.definition(run)
+        assert wf is not None  # the step that called this found it
         context = dict(run.context)
         if store_output and output is not None:
             context[node.name] = output
@@ -451,14 +476,13 @@ class Engine:
         known = self._pure_known
         if known[0] is not self.workflows or known[1] is not self.tools:
             known = self._pure_known = (self.workflows, self.tools, {})
-        key = (run.workflow, run.node)
+        key = (run.workflow, run.version, run.node)
         pure = known[2].get(key)
         if pure is None:
-            pure = known[2][key] = self._pure_node(run.workflow, run.node)
+            pure = known[2][key] = self._pure_node(self.definition(run), run.node)
         return pure
 
-    def _pure_node(self, workflow: str, name: str | None) -> bool:
-        wf = self.workflows.get(workflow)
+    def _pure_node(self, wf: WorkflowConfig | None, name: str | None) -> bool:
         node = wf.nodes.get(name) if wf is not None and name else None
         if node is None:
             return False

@@ -12,12 +12,18 @@ StepCall = tuple[str, str, Any]
 
 
 def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
-               origin: str, now: float, trace_id: str | None = None) -> None:
-    conn.execute(
-        "INSERT INTO runs (run_id, workflow, status, input, context, origin, trace_id,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (run_id, workflow, QUEUED, dumps(input), dumps({"input": input}), origin, trace_id,
-         now, now))
+               origin: str, now: float, trace_id: str | None = None,
+               version: str | None = None) -> None:
+    values = (run_id, workflow, QUEUED, dumps(input), dumps({"input": input}), origin, trace_id,
+              now, now)
+    if version is None:  # unpinned (also what a database before migration 5 takes)
+        conn.execute("INSERT INTO runs (run_id, workflow, status, input, context, origin,"
+                     " trace_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     values)
+        return
+    conn.execute("INSERT INTO runs (run_id, workflow, status, input, context, origin, trace_id,"
+                 " created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (*values, version))
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:

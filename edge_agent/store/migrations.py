@@ -166,4 +166,15 @@ MIGRATIONS: list[tuple[int, Sequence[str]]] = [
                    CASE status WHEN 'completed' THEN output END, error, error_kind,
                    started_at, finished_at
               FROM steps WHERE tool IS NOT NULL""")),
+    # A run is pinned to the workflow definition it started with: the definitions are kept
+    # here while a run needs them, and each run names its version (NULL: queued before this
+    # migration; the engine pins those to the definition it loads at its next start).
+    (5, ("""CREATE TABLE workflow_versions (
+            workflow TEXT NOT NULL,
+            version TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (workflow, version)
+        )""",
+         "ALTER TABLE runs ADD COLUMN version TEXT")),
 ]
