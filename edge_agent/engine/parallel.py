@@ -28,9 +28,8 @@ def join_outcome(node: NodeConfig, done: dict[str, dict[str, Any]]) -> bool | No
     failed = len(done) - ok
     if node.join == "all":
         return False if failed else (True if ok == total else None)
-    if node.join == "any":
-        return True if done else None
-    need = 1 if node.join == "first_success" else int(node.quorum or total)
+    # "any" is any success, as "first_success": a failed branch alone never joins
+    need = 1 if node.join in ("any", "first_success") else int(node.quorum or total)
     if ok >= need:
         return True
     return False if total - failed < need else None
