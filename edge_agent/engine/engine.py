@@ -25,18 +25,18 @@ from typing import Any
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
-from edge_agent.engine import versions
+from edge_agent.engine import transitions, versions
 from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
-from edge_agent.config.expressions import ExpressionError, evaluate
 from edge_agent.store import GroupCommitter, Prepared, Store
 from edge_agent.telemetry.logs import log_context
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
+Statement = tuple[str, tuple[Any, ...]]
 # What a node handler returns: True = go on, False = stop (finished or waiting for a human),
 # a float = sleep until that time (durable: the due time is already committed).
 Next = bool | float
@@ -79,6 +79,8 @@ class Engine:
         self._sleepers: dict[str, asyncio.TimerHandle] = {}
         self._fresh: dict[str, Run] = {}
         self._begins: dict[str, Tx] = {}  # starts that ride on the run's next commit
+        # intents committed with the transition into a fenced call, not called yet
+        self._armed: dict[str, transitions.Intent] = {}
         self._pure_known: tuple[Any, Any, dict[tuple[str, str | None, str | None], bool]] = (
             None, None, {})
         self._pinned: dict[tuple[str, str], WorkflowConfig] = {}  # definitions read back
@@ -245,7 +247,9 @@ class Engine:
                 return outcome
         _local.drive = (run_id, fut)
         try:
-            while not self.stopping.is_set():
+            # a run whose next call's intent is committed makes that call before it stops
+            # (else a drain would leave an unknown outcome behind)
+            while not self.stopping.is_set() or run_id in self._armed:
                 outcome = self.step(run_id)
                 if outcome is not True:
                     return outcome
@@ -278,7 +282,14 @@ class Engine:
             span = secrets.token_hex(8)
             log.info("run started: workflow %s from %s", wf.name, run.origin)
             if not self._folds_begin(wf):
-                self.write(lambda c: self._begin(c, run, wf, span, remember=True))
+                # a fenced first call's intent goes with the start: one commit, not two
+                start = wf.nodes[wf.start]
+                intent = transitions.intent_for(run_id, start, 1, run.context, self.clock()) \
+                    if start.kind == "tool" and self.fenced(start) else None
+                self.write(lambda c: self._begin(c, run, wf, span, remember=True,
+                                                 intent=intent))
+                if intent is not None:
+                    self._armed[run_id] = intent
                 return True
             # the start goes with the first node's commit: a start node with no side effect
             # to fence needs no commit of its own (a crash before it leaves the run queued)
@@ -323,8 +334,13 @@ class Engine:
                 and not isinstance(binding.tool, RemoteTool))
 
     def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig, span: str,
-               remember: bool = False, at: float | None = None) -> None:
+               remember: bool = False, at: float | None = None,
+               intent: transitions.Intent | None = None) -> None:
         now = self.clock() if at is None else at
+        if intent is not None:
+            conn.execute(*q.intent_insert(key=intent.key, attempt=intent.attempt,
+                                          run_id=run.run_id, node=intent.scope,
+                                          tool=intent.tool, args=intent.args, now=intent.at))
         q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
                      visits={wf.start: 1}, node_state={}, span_id=span)
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
@@ -369,76 +385,47 @@ class Engine:
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
                 store_output: bool = True, call: q.StepCall | None = None,
-                error: tuple[str, str] | None = None) -> bool:
-        """Commit a finished node and move on: one transaction, with the step row, the run's
-        checkpoint and the outbox record. When the next node is an `end`, the run completes in
-        the same transaction (an end has nothing to fence): two step rows, two records."""
+                error: tuple[str, str] | None = None, result: Statement | None = None) -> bool:
+        """Commit a finished node and move on (see `transitions.node_done`): decide, then do.
+        `result` is a fenced call's outcome, completing its intent row in the same commit."""
         self.writer.let_through()
         wf = self.definition(run)
         assert wf is not None  # the step that called this found it
-        context = dict(run.context)
-        if store_output and output is not None:
-            context[node.name] = output
-        if patch:
-            context.update(patch)
-        finale = self._finale(wf, next_node, context)
+        t = transitions.node_done(run, wf, node, output=output, next_node=next_node,
+                                  now=self.clock(), attempt=attempt, started_at=started_at,
+                                  patch=patch, step_status=step_status,
+                                  store_output=store_output, call=call, error=error,
+                                  fenced=self.fenced)
+        return self.commit(run.run_id, t, extra, result)
+
+    def commit(self, rid: str, t: transitions.Transition, extra: Tx | None = None,
+               result: Statement | None = None) -> bool:
+        """Perform a transition: one transaction with its step rows, the run's checkpoint (or
+        terminal update), the next call's intent and the outbox records."""
         # Everything but the statements is worked out here, on the worker driving the run:
         # under group commit one thread writes the batch for many runs, so the less Python
         # in it, the more of it overlaps with SQLite (which runs without the GIL).
-        now = self.clock()
-        visit = run.visit(node.name)
-        rid = run.run_id
-        ops: list[tuple[str, tuple[Any, ...]]] = [q.step_insert(
-            run_id=rid, node=node.name, visit=visit, attempt=attempt, status=step_status,
-            output=output, started_at=started_at or now, finished_at=now, call=call,
-            error=error[0] if error else None, error_kind=error[1] if error else None)]
-        record = {"run_id": rid, "workflow": run.workflow, "node": node.name, "visit": visit,
-                  "attempt": attempt, "status": step_status, "output": output, "ts": now}
-        records: list[tuple[str, dict[str, Any]]] = []
-        visits = dict(run.visits)
-        fresh: Run | None = None
-        if next_node is not None:
-            visits[next_node] = visits.get(next_node, 0) + 1
-            bound = wf.nodes[next_node].max_visits
-            if bound is not None and visits[next_node] > bound:
-                err = f"node {next_node!r} would run more than max_visits={bound} times"
-                ops.append(q.run_update(rid, now, status=FAILED, context=context, error=err,
-                                        node_state={}, finished_at=now))
-                records.append(("run.finished", {**record, "run_status": FAILED, "error": err}))
-                next_node = finale = None
-                log.warning("run failed: %s", err)
-            else:
-                records.append(("step.completed", {**record, "next": next_node}))
-        else:
-            records.append(("run.finished", {**record, "run_status": COMPLETED}))
-            ops.append(q.run_update(rid, now, status=COMPLETED, node=None, context=context,
-                                    output=output, node_state={}, finished_at=now))
-        if next_node is not None and finale is not None:
-            end_visit = visits[next_node]
-            ops.append(q.step_insert(run_id=rid, node=next_node, visit=end_visit, attempt=1,
-                                     status="completed", output=finale, started_at=now,
-                                     finished_at=now))
-            ops.append(q.run_update(rid, now, status=COMPLETED, node=None, context=context,
-                                    output=finale, node_state={}, finished_at=now,
-                                    visits=visits))
-            records.append(("run.finished", {
-                "run_id": rid, "workflow": run.workflow, "node": next_node, "visit": end_visit,
-                "attempt": 1, "status": "completed", "output": finale, "ts": now,
-                "run_status": COMPLETED}))
-            next_node = None
-        elif next_node is not None:
-            ops.append(q.checkpoint_update(rid, now, node=next_node, context=context,
-                                           visits=visits,
-                                           status=None if run.status == RUNNING else RUNNING))
-            # the row as written, so the next step needs no read; a wake from outside
-            # (cancel, decision) makes the next step read the database instead
-            fresh = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
-                              visits=visits, updated_at=now)
+        now = t.at
+        if t.finish and t.fields["status"] == FAILED:
+            log.warning("run failed: %s", t.fields["error"])
+        ops: list[Statement] = [] if result is None else [result]
+        ops += [q.step_insert(run_id=rid, node=s.node, visit=s.visit, attempt=s.attempt,
+                              status=s.status, output=s.output, started_at=s.started_at,
+                              finished_at=s.finished_at, call=s.call, error=s.error,
+                              error_kind=s.error_kind) for s in t.steps]
+        ops.append(q.run_update(rid, now, **t.fields) if t.finish else
+                   q.checkpoint_update(rid, now, **t.fields))
+        intent = t.intent
+        if intent is not None:
+            ops.append(q.intent_insert(key=intent.key, attempt=intent.attempt, run_id=rid,
+                                       node=intent.scope, tool=intent.tool, args=intent.args,
+                                       now=intent.at))
         limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
         prepared = Prepared(ops, [("checkpoints", kind, pack(payload), limit)
-                                  for kind, payload in records])
+                                  for kind, payload in t.records])
         # a Prepared alone is mergeable with other runs' transitions
         fn: Tx = prepared if extra is None else (lambda conn: (extra(conn), prepared(conn)))
+        fresh, records = t.next, t.records
         drive = getattr(_local, "drive", None)
         if drive is not None and drive[0] == rid:
             # driven by the scheduler: hand the commit over and free this worker; the run goes
@@ -457,15 +444,25 @@ class Engine:
                     if not ok:
                         raise value
                     self.notify()
-                    return self._advanced(rid, fresh, records)
+                    return self._advanced(rid, fresh, records, intent)
                 self.sched.submit(lambda: self._drive(rid, fut, resume))
             # a next node with no effect outside the database goes on once the COMMIT has
-            # returned; anything else waits for the fsync that puts it (and all before it)
-            # on disk
+            # returned; anything else (a next call's intent above all) waits for the fsync
+            # that puts it (and all before it) on disk
             self.writer.write_then(fn, landed, durable=fresh is None or not self._pure(fresh))
             return PENDING  # type: ignore[no-any-return]
         self.write(fn, rid)
-        return self._advanced(rid, fresh, records)
+        return self._advanced(rid, fresh, records, intent)
+
+    def fenced(self, node: NodeConfig) -> bool:
+        """Whether a tool node's call is fenced by an intent: a local, non-idempotent tool."""
+        binding = self.tools.get(node.tool or "")
+        return (binding is not None and not binding.idempotent
+                and not isinstance(binding.tool, RemoteTool))
+
+    def take_armed(self, run_id: str) -> transitions.Intent | None:
+        """The intent this process committed for the run's next call and has not called."""
+        return self._armed.pop(run_id, None)
 
     def _pure(self, run: Run) -> bool:
         """Whether the run's next node has no effect outside the database: a branch, an end,
@@ -493,10 +490,14 @@ class Engine:
                 and not isinstance(binding.tool, RemoteTool))
 
     def _advanced(self, rid: str, fresh: Run | None,
-                  records: list[tuple[str, dict[str, Any]]]) -> bool:
-        """After a transition's commit: remember the row, tell the listeners."""
+                  records: tuple[tuple[str, dict[str, Any]], ...],
+                  intent: transitions.Intent | None = None) -> bool:
+        """After a transition's commit: remember the row (and the intent of the next call,
+        now on disk), tell the listeners."""
         if fresh is not None:
             self._fresh[rid] = fresh
+            if intent is not None:
+                self._armed[rid] = intent
             log.debug("step %s committed -> %s", records[-1][1]["node"], fresh.node)
         elif records[-1][1].get("run_status") == COMPLETED:
             # after a continuation this runs outside the step's log context: give it its own
@@ -504,20 +505,6 @@ class Engine:
                 log.info("run completed at %s", records[-1][1]["node"])
         self._changed(rid)
         return fresh is not None
-
-    def _finale(self, wf: WorkflowConfig, next_node: str | None,
-                context: Mapping[str, Any]) -> Any:
-        """The output of an `end` node that can complete the run in this commit, else None.
-        An output expression that fails leaves the end node to run (and fail) on its own."""
-        end = wf.nodes.get(next_node) if next_node is not None else None
-        if end is None or end.kind != "end":
-            return None
-        if not end.output:
-            return {k: v for k, v in context.items() if k != "input"}
-        try:
-            return evaluate(end.output, context)
-        except ExpressionError:
-            return None
 
     def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
                   status: str | None = None) -> None:
@@ -534,9 +521,13 @@ class Engine:
 
     def finish(self, run_id: str, status: str, *, error: str | None = None, output: Any = None,
                extra: Tx | None = None) -> None:
+        armed = self._armed.pop(run_id, None)
+
         def tx(conn: sqlite3.Connection) -> None:
             if extra is not None:
                 extra(conn)
+            if armed is not None:  # its call was never made: no intent is left unanswered
+                conn.execute(*q.intent_withdraw(armed.key, armed.attempt))
             run = q.get_run(conn, run_id)
             if run is None or run.finished:
                 return

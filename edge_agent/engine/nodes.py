@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
 from edge_agent.engine import queries as q
+from edge_agent.engine import transitions
 from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext, call_key
 from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
@@ -61,8 +62,12 @@ class NodeRunner:
             return self._decided(run, node, state, policy)
         if state.get("retry_at") and state["retry_at"] > self.e.clock():
             return float(state["retry_at"])  # durable backoff: the loop wakes the run then
+        # the intent this process committed with the transition into this node, if any
+        armed = self.e.take_armed(run.run_id)
+        if armed is not None and (armed.key != key or armed.attempt != attempt):
+            armed = None
         try:
-            args = self._args(node, run.context)
+            args = armed.args if armed is not None else transitions.tool_args(node, run.context)
         except ExpressionError as exc:
             self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
@@ -70,34 +75,38 @@ class NodeRunner:
             return self._remote(run, node, binding.tool, state, policy, attempt, scope, key,
                                 args)
         # An idempotent call writes its journal row only with the transition, so there is
-        # nothing to replay: re-running it is the recovery. Only fenced calls need a look.
-        idempotent = binding.idempotent
-        row = None if idempotent else self.e.read(lambda c: q.journal_get(c, key, attempt))
-        if row is not None:
-            if row["status"] in ("intent", "unknown"):
-                on_unknown = node.on_unknown or binding.on_unknown
-                return self._unknown(run, node, state, policy, on_unknown, key, attempt,
-                                           node.tool, args)
-            if row["status"] in ("ok", "confirmed"):
-                return self.e.advance(run, node, output=row["result"], next_node=node.next,
-                                            attempt=attempt)
-        with self.e.blocking(binding.blocks or not idempotent):
+        # nothing to replay: re-running it is the recovery. Only fenced calls need a look,
+        # unless this process committed the intent with the transition into this node.
+        fenced = not binding.idempotent
+        row = None if not fenced or armed is not None else \
+            self.e.read(lambda c: q.journal_get(c, key, attempt))
+        plan = transitions.call_plan(fenced=fenced, row=row, armed=armed, key=key,
+                                     attempt=attempt, scope=scope, tool=node.tool, args=args,
+                                     now=self.e.clock())
+        if plan.action == "unknown":
+            return self._unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
+                                 key, attempt, node.tool, args)
+        if plan.action == "replay":
+            return self.e.advance(run, node, output=plan.result, next_node=node.next,
+                                  attempt=attempt)
+        with self.e.blocking(binding.blocks or fenced):
             res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
                                          attempt=attempt, name=node.tool, args=args,
-                                         write_result=False)
+                                         write_result=False, intent_committed=armed is not None)
+        if res.unknown:  # the effect may have happened: as after a crash in the call
+            return self._unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
+                                 key, attempt, node.tool, args)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
-        record: Tx | None = None
-        call: q.StepCall | None = (node.tool, key, args)
-        if not idempotent:
-            call = None
-            record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope,
-                                       key=key, attempt=attempt, name=node.tool, args=args,
-                                       res=res)
+        call: q.StepCall | None = None if fenced else (node.tool, key, args)
+        result = self.e.journal.result(run_id=run.run_id, node=scope, key=key,
+                                       attempt=attempt, name=node.tool, args=args,
+                                       res=res) if fenced else None
         if res.ok:
             return self.e.advance(run, node, output=res.result, next_node=node.next,
-                                  attempt=attempt, started_at=res.started_at, extra=record,
-                                  call=call)
+                                  attempt=attempt, started_at=res.started_at, call=call,
+                                  result=result)
+        record: Tx | None = None if result is None else (lambda c: c.execute(*result))
         return self._failed(run, node, state, policy, attempt, error=res.error or "failed",
                             kind=res.kind or "failed", retryable=res.retryable,
                             extra=record, started_at=res.started_at, call=call)
@@ -157,12 +166,6 @@ class NodeRunner:
         return self._failed(run, node, rest, policy, attempt,
                             error=f"no result from the cloud within {tool.timeout_s:g}s",
                             kind="timeout", retryable=True, extra=expire)
-
-    def _args(self, node: NodeConfig, context: Mapping[str, Any]) -> dict[str, Any]:
-        args = dict(node.args)
-        for name, source in node.args_from.items():
-            args[name] = evaluate(source, context)
-        return args
 
     # agent and handoff ------------------------------------------------------------------------
     def _agent(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
@@ -327,47 +330,40 @@ class NodeRunner:
 
     # failure, unknown outcomes, decisions -----------------------------------------------------
     def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
-                      policy: RetryPolicy, attempt: int, *, error: str, kind: str,
-                      retryable: bool, extra: Tx | None = None,
-                      started_at: float | None = None, call: q.StepCall | None = None) -> bool:
-        now = self.e.clock()
-        visit = run.visit(node.name)
-        base = int(state.get("budget_base", 0))
-        will_retry = policy.should_retry(attempt - base, kind, retryable)
-        delay = self.e.backoff(policy, attempt - base) if will_retry else 0.0
+                policy: RetryPolicy, attempt: int, *, error: str, kind: str,
+                retryable: bool, extra: Tx | None = None,
+                started_at: float | None = None, call: q.StepCall | None = None) -> bool:
+        """A failed attempt: decided by `transitions.node_failed`, done here."""
+        wf = self.e.definition(run)
+        assert wf is not None
+        f = transitions.node_failed(run, wf, node, state, policy, attempt, error=error,
+                                    kind=kind, retryable=retryable, now=self.e.clock(),
+                                    rand=self.e.rand, started_at=started_at, call=call,
+                                    fenced=self.e.fenced)
+        log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
+                    f"; retrying in {f.delay:.2f}s" if f.action == "retry" else "")
+        if f.action == "fallback":
+            assert f.transition is not None
+            return self.e.commit(run.run_id, f.transition, extra)
+        s = f.step
 
         def step_row(c: sqlite3.Connection) -> None:
-            q.insert_step(c, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
-                          status="failed", error=error, error_kind=kind,
-                          started_at=started_at or now, finished_at=now, call=call)
-        log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
-                    f"; retrying in {delay:.2f}s" if will_retry else "")
-        if will_retry:
-            new_state = {k: v for k, v in state.items() if k not in ("approval_id",)}
-            new_state.update(attempt=attempt + 1, retry_at=now + delay, last_error=error)
-
-            def retry_record(c: sqlite3.Connection) -> None:
-                self.e.emit(c, "checkpoints", "step.retry", {
-                    "run_id": run.run_id, "node": node.name, "attempt": attempt, "error": error,
-                    "kind": kind, "delay_s": delay, "ts": now})
-            self.e.set_state(run, new_state, extra=_both(extra, step_row, retry_record))
+            q.insert_step(c, run_id=run.run_id, node=s.node, visit=s.visit, attempt=s.attempt,
+                          status=s.status, error=s.error, error_kind=s.error_kind,
+                          started_at=s.started_at, finished_at=s.finished_at, call=s.call)
+        if f.action == "retry":
+            assert f.state is not None and f.record is not None
+            record = f.record
+            self.e.set_state(run, f.state, extra=_both(
+                extra, step_row, lambda c: self.e.emit(c, "checkpoints", "step.retry", record)))
             return True
-        if node.fallback:
-            info = {"node": node.name, "error": error, "kind": kind, "attempts": attempt}
-            return self.e.advance(run, node, output=info, next_node=node.fallback,
-                                  attempt=attempt, extra=extra, step_status="failed",
-                                  patch={"error": info}, store_output=False, call=call,
-                                  error=(error, kind))
-        if node.escalate == "approval" or kind == "escalate":
-            prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
-                      "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "
-                      "with that output; reject to fail the run.")
-            self.open_approval(run, node, {**state, "attempt": attempt}, kind="escalation",
-                                     prompt=prompt, context={"error": error, "kind": kind},
-                                     extra=_both(extra, step_row))
+        if f.action == "escalate":
+            assert f.state is not None and f.prompt is not None
+            self.open_approval(run, node, f.state, kind="escalation", prompt=f.prompt,
+                               context={"error": error, "kind": kind},
+                               extra=_both(extra, step_row))
             return False
-        self.e.finish(run.run_id, FAILED, error=f"{node.name}: {kind}: {error} (attempt "
-                            f"{attempt})", extra=_both(extra, step_row))
+        self.e.finish(run.run_id, FAILED, error=f.message, extra=_both(extra, step_row))
         return False
 
     def _unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
@@ -486,7 +482,7 @@ class NodeRunner:
             return {"ok": False, "error": f"tool {bnode.tool!r} is not loaded"}
         policy = bnode.retry or binding.retry
         try:
-            args = self._args(bnode, run.context)
+            args = transitions.tool_args(bnode, run.context)
         except ExpressionError as exc:
             return {"ok": False, "error": str(exc)}
         attempt = free = 0
@@ -515,6 +511,9 @@ class NodeRunner:
                 res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
                                              attempt=attempt, name=bnode.tool, args=args,
                                              write_result=True)
+                if res.unknown:  # its intent stands: read it again, as after a crash
+                    attempt -= 1
+                    continue
                 if res.ok:
                     return {"ok": True, "output": res.result, "attempt": attempt}
                 err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable

@@ -6,9 +6,7 @@ import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
-
-# (tool, idempotency key, arguments) of a call journaled in its step row
-StepCall = tuple[str, str, Any]
+from edge_agent.engine.transitions import StepCall  # (tool, idempotency key, arguments)
 
 
 def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
@@ -197,26 +195,47 @@ def journal_get(conn: sqlite3.Connection, key: str, attempt: int) -> dict[str, A
     return out
 
 
+def intent_insert(*, key: str, attempt: int, run_id: str, node: str, tool: str, args: Any,
+                  now: float) -> tuple[str, tuple[Any, ...]]:
+    """A call's intent row, as SQL and parameters."""
+    return ("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)",
+            (key, attempt, run_id, node, tool, dumps(args), now))
+
+
 def journal_intent(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: str, node: str,
                    tool: str, args: Any, now: float) -> None:
-    conn.execute(
-        "INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status, started_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)", (key, attempt, run_id, node, tool, dumps(args),
-                                                     now))
+    conn.execute(*intent_insert(key=key, attempt=attempt, run_id=run_id, node=node, tool=tool,
+                                args=args, now=now))
+
+
+def intent_withdraw(key: str, attempt: int) -> tuple[str, tuple[Any, ...]]:
+    """Remove an intent whose call was never made (its run ended before it)."""
+    return ("DELETE FROM tool_calls WHERE idem_key = ? AND attempt = ? AND status = 'intent'",
+            (key, attempt))
+
+
+def result_upsert(*, key: str, attempt: int, run_id: str, node: str, tool: str, args: Any,
+                  status: str, result: Any, error: str | None, error_kind: str | None,
+                  started_at: float, now: float) -> tuple[str, tuple[Any, ...]]:
+    """A call's outcome, as SQL and parameters: completes its intent row, or inserts the
+    row when no intent was written (idempotent tools)."""
+    return ("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status, result,"
+            " error, error_kind, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (idem_key, attempt) DO UPDATE SET status = excluded.status,"
+            " result = excluded.result, error = excluded.error, error_kind = excluded.error_kind,"
+            " finished_at = excluded.finished_at",
+            (key, attempt, run_id, node, tool, dumps(args), status,
+             None if result is None else dumps(result), error, error_kind, started_at, now))
 
 
 def journal_result(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: str, node: str,
                    tool: str, args: Any, status: str, result: Any, error: str | None,
                    error_kind: str | None, started_at: float, now: float) -> None:
     """Record the outcome; inserts the row when no intent was written (idempotent tools)."""
-    conn.execute(
-        "INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status, result,"
-        " error, error_kind, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-        " ON CONFLICT (idem_key, attempt) DO UPDATE SET status = excluded.status,"
-        " result = excluded.result, error = excluded.error, error_kind = excluded.error_kind,"
-        " finished_at = excluded.finished_at",
-        (key, attempt, run_id, node, tool, dumps(args), status,
-         None if result is None else dumps(result), error, error_kind, started_at, now))
+    conn.execute(*result_upsert(key=key, attempt=attempt, run_id=run_id, node=node, tool=tool,
+                                args=args, status=status, result=result, error=error,
+                                error_kind=error_kind, started_at=started_at, now=now))
 
 
 def tool_calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:

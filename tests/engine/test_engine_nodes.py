@@ -557,7 +557,8 @@ def test_unknown_outcome_inside_a_branch_or_an_agent_asks_a_human(
 
 def test_start_and_end_ride_on_the_neighbouring_commit(db_path: Path, ledger: Path) -> None:
     """A start node with nothing to fence commits the run's start with its own step, and a
-    step followed by `end` completes the run in the same commit; fenced tools keep theirs."""
+    step followed by `end` completes the run in the same commit; a fenced tool's start keeps
+    its own commit, which carries the first call's intent."""
     read = LedgerTool("read", ledger, idempotent=True)
     flaky = LedgerTool("flaky", ledger, idempotent=True, fail=lambda n: LedgerError(
         "busy", kind="timeout", retryable=True) if n == 1 else None)
@@ -605,7 +606,7 @@ def test_start_and_end_ride_on_the_neighbouring_commit(db_path: Path, ledger: Pa
                 ("a", "failed"), ("a", "completed"), ("done", "completed")]
 
             n, r = await commits_for("fenced", "completed")
-            assert n == 3  # the start, the intent, the result (with the end)
+            assert n == 2  # the start with the first call's intent, the result (with the end)
 
             n, r = await commits_for("bad_end", "failed")
             assert "input.missing" in r.error
