@@ -29,6 +29,7 @@ from edge_agent.engine import transitions, versions
 from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
 from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
+from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.store import GroupCommitter, Prepared, Store
@@ -90,7 +91,6 @@ class Engine:
         self._accepting = False
         self.stopping = threading.Event()
         self._listeners: list[Callable[[str], None]] = []
-        from edge_agent.engine.nodes import NodeRunner
         self.nodes = NodeRunner(self)
 
     # lifecycle --------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ class Engine:
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
                                                        "node": wf.start, "ts": now})
         if remember:
-            self._remember(conn, run.run_id)
+            self.remember(conn, run.run_id)
 
     # I/O helpers (worker threads) -------------------------------------------------------------
     def write(self, fn: Tx, run_id: str | None = None) -> Any:
@@ -374,7 +374,7 @@ class Engine:
              payload: Mapping[str, Any]) -> None:
         emit(conn, stream, kind, payload, self.outbox_limits)
 
-    def _remember(self, conn: sqlite3.Connection, run_id: str) -> None:
+    def remember(self, conn: sqlite3.Connection, run_id: str) -> None:
         """Keep the row just written, so the next step needs no read."""
         run = q.get_run(conn, run_id)
         if run is not None:
@@ -503,7 +503,7 @@ class Engine:
             # after a continuation this runs outside the step's log context: give it its own
             with log_context(run_id=rid, device_id=self.device_id):
                 log.info("run completed at %s", records[-1][1]["node"])
-        self._changed(rid)
+        self.changed(rid)
         return fresh is not None
 
     def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
@@ -515,9 +515,9 @@ class Engine:
             if status:
                 fields["status"] = status
             q.update_run(conn, run.run_id, self.clock(), **fields)
-            self._remember(conn, run.run_id)
+            self.remember(conn, run.run_id)
         self.write(tx, run.run_id)
-        self._changed(run.run_id)
+        self.changed(run.run_id)
 
     def finish(self, run_id: str, status: str, *, error: str | None = None, output: Any = None,
                extra: Tx | None = None) -> None:
@@ -546,9 +546,9 @@ class Engine:
             log.warning("run failed: %s", error)
         else:
             log.info("run %s%s", status, f": {error}" if error else "")
-        self._changed(run_id)
+        self.changed(run_id)
 
-    def _changed(self, run_id: str) -> None:
+    def changed(self, run_id: str) -> None:
         for listener in self._listeners:
             listener(run_id)
 
@@ -576,7 +576,7 @@ class Engine:
                 continue
             at, approval_id, run_id = heapq.heappop(self._timeouts)
             try:
-                await self._in_pool(lambda a=approval_id: self.nodes.approval_timed_out(a))
+                await self._in_pool(lambda a=approval_id: self.nodes.out.approval_timed_out(a))
             except Exception:  # noqa: BLE001 - keep the timer loop alive
                 log.exception("approval %s timeout handling failed", approval_id)
             self.wake(run_id)

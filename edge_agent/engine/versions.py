@@ -24,7 +24,11 @@ from types import MappingProxyType
 from typing import Any
 
 from edge_agent.config.model import (
-    ApprovalSpec, BranchRule, NodeConfig, RetryPolicy, WorkflowConfig,
+    ApprovalSpec,
+    BranchRule,
+    NodeConfig,
+    RetryPolicy,
+    WorkflowConfig,
 )
 from edge_agent.engine.records import TERMINAL
 

@@ -39,7 +39,7 @@ def test_a_renamed_gate_keeps_runs_in_flight_on_their_version(
     assert listed[stays]["version"] == old and new != old
     assert listed[stays]["node"] == "gate" and listed[stays]["node_exists"] is False
     text = cli(config, "config", "check").stdout
-    assert text.startswith("ok\n") and f"--map gate=NODE" in text
+    assert text.startswith("ok\n") and "--map gate=NODE" in text
 
     refused = cli(config, "runs", "migrate", moves, "--to-version", new, check=False)
     assert refused.returncode == 1 and "node 'gate'" in refused.stderr

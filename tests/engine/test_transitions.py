@@ -22,7 +22,12 @@ from edge_agent.config.model import NodeConfig, RetryPolicy
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.engine.records import QUEUED, RUNNING, Run
 from edge_agent.engine.transitions import (
-    Intent, Transition, call_key, call_plan, node_done, node_failed,
+    Intent,
+    Transition,
+    call_key,
+    call_plan,
+    node_done,
+    node_failed,
 )
 
 FENCED = {"stamp"}  # non-idempotent: an intent before each call

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 from support.engine import STAMP, Harness, LedgerTool, ledger_lines
 
-from edge_agent.engine import ToolBinding, VersionError, decide_approval, migrate_run
+from edge_agent.engine import ToolBinding, VersionError, decide_approval, migrate_run, versions
 from edge_agent.engine import queries as q
-from edge_agent.engine import versions
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.store import Store
 
