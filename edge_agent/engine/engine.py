@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import logging
 import os
 import random
@@ -26,12 +25,14 @@ from typing import Any
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine import transitions, versions
-from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
+from edge_agent.engine.bindings import AgentRunner, ToolBinding
 from edge_agent.engine.control import emit, pack
+from edge_agent.engine.catalog import Catalog
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
+from edge_agent.engine.timeouts import ApprovalTimeouts
 from edge_agent.store import GroupCommitter, Prepared, Store
 from edge_agent.telemetry.logs import log_context
 
@@ -58,8 +59,7 @@ class Engine:
                  rand: Callable[[], float] = random.random) -> None:
         self.store = store
         self.writer = writer
-        self.workflows = workflows
-        self.tools = tools
+        self.catalog = Catalog(store, workflows, tools)
         self.agent_runner = agent_runner
         self.notify = notify or (lambda: None)
         self.outbox_limits = outbox_limits
@@ -67,6 +67,9 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
+        self.timeouts = ApprovalTimeouts(
+            clock, lambda a: self._in_pool(lambda: self.nodes.out.approval_timed_out(a)),
+            self.wake)
         # Runs are driven by two busy workers (one in Python while the other is in SQLite;
         # more would only take turns at the GIL), and more only while calls block.
         self.sched = Scheduler(workers=min(2, os.cpu_count() or 2), max_workers=max_workers,
@@ -82,12 +85,6 @@ class Engine:
         self._begins: dict[str, Tx] = {}  # starts that ride on the run's next commit
         # intents committed with the transition into a fenced call, not called yet
         self._armed: dict[str, transitions.Intent] = {}
-        self._pure_known: tuple[Any, Any, dict[tuple[str, str | None, str | None], bool]] = (
-            None, None, {})
-        self._pinned: dict[tuple[str, str], WorkflowConfig] = {}  # definitions read back
-        self._timeouts: list[tuple[float, int, str]] = []
-        self._timer_changed: asyncio.Event | None = None
-        self._timer_task: asyncio.Task[None] | None = None
         self._accepting = False
         self.stopping = threading.Event()
         self._listeners: list[Callable[[str], None]] = []
@@ -104,16 +101,13 @@ class Engine:
     async def start(self) -> None:
         """Recover: every unfinished run resumes from its last checkpoint."""
         self._loop = asyncio.get_running_loop()
-        self._timer_changed = asyncio.Event()
         self._accepting = True
         self.stopping.clear()
         # runs queued before versions existed are pinned to the definitions loaded now; the
         # definitions no unfinished run needs any more go
         await self._in_pool(lambda: self.writer.write(lambda c: (
             versions.pin_unpinned(c, self.workflows), versions.prune(c))))
-        for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
-            heapq.heappush(self._timeouts, (at, approval_id, run_id))
-        self._timer_task = self._loop.create_task(self._timer_loop(), name="approval-timeouts")
+        self.timeouts.start(self._loop, await self._in_pool(self._pending_timeouts))
         for run_id in await self._in_pool(lambda: self.store.read(q.unfinished_run_ids)):
             self.wake(run_id)
 
@@ -126,8 +120,7 @@ class Engine:
         for handle in self._sleepers.values():
             handle.cancel()
         self._sleepers.clear()
-        if self._timer_task:
-            self._timer_task.cancel()
+        self.timeouts.stop()
         futures = [asyncio.wrap_future(f) for f in self._driving.values() if not f.done()]
         if futures:
             _, pending = await asyncio.wait(futures, timeout=timeout)
@@ -213,7 +206,7 @@ class Engine:
     async def _wake_changed(self) -> None:
         for run_id in await self._in_pool(lambda: self.store.read(q.runs_to_wake)):
             self.wake(run_id)
-        known = {a for _, a, _ in self._timeouts}
+        known = self.timeouts.known()
         for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
             if approval_id not in known:
                 self.schedule_timeout(at, approval_id, run_id)
@@ -281,7 +274,7 @@ class Engine:
         if run.status == QUEUED or run.node is None:
             span = secrets.token_hex(8)
             log.info("run started: workflow %s from %s", wf.name, run.origin)
-            if not self._folds_begin(wf):
+            if not self.catalog.folds_begin(wf):
                 # a fenced first call's intent goes with the start: one commit, not two
                 start = wf.nodes[wf.start]
                 intent = transitions.intent_for(run_id, start, 1, run.context, self.clock()) \
@@ -308,30 +301,6 @@ class Engine:
             begin = self._begins.pop(run_id, None)
             if begin is not None:  # a path that wrote nothing for the run: start it alone
                 self.write(begin)
-
-    def definition(self, run: Run) -> WorkflowConfig | None:
-        """The workflow definition the run is pinned to: the loaded one while it is the same
-        version, else the one stored when the run was queued (a reload or an upgrade never
-        changes the graph of a run in flight)."""
-        live = self.workflows.get(run.workflow)
-        version = run.version
-        if version is None or (live is not None and versions.version_of(live) == version):
-            return live
-        key = (run.workflow, version)
-        wf = self._pinned.get(key)
-        if wf is None:
-            wf = self.store.read(lambda c: versions.load(c, run.workflow, version))
-            if wf is not None:
-                self._pinned[key] = wf
-        return wf
-
-    def _folds_begin(self, wf: WorkflowConfig) -> bool:
-        start = wf.nodes[wf.start]
-        if start.kind in ("branch", "end"):
-            return True
-        binding = self.tools.get(start.tool or "") if start.kind == "tool" else None
-        return (binding is not None and binding.idempotent
-                and not isinstance(binding.tool, RemoteTool))
 
     def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig, span: str,
                remember: bool = False, at: float | None = None,
@@ -449,45 +418,10 @@ class Engine:
             # a next node with no effect outside the database goes on once the COMMIT has
             # returned; anything else (a next call's intent above all) waits for the fsync
             # that puts it (and all before it) on disk
-            self.writer.write_then(fn, landed, durable=fresh is None or not self._pure(fresh))
+            self.writer.write_then(fn, landed, durable=fresh is None or not self.catalog.pure(fresh))
             return PENDING  # type: ignore[no-any-return]
         self.write(fn, rid)
         return self._advanced(rid, fresh, records, intent)
-
-    def fenced(self, node: NodeConfig) -> bool:
-        """Whether a tool node's call is fenced by an intent: a local, non-idempotent tool."""
-        binding = self.tools.get(node.tool or "")
-        return (binding is not None and not binding.idempotent
-                and not isinstance(binding.tool, RemoteTool))
-
-    def take_armed(self, run_id: str) -> transitions.Intent | None:
-        """The intent this process committed for the run's next call and has not called."""
-        return self._armed.pop(run_id, None)
-
-    def _pure(self, run: Run) -> bool:
-        """Whether the run's next node has no effect outside the database: a branch, an end,
-        or a tool declared pure computation (idempotent, `blocks = false`). Such a node may
-        run before the commit of the step before it is on disk: after a power cut it simply
-        runs again. Remembered per node for the workflows and tools now loaded (a reload
-        replaces them, and with them the answers)."""
-        known = self._pure_known
-        if known[0] is not self.workflows or known[1] is not self.tools:
-            known = self._pure_known = (self.workflows, self.tools, {})
-        key = (run.workflow, run.version, run.node)
-        pure = known[2].get(key)
-        if pure is None:
-            pure = known[2][key] = self._pure_node(self.definition(run), run.node)
-        return pure
-
-    def _pure_node(self, wf: WorkflowConfig | None, name: str | None) -> bool:
-        node = wf.nodes.get(name) if wf is not None and name else None
-        if node is None:
-            return False
-        if node.kind in ("branch", "end"):
-            return True
-        binding = self.tools.get(node.tool or "") if node.kind == "tool" else None
-        return (binding is not None and binding.idempotent and not binding.blocks
-                and not isinstance(binding.tool, RemoteTool))
 
     def _advanced(self, rid: str, fresh: Run | None,
                   records: tuple[tuple[str, dict[str, Any]], ...],
@@ -552,34 +486,36 @@ class Engine:
         for listener in self._listeners:
             listener(run_id)
 
-    # approval timeouts (loop side) ------------------------------------------------------------
+    # what the node handlers ask (see ports.Driver) -------------------------------------------
+    @property
+    def workflows(self) -> Mapping[str, WorkflowConfig]:
+        return self.catalog.workflows
+
+    @workflows.setter
+    def workflows(self, workflows: Mapping[str, WorkflowConfig]) -> None:
+        self.catalog.workflows = workflows  # a reload: new runs take these
+
+    @property
+    def tools(self) -> Mapping[str, ToolBinding]:
+        return self.catalog.tools
+
+    @tools.setter
+    def tools(self, tools: Mapping[str, ToolBinding]) -> None:
+        self.catalog.tools = tools
+
+    def definition(self, run: Run) -> WorkflowConfig | None:
+        return self.catalog.definition(run)
+
+    def fenced(self, node: NodeConfig) -> bool:
+        return self.catalog.fenced(node)
+
+    def take_armed(self, run_id: str) -> transitions.Intent | None:
+        """The intent this process committed for the run's next call and has not called."""
+        return self._armed.pop(run_id, None)
+
     def schedule_timeout(self, at: float, approval_id: int, run_id: str) -> None:
         """Thread-safe: called by worker threads when they open an approval with a timeout."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._push_timeout, at, approval_id, run_id)
-
-    def _push_timeout(self, at: float, approval_id: int, run_id: str) -> None:
-        heapq.heappush(self._timeouts, (at, approval_id, run_id))
-        if self._timer_changed is not None:
-            self._timer_changed.set()
-
-    async def _timer_loop(self) -> None:
-        assert self._timer_changed is not None
-        while True:
-            self._timer_changed.clear()
-            delay = self._timeouts[0][0] - self.clock() if self._timeouts else 3600.0
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._timer_changed.wait(), min(delay, 3600.0))
-                except TimeoutError:
-                    pass
-                continue
-            at, approval_id, run_id = heapq.heappop(self._timeouts)
-            try:
-                await self._in_pool(lambda a=approval_id: self.nodes.out.approval_timed_out(a))
-            except Exception:  # noqa: BLE001 - keep the timer loop alive
-                log.exception("approval %s timeout handling failed", approval_id)
-            self.wake(run_id)
+        self.timeouts.schedule(at, approval_id, run_id)
 
     def backoff(self, policy: Any, attempt: int) -> float:
         delay: float = policy.delay(attempt, self.rand())
