@@ -15,11 +15,12 @@ from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine import transitions
 from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
-from edge_agent.engine.journal import DurableAgentContext, call_key
+from edge_agent.engine.journal import DurableAgentContext
 from edge_agent.engine.outcomes import Outcomes
 from edge_agent.engine.parallel import run_parallel
 from edge_agent.engine.ports import Driver, Tx, both
 from edge_agent.engine.records import CANCELLED, FAILED, Run, dumps
+from edge_agent.engine.transitions import call_key
 
 log = logging.getLogger(__name__)
 

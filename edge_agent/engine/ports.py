@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ class Driver(Protocol):
     agent_runner: AgentRunner | None
     journal: ToolJournal
     stopping: threading.Event
-    branch_pool: Executor
+    branch_pool: ThreadPoolExecutor
     clock: Callable[[], float]
     rand: Callable[[], float]
 

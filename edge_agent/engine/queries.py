@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
-from edge_agent.engine.transitions import StepCall  # (tool, idempotency key, arguments)
+from edge_agent.engine.transitions import StepCall as StepCall  # (tool, key, arguments)
 
 
 def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
