@@ -22,17 +22,24 @@ class Catalog:
         self.workflows = workflows
         self.tools = tools
         self._pinned: dict[tuple[str, str], WorkflowConfig] = {}  # definitions read back
+        # (for which workflows, name -> (definition, version)): the loaded versions
+        self._live: tuple[Any, dict[str, tuple[WorkflowConfig, str]]] = (None, {})
         self._pure_known: tuple[Any, Any, dict[tuple[str, str | None, str | None], bool]] = (
             None, None, {})
+        self._fenced_known: tuple[Any, dict[str, bool]] = (None, {})
 
     def definition(self, run: Run) -> WorkflowConfig | None:
         """The workflow definition the run is pinned to: the loaded one while it is the same
         version, else the one stored when the run was queued (a reload or an upgrade never
         changes the graph of a run in flight)."""
-        live = self.workflows.get(run.workflow)
+        live = self._live
+        if live[0] is not self.workflows:  # loaded anew (a reload): their versions, once
+            live = self._live = (self.workflows, {name: (wf, versions.version_of(wf))
+                                                  for name, wf in self.workflows.items()})
+        found = live[1].get(run.workflow)
         version = run.version
-        if version is None or (live is not None and versions.version_of(live) == version):
-            return live
+        if version is None or (found is not None and found[1] == version):
+            return found[0] if found is not None else None
         key = (run.workflow, version)
         wf = self._pinned.get(key)
         if wf is None:
@@ -42,10 +49,18 @@ class Catalog:
         return wf
 
     def fenced(self, node: NodeConfig) -> bool:
-        """Whether a tool node's call is fenced by an intent: a local, non-idempotent tool."""
-        binding = self.tools.get(node.tool or "")
-        return (binding is not None and not binding.idempotent
-                and not isinstance(binding.tool, RemoteTool))
+        """Whether a tool node's call is fenced by an intent: a local, non-idempotent tool.
+        Remembered per tool for the tools now loaded."""
+        known = self._fenced_known
+        if known[0] is not self.tools:
+            known = self._fenced_known = (self.tools, {})
+        name = node.tool or ""
+        fenced = known[1].get(name)
+        if fenced is None:
+            binding = self.tools.get(name)
+            fenced = known[1][name] = (binding is not None and not binding.idempotent
+                                       and not isinstance(binding.tool, RemoteTool))
+        return fenced
 
     def folds_begin(self, wf: WorkflowConfig) -> bool:
         """Whether a run's start can ride on its first node's commit: a start node with no

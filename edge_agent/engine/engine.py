@@ -364,7 +364,7 @@ class Engine:
                                   now=self.clock(), attempt=attempt, started_at=started_at,
                                   patch=patch, step_status=step_status,
                                   store_output=store_output, call=call, error=error,
-                                  fenced=self.fenced)
+                                  fenced=self.catalog.fenced)
         return self.commit(run.run_id, t, extra, result)
 
     def commit(self, rid: str, t: transitions.Transition, extra: Tx | None = None,
@@ -378,10 +378,7 @@ class Engine:
         if t.finish and t.fields["status"] == FAILED:
             log.warning("run failed: %s", t.fields["error"])
         ops: list[Statement] = [] if result is None else [result]
-        ops += [q.step_insert(run_id=rid, node=s.node, visit=s.visit, attempt=s.attempt,
-                              status=s.status, output=s.output, started_at=s.started_at,
-                              finished_at=s.finished_at, call=s.call, error=s.error,
-                              error_kind=s.error_kind) for s in t.steps]
+        ops += [q.step_row(rid, s) for s in t.steps]
         ops.append(q.run_update(rid, now, **t.fields) if t.finish else
                    q.checkpoint_update(rid, now, **t.fields))
         intent = t.intent

@@ -25,6 +25,7 @@ from edge_agent.engine.transitions import call_key
 log = logging.getLogger(__name__)
 
 MAX_HANDOFFS = 8
+_CALL = transitions.CallPlan("call")  # an idempotent call's plan: always to call it
 NO_RETRY = RetryPolicy()
 
 
@@ -76,7 +77,7 @@ class NodeRunner:
             self.e.read(lambda c: q.journal_get(c, key, attempt))
         plan = transitions.call_plan(fenced=fenced, row=row, armed=armed, key=key,
                                      attempt=attempt, scope=scope, tool=node.tool, args=args,
-                                     now=self.e.clock())
+                                     now=self.e.clock()) if fenced else _CALL
         if plan.action == "unknown":
             return self.out.unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
                                  key, attempt, node.tool, args)

@@ -7,6 +7,11 @@ from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
 from edge_agent.engine.transitions import StepCall as StepCall  # (tool, key, arguments)
+from edge_agent.engine.transitions import StepRow
+
+_STEP_INSERT = ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error,"
+                " error_kind, started_at, finished_at, span_id, tool, call_key, args)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
@@ -84,12 +89,20 @@ def step_insert(*, run_id: str, node: str, visit: int, attempt: int, status: str
     """One step row, as SQL and parameters; `call` journals an idempotent tool node's call
     in the same row."""
     tool, key, args = call if call is not None else (None, None, None)
-    return ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error, error_kind,"
-            " started_at, finished_at, span_id, tool, call_key, args)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    return (_STEP_INSERT,
             (run_id, node, visit, attempt, status, None if output is None else dumps(output),
              error, error_kind, started_at, finished_at, span_id, tool, key,
              None if call is None else dumps(args)))
+
+
+def step_row(run_id: str, s: StepRow) -> tuple[str, tuple[Any, ...]]:
+    """A transition's step row (see `transitions.StepRow`), as SQL and parameters."""
+    call = s.call
+    return (_STEP_INSERT, (
+        run_id, s.node, s.visit, s.attempt, s.status,
+        None if s.output is None else dumps(s.output), s.error, s.error_kind, s.started_at,
+        s.finished_at, None, *((None, None, None) if call is None else
+                                (call[0], call[1], dumps(call[2])))))
 
 
 def insert_step(conn: sqlite3.Connection, **fields: Any) -> int:
