@@ -12,7 +12,7 @@ from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.store import Store
@@ -141,7 +141,11 @@ def _runs_on_changed_workflows(cfg: Any) -> list[dict[str, Any]]:
     from edge_agent.engine.versions import in_flight_on_changed
     if not cfg.db_path.exists():
         return []
-    store = Store(cfg.db_path, readonly=True)
+    try:
+        store = Store(cfg.db_path, readonly=True)
+    except EdgeAgentError as exc:  # a database this release cannot read: the config is ok
+        print(f"edge-agent: runs in flight not checked: {exc}", file=sys.stderr)
+        return []
     try:
         if store.read(lambda c: c.execute("SELECT count(*) FROM sqlite_master WHERE name ="
                                           " 'workflow_versions'").fetchone()[0]) == 0:

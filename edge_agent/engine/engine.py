@@ -354,11 +354,13 @@ class Engine:
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
                 store_output: bool = True, call: q.StepCall | None = None,
-                error: tuple[str, str] | None = None, result: Statement | None = None) -> bool:
+                error: tuple[str, str] | None = None, result: Statement | None = None,
+                wf: WorkflowConfig | None = None) -> bool:
         """Commit a finished node and move on (see `transitions.node_done`): decide, then do.
-        `result` is a fenced call's outcome, completing its intent row in the same commit."""
+        `result` is a fenced call's outcome, completing its intent row in the same commit;
+        `wf` the run's definition, when the caller has it at hand."""
         self.writer.let_through()
-        wf = self.definition(run)
+        wf = wf or self.definition(run)
         assert wf is not None  # the step that called this found it
         t = transitions.node_done(run, wf, node, output=output, next_node=next_node,
                                   now=self.clock(), attempt=attempt, started_at=started_at,
@@ -415,7 +417,8 @@ class Engine:
             # a next node with no effect outside the database goes on once the COMMIT has
             # returned; anything else (a next call's intent above all) waits for the fsync
             # that puts it (and all before it) on disk
-            self.writer.write_then(fn, landed, durable=fresh is None or not self.catalog.pure(fresh))
+            durable = fresh is None or not self.catalog.pure(fresh)
+            self.writer.write_then(fn, landed, durable=durable)
             return PENDING  # type: ignore[no-any-return]
         self.write(fn, rid)
         return self._advanced(rid, fresh, records, intent)

@@ -79,8 +79,9 @@ class NodeRunner:
                                      attempt=attempt, scope=scope, tool=node.tool, args=args,
                                      now=self.e.clock()) if fenced else _CALL
         if plan.action == "unknown":
-            return self.out.unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
-                                 key, attempt, node.tool, args)
+            return self.out.unknown(run, node, state, policy,
+                                    node.on_unknown or binding.on_unknown, key, attempt,
+                                    node.tool, args)
         if plan.action == "replay":
             return self.e.advance(run, node, output=plan.result, next_node=node.next,
                                   attempt=attempt)
@@ -89,8 +90,9 @@ class NodeRunner:
                                          attempt=attempt, name=node.tool, args=args,
                                          write_result=False, intent_committed=armed is not None)
         if res.unknown:  # the effect may have happened: as after a crash in the call
-            return self.out.unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
-                                 key, attempt, node.tool, args)
+            return self.out.unknown(run, node, state, policy,
+                                    node.on_unknown or binding.on_unknown, key, attempt,
+                                    node.tool, args, cause=res.error)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
         call: q.StepCall | None = None if fenced else (node.tool, key, args)
@@ -98,7 +100,7 @@ class NodeRunner:
                                        attempt=attempt, name=node.tool, args=args,
                                        res=res) if fenced else None
         if res.ok:
-            return self.e.advance(run, node, output=res.result, next_node=node.next,
+            return self.e.advance(run, node, output=res.result, next_node=node.next, wf=wf,
                                   attempt=attempt, started_at=res.started_at, call=call,
                                   result=result)
         record: Tx | None = None if result is None else (lambda c: c.execute(*result))

@@ -111,9 +111,11 @@ class Outcomes:
 
     def unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
-                       args: Any) -> bool:
+                       args: Any, cause: str | None = None) -> bool:
+        """A fenced call whose outcome is unknown: after a crash during it (`cause` None), or
+        an error that says its effect may have happened (`cause`: that error)."""
         mark = functools.partial(self._mark_unknown, run, node.name, key, attempt, tool,
-                                 on_unknown)
+                                 on_unknown, cause=cause)
         if on_unknown == "fail":
             self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
                                 error=f"{node.name}: outcome of {tool} is unknown (on_unknown = "
@@ -124,11 +126,12 @@ class Outcomes:
                                       error=f"outcome of {tool} unknown; assumed failed",
                                       kind="unknown_outcome", retryable=True,
                                       extra=mark("assumed_failed"))
-        self.ask_unknown(run, node, state, key=key, attempt=attempt, tool=tool, args=args)
+        self.ask_unknown(run, node, state, key=key, attempt=attempt, tool=tool, args=args,
+                         cause=cause)
         return False
 
     def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
-                      on_unknown: str, status: str) -> Tx:
+                      on_unknown: str, status: str, cause: str | None = None) -> Tx:
         """The journal row's new status, and an `interrupted` step that shows it."""
         def tx(c: sqlite3.Connection) -> None:
             now = self.e.clock()
@@ -136,21 +139,25 @@ class Outcomes:
                       " AND attempt = ?", (status, now, key, attempt))
             q.insert_step(c, run_id=run.run_id, node=step_node, visit=run.visit(step_node),
                           attempt=attempt, status="interrupted",
-                          error=f"the process stopped during {tool}; on_unknown = {on_unknown}",
+                          error=f"{cause or f'the process stopped during {tool}'}; on_unknown"
+                          f" = {on_unknown}",
                           error_kind="unknown_outcome", started_at=now, finished_at=now)
         return tx
 
     def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
-                    attempt: int, tool: str, args: Any, step_node: str | None = None) -> None:
+                    attempt: int, tool: str, args: Any, step_node: str | None = None,
+                    cause: str | None = None) -> None:
         """Open an approval asking whether an interrupted non-idempotent call took effect."""
-        prompt = (f"Did {tool}({dumps(args)}) take effect? The daemon stopped after starting it "
-                  "and before its result was recorded. Approve = it did (the run continues); "
-                  "reject = it did not (the step is retried).")
+        why = (f"{tool} failed after its request may have reached the device ({cause})"
+               if cause else "The daemon stopped after starting it and before its result was "
+               "recorded")
+        prompt = (f"Did {tool}({dumps(args)}) take effect? {why}. Approve = it did (the run "
+                  "continues); reject = it did not (the step is retried).")
         self.open_approval(run, node, {**state, "unknown_key": key, "unknown_attempt": attempt},
                            kind="unknown_outcome", prompt=prompt,
                            context={"tool": tool, "args": args, "key": key},
                            extra=self._mark_unknown(run, step_node or node.name, key, attempt,
-                                                    tool, "escalate", "unknown"))
+                                                    tool, "escalate", "unknown", cause=cause))
 
     def decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy) -> bool:

@@ -64,7 +64,8 @@ class Driver(Protocol):
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
                 store_output: bool = True, call: StepCall | None = None,
                 error: tuple[str, str] | None = None,
-                result: Statement | None = None) -> bool: ...
+                result: Statement | None = None,
+                wf: WorkflowConfig | None = None) -> bool: ...
 
     def commit(self, rid: str, t: Transition, extra: Tx | None = None,
                result: Statement | None = None) -> bool: ...

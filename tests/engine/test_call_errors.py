@@ -67,6 +67,8 @@ def test_a_timeout_after_sending_escalates_like_a_crash(db_path: Path) -> None:
             calls = h.store.read(lambda c: q.tool_calls(c, rid))
             assert [c["status"] for c in calls] == ["unknown"]
             assert [s["status"] for s in h.steps(rid)] == ["interrupted"]
+            assert "no reply within 2s (request sent)" in h.steps(rid)[0]["error"]
+            assert "may have reached the device" in appr["prompt"]
             decide_approval(h.writer.write, rid, approve=False, by="op")  # it did not happen
             h.engine.wake(rid)
             done = await h.wait(rid, "completed")
