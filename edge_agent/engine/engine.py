@@ -240,12 +240,15 @@ class Engine:
                 return outcome
         _local.drive = (run_id, fut)
         try:
-            # a run whose next call's intent is committed makes that call before it stops
-            # (else a drain would leave an unknown outcome behind)
-            while not self.stopping.is_set() or run_id in self._armed:
+            while not self.stopping.is_set():
                 outcome = self.step(run_id)
                 if outcome is not True:
                     return outcome
+            armed = self._armed.pop(run_id, None)
+            if armed is not None:
+                # stopping before a call whose intent rode on the last commit: the call is
+                # not made, and its intent goes (else the restart would find it unanswered)
+                self.write(lambda c: c.execute(*q.intent_withdraw(armed.key, armed.attempt)))
             return None
         finally:
             _local.drive = None
