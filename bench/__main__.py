@@ -90,9 +90,12 @@ def _fleet(r: dict[str, Any]) -> list[Row]:
 
 
 def _inference(r: dict[str, Any]) -> list[Row]:
-    return [("agent step tokens/s (grammar)", _rate(r["agent_tps"], "tokens/s"),
-             f"bare llama-cpp-python {r['bare_tps']:,.0f}/s",
-             _ratio(r["agent_tps"], r["bare_tps"])),
+    paired = (f"{r['ratio_median']:.2f}x (middle half {r['ratio_p25']:.2f}-"
+              f"{r['ratio_p75']:.2f}x, {r['pairs']} pairs)") if "ratio_median" in r else \
+        _ratio(r["agent_tps"], r["bare_tps"])
+    return [("agent step tokens/s (grammar), paired with bare on the same prompts and seeds",
+             _rate(r["agent_tps"], "tokens/s"), f"bare llama-cpp-python {r['bare_tps']:,.0f}/s",
+             paired),
             (f"time to first token, {r['prefix_tokens']}-token prefix",
              f"warm {r['ttft_warm_s'] * 1000:.1f} ms", f"cold {r['ttft_cold_s'] * 1000:.0f} ms",
              f"{r['ttft_cold_s'] / r['ttft_warm_s']:.1f}x faster")]

@@ -42,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("start", "queue a run of WORKFLOW (starts when the daemon runs)")
     s.add_argument("workflow")
     s.add_argument("--input", help="the run's input as JSON")
-    s = add("runs", "list runs, or `runs show RUN_ID`")
-    s.add_argument("rest", nargs="*", metavar="show RUN_ID")
+    s = add("runs", "list runs, `runs show RUN_ID`, or `runs migrate RUN_ID --to-version V "
+            "[--map OLD=NEW ...]` (move a run to another version of its workflow, checked)")
+    s.add_argument("rest", nargs="*", metavar="show|migrate RUN_ID")
     s.add_argument("--state", help="only runs in this state")
     s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--to-version", metavar="V",
+                   help="migrate: the version to move to (a prefix of it is enough)")
+    s.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
+                   help="migrate: the run's node OLD is called NEW in that version (repeatable)")
     add("approvals", "pending approvals with their prompts")
     for name, text in (("approve", "approve the run's pending gate"),
                        ("reject", "reject the run's pending gate")):

@@ -1,4 +1,4 @@
-"""Commands over runs: start, runs, approvals, approve, reject, cancel."""
+"""Commands over runs: start, runs (list, show, migrate), approvals, approve, reject, cancel."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.render import table, when
-from edge_agent.engine import decide_approval, queue_run, request_cancel
+from edge_agent.engine import decide_approval, migrate_run, queue_run, request_cancel
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import STATUSES
 
@@ -72,8 +72,12 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_runs(ctx: Context, args: argparse.Namespace) -> int:
     if args.rest:
+        if args.rest[0] == "migrate" and len(args.rest) == 2:
+            return _migrate(ctx, args.rest[1], args.to_version, args.map)
         if args.rest[0] != "show" or len(args.rest) != 2:
-            raise CliError("usage: edge-agent runs [--state S] | edge-agent runs show RUN_ID", 64)
+            raise CliError("usage: edge-agent runs [--state S] | edge-agent runs show RUN_ID | "
+                           "edge-agent runs migrate RUN_ID --to-version V [--map OLD=NEW ...]",
+                           64)
         return _show(ctx, args.rest[1])
     if args.state and args.state not in STATUSES:
         raise CliError(f"--state: must be one of {', '.join(STATUSES)} (got {args.state!r})", 64)
@@ -84,9 +88,9 @@ def cmd_runs(ctx: Context, args: argparse.Namespace) -> int:
         store.close()
     rows = [r.summary() for r in runs]
     ctx.out({"runs": rows} if ctx.as_json else None, table(
-        ["run_id", "workflow", "status", "node", "created", "error"],
-        [[r["run_id"], r["workflow"], r["status"], r["node"] or "", when(r["created_at"]),
-          (r["error"] or "")[:60]] for r in rows]))
+        ["run_id", "workflow", "version", "status", "node", "created", "error"],
+        [[r["run_id"], r["workflow"], r["version"] or "-", r["status"], r["node"] or "",
+          when(r["created_at"]), (r["error"] or "")[:60]] for r in rows]))
     return 0
 
 
@@ -104,7 +108,8 @@ def _show(ctx: Context, run_id: str) -> int:
             "output": run.output,
             "node_state": run.node_state, "steps": steps, "approvals": approvals}
     text = "\n".join([
-        f"run {run.run_id}  workflow {run.workflow}  status {run.status}",
+        f"run {run.run_id}  workflow {run.workflow}  version {run.summary()['version'] or '-'}"
+        f"  status {run.status}",
         f"node {run.node or '-'}  created {when(run.created_at)}  error {run.error or '-'}",
         table(["node", "attempt", "status", "error"],
               [[s["node"], s["attempt"], s["status"], (s["error"] or "")[:70]] for s in steps]),
@@ -151,4 +156,32 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     _poke(ctx, args.run_id)
     ctx.out({"run_id": run.run_id, "status": run.status, "cancel_requested": True},
             f"cancel requested for {run.run_id} (status {run.status})")
+    return 0
+
+
+def _migrate(ctx: Context, run_id: str, to_version: str | None, pairs: list[str]) -> int:
+    """Move a run to another version of its workflow: checked in one transaction."""
+    if not to_version:
+        raise CliError("runs migrate: --to-version V is required", 64)
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise CliError(f"--map: must be OLD=NEW (got {pair!r})", 64)
+        mapping[old] = new
+    # a run in the middle of a step moves only while no daemon is driving it
+    from edge_agent.daemon.lock import lock_holder
+    daemon_down = ctx.daemon("status") is None and not lock_holder(ctx.config.device.data_dir)
+    store = ctx.store(write=True)
+    try:
+        run = store.read(lambda c: q.get_run(c, run_id))
+        current = ctx.config.workflows.get(run.workflow) if run is not None else None
+        result = store.write(lambda c: migrate_run(
+            c, run_id, to_version=to_version, mapping=mapping, current=current,
+            allow_running=daemon_down))
+    finally:
+        store.close()
+    _poke(ctx, run_id)
+    ctx.out(result, f"moved {run_id} ({result['workflow']}) from version {result['from']} to "
+            f"{result['to']}, at node {result['node'] or '(start)'}")
     return 0

@@ -16,7 +16,8 @@ from edge_agent.config.model_files import check_model_files
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError
+from edge_agent.store import Store
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.telemetry.summary import collect, one_line
 
 
@@ -127,8 +128,8 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
     path = args.path or ctx.config_path
     try:
-        config = load_config(path)
-        if issues := check_model_files(config):
+        cfg = load_config(path)
+        if issues := check_model_files(cfg):
             raise ConfigError(str(config_path(path)), issues)
     except ConfigError as exc:
         if ctx.as_json:
@@ -136,8 +137,40 @@ def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
         else:
             print(exc)
         return ConfigError.exit_code
-    ctx.out({"ok": True, "path": str(config_path(path))}, "ok")
+    changed = _runs_on_changed_workflows(cfg)
+    lines = ["ok"] + [
+        f"run {r['run_id']} ({r['workflow']}, {r['status']} at {r['node'] or '(start)'}) stays on "
+        f"version {r['version'] or '(unpinned)'}; this config has "
+        + (f"version {r['new_version']}, " if r["new_version"] else "no such workflow")
+        + ("" if not r["new_version"] else "where its node exists" if r["node_exists"] else
+           f"without its node: `edge-agent runs migrate {r['run_id']} --to-version "
+           f"{r['new_version']} --map {r['node']}=NODE` moves it")
+        for r in changed]
+    ctx.out({"ok": True, "path": str(config_path(path)), "runs_on_changed_workflows": changed},
+            "\n".join(lines))
     return 0
+
+
+def _runs_on_changed_workflows(cfg: Any) -> list[dict[str, Any]]:
+    """Runs in flight whose workflow this config changes, from the database the config's
+    data_dir holds (none if there is none yet)."""
+    from edge_agent.engine.versions import in_flight_on_changed
+    if not cfg.db_path.exists():
+        return []
+    try:
+        store = Store(cfg.db_path, readonly=True)
+    except EdgeAgentError as exc:  # a database this release cannot read: the config is ok
+        print(f"edge-agent: runs in flight not checked: {exc}", file=sys.stderr)
+        return []
+    try:
+        if store.read(lambda c: c.execute("SELECT count(*) FROM sqlite_master WHERE name ="
+                                          " 'workflow_versions'").fetchone()[0]) == 0:
+            return []  # a database from before versions: its runs are pinned at next start
+        result: list[dict[str, Any]] = store.read(
+            lambda c: in_flight_on_changed(c, cfg.workflows))
+        return result
+    finally:
+        store.close()
 
 
 def cmd_sync_now(ctx: Context, args: argparse.Namespace) -> int:

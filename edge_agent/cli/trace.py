@@ -46,12 +46,14 @@ def build_trace(store: Any, run_id: str) -> dict[str, Any]:
                                          "decision": a["status"], "by": a["decided_by"],
                                          "origin": a["origin"], "note": a["note"]})
         nodes.append(item)
-    return {"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
+    return {"run_id": run.run_id, "workflow": run.workflow,
+            "version": run.summary()["version"], "status": run.status,
             "trace_id": run.trace_id, "error": run.error, "steps": nodes}
 
 
 def render_trace(t: dict[str, Any]) -> str:
-    lines = [f"run {t['run_id']} ({t['workflow']}) {t['status']}  trace {t['trace_id']}"]
+    version = f" version {t['version']}" if t.get("version") else ""
+    lines = [f"run {t['run_id']} ({t['workflow']}{version}) {t['status']}  trace {t['trace_id']}"]
     for i, s in enumerate(t["steps"]):
         last = i == len(t["steps"]) - 1
         branch = "└─" if last else "├─"

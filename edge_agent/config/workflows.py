@@ -118,6 +118,7 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
             t.error("quorum", f"must be <= the number of branches ({len(fields['branches'])})",
                     quorum)
         fields["join"], fields["quorum"] = join, quorum
+        fields["fallback"] = t.str("fallback")  # where to go when the join cannot be met
     elif kind == "end":
         if t.raw("end") is not True:
             t.error("end", "must be true", t.data.get("end"))

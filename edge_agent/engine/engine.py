@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import logging
 import os
 import random
@@ -25,17 +24,21 @@ from typing import Any
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
-from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
+from edge_agent.engine import transitions, versions
+from edge_agent.engine.bindings import AgentRunner, ToolBinding
 from edge_agent.engine.control import emit, pack
+from edge_agent.engine.catalog import Catalog
 from edge_agent.engine.journal import ToolJournal
+from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
-from edge_agent.config.expressions import ExpressionError, evaluate
+from edge_agent.engine.timeouts import ApprovalTimeouts
 from edge_agent.store import GroupCommitter, Prepared, Store
 from edge_agent.telemetry.logs import log_context
 
 log = logging.getLogger(__name__)
 Tx = Callable[[sqlite3.Connection], Any]
+Statement = tuple[str, tuple[Any, ...]]
 # What a node handler returns: True = go on, False = stop (finished or waiting for a human),
 # a float = sleep until that time (durable: the due time is already committed).
 Next = bool | float
@@ -56,8 +59,7 @@ class Engine:
                  rand: Callable[[], float] = random.random) -> None:
         self.store = store
         self.writer = writer
-        self.workflows = workflows
-        self.tools = tools
+        self.catalog = Catalog(store, workflows, tools)
         self.agent_runner = agent_runner
         self.notify = notify or (lambda: None)
         self.outbox_limits = outbox_limits
@@ -65,6 +67,9 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
+        self.timeouts = ApprovalTimeouts(
+            clock, lambda a: self._in_pool(lambda: self.nodes.out.approval_timed_out(a)),
+            self.wake)
         # Runs are driven by two busy workers (one in Python while the other is in SQLite;
         # more would only take turns at the GIL), and more only while calls block.
         self.sched = Scheduler(workers=min(2, os.cpu_count() or 2), max_workers=max_workers,
@@ -78,14 +83,11 @@ class Engine:
         self._sleepers: dict[str, asyncio.TimerHandle] = {}
         self._fresh: dict[str, Run] = {}
         self._begins: dict[str, Tx] = {}  # starts that ride on the run's next commit
-        self._pure_known: tuple[Any, Any, dict[tuple[str, str | None], bool]] = (None, None, {})
-        self._timeouts: list[tuple[float, int, str]] = []
-        self._timer_changed: asyncio.Event | None = None
-        self._timer_task: asyncio.Task[None] | None = None
+        # intents committed with the transition into a fenced call, not called yet
+        self._armed: dict[str, transitions.Intent] = {}
         self._accepting = False
         self.stopping = threading.Event()
         self._listeners: list[Callable[[str], None]] = []
-        from edge_agent.engine.nodes import NodeRunner
         self.nodes = NodeRunner(self)
 
     # lifecycle --------------------------------------------------------------------------------
@@ -99,12 +101,13 @@ class Engine:
     async def start(self) -> None:
         """Recover: every unfinished run resumes from its last checkpoint."""
         self._loop = asyncio.get_running_loop()
-        self._timer_changed = asyncio.Event()
         self._accepting = True
         self.stopping.clear()
-        for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
-            heapq.heappush(self._timeouts, (at, approval_id, run_id))
-        self._timer_task = self._loop.create_task(self._timer_loop(), name="approval-timeouts")
+        # runs queued before versions existed are pinned to the definitions loaded now; the
+        # definitions no unfinished run needs any more go
+        await self._in_pool(lambda: self.writer.write(lambda c: (
+            versions.pin_unpinned(c, self.workflows), versions.prune(c))))
+        self.timeouts.start(self._loop, await self._in_pool(self._pending_timeouts))
         for run_id in await self._in_pool(lambda: self.store.read(q.unfinished_run_ids)):
             self.wake(run_id)
 
@@ -117,8 +120,7 @@ class Engine:
         for handle in self._sleepers.values():
             handle.cancel()
         self._sleepers.clear()
-        if self._timer_task:
-            self._timer_task.cancel()
+        self.timeouts.stop()
         futures = [asyncio.wrap_future(f) for f in self._driving.values() if not f.done()]
         if futures:
             _, pending = await asyncio.wait(futures, timeout=timeout)
@@ -204,7 +206,7 @@ class Engine:
     async def _wake_changed(self) -> None:
         for run_id in await self._in_pool(lambda: self.store.read(q.runs_to_wake)):
             self.wake(run_id)
-        known = {a for _, a, _ in self._timeouts}
+        known = self.timeouts.known()
         for at, approval_id, run_id in await self._in_pool(self._pending_timeouts):
             if approval_id not in known:
                 self.schedule_timeout(at, approval_id, run_id)
@@ -242,6 +244,11 @@ class Engine:
                 outcome = self.step(run_id)
                 if outcome is not True:
                     return outcome
+            armed = self._armed.pop(run_id, None)
+            if armed is not None:
+                # stopping before a call whose intent rode on the last commit: the call is
+                # not made, and its intent goes (else the restart would find it unanswered)
+                self.write(lambda c: c.execute(*q.intent_withdraw(armed.key, armed.attempt)))
             return None
         finally:
             _local.drive = None
@@ -253,7 +260,7 @@ class Engine:
             self.store.read(lambda c: q.get_run(c, run_id))
         if run is None or run.finished:
             return False
-        wf = self.workflows.get(run.workflow)
+        wf = self.definition(run)
         # one log context for everything the step does (the drive adds none: one per step)
         with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
                          step=run.node or (wf.start if wf else None), trace_id=run.trace_id,
@@ -262,7 +269,8 @@ class Engine:
 
     def _step(self, run_id: str, run: Run, wf: WorkflowConfig | None) -> Next:
         if wf is None:
-            self.finish(run_id, FAILED, error=f"workflow {run.workflow!r} is not loaded")
+            pinned = f" (version {versions.short(run.version)})" if run.version else ""
+            self.finish(run_id, FAILED, error=f"workflow {run.workflow!r}{pinned} is not loaded")
             return False
         if run.cancel_requested:
             self.finish(run_id, CANCELLED, error=run.error or "cancelled on request")
@@ -270,8 +278,15 @@ class Engine:
         if run.status == QUEUED or run.node is None:
             span = secrets.token_hex(8)
             log.info("run started: workflow %s from %s", wf.name, run.origin)
-            if not self._folds_begin(wf):
-                self.write(lambda c: self._begin(c, run, wf, span, remember=True))
+            if not self.catalog.folds_begin(wf):
+                # a fenced first call's intent goes with the start: one commit, not two
+                start = wf.nodes[wf.start]
+                intent = transitions.intent_for(run_id, start, 1, run.context, self.clock()) \
+                    if start.kind == "tool" and self.fenced(start) else None
+                self.write(lambda c: self._begin(c, run, wf, span, remember=True,
+                                                 intent=intent))
+                if intent is not None:
+                    self._armed[run_id] = intent
                 return True
             # the start goes with the first node's commit: a start node with no side effect
             # to fence needs no commit of its own (a crash before it leaves the run queued)
@@ -291,23 +306,20 @@ class Engine:
             if begin is not None:  # a path that wrote nothing for the run: start it alone
                 self.write(begin)
 
-    def _folds_begin(self, wf: WorkflowConfig) -> bool:
-        start = wf.nodes[wf.start]
-        if start.kind in ("branch", "end"):
-            return True
-        binding = self.tools.get(start.tool or "") if start.kind == "tool" else None
-        return (binding is not None and binding.idempotent
-                and not isinstance(binding.tool, RemoteTool))
-
     def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig, span: str,
-               remember: bool = False, at: float | None = None) -> None:
+               remember: bool = False, at: float | None = None,
+               intent: transitions.Intent | None = None) -> None:
         now = self.clock() if at is None else at
+        if intent is not None:
+            conn.execute(*q.intent_insert(key=intent.key, attempt=intent.attempt,
+                                          run_id=run.run_id, node=intent.scope,
+                                          tool=intent.tool, args=intent.args, now=intent.at))
         q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
                      visits={wf.start: 1}, node_state={}, span_id=span)
         self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
                                                        "node": wf.start, "ts": now})
         if remember:
-            self._remember(conn, run.run_id)
+            self.remember(conn, run.run_id)
 
     # I/O helpers (worker threads) -------------------------------------------------------------
     def write(self, fn: Tx, run_id: str | None = None) -> Any:
@@ -335,7 +347,7 @@ class Engine:
              payload: Mapping[str, Any]) -> None:
         emit(conn, stream, kind, payload, self.outbox_limits)
 
-    def _remember(self, conn: sqlite3.Connection, run_id: str) -> None:
+    def remember(self, conn: sqlite3.Connection, run_id: str) -> None:
         """Keep the row just written, so the next step needs no read."""
         run = q.get_run(conn, run_id)
         if run is not None:
@@ -346,75 +358,46 @@ class Engine:
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
                 store_output: bool = True, call: q.StepCall | None = None,
-                error: tuple[str, str] | None = None) -> bool:
-        """Commit a finished node and move on: one transaction, with the step row, the run's
-        checkpoint and the outbox record. When the next node is an `end`, the run completes in
-        the same transaction (an end has nothing to fence): two step rows, two records."""
+                error: tuple[str, str] | None = None, result: Statement | None = None,
+                wf: WorkflowConfig | None = None) -> bool:
+        """Commit a finished node and move on (see `transitions.node_done`): decide, then do.
+        `result` is a fenced call's outcome, completing its intent row in the same commit;
+        `wf` the run's definition, when the caller has it at hand."""
         self.writer.let_through()
-        wf = self.workflows[run.workflow]
-        context = dict(run.context)
-        if store_output and output is not None:
-            context[node.name] = output
-        if patch:
-            context.update(patch)
-        finale = self._finale(wf, next_node, context)
+        wf = wf or self.definition(run)
+        assert wf is not None  # the step that called this found it
+        t = transitions.node_done(run, wf, node, output=output, next_node=next_node,
+                                  now=self.clock(), attempt=attempt, started_at=started_at,
+                                  patch=patch, step_status=step_status,
+                                  store_output=store_output, call=call, error=error,
+                                  fenced=self.catalog.fenced)
+        return self.commit(run.run_id, t, extra, result)
+
+    def commit(self, rid: str, t: transitions.Transition, extra: Tx | None = None,
+               result: Statement | None = None) -> bool:
+        """Perform a transition: one transaction with its step rows, the run's checkpoint (or
+        terminal update), the next call's intent and the outbox records."""
         # Everything but the statements is worked out here, on the worker driving the run:
         # under group commit one thread writes the batch for many runs, so the less Python
         # in it, the more of it overlaps with SQLite (which runs without the GIL).
-        now = self.clock()
-        visit = run.visit(node.name)
-        rid = run.run_id
-        ops: list[tuple[str, tuple[Any, ...]]] = [q.step_insert(
-            run_id=rid, node=node.name, visit=visit, attempt=attempt, status=step_status,
-            output=output, started_at=started_at or now, finished_at=now, call=call,
-            error=error[0] if error else None, error_kind=error[1] if error else None)]
-        record = {"run_id": rid, "workflow": run.workflow, "node": node.name, "visit": visit,
-                  "attempt": attempt, "status": step_status, "output": output, "ts": now}
-        records: list[tuple[str, dict[str, Any]]] = []
-        visits = dict(run.visits)
-        fresh: Run | None = None
-        if next_node is not None:
-            visits[next_node] = visits.get(next_node, 0) + 1
-            bound = wf.nodes[next_node].max_visits
-            if bound is not None and visits[next_node] > bound:
-                err = f"node {next_node!r} would run more than max_visits={bound} times"
-                ops.append(q.run_update(rid, now, status=FAILED, context=context, error=err,
-                                        node_state={}, finished_at=now))
-                records.append(("run.finished", {**record, "run_status": FAILED, "error": err}))
-                next_node = finale = None
-                log.warning("run failed: %s", err)
-            else:
-                records.append(("step.completed", {**record, "next": next_node}))
-        else:
-            records.append(("run.finished", {**record, "run_status": COMPLETED}))
-            ops.append(q.run_update(rid, now, status=COMPLETED, node=None, context=context,
-                                    output=output, node_state={}, finished_at=now))
-        if next_node is not None and finale is not None:
-            end_visit = visits[next_node]
-            ops.append(q.step_insert(run_id=rid, node=next_node, visit=end_visit, attempt=1,
-                                     status="completed", output=finale, started_at=now,
-                                     finished_at=now))
-            ops.append(q.run_update(rid, now, status=COMPLETED, node=None, context=context,
-                                    output=finale, node_state={}, finished_at=now,
-                                    visits=visits))
-            records.append(("run.finished", {
-                "run_id": rid, "workflow": run.workflow, "node": next_node, "visit": end_visit,
-                "attempt": 1, "status": "completed", "output": finale, "ts": now,
-                "run_status": COMPLETED}))
-            next_node = None
-        elif next_node is not None:
-            ops.append(q.checkpoint_update(rid, now, node=next_node, context=context,
-                                           visits=visits,
-                                           status=None if run.status == RUNNING else RUNNING))
-            # the row as written, so the next step needs no read; a wake from outside
-            # (cancel, decision) makes the next step read the database instead
-            fresh = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
-                              visits=visits, updated_at=now)
+        now = t.at
+        if t.finish and t.fields["status"] == FAILED:
+            log.warning("run failed: %s", t.fields["error"])
+        ops: list[Statement] = [] if result is None else [result]
+        ops += [q.step_row(rid, s) for s in t.steps]
+        ops.append(q.run_update(rid, now, **t.fields) if t.finish else
+                   q.checkpoint_update(rid, now, **t.fields))
+        intent = t.intent
+        if intent is not None:
+            ops.append(q.intent_insert(key=intent.key, attempt=intent.attempt, run_id=rid,
+                                       node=intent.scope, tool=intent.tool, args=intent.args,
+                                       now=intent.at))
         limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
         prepared = Prepared(ops, [("checkpoints", kind, pack(payload), limit)
-                                  for kind, payload in records])
+                                  for kind, payload in t.records])
         # a Prepared alone is mergeable with other runs' transitions
         fn: Tx = prepared if extra is None else (lambda conn: (extra(conn), prepared(conn)))
+        fresh, records = t.next, t.records
         drive = getattr(_local, "drive", None)
         if drive is not None and drive[0] == rid:
             # driven by the scheduler: hand the commit over and free this worker; the run goes
@@ -433,47 +416,26 @@ class Engine:
                     if not ok:
                         raise value
                     self.notify()
-                    return self._advanced(rid, fresh, records)
+                    return self._advanced(rid, fresh, records, intent)
                 self.sched.submit(lambda: self._drive(rid, fut, resume))
             # a next node with no effect outside the database goes on once the COMMIT has
-            # returned; anything else waits for the fsync that puts it (and all before it)
-            # on disk
-            self.writer.write_then(fn, landed, durable=fresh is None or not self._pure(fresh))
+            # returned; anything else (a next call's intent above all) waits for the fsync
+            # that puts it (and all before it) on disk
+            durable = fresh is None or not self.catalog.pure(fresh)
+            self.writer.write_then(fn, landed, durable=durable)
             return PENDING  # type: ignore[no-any-return]
         self.write(fn, rid)
-        return self._advanced(rid, fresh, records)
-
-    def _pure(self, run: Run) -> bool:
-        """Whether the run's next node has no effect outside the database: a branch, an end,
-        or a tool declared pure computation (idempotent, `blocks = false`). Such a node may
-        run before the commit of the step before it is on disk: after a power cut it simply
-        runs again. Remembered per node for the workflows and tools now loaded (a reload
-        replaces them, and with them the answers)."""
-        known = self._pure_known
-        if known[0] is not self.workflows or known[1] is not self.tools:
-            known = self._pure_known = (self.workflows, self.tools, {})
-        key = (run.workflow, run.node)
-        pure = known[2].get(key)
-        if pure is None:
-            pure = known[2][key] = self._pure_node(run.workflow, run.node)
-        return pure
-
-    def _pure_node(self, workflow: str, name: str | None) -> bool:
-        wf = self.workflows.get(workflow)
-        node = wf.nodes.get(name) if wf is not None and name else None
-        if node is None:
-            return False
-        if node.kind in ("branch", "end"):
-            return True
-        binding = self.tools.get(node.tool or "") if node.kind == "tool" else None
-        return (binding is not None and binding.idempotent and not binding.blocks
-                and not isinstance(binding.tool, RemoteTool))
+        return self._advanced(rid, fresh, records, intent)
 
     def _advanced(self, rid: str, fresh: Run | None,
-                  records: list[tuple[str, dict[str, Any]]]) -> bool:
-        """After a transition's commit: remember the row, tell the listeners."""
+                  records: tuple[tuple[str, dict[str, Any]], ...],
+                  intent: transitions.Intent | None = None) -> bool:
+        """After a transition's commit: remember the row (and the intent of the next call,
+        now on disk), tell the listeners."""
         if fresh is not None:
             self._fresh[rid] = fresh
+            if intent is not None:
+                self._armed[rid] = intent
             log.debug("step %s committed -> %s", records[-1][1]["node"], fresh.node)
         elif records[-1][1].get("run_status") == COMPLETED:
             # after a continuation this runs outside the step's log context: give it its own
@@ -481,22 +443,8 @@ class Engine:
             with log_context(run_id=rid, device_id=self.device_id,
                              workflow=last.get("workflow"), step=last["node"]):
                 log.info("run completed at %s", last["node"])
-        self._changed(rid)
+        self.changed(rid)
         return fresh is not None
-
-    def _finale(self, wf: WorkflowConfig, next_node: str | None,
-                context: Mapping[str, Any]) -> Any:
-        """The output of an `end` node that can complete the run in this commit, else None.
-        An output expression that fails leaves the end node to run (and fail) on its own."""
-        end = wf.nodes.get(next_node) if next_node is not None else None
-        if end is None or end.kind != "end":
-            return None
-        if not end.output:
-            return {k: v for k, v in context.items() if k != "input"}
-        try:
-            return evaluate(end.output, context)
-        except ExpressionError:
-            return None
 
     def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
                   status: str | None = None) -> None:
@@ -507,15 +455,19 @@ class Engine:
             if status:
                 fields["status"] = status
             q.update_run(conn, run.run_id, self.clock(), **fields)
-            self._remember(conn, run.run_id)
+            self.remember(conn, run.run_id)
         self.write(tx, run.run_id)
-        self._changed(run.run_id)
+        self.changed(run.run_id)
 
     def finish(self, run_id: str, status: str, *, error: str | None = None, output: Any = None,
                extra: Tx | None = None) -> None:
+        armed = self._armed.pop(run_id, None)
+
         def tx(conn: sqlite3.Connection) -> None:
             if extra is not None:
                 extra(conn)
+            if armed is not None:  # its call was never made: no intent is left unanswered
+                conn.execute(*q.intent_withdraw(armed.key, armed.attempt))
             run = q.get_run(conn, run_id)
             if run is None or run.finished:
                 return
@@ -534,40 +486,42 @@ class Engine:
             log.warning("run failed: %s", error)
         else:
             log.info("run %s%s", status, f": {error}" if error else "")
-        self._changed(run_id)
+        self.changed(run_id)
 
-    def _changed(self, run_id: str) -> None:
+    def changed(self, run_id: str) -> None:
         for listener in self._listeners:
             listener(run_id)
 
-    # approval timeouts (loop side) ------------------------------------------------------------
+    # what the node handlers ask (see ports.Driver) -------------------------------------------
+    @property
+    def workflows(self) -> Mapping[str, WorkflowConfig]:
+        return self.catalog.workflows
+
+    @workflows.setter
+    def workflows(self, workflows: Mapping[str, WorkflowConfig]) -> None:
+        self.catalog.workflows = workflows  # a reload: new runs take these
+
+    @property
+    def tools(self) -> Mapping[str, ToolBinding]:
+        return self.catalog.tools
+
+    @tools.setter
+    def tools(self, tools: Mapping[str, ToolBinding]) -> None:
+        self.catalog.tools = tools
+
+    def definition(self, run: Run) -> WorkflowConfig | None:
+        return self.catalog.definition(run)
+
+    def fenced(self, node: NodeConfig) -> bool:
+        return self.catalog.fenced(node)
+
+    def take_armed(self, run_id: str) -> transitions.Intent | None:
+        """The intent this process committed for the run's next call and has not called."""
+        return self._armed.pop(run_id, None)
+
     def schedule_timeout(self, at: float, approval_id: int, run_id: str) -> None:
         """Thread-safe: called by worker threads when they open an approval with a timeout."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._push_timeout, at, approval_id, run_id)
-
-    def _push_timeout(self, at: float, approval_id: int, run_id: str) -> None:
-        heapq.heappush(self._timeouts, (at, approval_id, run_id))
-        if self._timer_changed is not None:
-            self._timer_changed.set()
-
-    async def _timer_loop(self) -> None:
-        assert self._timer_changed is not None
-        while True:
-            self._timer_changed.clear()
-            delay = self._timeouts[0][0] - self.clock() if self._timeouts else 3600.0
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._timer_changed.wait(), min(delay, 3600.0))
-                except TimeoutError:
-                    pass
-                continue
-            at, approval_id, run_id = heapq.heappop(self._timeouts)
-            try:
-                await self._in_pool(lambda a=approval_id: self.nodes.approval_timed_out(a))
-            except Exception:  # noqa: BLE001 - keep the timer loop alive
-                log.exception("approval %s timeout handling failed", approval_id)
-            self.wake(run_id)
+        self.timeouts.schedule(at, approval_id, run_id)
 
     def backoff(self, policy: Any, attempt: int) -> float:
         delay: float = policy.delay(attempt, self.rand())

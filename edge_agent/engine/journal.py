@@ -14,13 +14,12 @@ from typing import Any, NamedTuple
 
 from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import ToolBinding, UnknownOutcome
+from edge_agent.engine.transitions import call_error, call_key
 from edge_agent.store import GroupCommitter, Store
 
 log = logging.getLogger(__name__)
 
 
-def call_key(run_id: str, scope: str, turn: int, index: int, attempt: int) -> str:
-    return f"{run_id}/{scope}/{turn}/{index}/a{attempt}"
 
 
 def scope_matches(scope: str, step: dict[str, Any], attempt: int | None = None) -> bool:
@@ -46,6 +45,7 @@ class CallResult(NamedTuple):
     kind: str | None
     retryable: bool
     started_at: float
+    unknown: bool = False  # a fenced call whose effect may have happened (see call_error)
 
 
 def tool_error(message: str, kind: str, retryable: bool, fields: Mapping[str, Any] | None = None
@@ -66,11 +66,13 @@ class ToolJournal:
         self.clock = clock
 
     def execute(self, *, run_id: str, node: str, key: str, attempt: int, name: str,
-                args: dict[str, Any], write_result: bool) -> CallResult:
-        """Intent (non-idempotent only), call, and, if asked, the result."""
+                args: dict[str, Any], write_result: bool,
+                intent_committed: bool = False) -> CallResult:
+        """Intent (non-idempotent only, unless it is committed already), call, and, if
+        asked, the result."""
         binding = self.tools[name]
         started = self.clock()
-        if not binding.idempotent:
+        if not binding.idempotent and not intent_committed:
             self.writer.write(lambda c: q.journal_intent(
                 c, key=key, attempt=attempt, run_id=run_id, node=node, tool=name, args=args,
                 now=started))
@@ -78,19 +80,17 @@ class ToolJournal:
             value = binding.tool.call(args, idempotency_key=key)
             res = CallResult(True, dict(value), None, None, False, started)
         except Exception as exc:  # noqa: BLE001 - every tool failure becomes a journal row
-            if not binding.idempotent and getattr(exc, "effect_may_have_happened", False):
-                # sent, then lost (a timeout, a vanished link): as after a crash mid-call,
-                # the intent row stays and the node's on_unknown policy decides
-                raise UnknownOutcome(key, attempt, name, args) from exc
-            res = CallResult(False, None, str(exc), getattr(exc, "kind", type(exc).__name__),
-                             bool(getattr(exc, "retryable", False)), started)
+            err = call_error(exc, fenced=not binding.idempotent)
+            res = CallResult(False, None, err.error, err.kind, err.retryable, started,
+                             err.unknown)
         if res.ok:
             log.info("tool %s ok in %.0f ms", name, (self.clock() - started) * 1000,
                      extra={"tool": name})
         else:
-            log.warning("tool %s failed (%s%s): %s", name, res.kind,
+            log.warning("tool %s %s (%s%s): %s", name,
+                        "outcome unknown" if res.unknown else "failed", res.kind,
                         ", retryable" if res.retryable else "", res.error, extra={"tool": name})
-        if write_result:
+        if write_result and not res.unknown:  # an unknown outcome leaves its intent standing
             self.writer.write(lambda c: self.record(c, run_id=run_id, node=node, key=key,
                                                     attempt=attempt, name=name, args=args,
                                                     res=res))
@@ -98,11 +98,17 @@ class ToolJournal:
 
     def record(self, conn: Any, *, run_id: str, node: str, key: str, attempt: int, name: str,
                args: dict[str, Any], res: CallResult) -> None:
-        q.journal_result(conn, key=key, attempt=attempt, run_id=run_id, node=node, tool=name,
-                         args=args, status="ok" if res.ok else "error",
-                         result=res.result if res.ok else {"retryable": res.retryable},
-                         error=res.error, error_kind=res.kind, started_at=res.started_at,
-                         now=self.clock())
+        conn.execute(*self.result(run_id=run_id, node=node, key=key, attempt=attempt,
+                                  name=name, args=args, res=res))
+
+    def result(self, *, run_id: str, node: str, key: str, attempt: int, name: str,
+               args: dict[str, Any], res: CallResult) -> tuple[str, tuple[Any, ...]]:
+        """The call's outcome as a statement, for the transition that commits it."""
+        return q.result_upsert(key=key, attempt=attempt, run_id=run_id, node=node, tool=name,
+                               args=args, status="ok" if res.ok else "error",
+                               result=res.result if res.ok else {"retryable": res.retryable},
+                               error=res.error, error_kind=res.kind,
+                               started_at=res.started_at, now=self.clock())
 
     def replay(self, key: str, attempt: int) -> dict[str, Any] | None:
         return self.store.read(lambda c: q.journal_get(c, key, attempt))
@@ -149,6 +155,8 @@ class DurableAgentContext:
             raise UnknownOutcome(key, 1, name, row["args"])  # intent or unknown
         res = self.journal.execute(run_id=self.run_id, node=self.node, key=key, attempt=1,
                                    name=name, args=args, write_result=True)
+        if res.unknown:
+            raise UnknownOutcome(key, 1, name, args)
         if res.ok:
             return dict(res.result or {})
         raise tool_error(res.error or "failed", res.kind or "failed", res.retryable)

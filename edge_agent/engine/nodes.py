@@ -1,4 +1,5 @@
-"""What each node kind does. Every outcome is committed by the engine's transition helpers."""
+"""What each node kind does. Every outcome is committed through the driver (the engine);
+what follows a failure, an unknown outcome or a person's decision is in `outcomes`."""
 
 from __future__ import annotations
 
@@ -6,38 +7,33 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from edge_agent.config.expressions import ExpressionError, evaluate, evaluate_condition
 from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
 from edge_agent.engine import queries as q
+from edge_agent.engine import transitions
 from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
-from edge_agent.engine.journal import DurableAgentContext, call_key
-from edge_agent.engine.records import CANCELLED, FAILED, WAITING, Run, dumps
-from edge_agent.config.expressions import ExpressionError, evaluate, evaluate_condition
+from edge_agent.engine.journal import DurableAgentContext
+from edge_agent.engine.outcomes import Outcomes
+from edge_agent.engine.parallel import run_parallel
+from edge_agent.engine.ports import Driver, Tx, both
+from edge_agent.engine.records import CANCELLED, FAILED, Run, dumps
+from edge_agent.engine.transitions import call_key
 from edge_agent.telemetry.logs import log_context
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from edge_agent.engine.engine import Engine
-
-Tx = Callable[[sqlite3.Connection], Any]
 MAX_HANDOFFS = 8
+_CALL = transitions.CallPlan("call")  # an idempotent call's plan: always to call it
 NO_RETRY = RetryPolicy()
 
 
-def _both(*fns: Tx | None) -> Tx:
-    def run(conn: sqlite3.Connection) -> None:
-        for fn in fns:
-            if fn is not None:
-                fn(conn)
-    return run
-
-
 class NodeRunner:
-    def __init__(self, engine: Engine) -> None:
-        self.e = engine
+    def __init__(self, driver: Driver) -> None:
+        self.e = driver
+        self.out = Outcomes(driver)
         self._handlers: dict[str, Callable[[Run, WorkflowConfig, NodeConfig], bool | float]] = {}
 
     def run(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
@@ -59,11 +55,15 @@ class NodeRunner:
         scope = f"{node.name}#{run.visit(node.name)}"
         key = call_key(run.run_id, scope, 0, 0, attempt)
         if "approval_id" in state:
-            return self._decided(run, node, state, policy)
+            return self.out.decided(run, node, state, policy)
         if state.get("retry_at") and state["retry_at"] > self.e.clock():
             return float(state["retry_at"])  # durable backoff: the loop wakes the run then
+        # the intent this process committed with the transition into this node, if any
+        armed = self.e.take_armed(run.run_id)
+        if armed is not None and (armed.key != key or armed.attempt != attempt):
+            armed = None
         try:
-            args = self._args(node, run.context)
+            args = armed.args if armed is not None else transitions.tool_args(node, run.context)
         except ExpressionError as exc:
             self.e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
@@ -71,39 +71,41 @@ class NodeRunner:
             return self._remote(run, node, binding.tool, state, policy, attempt, scope, key,
                                 args)
         # An idempotent call writes its journal row only with the transition, so there is
-        # nothing to replay: re-running it is the recovery. Only fenced calls need a look.
-        idempotent = binding.idempotent
-        row = None if idempotent else self.e.read(lambda c: q.journal_get(c, key, attempt))
-        if row is not None:
-            if row["status"] in ("intent", "unknown"):
-                on_unknown = node.on_unknown or binding.on_unknown
-                return self._unknown(run, node, state, policy, on_unknown, key, attempt,
-                                           node.tool, args)
-            if row["status"] in ("ok", "confirmed"):
-                return self.e.advance(run, node, output=row["result"], next_node=node.next,
-                                            attempt=attempt)
-        try:
-            with self.e.blocking(binding.blocks or not idempotent):
-                res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
-                                             attempt=attempt, name=node.tool, args=args,
-                                             write_result=False)
-        except UnknownOutcome as u:  # sent, then lost: the policy decides, as after a crash
-            return self._unknown(run, node, state, policy, node.on_unknown or binding.on_unknown,
-                                 u.key, u.attempt, u.tool, u.args)
+        # nothing to replay: re-running it is the recovery. Only fenced calls need a look,
+        # unless this process committed the intent with the transition into this node.
+        fenced = not binding.idempotent
+        row = None if not fenced or armed is not None else \
+            self.e.read(lambda c: q.journal_get(c, key, attempt))
+        plan = transitions.call_plan(fenced=fenced, row=row, armed=armed, key=key,
+                                     attempt=attempt, scope=scope, tool=node.tool, args=args,
+                                     now=self.e.clock()) if fenced else _CALL
+        if plan.action == "unknown":
+            return self.out.unknown(run, node, state, policy,
+                                    node.on_unknown or binding.on_unknown, key, attempt,
+                                    node.tool, args)
+        if plan.action == "replay":
+            return self.e.advance(run, node, output=plan.result, next_node=node.next,
+                                  attempt=attempt)
+        with self.e.blocking(binding.blocks or fenced):
+            res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
+                                         attempt=attempt, name=node.tool, args=args,
+                                         write_result=False, intent_committed=armed is not None)
+        if res.unknown:  # the effect may have happened: as after a crash in the call
+            return self.out.unknown(run, node, state, policy,
+                                    node.on_unknown or binding.on_unknown, key, attempt,
+                                    node.tool, args, cause=res.error)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
-        record: Tx | None = None
-        call: q.StepCall | None = (node.tool, key, args)
-        if not idempotent:
-            call = None
-            record = functools.partial(self.e.journal.record, run_id=run.run_id, node=scope,
-                                       key=key, attempt=attempt, name=node.tool, args=args,
-                                       res=res)
+        call: q.StepCall | None = None if fenced else (node.tool, key, args)
+        result = self.e.journal.result(run_id=run.run_id, node=scope, key=key,
+                                       attempt=attempt, name=node.tool, args=args,
+                                       res=res) if fenced else None
         if res.ok:
-            return self.e.advance(run, node, output=res.result, next_node=node.next,
-                                  attempt=attempt, started_at=res.started_at, extra=record,
-                                  call=call)
-        return self._failed(run, node, state, policy, attempt, error=res.error or "failed",
+            return self.e.advance(run, node, output=res.result, next_node=node.next, wf=wf,
+                                  attempt=attempt, started_at=res.started_at, call=call,
+                                  result=result)
+        record: Tx | None = None if result is None else (lambda c: c.execute(*result))
+        return self.out.failed(run, node, state, policy, attempt, error=res.error or "failed",
                             kind=res.kind or "failed", retryable=res.retryable,
                             extra=record, started_at=res.started_at, call=call)
 
@@ -132,7 +134,7 @@ class NodeRunner:
                                   attempt=attempt, started_at=row["started_at"])
         if row is not None and row["status"] == "error":
             rest = {k: v for k, v in state.items() if k not in ("remote_key", "remote_due")}
-            return self._failed(run, node, rest, policy, attempt,
+            return self.out.failed(run, node, rest, policy, attempt,
                                 error=row["error"] or "remote tool failed",
                                 kind=row["error_kind"] or "failed", retryable=False)
         due = float(state.get("remote_due", now))
@@ -155,19 +157,13 @@ class NodeRunner:
                 return self.e.advance(run, node, output={**(fb.result or {}),
                                                          "fallback": tool.fallback},
                                       next_node=node.next, attempt=attempt,
-                                      extra=_both(expire, record))
-            return self._failed(run, node, rest, policy, attempt, error=fb.error or "failed",
+                                      extra=both(expire, record))
+            return self.out.failed(run, node, rest, policy, attempt, error=fb.error or "failed",
                                 kind=fb.kind or "failed", retryable=fb.retryable,
-                                extra=_both(expire, record))
-        return self._failed(run, node, rest, policy, attempt,
+                                extra=both(expire, record))
+        return self.out.failed(run, node, rest, policy, attempt,
                             error=f"no result from the cloud within {tool.timeout_s:g}s",
                             kind="timeout", retryable=True, extra=expire)
-
-    def _args(self, node: NodeConfig, context: Mapping[str, Any]) -> dict[str, Any]:
-        args = dict(node.args)
-        for name, source in node.args_from.items():
-            args[name] = evaluate(source, context)
-        return args
 
     # agent and handoff ------------------------------------------------------------------------
     def _agent(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
@@ -178,7 +174,7 @@ class NodeRunner:
         policy = node.retry or NO_RETRY
         state = dict(run.node_state)
         if "approval_id" in state:
-            return self._decided(run, node, state, policy)
+            return self.out.decided(run, node, state, policy)
         if state.get("retry_at") and state["retry_at"] > self.e.clock():
             return float(state["retry_at"])
         attempt = int(state.get("attempt", 1))
@@ -201,10 +197,10 @@ class NodeRunner:
         except UnknownOutcome as u:
             binding = self.e.tools.get(u.tool)
             on_unknown = node.on_unknown or (binding.on_unknown if binding else "escalate")
-            return self._unknown(run, node, state, policy, on_unknown, u.key, u.attempt,
+            return self.out.unknown(run, node, state, policy, on_unknown, u.key, u.attempt,
                                        u.tool, u.args)
         except Exception as exc:  # noqa: BLE001 - the node's policy decides
-            return self._failed(run, node, state, policy, attempt, error=str(exc),
+            return self.out.failed(run, node, state, policy, attempt, error=str(exc),
                                       kind=getattr(exc, "kind", type(exc).__name__),
                                       retryable=bool(getattr(exc, "retryable", False)))
         target = getattr(outcome, "handoff_to", None)
@@ -261,7 +257,7 @@ class NodeRunner:
         state = dict(run.node_state)
         if "approval_id" not in state:
             shown = ({k: run.context.get(k) for k in spec.show} if spec.show else run.context)
-            self.open_approval(run, node, state, kind="gate", prompt=spec.prompt,
+            self.out.open_approval(run, node, state, kind="gate", prompt=spec.prompt,
                                      context={"context": shown, "on_timeout": spec.on_timeout},
                                      timeout_s=spec.timeout_s)
             return False
@@ -282,260 +278,12 @@ class NodeRunner:
                             + (f": {appr['note']}" if appr["note"] else ""))
         return False
 
-    def open_approval(self, run: Run, node: NodeConfig, state: dict[str, Any], *,
-                            kind: str, prompt: str, context: Any, timeout_s: float | None = None,
-                            extra: Tx | None = None) -> None:
-        now = self.e.clock()
-        timeout_at = now + timeout_s if timeout_s else None
-
-        def tx(c: sqlite3.Connection) -> int:
-            if extra is not None:
-                extra(c)
-            aid = q.create_approval(c, run_id=run.run_id, node=node.name, kind=kind,
-                                    prompt=prompt, context=context, now=now,
-                                    timeout_at=timeout_at)
-            q.update_run(c, run.run_id, now, node_state={**state, "approval_id": aid})
-            self.e._remember(c, run.run_id)  # the next step sees the approval, not an older row
-            self.e.emit(c, "control", "approval.requested", {
-                "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
-                "prompt": prompt, "timeout_at": timeout_at, "ts": now})
-            return aid
-        aid = self.e.write(tx, run.run_id)
-        if timeout_at is not None:
-            self.e.schedule_timeout(timeout_at, aid, run.run_id)
-        self.e._changed(run.run_id)
-
-    def approval_timed_out(self, approval_id: int) -> None:
-        def tx(c: sqlite3.Connection) -> None:
-            appr = q.get_approval(c, approval_id)
-            if appr is None or appr["status"] != "pending":
-                return
-            now = self.e.clock()
-            on_timeout = (appr["context"] or {}).get("on_timeout", "reject")
-            status = {"approve": "approved", "reject": "rejected"}.get(on_timeout, "escalated")
-            q.decide(c, approval_id, status=status, by="timeout", origin="timeout",
-                     note="no decision before the timeout", patch=None, now=now)
-            self.e.emit(c, "control", "approval.decided", {
-                "run_id": appr["run_id"], "approval_id": approval_id, "decision": status,
-                "by": "timeout", "origin": "timeout", "ts": now})
-            if status == "escalated":
-                new = q.create_approval(c, run_id=appr["run_id"], node=appr["node"],
-                                        kind="escalation", prompt="(timed out, escalated) "
-                                        + appr["prompt"], context=appr["context"], now=now,
-                                        timeout_at=None)
-                run = q.get_run(c, appr["run_id"])
-                if run is not None:
-                    q.update_run(c, run.run_id, now,
-                                 node_state={**run.node_state, "approval_id": new})
-                self.e.emit(c, "control", "approval.requested", {
-                    "run_id": appr["run_id"], "approval_id": new, "node": appr["node"],
-                    "kind": "escalation", "prompt": appr["prompt"], "ts": now})
-        self.e.write(tx)
-
-    # failure, unknown outcomes, decisions -----------------------------------------------------
-    def _failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
-                      policy: RetryPolicy, attempt: int, *, error: str, kind: str,
-                      retryable: bool, extra: Tx | None = None,
-                      started_at: float | None = None, call: q.StepCall | None = None) -> bool:
-        now = self.e.clock()
-        visit = run.visit(node.name)
-        base = int(state.get("budget_base", 0))
-        will_retry = policy.should_retry(attempt - base, kind, retryable)
-        delay = self.e.backoff(policy, attempt - base) if will_retry else 0.0
-
-        def step_row(c: sqlite3.Connection) -> None:
-            q.insert_step(c, run_id=run.run_id, node=node.name, visit=visit, attempt=attempt,
-                          status="failed", error=error, error_kind=kind,
-                          started_at=started_at or now, finished_at=now, call=call)
-        log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
-                    f"; retrying in {delay:.2f}s" if will_retry else "")
-        if will_retry:
-            new_state = {k: v for k, v in state.items() if k not in ("approval_id",)}
-            new_state.update(attempt=attempt + 1, retry_at=now + delay, last_error=error)
-
-            def retry_record(c: sqlite3.Connection) -> None:
-                self.e.emit(c, "checkpoints", "step.retry", {
-                    "run_id": run.run_id, "node": node.name, "attempt": attempt, "error": error,
-                    "kind": kind, "delay_s": delay, "ts": now})
-            self.e.set_state(run, new_state, extra=_both(extra, step_row, retry_record))
-            return True
-        if node.fallback:
-            info = {"node": node.name, "error": error, "kind": kind, "attempts": attempt}
-            return self.e.advance(run, node, output=info, next_node=node.fallback,
-                                  attempt=attempt, extra=extra, step_status="failed",
-                                  patch={"error": info}, store_output=False, call=call,
-                                  error=(error, kind))
-        if node.escalate == "approval" or kind == "escalate":
-            prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
-                      "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "
-                      "with that output; reject to fail the run.")
-            self.open_approval(run, node, {**state, "attempt": attempt}, kind="escalation",
-                                     prompt=prompt, context={"error": error, "kind": kind},
-                                     extra=_both(extra, step_row))
-            return False
-        self.e.finish(run.run_id, FAILED, error=f"{node.name}: {kind}: {error} (attempt "
-                            f"{attempt})", extra=_both(extra, step_row))
-        return False
-
-    def _unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
-                       policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
-                       args: Any) -> bool:
-        mark = functools.partial(self._mark_unknown, run, node.name, key, attempt, tool,
-                                 on_unknown)
-        if on_unknown == "fail":
-            self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
-                                error=f"{node.name}: outcome of {tool} is unknown (on_unknown = "
-                                "fail)")
-            return False
-        if on_unknown == "assume_failed":
-            return self._failed(run, node, state, policy, int(state.get("attempt", 1)),
-                                      error=f"outcome of {tool} unknown; assumed failed",
-                                      kind="unknown_outcome", retryable=True,
-                                      extra=mark("assumed_failed"))
-        self.ask_unknown(run, node, state, key=key, attempt=attempt, tool=tool, args=args)
-        return False
-
-    def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
-                      on_unknown: str, status: str) -> Tx:
-        """The journal row's new status, and an `interrupted` step that shows it."""
-        def tx(c: sqlite3.Connection) -> None:
-            now = self.e.clock()
-            c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
-                      " AND attempt = ?", (status, now, key, attempt))
-            q.insert_step(c, run_id=run.run_id, node=step_node, visit=run.visit(step_node),
-                          attempt=attempt, status="interrupted",
-                          error=f"the process stopped during {tool}; on_unknown = {on_unknown}",
-                          error_kind="unknown_outcome", started_at=now, finished_at=now)
-        return tx
-
-    def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
-                    attempt: int, tool: str, args: Any, step_node: str | None = None) -> None:
-        """Open an approval asking whether an interrupted non-idempotent call took effect."""
-        prompt = (f"Did {tool}({dumps(args)}) take effect? The daemon stopped after starting it "
-                  "and before its result was recorded. Approve = it did (the run continues); "
-                  "reject = it did not (the step is retried).")
-        self.open_approval(run, node, {**state, "unknown_key": key, "unknown_attempt": attempt},
-                           kind="unknown_outcome", prompt=prompt,
-                           context={"tool": tool, "args": args, "key": key},
-                           extra=self._mark_unknown(run, step_node or node.name, key, attempt,
-                                                    tool, "escalate", "unknown"))
-
-    def _decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
-                       policy: RetryPolicy) -> bool:
-        appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
-        if appr is None or appr["status"] == "pending":
-            if run.status != WAITING:
-                self.e.set_state(run, state, status=WAITING)
-            return False
-        approved = appr["status"] == "approved"
-        attempt = int(state.get("attempt", 1))
-        rest = {k: v for k, v in state.items()
-                if k not in ("approval_id", "unknown_key", "unknown_attempt", "retry_at")}
-        if appr["kind"] == "unknown_outcome":
-            key, call_attempt = state["unknown_key"], int(state["unknown_attempt"])
-            status = "confirmed" if approved else "assumed_failed"
-            result = {"outcome": "confirmed", "by": appr["decided_by"]} if approved else None
-            mark: Tx = lambda c: c.execute(  # noqa: E731
-                "UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
-                " AND attempt = ?", (status, None if result is None else dumps(result),
-                                     self.e.clock(), key, call_attempt))
-            if node.kind == "tool" and approved:
-                return self.e.advance(run, node, output=result, next_node=node.next,
-                                      attempt=attempt, extra=mark)
-            if node.kind in ("tool", "agent") and not approved:
-                # "it did not take effect": the step is retried (an agent in a fresh scope),
-                # without spending an attempt on it
-                rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
-            # approved agent: replays, finding the call confirmed; parallel: re-runs the
-            # unfinished branches, which find the call confirmed or retry it
-            self.e.set_state(run, rest, extra=mark, status="running")
-            return True
-        # escalation after attempts ran out
-        if not approved:
-            self.e.finish(run.run_id, FAILED, error=f"{node.name}: escalation rejected by "
-                                f"{appr['decided_by']}" + (f": {appr['note']}" if appr["note"]
-                                                           else ""))
-            return False
-        patch = appr["patch"] if isinstance(appr["patch"], dict) else {}
-        if "skip_output" in patch:
-            return self.e.advance(run, node, output=patch["skip_output"],
-                                        next_node=node.next, attempt=attempt,
-                                        step_status="skipped")
-        rest.update(attempt=attempt + 1, budget_base=attempt)
-        self.e.set_state(run, rest, status="running")
-        return True
-
     # parallel ---------------------------------------------------------------------------------
     def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
-        from edge_agent.engine.parallel import run_parallel
         state = dict(run.node_state)
         if "approval_id" in state:  # a branch's interrupted call, answered by a person
-            return self._decided(run, node, state, node.retry or RetryPolicy())
-        return run_parallel(self, run, wf, node)
-
-    def run_branch(self, run: Run, bnode: NodeConfig, scope: str) -> dict[str, Any]:
-        """One parallel branch, with its own retries; its tool calls are journaled."""
-        if bnode.kind == "agent":
-            if self.e.agent_runner is None:
-                return {"ok": False, "error": "no model is loaded to run agents"}
-            ctx = DurableAgentContext(self.e.journal, run_id=run.run_id, scope=scope)
-            try:
-                message = (evaluate(bnode.input, run.context) if bnode.input
-                           else run.context["input"])
-                out = self.e.agent_runner(str(bnode.agent), message if isinstance(message, str)
-                                          else dumps(message), ctx)
-            except Exception as exc:  # noqa: BLE001 - recorded as the branch's failure
-                return {"ok": False, "error": str(exc)}
-            return {"ok": True, "output": out.output}
-        assert bnode.tool is not None
-        binding = self.e.tools.get(bnode.tool)
-        if binding is None:
-            return {"ok": False, "error": f"tool {bnode.tool!r} is not loaded"}
-        policy = bnode.retry or binding.retry
-        try:
-            args = self._args(bnode, run.context)
-        except ExpressionError as exc:
-            return {"ok": False, "error": str(exc)}
-        attempt = free = 0
-        while True:
-            attempt += 1
-            key = call_key(run.run_id, scope, 0, 0, attempt)
-            row = self.e.read(lambda c, key=key, a=attempt: q.journal_get(c, key, a))
-            if row is not None and row["status"] in ("ok", "confirmed"):
-                return {"ok": True, "output": row["result"], "attempt": attempt}
-            if row is not None and row["status"] in ("intent", "unknown"):
-                on_unknown = bnode.on_unknown or binding.on_unknown
-                if on_unknown == "escalate":  # the parallel node asks a person, then re-runs
-                    return {"ok": False, "unknown": True, "key": key, "attempt": attempt,
-                            "tool": bnode.tool, "args": args}
-                if on_unknown == "fail":
-                    return {"ok": False, "error": f"outcome of {bnode.tool} unknown",
-                            "kind": "unknown_outcome", "attempt": attempt}
-                err, kind, retryable = "outcome unknown; assumed failed", "unknown_outcome", True
-            elif row is not None and row["status"] == "assumed_failed":
-                free += 1  # a person said it did not happen: redo it, spending no attempt
-                continue
-            elif row is not None:
-                err, kind = row["error"], row["error_kind"]
-                retryable = bool((row["result"] or {}).get("retryable"))
-            else:
-                try:
-                    res = self.e.journal.execute(run_id=run.run_id, node=scope, key=key,
-                                                 attempt=attempt, name=bnode.tool, args=args,
-                                                 write_result=True)
-                except UnknownOutcome:  # sent, then lost: its intent row is read as a crash's
-                    attempt -= 1
-                    continue
-                if res.ok:
-                    return {"ok": True, "output": res.result, "attempt": attempt}
-                err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable
-                if not policy.should_retry(attempt - free, kind, retryable):
-                    return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
-                if self.e.stopping.wait(self.e.backoff(policy, attempt - free)):
-                    return {"ok": False, "error": "stopped", "kind": "cancelled"}
-                continue
-            if not policy.should_retry(attempt - free, kind or "failed", retryable):
-                return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
+            return self.out.decided(run, node, state, node.retry or RetryPolicy())
+        return run_parallel(self.e, self.out, run, wf, node)
 
 
 __all__ = ["NodeRunner", "StepFailed"]

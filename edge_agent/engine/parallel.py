@@ -11,14 +11,23 @@ from __future__ import annotations
 import contextvars
 import sqlite3
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from edge_agent.config.expressions import ExpressionError, evaluate
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
-from edge_agent.engine.records import FAILED, Run
+from edge_agent.engine import transitions
+from edge_agent.engine.journal import DurableAgentContext
+from edge_agent.engine.ports import Driver
+from edge_agent.engine.records import FAILED, Run, dumps
+from edge_agent.engine.transitions import call_key
 
-if TYPE_CHECKING:
-    from edge_agent.engine.nodes import NodeRunner
+
+class AsksPeople(Protocol):
+    """Where a branch's interrupted call goes: a person says whether it took effect."""
+
+    def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
+                    attempt: int, tool: str, args: Any, step_node: str | None = None) -> None: ...
 
 
 def join_outcome(node: NodeConfig, done: dict[str, dict[str, Any]]) -> bool | None:
@@ -28,16 +37,15 @@ def join_outcome(node: NodeConfig, done: dict[str, dict[str, Any]]) -> bool | No
     failed = len(done) - ok
     if node.join == "all":
         return False if failed else (True if ok == total else None)
-    if node.join == "any":
-        return True if done else None
-    need = 1 if node.join == "first_success" else int(node.quorum or total)
+    # "any" is any success, as "first_success": a failed branch alone never joins
+    need = 1 if node.join in ("any", "first_success") else int(node.quorum or total)
     if ok >= need:
         return True
     return False if total - failed < need else None
 
 
-def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:
-    e = runner.e
+def run_parallel(e: Driver, people: AsksPeople, run: Run, wf: WorkflowConfig,
+                 node: NodeConfig) -> bool:
     visit = run.visit(node.name)
     done: dict[str, dict[str, Any]] = dict(run.node_state.get("done", {}))
     outcome = join_outcome(node, done)
@@ -48,7 +56,7 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
             if b not in done:
                 scope = f"{node.name}/{b}#{visit}"
                 started[b] = e.clock()
-                task = e.branch_pool.submit(contextvars.copy_context().run, runner.run_branch,
+                task = e.branch_pool.submit(contextvars.copy_context().run, run_branch, e,
                                             run, wf.nodes[b], scope)
                 tasks[task] = b
     waiting = set(tasks)
@@ -77,7 +85,7 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
         outcome = join_outcome(node, done)
     if outcome is None and unknown:
         name, u = unknown[0]
-        runner.ask_unknown(run, node, {**run.node_state, "done": done}, key=u["key"],
+        people.ask_unknown(run, node, {**run.node_state, "done": done}, key=u["key"],
                            attempt=u["attempt"], tool=u["tool"], args=u["args"], step_node=name)
         return False
     for task in waiting:
@@ -105,3 +113,67 @@ def run_parallel(runner: NodeRunner, run: Run, wf: WorkflowConfig, node: NodeCon
     e.finish(run.run_id, FAILED, error=f"{node.name}: join {node.join!r} not met: "
                    f"{errors}", extra=mark_cancelled)
     return False
+
+
+def run_branch(e: Driver, run: Run, bnode: NodeConfig, scope: str) -> dict[str, Any]:
+    """One parallel branch, with its own retries; its tool calls are journaled."""
+    if bnode.kind == "agent":
+        if e.agent_runner is None:
+            return {"ok": False, "error": "no model is loaded to run agents"}
+        ctx = DurableAgentContext(e.journal, run_id=run.run_id, scope=scope)
+        try:
+            message = (evaluate(bnode.input, run.context) if bnode.input
+                       else run.context["input"])
+            out = e.agent_runner(str(bnode.agent), message if isinstance(message, str)
+                                      else dumps(message), ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded as the branch's failure
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "output": out.output}
+    assert bnode.tool is not None
+    binding = e.tools.get(bnode.tool)
+    if binding is None:
+        return {"ok": False, "error": f"tool {bnode.tool!r} is not loaded"}
+    policy = bnode.retry or binding.retry
+    try:
+        args = transitions.tool_args(bnode, run.context)
+    except ExpressionError as exc:
+        return {"ok": False, "error": str(exc)}
+    attempt = free = 0
+    while True:
+        attempt += 1
+        key = call_key(run.run_id, scope, 0, 0, attempt)
+        row = e.read(lambda c, key=key, a=attempt: q.journal_get(c, key, a))
+        if row is not None and row["status"] in ("ok", "confirmed"):
+            return {"ok": True, "output": row["result"], "attempt": attempt}
+        if row is not None and row["status"] in ("intent", "unknown"):
+            on_unknown = bnode.on_unknown or binding.on_unknown
+            if on_unknown == "escalate":  # the parallel node asks a person, then re-runs
+                return {"ok": False, "unknown": True, "key": key, "attempt": attempt,
+                        "tool": bnode.tool, "args": args}
+            if on_unknown == "fail":
+                return {"ok": False, "error": f"outcome of {bnode.tool} unknown",
+                        "kind": "unknown_outcome", "attempt": attempt}
+            err, kind, retryable = "outcome unknown; assumed failed", "unknown_outcome", True
+        elif row is not None and row["status"] == "assumed_failed":
+            free += 1  # a person said it did not happen: redo it, spending no attempt
+            continue
+        elif row is not None:
+            err, kind = row["error"], row["error_kind"]
+            retryable = bool((row["result"] or {}).get("retryable"))
+        else:
+            res = e.journal.execute(run_id=run.run_id, node=scope, key=key,
+                                         attempt=attempt, name=bnode.tool, args=args,
+                                         write_result=True)
+            if res.unknown:  # its intent stands: read it again, as after a crash
+                attempt -= 1
+                continue
+            if res.ok:
+                return {"ok": True, "output": res.result, "attempt": attempt}
+            err, kind, retryable = res.error or "failed", res.kind or "failed", res.retryable
+            if not policy.should_retry(attempt - free, kind, retryable):
+                return {"ok": False, "error": err, "kind": kind, "attempt": attempt}
+            if e.stopping.wait(e.backoff(policy, attempt - free)):
+                return {"ok": False, "error": "stopped", "kind": "cancelled"}
+            continue
+        if not policy.should_retry(attempt - free, kind or "failed", retryable):
+            return {"ok": False, "error": err, "kind": kind, "attempt": attempt}

@@ -6,18 +6,27 @@ import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
+from edge_agent.engine.transitions import StepCall as StepCall  # (tool, key, arguments)
+from edge_agent.engine.transitions import StepRow
 
-# (tool, idempotency key, arguments) of a call journaled in its step row
-StepCall = tuple[str, str, Any]
+_STEP_INSERT = ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error,"
+                " error_kind, started_at, finished_at, span_id, tool, call_key, args)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
-               origin: str, now: float, trace_id: str | None = None) -> None:
-    conn.execute(
-        "INSERT INTO runs (run_id, workflow, status, input, context, origin, trace_id,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (run_id, workflow, QUEUED, dumps(input), dumps({"input": input}), origin, trace_id,
-         now, now))
+               origin: str, now: float, trace_id: str | None = None,
+               version: str | None = None) -> None:
+    values = (run_id, workflow, QUEUED, dumps(input), dumps({"input": input}), origin, trace_id,
+              now, now)
+    if version is None:  # unpinned (also what a database before migration 5 takes)
+        conn.execute("INSERT INTO runs (run_id, workflow, status, input, context, origin,"
+                     " trace_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     values)
+        return
+    conn.execute("INSERT INTO runs (run_id, workflow, status, input, context, origin, trace_id,"
+                 " created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (*values, version))
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
@@ -80,12 +89,20 @@ def step_insert(*, run_id: str, node: str, visit: int, attempt: int, status: str
     """One step row, as SQL and parameters; `call` journals an idempotent tool node's call
     in the same row."""
     tool, key, args = call if call is not None else (None, None, None)
-    return ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error, error_kind,"
-            " started_at, finished_at, span_id, tool, call_key, args)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    return (_STEP_INSERT,
             (run_id, node, visit, attempt, status, None if output is None else dumps(output),
              error, error_kind, started_at, finished_at, span_id, tool, key,
              None if call is None else dumps(args)))
+
+
+def step_row(run_id: str, s: StepRow) -> tuple[str, tuple[Any, ...]]:
+    """A transition's step row (see `transitions.StepRow`), as SQL and parameters."""
+    call = s.call
+    return (_STEP_INSERT, (
+        run_id, s.node, s.visit, s.attempt, s.status,
+        None if s.output is None else dumps(s.output), s.error, s.error_kind, s.started_at,
+        s.finished_at, None, *((None, None, None) if call is None else
+                                (call[0], call[1], dumps(call[2])))))
 
 
 def insert_step(conn: sqlite3.Connection, **fields: Any) -> int:
@@ -191,26 +208,47 @@ def journal_get(conn: sqlite3.Connection, key: str, attempt: int) -> dict[str, A
     return out
 
 
+def intent_insert(*, key: str, attempt: int, run_id: str, node: str, tool: str, args: Any,
+                  now: float) -> tuple[str, tuple[Any, ...]]:
+    """A call's intent row, as SQL and parameters."""
+    return ("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)",
+            (key, attempt, run_id, node, tool, dumps(args), now))
+
+
 def journal_intent(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: str, node: str,
                    tool: str, args: Any, now: float) -> None:
-    conn.execute(
-        "INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status, started_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'intent', ?)", (key, attempt, run_id, node, tool, dumps(args),
-                                                     now))
+    conn.execute(*intent_insert(key=key, attempt=attempt, run_id=run_id, node=node, tool=tool,
+                                args=args, now=now))
+
+
+def intent_withdraw(key: str, attempt: int) -> tuple[str, tuple[Any, ...]]:
+    """Remove an intent whose call was never made (its run ended before it)."""
+    return ("DELETE FROM tool_calls WHERE idem_key = ? AND attempt = ? AND status = 'intent'",
+            (key, attempt))
+
+
+def result_upsert(*, key: str, attempt: int, run_id: str, node: str, tool: str, args: Any,
+                  status: str, result: Any, error: str | None, error_kind: str | None,
+                  started_at: float, now: float) -> tuple[str, tuple[Any, ...]]:
+    """A call's outcome, as SQL and parameters: completes its intent row, or inserts the
+    row when no intent was written (idempotent tools)."""
+    return ("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status, result,"
+            " error, error_kind, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (idem_key, attempt) DO UPDATE SET status = excluded.status,"
+            " result = excluded.result, error = excluded.error, error_kind = excluded.error_kind,"
+            " finished_at = excluded.finished_at",
+            (key, attempt, run_id, node, tool, dumps(args), status,
+             None if result is None else dumps(result), error, error_kind, started_at, now))
 
 
 def journal_result(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: str, node: str,
                    tool: str, args: Any, status: str, result: Any, error: str | None,
                    error_kind: str | None, started_at: float, now: float) -> None:
     """Record the outcome; inserts the row when no intent was written (idempotent tools)."""
-    conn.execute(
-        "INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args, status, result,"
-        " error, error_kind, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-        " ON CONFLICT (idem_key, attempt) DO UPDATE SET status = excluded.status,"
-        " result = excluded.result, error = excluded.error, error_kind = excluded.error_kind,"
-        " finished_at = excluded.finished_at",
-        (key, attempt, run_id, node, tool, dumps(args), status,
-         None if result is None else dumps(result), error, error_kind, started_at, now))
+    conn.execute(*result_upsert(key=key, attempt=attempt, run_id=run_id, node=node, tool=tool,
+                                args=args, status=status, result=result, error=error,
+                                error_kind=error_kind, started_at=started_at, now=now))
 
 
 def tool_calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:

@@ -33,6 +33,13 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def _version(row: sqlite3.Row) -> str | None:
+    try:
+        return row["version"]  # type: ignore[no-any-return]
+    except IndexError:  # a database read before migration 5 (a read-only CLI)
+        return None
+
+
 @dataclass(frozen=True)
 class Run:
     run_id: str
@@ -52,6 +59,7 @@ class Run:
     created_at: float
     updated_at: float
     finished_at: float | None
+    version: str | None = None  # the workflow definition the run is pinned to
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -62,7 +70,7 @@ class Run:
                    error=row["error"], origin=row["origin"], trace_id=row["trace_id"],
                    span_id=row["span_id"], cancel_requested=bool(row["cancel_requested"]),
                    created_at=row["created_at"], updated_at=row["updated_at"],
-                   finished_at=row["finished_at"])
+                   finished_at=row["finished_at"], version=_version(row))
 
     def moved(self, **changes: Any) -> Run:
         """A copy with some fields changed: `dataclasses.replace` without its per-field
@@ -80,7 +88,8 @@ class Run:
         return int(self.visits.get(node, 1))
 
     def summary(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "workflow": self.workflow, "status": self.status,
-                "node": self.node, "created_at": self.created_at,
+        return {"run_id": self.run_id, "workflow": self.workflow,
+                "version": None if self.version is None else self.version[:12],
+                "status": self.status, "node": self.node, "created_at": self.created_at,
                 "updated_at": self.updated_at, "finished_at": self.finished_at,
                 "error": self.error}

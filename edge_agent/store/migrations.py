@@ -1,13 +1,13 @@
-"""Numbered schema migrations of the device database. Never edit one that has shipped."""
+"""Numbered schema migrations of the device database.
+
+Each migration carries the literal DDL it shipped with and never imports a live schema
+constant: editing a module's schema must not change what an old database is migrated
+through. Never edit a migration that has shipped; add the next one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-
-def _outbox_schema() -> Sequence[str]:
-    from sync.outbox import SCHEMA
-    return SCHEMA
 
 
 ENGINE_V1 = (
@@ -101,36 +101,54 @@ ENGINE_V1 = (
 )
 
 
-class _Lazy(Sequence[str]):
-    """Statements resolved on first use, so importing this module stays cheap."""
+# The sync outbox and inbox as migration 1 shipped them (sync.outbox.SCHEMA may move on; this
+# text does not).
+OUTBOX_V1 = (
+    """CREATE TABLE outbox (
+        stream TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (stream, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE outbox_streams (
+        stream TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        acked_seq INTEGER NOT NULL DEFAULT 0,
+        pending_count INTEGER NOT NULL DEFAULT 0,
+        pending_bytes INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0
+    )""",
+    "INSERT INTO outbox_streams (stream) VALUES ('control'), ('checkpoints'), ('traces'),"
+    " ('metrics')",
+    """CREATE TABLE inbox (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        result BLOB
+    )""",
+)
 
-    def __init__(self, *parts: object) -> None:
-        self._parts = parts
-        self._resolved: list[str] | None = None
-
-    def _all(self) -> list[str]:
-        if self._resolved is None:
-            out: list[str] = []
-            for p in self._parts:
-                out += list(p() if callable(p) else p)  # type: ignore[call-overload]
-            self._resolved = out
-        return self._resolved
-
-    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
-        return self._all()[i]
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-
-def _docs_schema() -> Sequence[str]:
-    from sync.replica import SqliteDocStore
-    return SqliteDocStore.SCHEMA
+# The replicated documents' table as migration 2 shipped it (sync.replica.SqliteDocStore).
+DOCS_V2 = (
+    """CREATE TABLE docs (
+            collection TEXT NOT NULL,
+            key TEXT NOT NULL,
+            versions TEXT NOT NULL,
+            value TEXT NOT NULL,
+            siblings TEXT NOT NULL DEFAULT '{}',
+            digest TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (collection, key)
+        )""",
+)
 
 
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
-    (1, _Lazy(ENGINE_V1, _outbox_schema)),
-    (2, _Lazy(_docs_schema)),
+    (1, ENGINE_V1 + OUTBOX_V1),
+    (2, DOCS_V2),
     (3, ("CREATE TABLE telemetry_marks (name TEXT PRIMARY KEY, value REAL NOT NULL)",)),
     # An idempotent tool node's call is journaled in its step row (the row the transition
     # writes anyway): one table written per step instead of two. `calls` shows every call,
@@ -154,4 +172,15 @@ MIGRATIONS: list[tuple[int, Sequence[str]]] = [
          "INSERT INTO sync_epoch (epoch, created_at) SELECT lower(hex(randomblob(8))),"
          " (julianday('now') - 2440587.5) * 86400.0"
          " WHERE NOT EXISTS (SELECT 1 FROM sync_epoch)")),
+    # A run is pinned to the workflow definition it started with: the definitions are kept
+    # here while a run needs them, and each run names its version (NULL: queued before this
+    # migration; the engine pins those to the definition it loads at its next start).
+    (6, ("""CREATE TABLE workflow_versions (
+            workflow TEXT NOT NULL,
+            version TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (workflow, version)
+        )""",
+         "ALTER TABLE runs ADD COLUMN version TEXT")),
 ]

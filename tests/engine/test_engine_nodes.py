@@ -557,7 +557,8 @@ def test_unknown_outcome_inside_a_branch_or_an_agent_asks_a_human(
 
 def test_start_and_end_ride_on_the_neighbouring_commit(db_path: Path, ledger: Path) -> None:
     """A start node with nothing to fence commits the run's start with its own step, and a
-    step followed by `end` completes the run in the same commit; fenced tools keep theirs."""
+    step followed by `end` completes the run in the same commit; a fenced tool's start keeps
+    its own commit, which carries the first call's intent."""
     read = LedgerTool("read", ledger, idempotent=True)
     flaky = LedgerTool("flaky", ledger, idempotent=True, fail=lambda n: LedgerError(
         "busy", kind="timeout", retryable=True) if n == 1 else None)
@@ -605,7 +606,7 @@ def test_start_and_end_ride_on_the_neighbouring_commit(db_path: Path, ledger: Pa
                 ("a", "failed"), ("a", "completed"), ("done", "completed")]
 
             n, r = await commits_for("fenced", "completed")
-            assert n == 3  # the start, the intent, the result (with the end)
+            assert n == 2  # the start with the first call's intent, the result (with the end)
 
             n, r = await commits_for("bad_end", "failed")
             assert "input.missing" in r.error
@@ -653,6 +654,74 @@ def test_an_agent_call_that_failed_retryably_before_a_crash_is_retried_after_it(
             assert run.status == "completed", run.error
             assert stamp.calls == 1  # the second attempt's call; the first is not redone
             assert [s["attempt"] for s in h.steps(rid) if s["node"] == "look"] == [1, 2]
+        finally:
+            await h.stop()
+    run(main())
+
+
+def _parallel_of(ledger: Path, names: dict[str, LedgerTool], *, join: str,
+                 fallback: str | None = None) -> tuple[Any, dict[str, ToolBinding]]:
+    wf = Workflow("w").parallel("p", list(names), join=join, next="done", fallback=fallback)
+    for n in names:
+        wf = wf.tool(n, n)
+    if fallback:
+        wf = wf.tool(fallback, "recover", args_from={"part": "string(error.node)"},
+                     next="done")
+        names = {**names, "recover": LedgerTool("recover", ledger)}
+    built = wf.end("done").build(tools={n: tool_config(n, STAMP if n == "recover" else None)
+                                        for n in names})
+    return built, {n: ToolBinding(t) for n, t in names.items()}
+
+
+def test_join_any_means_any_success(db_path: Path, ledger: Path) -> None:
+    """A failed branch that finishes first does not complete the run: the join waits for a
+    success, and fails when every branch failed."""
+    broken = LedgerError("nope", kind="device_error")
+    for names, status in (
+            ({"broken": LedgerTool("broken", ledger, fail=lambda n: broken),
+              "slow": LedgerTool("slow", ledger, delay_s=0.3)}, "completed"),
+            ({"broken": LedgerTool("broken", ledger, fail=lambda n: broken),
+              "worse": LedgerTool("worse", ledger, delay_s=0.1, fail=lambda n: broken)},
+             "failed")):
+        wf, tools = _parallel_of(ledger, names, join="any")
+        h = Harness(db_path, {"w": wf}, tools)
+
+        async def main() -> None:
+            await h.start()
+            try:
+                rid = h.queue("w", {})
+                r = await h.wait(rid, status)
+                p = next(s for s in h.steps(rid) if s["node"] == "p") if status == "completed" \
+                    else None
+                if p is not None:
+                    assert p["output"]["succeeded"] == ["slow"]
+                    assert p["output"]["failed"] == ["broken"]
+                else:
+                    assert "join 'any' not met" in r.error
+            finally:
+                await h.stop()
+        run(main())
+
+
+def test_parallel_fallback_takes_over_when_the_join_fails(db_path: Path, ledger: Path) -> None:
+    broken = LedgerError("nope", kind="device_error")
+    wf, tools = _parallel_of(ledger, {"broken": LedgerTool("broken", ledger,
+                                                           fail=lambda n: broken)},
+                             join="all", fallback="recover")
+    assert wf.nodes["p"].fallback == "recover"
+    h = Harness(db_path, {"w": wf}, tools)
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            r = await h.wait(rid, "completed")
+            assert r.context["error"]["node"] == "p"
+            assert "broken: nope" in r.context["error"]["error"]
+            assert [(s["node"], s["status"]) for s in h.steps(rid)] == [
+                ("broken", "failed"), ("p", "failed"), ("recover", "completed"),
+                ("done", "completed")]
+            assert [e["tool"] for e in ledger_lines(ledger)] == ["recover"]
         finally:
             await h.stop()
     run(main())

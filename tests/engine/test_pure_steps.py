@@ -114,13 +114,14 @@ def test_what_counts_as_pure_follows_a_reload(db_path: Path) -> None:
     async def main() -> None:
         engine = await h.start()
         try:
-            assert engine._pure(at("t")) and engine._pure(at("b")) and engine._pure(at("done"))
+            pure = engine.catalog.pure
+            assert pure(at("t")) and pure(at("b")) and pure(at("done"))
             blocking = Pure("calc", seen)
             blocking.blocks = True  # type: ignore[misc]
             engine.tools = {"calc": ToolBinding(blocking)}  # what a reload does
-            assert not engine._pure(at("t")) and engine._pure(at("b"))
+            assert not pure(at("t")) and pure(at("b"))
             engine.tools = {"calc": ToolBinding(Effect(lambda: h.writer, seen))}
-            assert not engine._pure(at("t"))  # neither idempotent nor free of waits
+            assert not pure(at("t"))  # neither idempotent nor free of waits
         finally:
             await h.stop()
     asyncio.run(main())

@@ -18,7 +18,7 @@ from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.errors import StoreError
 from edge_agent.store import GroupCommitter, Prepared, Store
-from edge_agent.store.writer import _multi_row
+from edge_agent.store.merge import _multi_row
 
 
 class Gate:

@@ -1,0 +1,205 @@
+"""What follows a node's attempt when it does not simply go on: failures (retry, fallback,
+escalation; decided by `transitions.node_failed`), unknown outcomes of fenced calls, and
+approvals with their decisions and timeouts. Every write goes through the driver."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+from typing import Any
+
+from edge_agent.config.model import NodeConfig, RetryPolicy
+from edge_agent.engine import queries as q
+from edge_agent.engine import transitions
+from edge_agent.engine.ports import Driver, Tx, both
+from edge_agent.engine.records import FAILED, WAITING, Run, dumps
+
+log = logging.getLogger(__name__)
+
+
+class Outcomes:
+    def __init__(self, driver: Driver) -> None:
+        self.e = driver
+
+    def open_approval(self, run: Run, node: NodeConfig, state: dict[str, Any], *,
+                            kind: str, prompt: str, context: Any, timeout_s: float | None = None,
+                            extra: Tx | None = None) -> None:
+        now = self.e.clock()
+        timeout_at = now + timeout_s if timeout_s else None
+
+        def tx(c: sqlite3.Connection) -> int:
+            if extra is not None:
+                extra(c)
+            aid = q.create_approval(c, run_id=run.run_id, node=node.name, kind=kind,
+                                    prompt=prompt, context=context, now=now,
+                                    timeout_at=timeout_at)
+            q.update_run(c, run.run_id, now, node_state={**state, "approval_id": aid})
+            self.e.remember(c, run.run_id)  # the next step sees the approval, not an older row
+            self.e.emit(c, "control", "approval.requested", {
+                "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
+                "prompt": prompt, "timeout_at": timeout_at, "ts": now})
+            return aid
+        aid = self.e.write(tx, run.run_id)
+        if timeout_at is not None:
+            self.e.schedule_timeout(timeout_at, aid, run.run_id)
+        self.e.changed(run.run_id)
+
+    def approval_timed_out(self, approval_id: int) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            appr = q.get_approval(c, approval_id)
+            if appr is None or appr["status"] != "pending":
+                return
+            now = self.e.clock()
+            on_timeout = (appr["context"] or {}).get("on_timeout", "reject")
+            status = {"approve": "approved", "reject": "rejected"}.get(on_timeout, "escalated")
+            q.decide(c, approval_id, status=status, by="timeout", origin="timeout",
+                     note="no decision before the timeout", patch=None, now=now)
+            self.e.emit(c, "control", "approval.decided", {
+                "run_id": appr["run_id"], "approval_id": approval_id, "decision": status,
+                "by": "timeout", "origin": "timeout", "ts": now})
+            if status == "escalated":
+                new = q.create_approval(c, run_id=appr["run_id"], node=appr["node"],
+                                        kind="escalation", prompt="(timed out, escalated) "
+                                        + appr["prompt"], context=appr["context"], now=now,
+                                        timeout_at=None)
+                run = q.get_run(c, appr["run_id"])
+                if run is not None:
+                    q.update_run(c, run.run_id, now,
+                                 node_state={**run.node_state, "approval_id": new})
+                self.e.emit(c, "control", "approval.requested", {
+                    "run_id": appr["run_id"], "approval_id": new, "node": appr["node"],
+                    "kind": "escalation", "prompt": appr["prompt"], "ts": now})
+        self.e.write(tx)
+
+    def failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
+                policy: RetryPolicy, attempt: int, *, error: str, kind: str,
+                retryable: bool, extra: Tx | None = None,
+                started_at: float | None = None, call: q.StepCall | None = None) -> bool:
+        """A failed attempt: decided by `transitions.node_failed`, done here."""
+        wf = self.e.definition(run)
+        assert wf is not None
+        f = transitions.node_failed(run, wf, node, state, policy, attempt, error=error,
+                                    kind=kind, retryable=retryable, now=self.e.clock(),
+                                    rand=self.e.rand, started_at=started_at, call=call,
+                                    fenced=self.e.fenced)
+        log.warning("%s attempt %d failed (%s: %s)%s", node.name, attempt, kind, error,
+                    f"; retrying in {f.delay:.2f}s" if f.action == "retry" else "")
+        if f.action == "fallback":
+            assert f.transition is not None
+            return self.e.commit(run.run_id, f.transition, extra)
+        s = f.step
+
+        def step_row(c: sqlite3.Connection) -> None:
+            q.insert_step(c, run_id=run.run_id, node=s.node, visit=s.visit, attempt=s.attempt,
+                          status=s.status, error=s.error, error_kind=s.error_kind,
+                          started_at=s.started_at, finished_at=s.finished_at, call=s.call)
+        if f.action == "retry":
+            assert f.state is not None and f.record is not None
+            record = f.record
+            self.e.set_state(run, f.state, extra=both(
+                extra, step_row, lambda c: self.e.emit(c, "checkpoints", "step.retry", record)))
+            return True
+        if f.action == "escalate":
+            assert f.state is not None and f.prompt is not None
+            self.open_approval(run, node, f.state, kind="escalation", prompt=f.prompt,
+                               context={"error": error, "kind": kind},
+                               extra=both(extra, step_row))
+            return False
+        self.e.finish(run.run_id, FAILED, error=f.message, extra=both(extra, step_row))
+        return False
+
+    def unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
+                       policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
+                       args: Any, cause: str | None = None) -> bool:
+        """A fenced call whose outcome is unknown: after a crash during it (`cause` None), or
+        an error that says its effect may have happened (`cause`: that error)."""
+        mark = functools.partial(self._mark_unknown, run, node.name, key, attempt, tool,
+                                 on_unknown, cause=cause)
+        if on_unknown == "fail":
+            self.e.finish(run.run_id, FAILED, extra=mark("unknown"),
+                                error=f"{node.name}: outcome of {tool} is unknown (on_unknown = "
+                                "fail)")
+            return False
+        if on_unknown == "assume_failed":
+            return self.failed(run, node, state, policy, int(state.get("attempt", 1)),
+                                      error=f"outcome of {tool} unknown; assumed failed",
+                                      kind="unknown_outcome", retryable=True,
+                                      extra=mark("assumed_failed"))
+        self.ask_unknown(run, node, state, key=key, attempt=attempt, tool=tool, args=args,
+                         cause=cause)
+        return False
+
+    def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
+                      on_unknown: str, status: str, cause: str | None = None) -> Tx:
+        """The journal row's new status, and an `interrupted` step that shows it."""
+        def tx(c: sqlite3.Connection) -> None:
+            now = self.e.clock()
+            c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
+                      " AND attempt = ?", (status, now, key, attempt))
+            q.insert_step(c, run_id=run.run_id, node=step_node, visit=run.visit(step_node),
+                          attempt=attempt, status="interrupted",
+                          error=f"{cause or f'the process stopped during {tool}'}; on_unknown"
+                          f" = {on_unknown}",
+                          error_kind="unknown_outcome", started_at=now, finished_at=now)
+        return tx
+
+    def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
+                    attempt: int, tool: str, args: Any, step_node: str | None = None,
+                    cause: str | None = None) -> None:
+        """Open an approval asking whether an interrupted non-idempotent call took effect."""
+        why = (f"{tool} failed after its request may have reached the device ({cause})"
+               if cause else "The daemon stopped after starting it and before its result was "
+               "recorded")
+        prompt = (f"Did {tool}({dumps(args)}) take effect? {why}. Approve = it did (the run "
+                  "continues); reject = it did not (the step is retried).")
+        self.open_approval(run, node, {**state, "unknown_key": key, "unknown_attempt": attempt},
+                           kind="unknown_outcome", prompt=prompt,
+                           context={"tool": tool, "args": args, "key": key},
+                           extra=self._mark_unknown(run, step_node or node.name, key, attempt,
+                                                    tool, "escalate", "unknown", cause=cause))
+
+    def decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
+                       policy: RetryPolicy) -> bool:
+        appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
+        if appr is None or appr["status"] == "pending":
+            if run.status != WAITING:
+                self.e.set_state(run, state, status=WAITING)
+            return False
+        approved = appr["status"] == "approved"
+        attempt = int(state.get("attempt", 1))
+        rest = {k: v for k, v in state.items()
+                if k not in ("approval_id", "unknown_key", "unknown_attempt", "retry_at")}
+        if appr["kind"] == "unknown_outcome":
+            key, call_attempt = state["unknown_key"], int(state["unknown_attempt"])
+            status = "confirmed" if approved else "assumed_failed"
+            result = {"outcome": "confirmed", "by": appr["decided_by"]} if approved else None
+            mark: Tx = lambda c: c.execute(
+                "UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
+                " AND attempt = ?", (status, None if result is None else dumps(result),
+                                     self.e.clock(), key, call_attempt))
+            if node.kind == "tool" and approved:
+                return self.e.advance(run, node, output=result, next_node=node.next,
+                                      attempt=attempt, extra=mark)
+            if node.kind in ("tool", "agent") and not approved:
+                # "it did not take effect": the step is retried (an agent in a fresh scope),
+                # without spending an attempt on it
+                rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
+            # approved agent: replays, finding the call confirmed; parallel: re-runs the
+            # unfinished branches, which find the call confirmed or retry it
+            self.e.set_state(run, rest, extra=mark, status="running")
+            return True
+        # escalation after attempts ran out
+        if not approved:
+            self.e.finish(run.run_id, FAILED, error=f"{node.name}: escalation rejected by "
+                                f"{appr['decided_by']}" + (f": {appr['note']}" if appr["note"]
+                                                           else ""))
+            return False
+        patch = appr["patch"] if isinstance(appr["patch"], dict) else {}
+        if "skip_output" in patch:
+            return self.e.advance(run, node, output=patch["skip_output"],
+                                        next_node=node.next, attempt=attempt,
+                                        step_status="skipped")
+        rest.update(attempt=attempt + 1, budget_base=attempt)
+        self.e.set_state(run, rest, status="running")
+        return True

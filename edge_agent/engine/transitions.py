@@ -1,0 +1,268 @@
+"""The engine's transition rules, as pure functions.
+
+A run's state and an event in; the new state, the rows and the outbox records to write
+out. Nothing here touches the database, a clock or a thread: the driver (`engine.Engine`
+with `nodes.NodeRunner`) gathers the facts (the time, the journal row of a call, whether a
+tool is fenced), calls these functions, and performs the writes they return. Every rule of
+a run's course is in this file:
+
+- `node_done`: a node finished (or failed over to its fallback): its step row, the visit
+  count and `max_visits` of the next node, the context (the node's output and a patch),
+  the end node's finale in the same commit, the terminal record, and the intent of a next
+  fenced call, committed with this transition.
+- `node_failed`: a node's attempt failed: retry after a backoff, fall back, escalate to a
+  person, or fail the run.
+- `call_plan`: what a tool node does with its call: replay a recorded result, treat an
+  intent without a result as an unknown outcome, or call (with or without an intent still
+  to commit).
+- `call_error`: how a tool call's exception is classified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from edge_agent.config.expressions import ExpressionError, evaluate
+from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
+from edge_agent.engine.records import COMPLETED, FAILED, RUNNING, Run
+
+# (tool, idempotency key, arguments) of a call journaled in its step row
+StepCall = tuple[str, str, Any]
+
+
+def call_key(run_id: str, scope: str, turn: int, index: int, attempt: int) -> str:
+    """A call's idempotency key: the same on every replay of the same position."""
+    return f"{run_id}/{scope}/{turn}/{index}/a{attempt}"
+
+
+class StepRow(NamedTuple):
+    node: str
+    visit: int
+    attempt: int
+    status: str
+    output: Any
+    started_at: float
+    finished_at: float
+    call: StepCall | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+
+class Intent(NamedTuple):
+    """A fenced (non-idempotent) call about to be made: committed before the call."""
+
+    key: str
+    attempt: int
+    scope: str  # node#visit
+    tool: str
+    args: dict[str, Any]
+    at: float
+
+
+class Transition(NamedTuple):
+    steps: tuple[StepRow, ...]
+    finish: bool  # the run ends (fields: its terminal update) or goes on (fields: checkpoint)
+    fields: dict[str, Any]
+    records: tuple[tuple[str, dict[str, Any]], ...]  # (kind, payload) on "checkpoints"
+    next: Run | None  # the run as written, when it goes on to a next node
+    intent: Intent | None  # the next node's intent, committed with this transition
+    at: float
+
+    @property
+    def status(self) -> str:
+        return RUNNING if self.next is not None else str(self.fields["status"])
+
+
+def tool_args(node: NodeConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool node's arguments: its constants and its expressions over the context."""
+    args = dict(node.args)
+    for name, source in node.args_from.items():
+        args[name] = evaluate(source, context)
+    return args
+
+
+def finale(wf: WorkflowConfig, next_node: str | None, context: Mapping[str, Any]) -> Any:
+    """The output of an `end` node that can complete the run in this commit, else None.
+    An output expression that fails leaves the end node to run (and fail) on its own."""
+    end = wf.nodes.get(next_node) if next_node is not None else None
+    if end is None or end.kind != "end":
+        return None
+    if not end.output:
+        return {k: v for k, v in context.items() if k != "input"}
+    try:
+        return evaluate(end.output, context)
+    except ExpressionError:
+        return None
+
+
+def intent_for(run_id: str, node: NodeConfig, visit: int, context: Mapping[str, Any],
+               now: float) -> Intent | None:
+    """The intent of a tool node's first attempt, or None when its arguments cannot be
+    worked out (the node then fails on its own, with its error, when it runs)."""
+    try:
+        args = tool_args(node, context)
+    except ExpressionError:
+        return None
+    scope = f"{node.name}#{visit}"
+    assert node.tool is not None
+    return Intent(call_key(run_id, scope, 0, 0, 1), 1, scope, node.tool, args, now)
+
+
+def node_done(run: Run, wf: WorkflowConfig, node: NodeConfig, *, output: Any,
+              next_node: str | None, now: float, attempt: int = 1,
+              started_at: float | None = None, patch: Mapping[str, Any] | None = None,
+              step_status: str = "completed", store_output: bool = True,
+              call: StepCall | None = None, error: tuple[str, str] | None = None,
+              fenced: Callable[[NodeConfig], bool] | None = None) -> Transition:
+    """A finished node moves the run on: one step row, the checkpoint, one record. When the
+    next node is an `end` the run completes in the same transition (two step rows, two
+    records); past `max_visits` it fails. When the next node is a tool `fenced` says needs
+    an intent, the intent is part of this transition, so its call needs no commit of its
+    own before it runs."""
+    context = dict(run.context)
+    if store_output and output is not None:
+        context[node.name] = output
+    if patch:
+        context.update(patch)
+    end_output = finale(wf, next_node, context)
+    visit = run.visit(node.name)
+    rid = run.run_id
+    steps = [StepRow(node.name, visit, attempt, step_status, output, started_at or now, now,
+                     call, error[0] if error else None, error[1] if error else None)]
+    record = {"run_id": rid, "workflow": run.workflow, "node": node.name, "visit": visit,
+              "attempt": attempt, "status": step_status, "output": output, "ts": now}
+    if next_node is None:
+        return Transition(tuple(steps), True, {
+            "status": COMPLETED, "node": None, "context": context, "output": output,
+            "node_state": {}, "finished_at": now}, (("run.finished", {
+                **record, "run_status": COMPLETED}),), None, None, now)
+    visits = dict(run.visits)
+    visits[next_node] = visits.get(next_node, 0) + 1
+    bound = wf.nodes[next_node].max_visits
+    if bound is not None and visits[next_node] > bound:
+        err = f"node {next_node!r} would run more than max_visits={bound} times"
+        return Transition(tuple(steps), True, {
+            "status": FAILED, "context": context, "error": err, "node_state": {},
+            "finished_at": now}, (("run.finished", {**record, "run_status": FAILED,
+                                                    "error": err}),), None, None, now)
+    records = [("step.completed", {**record, "next": next_node})]
+    if end_output is not None:
+        end_visit = visits[next_node]
+        steps.append(StepRow(next_node, end_visit, 1, "completed", end_output, now, now))
+        records.append(("run.finished", {
+            "run_id": rid, "workflow": run.workflow, "node": next_node, "visit": end_visit,
+            "attempt": 1, "status": "completed", "output": end_output, "ts": now,
+            "run_status": COMPLETED}))
+        return Transition(tuple(steps), True, {
+            "status": COMPLETED, "node": None, "context": context, "output": end_output,
+            "node_state": {}, "finished_at": now, "visits": visits}, tuple(records), None,
+            None, now)
+    target = wf.nodes[next_node]
+    intent = intent_for(rid, target, visits[next_node], context, now) \
+        if fenced is not None and target.kind == "tool" and fenced(target) else None
+    fields = {"node": next_node, "context": context, "visits": visits,
+              "status": None if run.status == RUNNING else RUNNING}
+    moved = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
+                      visits=visits, updated_at=now)
+    return Transition(tuple(steps), False, fields, tuple(records), moved, intent, now)
+
+
+# failures --------------------------------------------------------------------------------------
+class Failure(NamedTuple):
+    """What a failed attempt leads to. `action`: "retry" (node state `state`, a step row
+    and a `step.retry` record), "fallback" (`transition` to the fallback node), "escalate"
+    (an approval with `prompt`, `state` and the step row), or "fail" (the run fails with
+    `message`, and the step row)."""
+
+    action: str
+    step: StepRow
+    state: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
+    prompt: str | None = None
+    message: str | None = None
+    transition: Transition | None = None
+    delay: float = 0.0
+
+
+def node_failed(run: Run, wf: WorkflowConfig, node: NodeConfig, state: Mapping[str, Any],
+                policy: RetryPolicy, attempt: int, *, error: str, kind: str, retryable: bool,
+                now: float, rand: Callable[[], float], started_at: float | None = None,
+                call: StepCall | None = None,
+                fenced: Callable[[NodeConfig], bool] | None = None) -> Failure:
+    """A node's attempt failed: retry (with a durable backoff) while the policy allows,
+    then the node's fallback, an escalation to a person, or the run fails."""
+    visit = run.visit(node.name)
+    base = int(state.get("budget_base", 0))
+    step = StepRow(node.name, visit, attempt, "failed", None, started_at or now, now, call,
+                   error, kind)
+    if policy.should_retry(attempt - base, kind, retryable):
+        delay: float = policy.delay(attempt - base, rand())
+        new_state = {k: v for k, v in state.items() if k != "approval_id"}
+        new_state.update(attempt=attempt + 1, retry_at=now + delay, last_error=error)
+        return Failure("retry", step, state=new_state, delay=delay, record={
+            "run_id": run.run_id, "node": node.name, "attempt": attempt, "error": error,
+            "kind": kind, "delay_s": delay, "ts": now})
+    if node.fallback:
+        info = {"node": node.name, "error": error, "kind": kind, "attempts": attempt}
+        return Failure("fallback", step, transition=node_done(
+            run, wf, node, output=info, next_node=node.fallback, now=now, attempt=attempt,
+            step_status="failed", patch={"error": info}, store_output=False, call=call,
+            error=(error, kind), fenced=fenced))
+    if node.escalate == "approval" or kind == "escalate":
+        prompt = (f"{node.name} failed after {attempt - base} attempt(s): {kind}: {error}. "
+                  "Approve to retry; approve with patch {\"skip_output\": {...}} to skip "
+                  "with that output; reject to fail the run.")
+        return Failure("escalate", step, state={**state, "attempt": attempt}, prompt=prompt)
+    return Failure("fail", step, message=f"{node.name}: {kind}: {error} (attempt {attempt})")
+
+
+# tool calls ------------------------------------------------------------------------------------
+class CallPlan(NamedTuple):
+    """`action`: "replay" (the recorded `result`), "unknown" (an intent without a result:
+    the node's on_unknown policy decides), or "call" (with `intent` to commit first, or None
+    when there is none to write: an idempotent tool, or an intent already committed)."""
+
+    action: str
+    result: Any = None
+    intent: Intent | None = None
+
+
+def call_plan(*, fenced: bool, row: Mapping[str, Any] | None, armed: Intent | None,
+              key: str, attempt: int, scope: str, tool: str, args: dict[str, Any],
+              now: float) -> CallPlan:
+    """A tool node's call. `row` is its journal row (looked up for fenced calls only);
+    `armed` the intent this process committed with the transition into the node and has
+    not called yet. An intent that no living call owns (found after a restart) is an
+    unknown outcome: the call may have happened."""
+    if armed is not None and armed.key == key and armed.attempt == attempt:
+        return CallPlan("call")
+    if row is not None:
+        if row["status"] in ("intent", "unknown"):
+            return CallPlan("unknown")
+        if row["status"] in ("ok", "confirmed"):
+            return CallPlan("replay", row["result"])
+    if not fenced:
+        return CallPlan("call")
+    return CallPlan("call", intent=Intent(key, attempt, scope, tool, args, now))
+
+
+class CallError(NamedTuple):
+    """A tool call's exception, classified: its message and kind, whether retrying may
+    help, and whether the effect may have happened (an unknown outcome for a fenced tool)."""
+
+    error: str
+    kind: str | None
+    retryable: bool
+    unknown: bool
+
+
+def call_error(exc: BaseException, *, fenced: bool) -> CallError:
+    """The one place a tool call's exception is classified. An error that says the effect
+    may have happened (`effect_may_have_happened = True`: a request sent, then a timeout or
+    a lost link) from a fenced tool is an unknown outcome, handled by the node's
+    `on_unknown` like an intent without a result after a crash; for an idempotent tool it
+    is a plain failure (retrying is its recovery)."""
+    unknown = fenced and bool(getattr(exc, "effect_may_have_happened", False))
+    return CallError(str(exc), getattr(exc, "kind", type(exc).__name__),
+                     bool(getattr(exc, "retryable", False)), unknown)
