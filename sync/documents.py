@@ -84,6 +84,9 @@ BUILTIN: dict[str, CollectionRules] = {
     "approvals": CollectionRules({"decision": "reject_wins", "decided_by": "lww",
                                   "note": "lww", "origin": "lww"}),
     "kv": CollectionRules({}, "lww"),
+    # a run's lease while a step is handed to the cloud: concurrent writes (the device took
+    # the step back while the cloud finished it) are kept as siblings for a person to see
+    "runs.lease": CollectionRules({}, "manual"),
 }
 
 

@@ -128,6 +128,7 @@ class NodeConfig:
     fallback: str | None = None  # node to go to when attempts run out
     output: str | None = None  # end node: CEL giving the run's output
     max_visits: int | None = None  # bound for nodes on a cycle
+    timeout_s: float | None = None  # `handoff = "cloud:..."`: how long the cloud may hold it
 
 
 @dataclass(frozen=True)

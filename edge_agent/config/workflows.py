@@ -20,6 +20,7 @@ from edge_agent.config.expressions import ExpressionError, compile_expression
 NODE_KINDS = ("tool", "agent", "branch", "approval", "parallel", "handoff", "end")
 RESERVED_NAMES = frozenset({"input", "run", "approval", "error"})
 JOINS = ("all", "any", "first_success", "quorum")
+CLOUD_PREFIX = "cloud:"  # `handoff = "cloud:<name>"`: a step the cloud runs (cloud_handoff)
 
 
 def parse_retry(t: Table, name: str = "retry") -> RetryPolicy | None:
@@ -73,6 +74,9 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
         if src is not None:
             _expr(t, "input", src)
         fields["input"] = src
+        if kind == "handoff" and (fields["agent"] or "").startswith(CLOUD_PREFIX):
+            # a step handed to the cloud: it waits up to timeout_s, then takes `fallback`
+            fields["timeout_s"] = t.float("timeout_s", 60.0, min=0.0, exclusive_min=True)
     elif kind == "branch":
         rules = t.raw("branch")
         parsed: list[BranchRule] = []
@@ -229,7 +233,8 @@ def _check_graph(wf: str, t: Table, start: str, nodes: Mapping[str, NodeConfig],
                 err(n.name, "tool", "names no [tools.*] entry", n.tool)
             else:
                 _check_constant_args(n, tool, err)
-        if n.kind in ("agent", "handoff") and n.agent is not None and n.agent not in agents:
+        if n.kind in ("agent", "handoff") and n.agent is not None and n.agent not in agents \
+                and not (n.kind == "handoff" and n.agent.startswith(CLOUD_PREFIX)):
             err(n.name, n.kind, "names no [agents.*] entry", n.agent)
     if not any(n.kind == "end" for n in nodes.values()):
         t.error("nodes", "has no end node (add one with `end = true`)", sorted(nodes))

@@ -133,6 +133,9 @@ class DaemonSync:
                                workflows=self.daemon.config.workflows, origin="cloud",
                                run_id=str(a.get("run_id") or f"c-{cmd.id[:20]}"))
             return {"run_id": run_id}
+        if cmd.type == "tool_result" and str(a.get("key", "")).startswith("handoff/"):
+            from edge_agent.engine.cloud_handoff import apply_handoff_result
+            return apply_handoff_result(conn, self.config.device.id, dict(a))
         if cmd.type == "tool_result":
             return record_tool_result(conn, str(a["key"]), ok=bool(a.get("ok", True)),
                                       result=a.get("result"), error=a.get("error"))

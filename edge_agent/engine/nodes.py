@@ -13,7 +13,7 @@ from typing import Any
 from edge_agent.config.expressions import ExpressionError, evaluate, evaluate_condition
 from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
 from edge_agent.engine import queries as q
-from edge_agent.engine import transitions
+from edge_agent.engine import cloud_handoff, transitions
 from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext
 from edge_agent.engine.outcomes import Outcomes
@@ -228,7 +228,10 @@ class NodeRunner:
         return self.e.advance(run, node, output=outcome.output, next_node=node.next,
                               attempt=attempt, started_at=begun)
 
-    _handoff = _agent
+    def _handoff(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool | float:
+        if node.agent and node.agent.startswith(cloud_handoff.PREFIX):
+            return cloud_handoff.run_cloud_handoff(self.e, run, wf, node)
+        return self._agent(run, wf, node)
 
     # branch, end ------------------------------------------------------------------------------
     def _branch(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:

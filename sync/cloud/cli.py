@@ -31,10 +31,10 @@ def store_of(cfg: CloudConfig) -> SqlCloudStore:
     return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
 
 
-def load_tools(cfg: CloudConfig) -> dict[str, Any]:
+def load_tools(cfg: CloudConfig, entries: Any = None) -> dict[str, Any]:
     import importlib
     out = {}
-    for name, entry in cfg.tools:
+    for name, entry in cfg.tools if entries is None else entries:
         module, _, attr = entry.partition(":")
         out[name] = getattr(importlib.import_module(module), attr)
     return out
@@ -45,6 +45,7 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
     (by `run`, the one command that executes remote tools)."""
     if "tools" not in kw:
         kw["tools"] = load_tools(cfg)
+        kw.setdefault("handoffs", load_tools(cfg, cfg.handoffs))
     if cfg.signing_key:
         from sync.signing import Sealer, load_private_key
         kw.setdefault("sealer", Sealer(load_private_key(cfg.signing_key)))

@@ -1,4 +1,4 @@
-"""`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [collections]. Unknown keys are errors;
+"""`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [handoffs], [collections]. Unknown keys are errors;
 errors name key and value."""
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class CloudConfig:
     workers: int = 1
     max_record_bytes: int = 16 << 20  # larger records are kept as stubs (size and digest)
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
+    handoffs: tuple[tuple[str, str], ...] = ()  # handed-off steps: (name, "module:function")
     collections: Mapping[str, CollectionRules] = field(default_factory=dict)  # as the devices'
     signing_key: str | None = None  # the Ed25519 key that seals every downlink message
     device_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # uplink keys
@@ -75,7 +76,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
         return t
 
     for k in data:
-        if k not in ("mqtt", "store", "signing", "otlp", "tools", "collections"):
+        if k not in ("mqtt", "store", "signing", "otlp", "tools", "handoffs", "collections"):
             problems.append(f"{k}: unknown key (got {data[k]!r})")
     mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
                           "protocol", "group", "workers", "insecure"})
@@ -125,6 +126,11 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                                               for v in tools.values()):
         problems.append(f"tools: a table of name = \"module:function\" (got {tools!r})")
         tools = {}
+    handoffs = data.get("handoffs", {})
+    if not isinstance(handoffs, dict) or not all(isinstance(v, str) and ":" in v
+                                                 for v in handoffs.values()):
+        problems.append(f"handoffs: a table of name = \"module:function\" (got {handoffs!r})")
+        handoffs = {}
     collections: dict[str, CollectionRules] = {}
     raw = data.get("collections", {})
     if not isinstance(raw, dict):
@@ -173,6 +179,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        username=mqtt.get("username"), password=password,
                        otlp_endpoint=endpoint, workers=workers, max_record_bytes=max_record,
                        tools=tuple(sorted(tools.items())), collections=collections,
+                       handoffs=tuple(sorted(handoffs.items())),
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
                        require_device_keys=require_device_keys)
 

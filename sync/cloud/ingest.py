@@ -28,6 +28,7 @@ from sync.acks import encode_ack
 from sync.cloud.batches import Stored
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
+from sync.cloud.handoffs import HandoffServer
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.envelope import (
     Batch,
@@ -52,7 +53,8 @@ class IngestWorker:
                  password: str | None = None, otlp_endpoint: str | None = None,
                  tools: dict[str, Any] | None = None,
                  collections: Mapping[str, CollectionRules] | None = None,
-                 sealer: Sealer | None = None, uplink: DeviceKeys | None = None) -> None:
+                 sealer: Sealer | None = None, uplink: DeviceKeys | None = None,
+                 handoffs: Mapping[str, Any] | None = None) -> None:
         self.store = store
         self.uplink = uplink  # None: batches taken as the broker delivers them
         self.sealer = sealer  # None: downlink sent unsigned (insecure = true)
@@ -62,6 +64,7 @@ class IngestWorker:
         self.protocol = protocol
         self.otlp_endpoint = otlp_endpoint
         self.tools = dict(tools or {})  # remote tools the cloud executes: name -> callable
+        self.handoffs = HandoffServer(self, handoffs or {}, worker_id or "cloud")
         self.host, self.port = host, port
         self.rejected: Counter[str] = Counter()
         self.batches = 0
@@ -141,6 +144,8 @@ class IngestWorker:
                     self._confirm(device, r.payload)
                 elif r.kind == "tool.request":
                     self._remote_tool(device, r.payload)
+                elif r.kind == "handoff.request":
+                    self.handoffs.request(device, r.payload)
         if batch.stream in ("traces", "metrics") and self.otlp_endpoint:
             for r in stored.new:
                 if r.kind in ("otlp.traces", "otlp.metrics"):
@@ -198,6 +203,8 @@ class IngestWorker:
             self._reject(device, topic, "bad_status", str(exc), payload)
             return
         self.store.seen(device, state == "online", status)
+        if state == "online":  # results of handed-off steps the device has not confirmed
+            self.handoffs.resend(device)
 
     def _confirm(self, device: str, payload: bytes) -> None:
         """A result confirms only a command sent to the device whose stream carries it."""
@@ -250,13 +257,15 @@ class IngestWorker:
 
     def send_command(self, device: str, ctype: str, args: dict[str, Any],
                      traceparent: str | None = None, wait_s: float = 0.0,
-                     expires_in_s: float | None = None) -> str:
+                     expires_in_s: float | None = None, resend: str | None = None) -> str:
         """Record and publish a command (QoS 1); the device confirms on its control stream.
         It expires after `expires_in_s` (default 24 h): the broker drops it, the device
-        answers "expired"."""
-        cid = uuid.uuid4().hex
+        answers "expired". `resend`: publish again the recorded command of that id (the
+        device applies each id once)."""
+        cid = resend or uuid.uuid4().hex
         cmd = Command(cid, ctype, args, time.time())
-        self.store.add_command(cid, device, ctype, args)
+        if resend is None:
+            self.store.add_command(cid, device, ctype, args)
         ttl = expires_in_s or DEFAULT_TTL_S
         payload = encode_command(cmd)
         if self.sealer is not None:

@@ -50,6 +50,8 @@ class CloudStore(Protocol):
 
     def confirm_command(self, cid: str, device: str, result: Any) -> bool: ...
 
+    def unconfirmed_commands(self, device: str, ctype: str) -> list[tuple[str, Any]]: ...
+
     def command(self, cid: str) -> dict[str, Any] | None: ...
 
     def devices(self) -> list[dict[str, Any]]: ...
@@ -191,6 +193,14 @@ class SqlCloudStore:
                              ("confirmed" if result.get("ok") else "failed", time.time(),
                               json.dumps(result, default=str), cid, device))
             return bool(cur.rowcount)
+
+    def unconfirmed_commands(self, device: str, ctype: str) -> list[tuple[str, Any]]:
+        """(id, args) of the commands of a type sent to `device` and not yet confirmed."""
+        with self.tx() as c:
+            rows = self._exec(c, "SELECT id, args FROM commands WHERE device = ? AND type = ?"
+                                 " AND state = 'sent' ORDER BY created_at",
+                              (device, ctype)).fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
 
     def command(self, cid: str) -> dict[str, Any] | None:
         with self.tx() as c:

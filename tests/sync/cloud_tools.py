@@ -5,3 +5,14 @@ def price(part: str) -> dict:
     if part == "broken":
         raise ValueError("no price for broken parts")
     return {"part": part, "eur": 12.5}
+
+
+def review(input: dict, context: dict) -> dict:
+    """A step a device hands to the cloud: logs each call (the test's ledger), then answers
+    after the delay the run asked for."""
+    import time
+    from pathlib import Path
+    with Path("reviews.log").open("a") as f:
+        f.write(f"{context.get('input', {}).get('id')}\n")
+    time.sleep(float(input.get("delay", 0)))
+    return {"verdict": "approved", "by": "cloud-reviewer", "doc": input.get("doc")}

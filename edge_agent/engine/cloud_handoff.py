@@ -1,0 +1,188 @@
+"""A step handed to the cloud: `handoff = "cloud:<name>"` on a workflow node.
+
+The device owns its runs. Handing a step over moves that ownership for one step, and the
+move is a *lease* carried by the run's replicated lease document (collection `runs.lease`,
+key = run id, every field merged `manual`), guarded by the document's vector clock:
+
+1. The device writes `{owner: "cloud", lease: KEY, state: "held", until: T}`, journals the
+   request (`tool_calls`, status `requested`) and emits a `handoff.request` record on the
+   control stream carrying the checkpoint (the run's context and the step's input), the
+   trace context and the lease version itself, all in one transaction.
+2. The cloud applies the lease version, runs the step, writes `{owner: "device",
+   state: "done", result: DIGEST}` on top of it (so its version dominates the device's) and
+   sends the result down as a signed `tool_result` command carrying that version.
+3. While the step is out, the device's run only waits (durably: a restart waits for the
+   rest of the timeout, not a new one). A result whose request is still `requested` is
+   applied: the node's output is the cloud's result and the run goes on.
+4. At `timeout_s` the device takes the lease back, `{owner: "device", state: "fallback"}`,
+   written without having seen the cloud's version, and goes to the node's `fallback`.
+   A cloud result arriving after that is *recorded, not applied*: its version is concurrent
+   with the device's, so the lease document keeps both as siblings (`edge-agent
+   conflicts`), and the run gets a `conflict` step carrying the late result.
+
+Exactly one side advances the run: the device never advances while the lease names the
+cloud, and it takes a cloud result only while its own request is open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+from edge_agent.config.expressions import ExpressionError, evaluate
+from edge_agent.config.model import NodeConfig, WorkflowConfig
+from edge_agent.engine import queries as q
+from edge_agent.engine.control import emit
+from edge_agent.engine.ports import Driver, both
+from edge_agent.engine.records import FAILED, Run, dumps
+from edge_agent.engine.transitions import call_key
+from sync.documents import Version
+from sync.replica import Replica, SqliteDocStore
+
+log = logging.getLogger(__name__)
+
+LEASES = "runs.lease"  # the replicated lease document of each run that hands a step over
+PREFIX = "cloud:"
+
+
+def lease_replica(conn: sqlite3.Connection, node: str) -> Replica:
+    return Replica(node, SqliteDocStore(conn))
+
+
+def write_lease(conn: sqlite3.Connection, node: str, run_id: str,
+                changes: dict[str, Any]) -> Version:
+    """A device write of the run's lease document, replicated with the same commit."""
+    version = lease_replica(conn, node).write(LEASES, run_id, changes)
+    emit(conn, "control", "doc.version", version.encode())
+    return version
+
+
+def traceparent(run: Run) -> str | None:
+    if not run.trace_id:
+        return None
+    return f"00-{run.trace_id}-{secrets.token_hex(8)}-01"
+
+
+def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
+                      ) -> bool | float:
+    """The node handler: request, wait, then apply the result or take the fallback."""
+    assert node.agent is not None and node.agent.startswith(PREFIX)
+    device = str(getattr(e, "device_id", None) or "device")
+    target = node.agent[len(PREFIX):]
+    state = dict(run.node_state)
+    attempt = int(state.get("attempt", 1))
+    scope = f"{node.name}#{run.visit(node.name)}"
+    key = "handoff/" + call_key(run.run_id, scope, 0, 0, attempt)
+    timeout = float(node.timeout_s or 60.0)
+    now = e.clock()
+    if state.get("handoff_key") != key:
+        try:
+            value = evaluate(node.input, run.context) if node.input else run.context["input"]
+        except ExpressionError as exc:
+            e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
+            return False
+        due = now + timeout
+        parent = traceparent(run)
+
+        def request(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args,"
+                      " status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'requested', ?)"
+                      " ON CONFLICT (idem_key, attempt) DO NOTHING",
+                      (key, attempt, run.run_id, scope, node.agent, dumps({"input": value}),
+                       now))
+            lease = write_lease(c, device, run.run_id, {
+                "owner": "cloud", "lease": key, "state": "held", "until": due})
+            emit(c, "control", "handoff.request", {
+                "run_id": run.run_id, "workflow": run.workflow, "node": node.name,
+                "key": key, "target": target, "input": value, "context": run.context,
+                "traceparent": parent, "timeout_at": due, "ts": now,
+                "lease": lease.encode()})
+        e.set_state(run, {**state, "attempt": attempt, "handoff_key": key,
+                          "handoff_due": due}, extra=request)
+        log.info("handed step %s to the cloud (%s) for up to %gs", node.name, target,
+                 timeout)
+        return due
+    row = e.read(lambda c: q.journal_get(c, key, attempt))
+    if row is not None and row["status"] == "ok":
+        def release(c: sqlite3.Connection) -> None:
+            write_lease(c, device, run.run_id, {"owner": "device", "state": "applied"})
+        return e.advance(run, node, output=row["result"], next_node=node.next,
+                         attempt=attempt, started_at=row["started_at"], extra=release)
+    if row is not None and row["status"] == "error":
+        e.finish(run.run_id, FAILED, error=f"{node.name}: the cloud's {target} failed: "
+                 f"{row['error']}")
+        return False
+    due = float(state.get("handoff_due", now))
+    if now < due:
+        return due
+    reason = f"no result from the cloud within {timeout:g}s"
+
+    def take_back(c: sqlite3.Connection) -> None:
+        c.execute("UPDATE tool_calls SET status = 'timed_out', finished_at = ? WHERE"
+                  " idem_key = ? AND attempt = ? AND status = 'requested'", (now, key, attempt))
+        write_lease(c, device, run.run_id, {"owner": "device", "state": "fallback"})
+    if node.fallback:
+        log.warning("step %s: %s; taking the fallback %s", node.name, reason, node.fallback)
+        return e.advance(run, node, output={"fallback": node.fallback, "error": reason},
+                         next_node=node.fallback, attempt=attempt, extra=take_back)
+    e.finish(run.run_id, FAILED, error=f"{node.name}: {reason}", extra=both(take_back))
+    return False
+
+
+def apply_handoff_result(conn: sqlite3.Connection, device: str,
+                         args: dict[str, Any]) -> dict[str, Any]:
+    """The cloud's `tool_result` for a handed-off step, inside the sync's transaction.
+
+    Applied only while the device's request is open; otherwise recorded as a conflict."""
+    key = str(args["key"])
+    row = conn.execute("SELECT run_id, node, status FROM tool_calls WHERE idem_key = ?"
+                       " ORDER BY attempt DESC LIMIT 1", (key,)).fetchone()
+    if row is None:
+        raise ValueError(f"no handed-off step {key!r} on this device")
+    run_id, scope, status = row[0], row[1], row[2]
+    if args.get("version") is not None:
+        lease_replica(conn, device).apply(Version.decode(args["version"]))
+    ok = bool(args.get("ok", True))
+    result = args.get("result")
+    if ok and not isinstance(result, dict):
+        raise ValueError("a handoff result is a JSON object")
+    cloud = args.get("cloud") if isinstance(args.get("cloud"), dict) else {}
+    now = time.time()
+    node = str(scope).partition("#")[0]
+    run = q.get_run(conn, run_id)
+    visit = run.visit(node) if run is not None else 1
+    if status == "requested":
+        conn.execute("UPDATE tool_calls SET status = ?, result = ?, error = ?, error_kind = ?,"
+                     " finished_at = ? WHERE idem_key = ? AND status = 'requested'",
+                     ("ok" if ok else "error", json.dumps(result) if ok else None,
+                      None if ok else str(args.get("error") or "cloud step failed"),
+                      None if ok else "remote_error", now, key))
+        q.insert_step(conn, run_id=run_id, node=node, visit=visit, attempt=1,
+                      status="handoff", started_at=float(cloud.get("started_at", now)),
+                      finished_at=float(cloud.get("finished_at", now)),
+                      output={"from": "device", "to": f"cloud:{cloud.get('target', '?')}",
+                              "cloud_run": cloud.get("child_run"),
+                              "worker": cloud.get("worker"), "ok": ok})
+        return {"run_id": run_id, "key": key, "applied": True}
+    if status in ("ok", "error") or conn.execute(
+            "SELECT 1 FROM steps WHERE run_id = ? AND status = 'conflict' AND error_kind ="
+            " 'handoff_late' AND error LIKE ?", (run_id, f"%{key}%")).fetchone():
+        return {"run_id": run_id, "key": key, "applied": False, "duplicate": True}
+    digest = hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()[:12]
+    detail = (f"late cloud result for {node} ({status} locally): recorded, not applied"
+              f" (result {digest}, request {key})")
+    q.insert_step(conn, run_id=run_id, node=node, visit=visit, attempt=1, status="conflict",
+                  error=detail, error_kind="handoff_late", output=result,
+                  started_at=now, finished_at=now)
+    emit(conn, "control", "handoff.conflict", {"run_id": run_id, "key": key, "node": node,
+                                               "local": status, "ts": now})
+    log.warning("run %s: %s", run_id, detail)
+    return {"run_id": run_id, "key": key, "applied": False, "conflict": True}
+
+
+__all__ = ["LEASES", "PREFIX", "apply_handoff_result", "run_cloud_handoff", "write_lease"]

@@ -1,0 +1,126 @@
+"""The cloud's side of a handed-off step (`handoff.request` records on the control stream).
+
+A device hands a step to the cloud with a `handoff.request` record carrying the run's
+checkpoint (context and the step's input), its W3C traceparent and the version of the run's
+lease document that names the cloud as owner. The worker that serves the target:
+
+1. applies the lease version to its replica of the device's documents, so that what it
+   writes next dominates it;
+2. runs the target, a `[handoffs]` callable `fn(input=..., context=...) -> dict` (a python
+   function, or a cloud workflow wrapped by the cloud runner), in its own thread so that
+   ingest goes on meanwhile, as a child run `<run_id>/<node>@cloud` of the same trace;
+3. writes `{owner: "device", state: "done" | "failed", result: DIGEST}` on the lease and
+   sends one signed `tool_result` command carrying the result, that version and the
+   child run's timings, with the request's traceparent. Until the device confirms it, the
+   command is published again (same id) each time the device comes online.
+
+A request that reaches the cloud after its `timeout_at` is not run: the device has taken the
+step back by then. See edge_agent/engine/cloud_handoff.py for the device's side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import msgpack
+
+from sync.documents import DocumentError, Version
+
+log = logging.getLogger(__name__)
+
+LEASES = "runs.lease"
+Handoff = Callable[..., Any]
+
+
+class Sender(Protocol):
+    """What a handoff needs of the ingest worker."""
+
+    docs: Any
+    store: Any
+
+    def send_command(self, device: str, ctype: str, args: dict[str, Any],
+                     traceparent: str | None = None, wait_s: float = 0.0,
+                     expires_in_s: float | None = None, resend: str | None = None) -> str: ...
+
+
+def digest_of(result: Any) -> str:
+    return hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()
+                          ).hexdigest()
+
+
+class HandoffServer:
+    """Serves the `[handoffs]` targets this worker knows; other requests are left alone."""
+
+    def __init__(self, worker: Sender, handoffs: Mapping[str, Handoff],
+                 worker_id: str = "cloud", clock: Callable[[], float] = time.time) -> None:
+        self.worker = worker
+        self.handoffs = dict(handoffs)
+        self.worker_id = worker_id
+        self.clock = clock
+        self.threads: list[threading.Thread] = []
+
+    def request(self, device: str, payload: bytes) -> threading.Thread | None:
+        try:
+            req = msgpack.unpackb(payload, raw=False)
+            target, key = str(req["target"]), str(req["key"])
+            lease = Version.decode(req["lease"])
+        except (ValueError, KeyError, TypeError, DocumentError,
+                msgpack.UnpackException) as exc:
+            log.warning("handoff: unreadable request from %s: %s", device, exc)
+            return None
+        fn = self.handoffs.get(target)
+        if fn is None:
+            return None  # another service runs it, or the device falls back on its timeout
+        if float(req.get("timeout_at") or 0) and self.clock() > float(req["timeout_at"]):
+            log.warning("handoff: %s's request %s for %s came after its timeout; not run",
+                        device, key[:64], target)
+            return None
+        self.worker.docs.apply(device, [lease])
+        t = threading.Thread(target=self._run, args=(device, req, fn), daemon=True,
+                             name=f"handoff-{target}")
+        self.threads = [x for x in self.threads if x.is_alive()] + [t]
+        t.start()
+        return t
+
+    def resend(self, device: str) -> int:
+        """Publish again every handoff result the device has not confirmed (a broker that
+        restarted forgets queued messages); the device applies each command id once."""
+        pending = [(cid, args) for cid, args in
+                   self.worker.store.unconfirmed_commands(device, "tool_result")
+                   if str(args.get("key", "")).startswith("handoff/")]
+        for cid, args in pending:
+            self.worker.send_command(device, "tool_result", args, resend=cid)
+        if pending:
+            log.info("handoff: sent %d unconfirmed result(s) to %s again", len(pending), device)
+        return len(pending)
+
+    def _run(self, device: str, req: dict[str, Any], fn: Handoff) -> None:
+        run_id, key, target = str(req["run_id"]), str(req["key"]), str(req["target"])
+        child = f"{run_id}/{req.get('node')}@cloud"
+        started = self.clock()
+        log.info("handoff: running %s for %s (child run %s)", target, device, child)
+        try:
+            result = fn(input=req.get("input"), context=req.get("context") or {})
+            if not isinstance(result, dict):
+                result = {"output": result}
+            answer: dict[str, Any] = {"key": key, "ok": True, "result": result}
+        except Exception as exc:  # noqa: BLE001 - reported to the device as the step's error
+            answer = {"key": key, "ok": False, "error": str(exc)[:500]}
+        finished = self.clock()
+        version = self.worker.docs.write(device, LEASES, run_id, {
+            "owner": "device", "state": "done" if answer["ok"] else "failed",
+            "result": digest_of(answer.get("result", answer.get("error")))})
+        answer["version"] = version.encode()
+        answer["cloud"] = {"target": target, "child_run": child, "worker": self.worker_id,
+                           "started_at": started, "finished_at": finished}
+        self.worker.send_command(device, "tool_result", answer,
+                                 traceparent=req.get("traceparent") or None)
+
+
+__all__ = ["HandoffServer", "LEASES"]
