@@ -128,6 +128,8 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 return _fail(args, f"--patch: not valid JSON ({exc})", 64)
             if not isinstance(cargs["patch"], dict):
                 return _fail(args, f"--patch: must be a JSON object (got {args.patch})", 64)
+    if args.command == "start" and args.device is None:
+        return cmd_fleet_start(cfg, args, cargs)
     store = store_of(cfg)
     if args.command in ("approve", "reject"):
         seen = store.last_approval(args.device, args.run_id)
@@ -135,6 +137,44 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
             cargs["approval_id"] = seen  # the gate the cloud answers, as it last saw it
     return _deliver(cfg, store, args, lambda sender: sender.send_command(
         args.device, args.command, cargs, wait_s=10, expires_in_s=args.expires_in))
+
+
+def cmd_fleet_start(cfg: CloudConfig, args: argparse.Namespace, cargs: dict[str, Any]) -> int:
+    """`start WORKFLOW --devices A,B` or `--group NAME`: one line of result per device."""
+    from sync.cloud.fleet import FleetError, exit_code, select_devices, start_on
+    try:
+        devices = select_devices(cfg.groups, devices=args.devices, group=args.group)
+    except FleetError as exc:
+        return _fail(args, str(exc), exc.exit_code)
+    store = store_of(cfg)
+    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={})
+    sender.client.connect(cfg.host, cfg.port, keepalive=30)
+    sender.client.loop_start()
+    try:
+        results = start_on(devices, lambda d: sender.send_command(
+            d, "start", cargs, wait_s=10, expires_in_s=args.expires_in), store.command,
+            wait=args.wait, timeout=args.timeout)
+    finally:
+        sender.client.disconnect()
+        sender.client.loop_stop()
+        store.close()
+    if args.json:
+        print(json.dumps({"workflow": args.workflow,
+                          "results": [r.as_dict() for r in results]}, default=str))
+    else:
+        print("\n".join(r.line() for r in results))
+    return exit_code(results)
+
+
+def cmd_groups(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    """The device groups of cloud.toml's [groups] table."""
+    groups = {name: list(devices) for name, devices in sorted(cfg.groups.items())}
+    if args.json:
+        print(json.dumps({"groups": groups}))
+    else:
+        print("\n".join(f"{n:20} {', '.join(d)}" for n, d in groups.items())
+              or "(no groups: add a [groups] table to cloud.toml)")
+    return 0
 
 
 def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
@@ -328,13 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until the device confirms")
     s.add_argument("--timeout", type=float, default=30.0)
     s.add_argument("--expires-in", type=duration, help=EXPIRES)
-    s = sub.add_parser("start", parents=[common], help="start a workflow on a device")
-    s.add_argument("--device", required=True)
+    s = sub.add_parser("start", parents=[common], help="start a workflow on a device, on"
+                       " --devices A,B,... or on a [groups] --group; one line per device")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--device", help="one device")
+    which.add_argument("--devices", help="comma-separated device ids")
+    which.add_argument("--group", help="a group of cloud.toml's [groups] table")
     s.add_argument("workflow")
     s.add_argument("--input")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--timeout", type=float, default=30.0)
     s.add_argument("--expires-in", type=duration, help=EXPIRES)
+    sub.add_parser("groups", parents=[common], help="the device groups of [groups]")
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
@@ -350,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
     handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
-               "keys": cmd_keys}.get(args.command, cmd_send)
+               "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
     try:
         return handler(cfg, args)
     except CloudStoreError as exc:

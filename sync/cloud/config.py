@@ -1,4 +1,5 @@
-"""`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [handoffs], [collections]. Unknown keys are errors;
+"""`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [handoffs], [groups],
+[collections]. Unknown keys are errors;
 errors name key and value."""
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class CloudConfig:
     max_record_bytes: int = 16 << 20  # larger records are kept as stubs (size and digest)
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
     handoffs: tuple[tuple[str, str], ...] = ()  # handed-off steps: (name, "module:function")
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name -> devices
     collections: Mapping[str, CollectionRules] = field(default_factory=dict)  # as the devices'
     signing_key: str | None = None  # the Ed25519 key that seals every downlink message
     device_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # uplink keys
@@ -76,7 +78,8 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
         return t
 
     for k in data:
-        if k not in ("mqtt", "store", "signing", "otlp", "tools", "handoffs", "collections"):
+        if k not in ("mqtt", "store", "signing", "otlp", "tools", "handoffs", "collections",
+                     "groups"):
             problems.append(f"{k}: unknown key (got {data[k]!r})")
     mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
                           "protocol", "group", "workers", "insecure"})
@@ -126,6 +129,18 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                                               for v in tools.values()):
         problems.append(f"tools: a table of name = \"module:function\" (got {tools!r})")
         tools = {}
+    groups: dict[str, tuple[str, ...]] = {}
+    raw_groups = data.get("groups", {})
+    if not isinstance(raw_groups, dict):
+        problems.append(f"groups: a table of name = [device ids] (got {raw_groups!r})")
+        raw_groups = {}
+    for gname, members in raw_groups.items():
+        if not isinstance(members, list) or not members or not all(
+                isinstance(m, str) and m and "/" not in m and "+" not in m and "#" not in m
+                for m in members):
+            problems.append(f"groups.{gname}: a non-empty list of device ids (got {members!r})")
+        else:
+            groups[gname] = tuple(dict.fromkeys(members))
     handoffs = data.get("handoffs", {})
     if not isinstance(handoffs, dict) or not all(isinstance(v, str) and ":" in v
                                                  for v in handoffs.values()):
@@ -180,6 +195,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        otlp_endpoint=endpoint, workers=workers, max_record_bytes=max_record,
                        tools=tuple(sorted(tools.items())), collections=collections,
                        handoffs=tuple(sorted(handoffs.items())),
+                       groups=groups,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
                        require_device_keys=require_device_keys)
 
