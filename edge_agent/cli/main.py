@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help)
 
     add("run", "run the daemon (what systemd starts)")
+    s = add("cloud-run", "run the engine on the cloud's machine (cloud-only workflows); with"
+            " --cloud-config, also the ingest workers of that cloud.toml, whose [handoffs] may"
+            " name workflow:NAME for steps devices hand over")
+    s.add_argument("--cloud-config", metavar="CLOUD_TOML", help="the ingest's cloud.toml")
     s = add("status", "is the device in sync? daemon, sync streams, runs, approvals")
     s.add_argument("--watch", action="store_true", help="refresh until interrupted")
     s.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
@@ -142,6 +146,9 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
     if cmd == "run":
         from edge_agent.daemon import run_daemon
         return run_daemon(args.config)
+    if cmd == "cloud-run":
+        from edge_agent.daemon.cloud_runner import run_cloud
+        return run_cloud(args.config, args.cloud_config)
     if cmd == "config":
         return status.cmd_config_check(ctx, args)
     simple = {"status": status.cmd_status, "start": runs.cmd_start, "runs": runs.cmd_runs,

@@ -40,6 +40,10 @@ def build_trace(store: Any, run_id: str) -> dict[str, Any]:
                 summary = {"tool": value.get("tool"), **(value.get("completion") or {})}
                 item["children"].append({"model_turn": t["key"], "scope": t["scope"],
                                          "summary": summary})
+        out = s.get("output")
+        if s["status"] == "handoff" and isinstance(out, dict) and out.get("cloud_run"):
+            item["children"].append({"cloud_run": out["cloud_run"], "to": out.get("to"),
+                                     "worker": out.get("worker"), "ok": out.get("ok")})
         for a in approvals:
             if a["node"] == s["node"]:
                 item["children"].append({"approval": a["kind"], "prompt": a["prompt"],
@@ -72,6 +76,9 @@ def render_trace(t: dict[str, Any]) -> str:
                         + (f" ({m.get('completion_tokens')} tokens, "
                            f"{m.get('tokens_per_s')} tok/s, ttft "
                            f"{1000 * (m.get('ttft_s') or 0):.0f} ms)" if m.get('model') else ""))
+            elif "cloud_run" in c:
+                text = (f"handed to {c['to']}: cloud run {c['cloud_run']} on "
+                        f"{c['worker'] or '?'} {'ok' if c['ok'] else 'failed'}")
             else:
                 text = (f"approval ({c['approval']}) {c['decision']} by {c['by'] or '-'}"
                         f" from {c['origin'] or '-'}" + (f": {c['note']}" if c["note"] else ""))

@@ -45,7 +45,8 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
     (by `run`, the one command that executes remote tools)."""
     if "tools" not in kw:
         kw["tools"] = load_tools(cfg)
-        kw.setdefault("handoffs", load_tools(cfg, cfg.handoffs))
+        kw.setdefault("handoffs", load_tools(cfg, [
+            (n, e) for n, e in cfg.handoffs if not e.startswith("workflow:")]))
     if cfg.signing_key:
         from sync.signing import Sealer, load_private_key
         kw.setdefault("sealer", Sealer(load_private_key(cfg.signing_key)))

@@ -8,7 +8,8 @@ lease document that names the cloud as owner. The worker that serves the target:
    writes next dominates it;
 2. runs the target, a `[handoffs]` callable `fn(input=..., context=...) -> dict` (a python
    function, or a cloud workflow wrapped by the cloud runner), in its own thread so that
-   ingest goes on meanwhile, as a child run `<run_id>/<node>@cloud` of the same trace;
+   ingest goes on meanwhile, as the child run `child_run_id(key)` of the same trace (a
+   callable with `wants_request = True` also gets the request, traceparent included);
 3. writes `{owner: "device", state: "done" | "failed", result: DIGEST}` on the lease and
    sends one signed `tool_result` command carrying the result, that version and the
    child run's timings, with the request's traceparent. Until the device confirms it, the
@@ -47,6 +48,11 @@ class Sender(Protocol):
     def send_command(self, device: str, ctype: str, args: dict[str, Any],
                      traceparent: str | None = None, wait_s: float = 0.0,
                      expires_in_s: float | None = None, resend: str | None = None) -> str: ...
+
+
+def child_run_id(key: str) -> str:
+    """The child run of a request: the same request always names the same run."""
+    return "h-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def digest_of(result: Any) -> str:
@@ -102,11 +108,12 @@ class HandoffServer:
 
     def _run(self, device: str, req: dict[str, Any], fn: Handoff) -> None:
         run_id, key, target = str(req["run_id"]), str(req["key"]), str(req["target"])
-        child = f"{run_id}/{req.get('node')}@cloud"
+        child = child_run_id(key)
         started = self.clock()
         log.info("handoff: running %s for %s (child run %s)", target, device, child)
         try:
-            result = fn(input=req.get("input"), context=req.get("context") or {})
+            extra = {"request": req} if getattr(fn, "wants_request", False) else {}
+            result = fn(input=req.get("input"), context=req.get("context") or {}, **extra)
             if not isinstance(result, dict):
                 result = {"output": result}
             answer: dict[str, Any] = {"key": key, "ok": True, "result": result}
@@ -123,4 +130,4 @@ class HandoffServer:
                                  traceparent=req.get("traceparent") or None)
 
 
-__all__ = ["HandoffServer", "LEASES"]
+__all__ = ["HandoffServer", "LEASES", "child_run_id"]

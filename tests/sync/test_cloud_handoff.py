@@ -107,7 +107,7 @@ def test_a_step_goes_to_the_cloud_and_comes_back(tmp_path: Path, broker: Broker)
                                            "doc": "weld seam 4"}
         review = steps_of(run, "review")
         assert [s["status"] for s in review] == ["handoff", "completed"], review
-        assert review[0]["output"]["cloud_run"] == f"{rid}/review@cloud"
+        assert review[0]["output"]["cloud_run"].startswith("h-")  # the cloud's child run
         assert not steps_of(run, "local")
         assert cli_json(cfg, "conflicts")["conflicts"] == []
     finally:

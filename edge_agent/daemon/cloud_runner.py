@@ -1,0 +1,150 @@
+"""`edge-agent cloud-run`: the same engine on the cloud's machine, beside the ingest.
+
+One process runs two things:
+
+- the engine, exactly as `edge-agent run` does (the Daemon, its SQLite file, control socket,
+  tools, agents and workflows), from an edge-agent config file whose `[device]` table names
+  the runner (for example `id = "cloud"`) and which usually has no `[sync]`: this is the
+  cloud-only deployment, the same workflows with no device at all, driven by the same CLI
+  (`edge-agent --config cloud-agent.toml start|runs|trace ...`);
+- when `--cloud-config` is given, the ingest workers of that cloud.toml, whose `[handoffs]`
+  entries may name `workflow:NAME`: a step a device hands over then runs as a child run of
+  that workflow in this engine, in the device run's trace, and its output goes back down.
+
+It lives in edge_agent because it runs the engine; `edge-agent-cloud run` stays free of
+edge_agent (and of llama.cpp) and leaves `workflow:` handoffs to this command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.config import Config, load_config
+from edge_agent.engine import queries as q
+from edge_agent.engine.control import queue_run
+from edge_agent.engine.records import COMPLETED, TERMINAL
+from edge_agent.errors import ConfigError
+from edge_agent.store import Store
+from sync.cloud.handoffs import child_run_id
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = "workflow:"
+POLL_S = 0.1
+
+
+class CloudStepFailed(Exception):
+    """A child run that did not complete; its error goes to the device as the step's."""
+
+    def __init__(self, run_id: str, status: str, error: str | None) -> None:
+        self.run_id, self.status, self.error = run_id, status, error
+        super().__init__(f"cloud run {run_id} {status}: {error or 'no output'}")
+
+
+class WorkflowTarget:
+    """A `[handoffs]` target `workflow:NAME`: start a child run in this engine, wait for it."""
+
+    wants_request = True
+
+    def __init__(self, config: Config, workflow: str, stopping: threading.Event,
+                 clock: Callable[[], float] = time.time) -> None:
+        if workflow not in config.workflows:
+            raise ConfigError(f"handoffs: workflow:{workflow} names no [workflows.{workflow}]"
+                              f" (known: {', '.join(sorted(config.workflows)) or 'none'})")
+        self.config, self.workflow, self.stopping, self.clock = config, workflow, stopping, clock
+
+    def __call__(self, *, input: Any, context: dict[str, Any],
+                 request: dict[str, Any]) -> Any:
+        rid = child_run_id(str(request["key"]))
+        trace_id = _trace_id(request.get("traceparent"))
+        store = Store(self.config.db_path, synchronous=self.config.device.synchronous)
+        try:
+            def start(conn: Any) -> str:
+                run_id = queue_run(lambda fn: fn(conn), workflow=self.workflow,
+                                   input=input if input is not None else {},
+                                   workflows=self.config.workflows, origin="handoff",
+                                   run_id=rid)
+                if trace_id:  # the child joins the device run's trace
+                    conn.execute("UPDATE runs SET trace_id = ? WHERE run_id = ? AND status ="
+                                 " 'queued'", (trace_id, run_id))
+                return run_id
+            store.write(start)
+            log.info("handoff %s: child run %s of %s", str(request["key"])[:48], rid,
+                     self.workflow)
+            while not self.stopping.is_set():
+                run = store.read(lambda c: q.get_run(c, rid))
+                if run is not None and run.status in TERMINAL:
+                    if run.status != COMPLETED:
+                        raise CloudStepFailed(rid, run.status, run.error)
+                    out = run.output
+                    return out if isinstance(out, dict) else {"output": out}
+                time.sleep(POLL_S)
+            raise CloudStepFailed(rid, "interrupted", "the cloud runner is stopping")
+        finally:
+            store.close()
+
+
+def _trace_id(parent: Any) -> str | None:
+    parts = str(parent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def handoff_targets(config: Config, entries: Any, stopping: threading.Event
+                    ) -> dict[str, Any]:
+    """The cloud.toml `[handoffs]`: `workflow:NAME` runs here, `module:function` is imported."""
+    import importlib
+    out: dict[str, Any] = {}
+    for name, entry in entries:
+        if entry.startswith(WORKFLOW):
+            out[name] = WorkflowTarget(config, entry[len(WORKFLOW):], stopping)
+        else:
+            module, _, attr = entry.partition(":")
+            out[name] = getattr(importlib.import_module(module), attr)
+    return out
+
+
+def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
+    """The engine on `config_path`; with `cloud_config_path`, its ingest workers too."""
+    from edge_agent.daemon.service import Daemon
+    from edge_agent.telemetry.logs import setup_logging
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, flush=True)
+        return ConfigError.exit_code
+    t = config.telemetry
+    setup_logging(t.log_format, t.log_level, t.levels)
+    stopping = threading.Event()
+    workers: list[Any] = []
+    stores: list[Any] = []
+    if cloud_config_path:
+        from sync.cloud.cli import store_of, worker
+        from sync.cloud.config import CloudConfigError, load_cloud_config
+        try:
+            cloud = load_cloud_config(cloud_config_path)
+            handoffs = handoff_targets(config, cloud.handoffs, stopping)
+        except (CloudConfigError, ConfigError) as exc:
+            print(exc, flush=True)
+            return int(getattr(exc, "exit_code", ConfigError.exit_code))
+        stores = [store_of(cloud) for _ in range(cloud.workers)]
+        workers = [worker(cloud, s, handoffs=handoffs) for s in stores]
+        for w in workers:
+            w.start()
+        log.info("cloud runner: %d ingest worker(s) on %s:%d, handoffs %s", len(workers),
+                 cloud.host, cloud.port, ", ".join(sorted(handoffs)) or "none")
+    try:
+        return asyncio.run(Daemon(config).run())
+    finally:
+        stopping.set()
+        for w in workers:
+            w.shutdown()
+        for s in stores:
+            s.close()
+
+
+__all__ = ["WorkflowTarget", "handoff_targets", "run_cloud"]

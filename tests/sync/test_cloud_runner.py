@@ -1,0 +1,163 @@
+"""The cloud runner (`edge-agent cloud-run`): the same engine on the cloud's machine.
+
+Cloud-only: a workflow with a cloud agent on the generated GGUF model runs with no device at
+all. Hybrid: a device hands a step to a cloud workflow (`[handoffs] reviewer =
+"workflow:review"`), which runs as a child run in the device run's trace, and its output
+comes back as the device node's output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.broker import Broker
+from support.daemon import DaemonProcess, cli_json
+
+EXE = str(Path(sys.executable).parent / "edge-agent")
+CLOUD_AGENT = """
+[device]
+id = "cloud"
+data_dir = "cloud-data"
+runtime_dir = "cloud-run"
+
+[model.big]
+path = "models/small.gguf"
+n_ctx = 2048
+
+[agents.reviewer]
+model = "big"
+system = "You review inspection reports."
+max_turns = 2
+
+[tools.verdict]
+kind = "command"
+argv = ["./verdict.sh"]
+params = { type = "object", properties = {} }
+
+[workflows.review]
+start = "think"
+[workflows.review.nodes.think]
+agent = "reviewer"
+input = "input.doc"
+next = "verdict"
+[workflows.review.nodes.verdict]
+tool = "verdict"
+next = "done"
+[workflows.review.nodes.done]
+end = true
+output = "verdict.json"
+"""
+DEVICE = """
+[device]
+id = "cell-9"
+data_dir = "data"
+runtime_dir = "run"
+[sync]
+broker = "127.0.0.1:{port}"
+insecure = true
+ack_timeout_s = 2
+[tools.local_review]
+kind = "command"
+argv = ["./verdict.sh"]
+params = {{ type = "object", properties = {{}} }}
+[workflows.inspect]
+start = "review"
+[workflows.inspect.nodes.review]
+handoff = "cloud:reviewer"
+input = "input"
+timeout_s = 60
+fallback = "local"
+next = "done"
+[workflows.inspect.nodes.local]
+tool = "local_review"
+next = "done"
+[workflows.inspect.nodes.done]
+end = true
+"""
+
+
+def cloud_side(tmp: Path) -> Path:
+    cfg = tmp / "cloud-agent.toml"
+    cfg.write_text(CLOUD_AGENT)
+    script = tmp / "verdict.sh"
+    script.write_text('#!/bin/sh\necho \'{"verdict": "approved", "by": "cloud-workflow"}\'\n')
+    script.chmod(0o755)
+    r = subprocess.run([EXE, "model", "make-test-model", str(tmp / "models" / "small.gguf")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return cfg
+
+
+def runner(tmp: Path, cfg: Path, cloud_toml: Path | None = None) -> DaemonProcess:
+    argv = [sys.executable, "-m", "edge_agent", "cloud-run", "--config", str(cfg)]
+    if cloud_toml is not None:
+        argv += ["--cloud-config", str(cloud_toml)]
+    return DaemonProcess(cfg, tmp, argv=argv, cwd=tmp)
+
+
+def _flat(steps: list) -> list:
+    return [x for s in steps for x in (s, *_flat(s.get("children", [])))]
+
+
+def wait(cfg: Path, rid: str, timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while (run := cli_json(cfg, "runs", "show", rid))["status"] not in (
+            "completed", "failed", "cancelled"):
+        assert time.time() < deadline, run
+        time.sleep(0.2)
+    return run
+
+
+def test_a_workflow_runs_in_the_cloud_with_no_device(tmp_path: Path) -> None:
+    cfg = cloud_side(tmp_path)
+    r = runner(tmp_path, cfg).start()
+    try:
+        r.wait_for("READY=1", timeout=60)
+        rid = cli_json(cfg, "start", "review", "--input", '{"doc": "seam 4 is even"}')["run_id"]
+        run = wait(cfg, rid)
+        assert run["status"] == "completed", run
+        assert run["output"] == {"verdict": "approved", "by": "cloud-workflow"}
+        assert [s["node"] for s in run["steps"] if s["status"] == "completed"][:2] == \
+            ["think", "verdict"]
+    finally:
+        r.close()
+
+
+def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broker) -> None:
+    cfg = cloud_side(tmp_path)
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
+                          '[store]\nurl = "sqlite:///cloud.db"\n'
+                          '[handoffs]\nreviewer = "workflow:review"\n')
+    dev_home = tmp_path / "device"
+    dev_home.mkdir()
+    dcfg = dev_home / "config.toml"
+    dcfg.write_text(DEVICE.format(port=broker.port))
+    (dev_home / "verdict.sh").write_text('#!/bin/sh\necho \'{"by": "local"}\'\n')
+    (dev_home / "verdict.sh").chmod(0o755)
+    r = runner(tmp_path, cfg, cloud_toml).start()
+    d = DaemonProcess(dcfg, dev_home).start()
+    try:
+        r.wait_for("READY=1", timeout=60)
+        d.wait_for("READY=1")
+        rid = cli_json(dcfg, "start", "inspect", "--input", '{"doc": "bolt 7"}')["run_id"]
+        run = wait(dcfg, rid)
+        assert run["status"] == "completed", run
+        assert run["output"]["review"] == {"verdict": "approved", "by": "cloud-workflow"}
+        handoff = [s for s in run["steps"] if s["status"] == "handoff"]
+        child_id = handoff[0]["output"]["cloud_run"]
+        child = cli_json(cfg, "runs", "show", child_id)  # the cloud's own view of its part
+        assert child["status"] == "completed" and child["origin"] == "handoff"
+        # one trace across device and cloud: `edge-agent trace` on both sides
+        device_trace = cli_json(dcfg, "trace", rid)
+        assert cli_json(cfg, "trace", child_id)["trace_id"] == device_trace["trace_id"]
+        assert any(c.get("cloud_run") == child_id for c in _flat(device_trace["steps"])), \
+            device_trace
+        text = subprocess.run([EXE, "--config", str(dcfg), "trace", rid], capture_output=True,
+                              text=True, timeout=30).stdout
+        assert f"handed to cloud:reviewer: cloud run {child_id}" in text, text
+    finally:
+        d.close()
+        r.close()
