@@ -14,7 +14,8 @@ key = run id, every field merged `manual`), guarded by the document's vector clo
 3. While the step is out, the device's run only waits (durably: a restart waits for the
    rest of the timeout, not a new one). A result whose request is still `requested` is
    applied: the node's output is the cloud's result and the run goes on.
-4. At `timeout_s` the device takes the lease back, `{owner: "device", state: "fallback"}`,
+4. A step the cloud reports failed takes the node's `fallback` (or fails the run).
+   At `timeout_s` the device takes the lease back, `{owner: "device", state: "fallback"}`,
    written without having seen the cloud's version, and goes to the node's `fallback`.
    A cloud result arriving after that is *recorded, not applied*: its version is concurrent
    with the device's, so the lease document keeps both as siblings (`edge-agent
@@ -113,19 +114,18 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
             write_lease(c, device, run.run_id, {"owner": "device", "state": "applied"})
         return e.advance(run, node, output=row["result"], next_node=node.next,
                          attempt=attempt, started_at=row["started_at"], extra=release)
-    if row is not None and row["status"] == "error":
-        e.finish(run.run_id, FAILED, error=f"{node.name}: the cloud's {target} failed: "
-                 f"{row['error']}")
-        return False
+    failed = row is not None and row["status"] == "error"
     due = float(state.get("handoff_due", now))
-    if now < due:
+    if now < due and not failed:
         return due
-    reason = f"no result from the cloud within {timeout:g}s"
+    reason = (f"the cloud's {target} failed: {row['error']}" if failed and row is not None
+              else f"no result from the cloud within {timeout:g}s")
 
     def take_back(c: sqlite3.Connection) -> None:
         c.execute("UPDATE tool_calls SET status = 'timed_out', finished_at = ? WHERE"
                   " idem_key = ? AND attempt = ? AND status = 'requested'", (now, key, attempt))
-        write_lease(c, device, run.run_id, {"owner": "device", "state": "fallback"})
+        if not failed:  # a failed step came back with the lease already
+            write_lease(c, device, run.run_id, {"owner": "device", "state": "fallback"})
     if node.fallback:
         log.warning("step %s: %s; taking the fallback %s", node.name, reason, node.fallback)
         return e.advance(run, node, output={"fallback": node.fallback, "error": reason},
@@ -134,29 +134,54 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
     return False
 
 
+def decide_result(*, request: str, run_finished: bool, cloud_holds: bool | None) -> str:
+    """What a cloud result does to the device: `apply` it as the node's output, ignore a
+    `duplicate` (a resent command), or record it as `late` (a conflict, never applied).
+
+    `request`: the journal status of the device's request; `cloud_holds`: whether the cloud's
+    lease version dominates every version of the lease the device holds (None: the result
+    carried no version, from an older cloud)."""
+    if request in ("ok", "error"):
+        return "duplicate"
+    if request != "requested" or run_finished or cloud_holds is False:
+        return "late"
+    return "apply"
+
+
 def apply_handoff_result(conn: sqlite3.Connection, device: str,
                          args: dict[str, Any]) -> dict[str, Any]:
     """The cloud's `tool_result` for a handed-off step, inside the sync's transaction.
 
-    Applied only while the device's request is open; otherwise recorded as a conflict."""
+    Applied only while the device's request is open and the cloud's lease version dominates
+    the device's; otherwise recorded as a conflict (once)."""
     key = str(args["key"])
     row = conn.execute("SELECT run_id, node, status FROM tool_calls WHERE idem_key = ?"
                        " ORDER BY attempt DESC LIMIT 1", (key,)).fetchone()
     if row is None:
         raise ValueError(f"no handed-off step {key!r} on this device")
     run_id, scope, status = row[0], row[1], row[2]
-    if args.get("version") is not None:
-        lease_replica(conn, device).apply(Version.decode(args["version"]))
     ok = bool(args.get("ok", True))
     result = args.get("result")
     if ok and not isinstance(result, dict):
         raise ValueError("a handoff result is a JSON object")
-    cloud = args.get("cloud") if isinstance(args.get("cloud"), dict) else {}
-    now = time.time()
-    node = str(scope).partition("#")[0]
+    cloud_holds: bool | None = None
+    if args.get("version") is not None:
+        version = Version.decode(args["version"])
+        replica = lease_replica(conn, device)
+        replica.apply(version)
+        cloud_holds = replica.frontier(LEASES, run_id) == (version,)
     run = q.get_run(conn, run_id)
+    node = str(scope).partition("#")[0]
     visit = run.visit(node) if run is not None else 1
-    if status == "requested":
+    action = decide_result(request=status, run_finished=run is None or run.finished,
+                           cloud_holds=cloud_holds)
+    if action == "duplicate" or (action == "late" and conn.execute(
+            "SELECT 1 FROM steps WHERE run_id = ? AND status = 'conflict' AND error_kind ="
+            " 'handoff_late' AND error LIKE ?", (run_id, f"%{key}%")).fetchone()):
+        return {"run_id": run_id, "key": key, "applied": False, "duplicate": True}
+    now = time.time()
+    if action == "apply":
+        cloud = args.get("cloud") if isinstance(args.get("cloud"), dict) else {}
         conn.execute("UPDATE tool_calls SET status = ?, result = ?, error = ?, error_kind = ?,"
                      " finished_at = ? WHERE idem_key = ? AND status = 'requested'",
                      ("ok" if ok else "error", json.dumps(result) if ok else None,
@@ -169,15 +194,12 @@ def apply_handoff_result(conn: sqlite3.Connection, device: str,
                               "cloud_run": cloud.get("child_run"),
                               "worker": cloud.get("worker"), "ok": ok})
         return {"run_id": run_id, "key": key, "applied": True}
-    if status in ("ok", "error") or conn.execute(
-            "SELECT 1 FROM steps WHERE run_id = ? AND status = 'conflict' AND error_kind ="
-            " 'handoff_late' AND error LIKE ?", (run_id, f"%{key}%")).fetchone():
-        return {"run_id": run_id, "key": key, "applied": False, "duplicate": True}
-    digest = hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()[:12]
+    late = result if ok else {"error": args.get("error")}
+    digest = hashlib.sha256(json.dumps(late, sort_keys=True).encode()).hexdigest()[:12]
     detail = (f"late cloud result for {node} ({status} locally): recorded, not applied"
               f" (result {digest}, request {key})")
     q.insert_step(conn, run_id=run_id, node=node, visit=visit, attempt=1, status="conflict",
-                  error=detail, error_kind="handoff_late", output=result,
+                  error=detail, error_kind="handoff_late", output=late,
                   started_at=now, finished_at=now)
     emit(conn, "control", "handoff.conflict", {"run_id": run_id, "key": key, "node": node,
                                                "local": status, "ts": now})
@@ -185,4 +207,5 @@ def apply_handoff_result(conn: sqlite3.Connection, device: str,
     return {"run_id": run_id, "key": key, "applied": False, "conflict": True}
 
 
-__all__ = ["LEASES", "PREFIX", "apply_handoff_result", "run_cloud_handoff", "write_lease"]
+__all__ = ["LEASES", "PREFIX", "apply_handoff_result", "decide_result", "run_cloud_handoff",
+           "write_lease"]

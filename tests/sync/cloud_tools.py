@@ -15,4 +15,6 @@ def review(input: dict, context: dict) -> dict:
     with Path("reviews.log").open("a") as f:
         f.write(f"{context.get('input', {}).get('id')}\n")
     time.sleep(float(input.get("delay", 0)))
+    if input.get("fail"):
+        raise RuntimeError("the reviewer cannot read this document")
     return {"verdict": "approved", "by": "cloud-reviewer", "doc": input.get("doc")}

@@ -110,6 +110,15 @@ def test_a_step_goes_to_the_cloud_and_comes_back(tmp_path: Path, broker: Broker)
         assert review[0]["output"]["cloud_run"].startswith("h-")  # the cloud's child run
         assert not steps_of(run, "local")
         assert cli_json(cfg, "conflicts")["conflicts"] == []
+
+        # a step the cloud reports failed takes the local fallback at once
+        rid = cli_json(cfg, "start", "inspect", "--input", '{"id": "r0", "fail": true}'
+                       )["run_id"]
+        run = wait(cfg, rid, {"completed", "failed"}, timeout=20)
+        assert run["status"] == "completed", run
+        review = steps_of(run, "review")[-1]["output"]
+        assert review["fallback"] == "local" and "cannot read this document" in review["error"]
+        assert run["output"]["local"]["json"]["by"] == "local"
     finally:
         d.close()
         stop(cloud)
