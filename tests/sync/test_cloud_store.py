@@ -71,6 +71,10 @@ def test_registry_quarantine_and_commands(store: SqlCloudStore) -> None:
     assert store.confirm_command("c1", "d2", {"id": "c1", "ok": True, "result": {"x": 1}})
     assert not store.confirm_command("c1", "d2", {"id": "c1", "ok": False})  # confirmed once
     assert store.command("c1")["state"] == "confirmed"
+    store.add_command("c2", "d2", "tool_result", {"key": "handoff/k"})
+    store.add_command("c3", "d3", "tool_result", {"key": "handoff/j"})
+    assert store.unconfirmed_commands("d2", "tool_result") == [("c2", {"key": "handoff/k"})]
+    assert store.unconfirmed_commands("d2", "approve") == []  # c1 is confirmed
 
 
 def test_documents_per_device_merge_and_summaries(store: SqlCloudStore) -> None:
