@@ -44,14 +44,14 @@ end = true
 """
 
 
-def setup(tmp: Path, port: int, timeout: float) -> Path:
+def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db") -> Path:
     cfg = tmp / "config.toml"
     cfg.write_text(CONFIG.format(port=port, timeout=timeout))
     script = tmp / "local_review.sh"
     script.write_text('#!/bin/sh\necho \'{"verdict": "approved", "by": "local"}\'\n')
     script.chmod(0o755)
     (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n'
-                                    f'[store]\nurl = "sqlite:///cloud.db"\n[handoffs]\n'
+                                    f'[store]\nurl = "{store}"\n[handoffs]\n'
                                     f'reviewer = "cloud_tools:review"\n')
     return cfg
 
@@ -93,8 +93,10 @@ def steps_of(run: dict, node: str) -> list[dict]:
     return [s for s in run["steps"] if s["node"] == node]
 
 
-def test_a_step_goes_to_the_cloud_and_comes_back(tmp_path: Path, broker: Broker) -> None:
-    cfg = setup(tmp_path, broker.port, timeout=30)
+def test_a_step_goes_to_the_cloud_and_comes_back(tmp_path: Path, broker: Broker,
+                                                 cloud_url: str) -> None:
+    """On both cloud stores: SQLite and a real PostgreSQL cluster."""
+    cfg = setup(tmp_path, broker.port, timeout=30, store=cloud_url)
     cloud = start_cloud(tmp_path)
     d = DaemonProcess(cfg, tmp_path).start()
     try:
