@@ -6,7 +6,9 @@ SQLite signing every downlink message, a serial relay/sensor board on a pty, a
 Modbus sensor block, and the daemon with a generated model run an inspection: sensors are
 read over serial and Modbus, an agent decides under its grammar, a gate waits for a human
 (answered from the cloud), a relay closes. In the middle the daemon is SIGKILLed and the
-broker restarted; the run still completes, exactly once.
+broker restarted; the run still completes, exactly once. Then hybrid execution: a run
+hands its review step to the cloud runner's engine and gets the result back, and another
+falls back locally while the broker is down.
 """
 
 from __future__ import annotations
@@ -135,6 +137,53 @@ args = {{ line = "beacon", op = "write", value = true }}
 next = "done"
 
 [workflows.inspection.nodes.done]
+end = true
+
+# hybrid execution: the review step is handed to the cloud, with a local fallback
+[workflows.second_opinion]
+start = "review"
+
+[workflows.second_opinion.nodes.review]
+handoff = "cloud:reviewer"        # cloud.toml's [handoffs] reviewer = "workflow:review"
+input = "input"
+timeout_s = 6
+fallback = "local_check"
+next = "done"
+
+[workflows.second_opinion.nodes.local_check]
+tool = "temperature"
+args = {{ sensor = 1 }}
+next = "done"
+
+[workflows.second_opinion.nodes.done]
+end = true
+"""
+
+CLOUD_AGENT = """\
+# The cloud runner's engine (edge-agent cloud-run): the same engine, on the cloud's machine.
+[device]
+id = "cloud"
+data_dir = "cloud-state"
+runtime_dir = "cloud-run"
+
+[model.big]
+path = "models/small.gguf"
+n_ctx = 2048
+
+[agents.reviewer]
+model = "big"
+system = "You give a second opinion on inspection reports."
+max_turns = 2
+
+[workflows.review]
+start = "think"
+
+[workflows.review.nodes.think]
+agent = "reviewer"
+input = "'second opinion on part ' + input.part"
+next = "done"
+
+[workflows.review.nodes.done]
 end = true
 """
 
@@ -269,7 +318,9 @@ class Demo:
         (DATA / "cloud.toml").write_text(
             f'[mqtt]\nbroker = "127.0.0.1:{self.mqtt_cloud}"\ntopic_prefix = "fleet/edge"\n'
             'tls = { ca = "pki/ca.pem", cert = "pki/cloud.pem", key = "pki/cloud.key" }\n'
-            '[store]\nurl = "sqlite:///cloud.db"\n[signing]\nkey = "signing.key"\n')
+            '[store]\nurl = "sqlite:///cloud.db"\n[signing]\nkey = "signing.key"\n'
+            '[handoffs]\nreviewer = "workflow:review"\n')
+        (DATA / "cloud-agent.toml").write_text(CLOUD_AGENT)
         cloud_key = self.cloud("keys", "init").strip()
         (DATA / "config.toml").write_text(CONFIG.format(mqtt=self.mqtt, modbus=self.modbus,
                                                         cloud_key=cloud_key))
@@ -282,8 +333,10 @@ class Demo:
         self.broker()
         print(f"   mosquitto (the shipped example config and ACL, TLS with client certificates)"
               f" on 127.0.0.1:{self.mqtt} (devices) and :{self.mqtt_cloud} (cloud)")
-        self.spawn("cloud", [str(BIN / "edge-agent-cloud"), "run", "--config", "cloud.toml"])
-        print("   edge-agent-cloud ingest on SQLite (cloud.db)")
+        self.spawn("cloud", [str(BIN / "edge-agent"), "cloud-run", "--config",
+                             "cloud-agent.toml", "--cloud-config", "cloud.toml"])
+        print("   edge-agent cloud-run: the cloud ingest on SQLite (cloud.db) and the cloud's"
+              " engine (cloud-agent.toml: a reviewer agent on a model of its own)")
         self.spawn("board", [sys.executable, "-m", "hardware.simulator", "--link",
                              str(DATA / "ttyBOARD"), "--ledger", str(DATA / "board-ledger.jsonl")],
                    ready="ready")
@@ -329,6 +382,7 @@ class Demo:
 
         say(f"edge-agent trace {run_id}")
         print(self.cli("trace", run_id))
+        self.hybrid()
         deadline = time.time() + 30
         while True:
             status = self.cli("status", json_out=True)
@@ -342,7 +396,45 @@ class Demo:
         print(self.cli("status"))
         say("edge-agent-cloud status (the cloud's view)")
         print(self.cloud("status"))
-        say("done: the run completed, survived a SIGKILL and a broker restart, nothing pending")
+        say("done: the run completed, survived a SIGKILL and a broker restart, a step went to"
+            " the cloud and back, another fell back during an outage; nothing pending")
+
+
+    def cloud_cli(self, *args: str) -> Any:
+        r = subprocess.run([str(BIN / "edge-agent"), *args, "--config", "cloud-agent.toml",
+                            "--json"], cwd=DATA, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise DemoFailed(f"edge-agent {' '.join(args)} (cloud): {r.stderr.strip()}")
+        return json.loads(r.stdout)
+
+    def hybrid(self) -> None:
+        """A step handed to the cloud and back; then the same during a broker outage."""
+        say("hybrid: the review step is handed to the cloud (handoff = \"cloud:reviewer\")")
+        run_id = self.cli("start", "second_opinion", "--input", '{"part": "A-114"}',
+                          json_out=True)["run_id"]
+        run = self.wait_run(run_id, {"completed", "failed", "cancelled"})
+        if run["status"] != "completed" or "fallback" in (run["context"].get("review") or {}):
+            raise DemoFailed(f"the handed-off run ended {run['status']}: {run['error']}")
+        handoff = next(s for s in run["steps"] if s["status"] == "handoff")
+        child = self.cloud_cli("runs", "show", handoff["output"]["cloud_run"])
+        print(f"   the cloud ran {child['workflow']} as child run {child['run_id']}"
+              f" ({child['status']}); its output came back as the node's output")
+        print(self.cli("trace", run_id))
+
+        say("hybrid during a broker outage longer than the step's timeout_s (6 s)")
+        self.stop("mosquitto", signal.SIGKILL)
+        print("   broker down")
+        run_id = self.cli("start", "second_opinion", "--input", '{"part": "A-115"}',
+                          json_out=True)["run_id"]
+        run = self.wait_run(run_id, {"completed", "failed", "cancelled"}, timeout=60)
+        review = run["context"].get("review") or {}
+        if run["status"] != "completed" or review.get("fallback") != "local_check":
+            raise DemoFailed(f"the run did not fall back: {run['status']} {review}")
+        print(f"   the device took the lease back and ran {review['fallback']} locally:"
+              f" {review['error']}")
+        self.broker()
+        print("   broker back: the late request is not run by the cloud (past its timeout)")
+        print(self.cli("trace", run_id))
 
 
 def main() -> int:
