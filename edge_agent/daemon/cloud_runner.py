@@ -28,7 +28,7 @@ from edge_agent.config import Config, load_config
 from edge_agent.engine import queries as q
 from edge_agent.engine.control import queue_run
 from edge_agent.engine.records import COMPLETED, TERMINAL
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.store import Store
 from sync.cloud.handoffs import child_run_id
 
@@ -36,6 +36,18 @@ log = logging.getLogger(__name__)
 
 WORKFLOW = "workflow:"
 POLL_S = 0.1
+
+
+class HandoffTargetError(EdgeAgentError):
+    """A `[handoffs]` entry this runner cannot serve; a config error (exit 78)."""
+
+    exit_code = 78
+
+    def __init__(self, name: str, workflow: str, known: list[str]) -> None:
+        self.name, self.workflow = name, workflow
+        super().__init__(f"handoffs.{name}: workflow:{workflow} names no [workflows."
+                         f"{workflow}] in the runner's config (known: "
+                         f"{', '.join(known) or 'none'}) (got \"workflow:{workflow}\")")
 
 
 class CloudStepFailed(Exception):
@@ -52,10 +64,9 @@ class WorkflowTarget:
     wants_request = True
 
     def __init__(self, config: Config, workflow: str, stopping: threading.Event,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, name: str = "?") -> None:
         if workflow not in config.workflows:
-            raise ConfigError(f"handoffs: workflow:{workflow} names no [workflows.{workflow}]"
-                              f" (known: {', '.join(sorted(config.workflows)) or 'none'})")
+            raise HandoffTargetError(name, workflow, sorted(config.workflows))
         self.config, self.workflow, self.stopping, self.clock = config, workflow, stopping, clock
 
     def __call__(self, *, input: Any, context: dict[str, Any],
@@ -101,7 +112,7 @@ def handoff_targets(config: Config, entries: Any, stopping: threading.Event
     out: dict[str, Any] = {}
     for name, entry in entries:
         if entry.startswith(WORKFLOW):
-            out[name] = WorkflowTarget(config, entry[len(WORKFLOW):], stopping)
+            out[name] = WorkflowTarget(config, entry[len(WORKFLOW):], stopping, name=name)
         else:
             module, _, attr = entry.partition(":")
             out[name] = getattr(importlib.import_module(module), attr)
@@ -128,7 +139,7 @@ def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
         try:
             cloud = load_cloud_config(cloud_config_path)
             handoffs = handoff_targets(config, cloud.handoffs, stopping)
-        except (CloudConfigError, ConfigError) as exc:
+        except (CloudConfigError, HandoffTargetError) as exc:
             print(exc, flush=True)
             return int(getattr(exc, "exit_code", ConfigError.exit_code))
         stores = [store_of(cloud) for _ in range(cloud.workers)]
@@ -147,4 +158,4 @@ def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
             s.close()
 
 
-__all__ = ["WorkflowTarget", "handoff_targets", "run_cloud"]
+__all__ = ["HandoffTargetError", "WorkflowTarget", "handoff_targets", "run_cloud"]

@@ -181,7 +181,8 @@ def apply_handoff_result(conn: sqlite3.Connection, device: str,
         return {"run_id": run_id, "key": key, "applied": False, "duplicate": True}
     now = time.time()
     if action == "apply":
-        cloud = args.get("cloud") if isinstance(args.get("cloud"), dict) else {}
+        meta = args.get("cloud")
+        cloud: dict[str, Any] = meta if isinstance(meta, dict) else {}
         conn.execute("UPDATE tool_calls SET status = ?, result = ?, error = ?, error_kind = ?,"
                      " finished_at = ? WHERE idem_key = ? AND status = 'requested'",
                      ("ok" if ok else "error", json.dumps(result) if ok else None,

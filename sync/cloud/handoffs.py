@@ -130,4 +130,4 @@ class HandoffServer:
                                  traceparent=req.get("traceparent") or None)
 
 
-__all__ = ["HandoffServer", "LEASES", "child_run_id"]
+__all__ = ["LEASES", "HandoffServer", "child_run_id"]

@@ -11,7 +11,11 @@ import pytest
 
 from edge_agent.engine import queries as q
 from edge_agent.engine.cloud_handoff import (
-    LEASES, apply_handoff_result, decide_result, lease_replica, write_lease,
+    LEASES,
+    apply_handoff_result,
+    decide_result,
+    lease_replica,
+    write_lease,
 )
 from edge_agent.engine.control import queue_run
 from edge_agent.store import Store

@@ -85,7 +85,7 @@ def cloud_side(tmp: Path) -> Path:
     script.write_text('#!/bin/sh\necho \'{"verdict": "approved", "by": "cloud-workflow"}\'\n')
     script.chmod(0o755)
     r = subprocess.run([EXE, "model", "make-test-model", str(tmp / "models" / "small.gguf")],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     return cfg
 
@@ -155,9 +155,23 @@ def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broke
         assert cli_json(cfg, "trace", child_id)["trace_id"] == device_trace["trace_id"]
         assert any(c.get("cloud_run") == child_id for c in _flat(device_trace["steps"])), \
             device_trace
-        text = subprocess.run([EXE, "--config", str(dcfg), "trace", rid], capture_output=True,
+        text = subprocess.run([EXE, "--config", str(dcfg), "trace", rid], capture_output=True, check=False,
                               text=True, timeout=30).stdout
         assert f"handed to cloud:reviewer: cloud run {child_id}" in text, text
     finally:
         d.close()
         r.close()
+
+
+def test_a_handoff_naming_no_workflow_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "cloud-agent.toml"
+    cfg.write_text('[device]\nid = "cloud"\ndata_dir = "d"\nruntime_dir = "r"\n'
+                   '[workflows.w]\nstart = "done"\n[workflows.w.nodes.done]\nend = true\n')
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text('[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\n'
+                          'url = "sqlite:///cloud.db"\n[handoffs]\nreviewer = "workflow:nope"\n')
+    r = subprocess.run([EXE, "cloud-run", "--config", str(cfg), "--cloud-config",
+                        str(cloud_toml)], capture_output=True, text=True, timeout=60,
+                       check=False, cwd=tmp_path)
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "handoffs.reviewer: workflow:nope names no [workflows.nope]" in r.stdout + r.stderr

@@ -177,3 +177,63 @@ def test_a_relative_sqlite_url_is_the_configs_folder_and_a_missing_one_exits_78(
     assert r.returncode == 78
     assert "store.url: the directory" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+HANDOFF = """
+[tools.local_review]
+kind = "command"
+argv = ["./local_review.sh"]
+params = { type = "object", properties = {} }
+[workflows.inspect]
+start = "review"
+[workflows.inspect.nodes.review]
+handoff = "cloud:reviewer"
+input = "input"
+timeout_s = 30
+fallback = "local"
+next = "done"
+[workflows.inspect.nodes.local]
+tool = "local_review"
+next = "done"
+[workflows.inspect.nodes.done]
+end = true
+"""
+
+
+def test_a_handoff_result_comes_down_signed(tmp_path: Path) -> None:
+    """A step handed to the cloud on the secure configuration: the result is sealed by
+    the cloud's signing key and opened by the device (see test_cloud_handoff.py)."""
+    secure = SecureBroker(tmp_path).start()
+    cloud_cfg, device_cfg = secure_configs(tmp_path, secure, "press-7", HANDOFF)
+    with cloud_cfg.open("a") as f:
+        f.write('[handoffs]\nreviewer = "cloud_tools:review"\n')
+    script = tmp_path / "local_review.sh"
+    script.write_text('#!/bin/sh\necho \'{"by": "local"}\'\n')
+    script.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_cfg)], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = DaemonProcess(device_cfg, tmp_path)
+    try:
+        daemon.start()
+        daemon.wait_for("READY=1")
+        rid = cli_json(device_cfg, "start", "inspect", "--input",
+                       '{"id": "s1", "doc": "signed"}')["run_id"]
+        deadline = time.time() + 40
+        while (run := cli_json(device_cfg, "runs", "show", rid))["status"] not in (
+                "completed", "failed"):
+            assert time.time() < deadline, run
+            time.sleep(0.2)
+        assert run["status"] == "completed", run
+        assert run["output"]["review"]["by"] == "cloud-reviewer"
+        downlink = cli_json(device_cfg, "status")["sync"]["downlink"]
+        assert downlink == {"signed": True, "rejected": {}}  # opened, none refused
+    finally:
+        daemon.close()
+        ingest.send_signal(signal.SIGTERM)
+        try:
+            ingest.wait(10)
+        except subprocess.TimeoutExpired:
+            ingest.kill()
+        secure.kill()
