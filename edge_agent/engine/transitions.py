@@ -162,7 +162,7 @@ def node_done(run: Run, wf: WorkflowConfig, node: NodeConfig, *, output: Any,
     intent = intent_for(rid, target, visits[next_node], context, now) \
         if fenced is not None and target.kind == "tool" and fenced(target) else None
     fields = {"node": next_node, "context": context, "visits": visits,
-              "status": None if run.status == RUNNING else RUNNING}
+              "status": None if run.status == RUNNING else RUNNING}  # checkpoint_update's
     moved = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
                       visits=visits, updated_at=now)
     return Transition(tuple(steps), False, fields, tuple(records), moved, intent, now)
