@@ -356,7 +356,7 @@ class Engine:
     def advance(self, run: Run, node: NodeConfig, *, output: Any, next_node: str | None,
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
-                store_output: bool = True, call: q.StepCall | None = None,
+                store_output: bool = True, call: transitions.StepCall | None = None,
                 error: tuple[str, str] | None = None, result: Statement | None = None,
                 wf: WorkflowConfig | None = None) -> bool:
         """Commit a finished node and move on (see `transitions.node_done`): decide, then do.

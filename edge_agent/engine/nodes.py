@@ -95,7 +95,7 @@ class NodeRunner:
                                     node.tool, args, cause=res.error)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
-        call: q.StepCall | None = None if fenced else (node.tool, key, args)
+        call: transitions.StepCall | None = None if fenced else (node.tool, key, args)
         result = self.e.journal.result(run_id=run.run_id, node=scope, key=key,
                                        attempt=attempt, name=node.tool, args=args,
                                        res=res) if fenced else None

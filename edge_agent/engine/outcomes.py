@@ -75,7 +75,7 @@ class Outcomes:
     def failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
                 policy: RetryPolicy, attempt: int, *, error: str, kind: str,
                 retryable: bool, extra: Tx | None = None,
-                started_at: float | None = None, call: q.StepCall | None = None) -> bool:
+                started_at: float | None = None, call: transitions.StepCall | None = None) -> bool:
         """A failed attempt: decided by `transitions.node_failed`, done here."""
         wf = self.e.definition(run)
         assert wf is not None

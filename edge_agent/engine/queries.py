@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
-from edge_agent.engine.transitions import StepCall as StepCall  # (tool, key, arguments)
+from edge_agent.engine.transitions import StepCall  # (tool, key, arguments) of a step row
 from edge_agent.engine.transitions import StepRow
 
 _STEP_INSERT = ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error,"
