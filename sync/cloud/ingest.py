@@ -52,8 +52,12 @@ class IngestWorker:
                  password: str | None = None, otlp_endpoint: str | None = None,
                  tools: dict[str, Any] | None = None,
                  collections: Mapping[str, CollectionRules] | None = None,
-                 sealer: Sealer | None = None, uplink: DeviceKeys | None = None) -> None:
+                 sealer: Sealer | None = None, uplink: DeviceKeys | None = None,
+                 listen: bool = True) -> None:
         self.store = store
+        # False: a sender only (the CLI): it must never join the shared subscription, where
+        # the broker would hand it batches that nobody processes
+        self.listen = listen
         self.uplink = uplink  # None: batches taken as the broker delivers them
         self.sealer = sealer  # None: downlink sent unsigned (insecure = true)
         self.docs = CloudDocs(store, collections)
@@ -96,8 +100,9 @@ class IngestWorker:
             log.error("broker refused the ingest worker: %s", reason)
             return
         share = f"$share/{self.group}/" if self.protocol == "5" else ""
-        client.subscribe([(f"{share}{self.prefix}/+/up", 1),
-                          (f"{self.prefix}/+/status", 1)])
+        if self.listen:
+            client.subscribe([(f"{share}{self.prefix}/+/up", 1),
+                              (f"{self.prefix}/+/status", 1)])
         self.connected.set()
 
     def _work(self) -> None:
