@@ -260,7 +260,7 @@ class Engine:
             self.store.read(lambda c: q.get_run(c, run_id))
         if run is None or run.finished:
             return False
-        wf = self.definition(run)
+        wf = self.catalog.definition(run)
         # one log context for everything the step does (the drive adds none: one per step)
         with log_context(run_id=run_id, device_id=self.device_id, workflow=run.workflow,
                          step=run.node or (wf.start if wf else None), trace_id=run.trace_id,
@@ -357,14 +357,14 @@ class Engine:
     def advance(self, run: Run, node: NodeConfig, *, output: Any, next_node: str | None,
                 attempt: int = 1, started_at: float | None = None, extra: Tx | None = None,
                 patch: Mapping[str, Any] | None = None, step_status: str = "completed",
-                store_output: bool = True, call: q.StepCall | None = None,
+                store_output: bool = True, call: transitions.StepCall | None = None,
                 error: tuple[str, str] | None = None, result: Statement | None = None,
                 wf: WorkflowConfig | None = None) -> bool:
         """Commit a finished node and move on (see `transitions.node_done`): decide, then do.
         `result` is a fenced call's outcome, completing its intent row in the same commit;
         `wf` the run's definition, when the caller has it at hand."""
         self.writer.let_through()
-        wf = wf or self.definition(run)
+        wf = wf or self.catalog.definition(run)
         assert wf is not None  # the step that called this found it
         t = transitions.node_done(run, wf, node, output=output, next_node=next_node,
                                   now=self.clock(), attempt=attempt, started_at=started_at,

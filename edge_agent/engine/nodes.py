@@ -19,7 +19,7 @@ from edge_agent.engine.journal import DurableAgentContext
 from edge_agent.engine.outcomes import Outcomes
 from edge_agent.engine.parallel import run_parallel
 from edge_agent.engine.ports import Driver, Tx, both
-from edge_agent.engine.records import CANCELLED, FAILED, Run, dumps
+from edge_agent.engine.records import FAILED, Run, dumps
 from edge_agent.engine.transitions import call_key
 from edge_agent.telemetry.logs import log_context
 
@@ -96,7 +96,7 @@ class NodeRunner:
                                     node.tool, args, cause=res.error)
         # the outcome goes with the transition: an idempotent call is journaled in the step
         # row itself, a fenced one completes its intent row
-        call: q.StepCall | None = None if fenced else (node.tool, key, args)
+        call: transitions.StepCall | None = None if fenced else (node.tool, key, args)
         result = self.e.journal.result(run_id=run.run_id, node=scope, key=key,
                                        attempt=attempt, name=node.tool, args=args,
                                        res=res) if fenced else None
@@ -265,21 +265,7 @@ class NodeRunner:
                                      timeout_s=spec.timeout_s)
             return False
         appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
-        if appr is None or appr["status"] == "pending":
-            return False
-        decision = {"decision": appr["status"], "by": appr["decided_by"],
-                    "origin": appr["origin"], "note": appr["note"]}
-        if appr["status"] == "approved":
-            patch = appr["patch"] if isinstance(appr["patch"], dict) else None
-            return self.e.advance(run, node, output=decision, next_node=node.next,
-                                  patch=patch, started_at=appr["created_at"])
-        if node.on_reject:
-            return self.e.advance(run, node, output=decision, next_node=node.on_reject,
-                                  started_at=appr["created_at"])
-        self.e.finish(run.run_id, CANCELLED, error=f"rejected at {node.name} by "
-                            f"{appr['decided_by']} ({appr['origin']})"
-                            + (f": {appr['note']}" if appr["note"] else ""))
-        return False
+        return self.out.do(run, node, transitions.gate_decided(node, appr), state)
 
     # parallel ---------------------------------------------------------------------------------
     def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:

@@ -13,7 +13,7 @@ from edge_agent.config.model import NodeConfig, RetryPolicy
 from edge_agent.engine import queries as q
 from edge_agent.engine import transitions
 from edge_agent.engine.ports import Driver, Tx, both
-from edge_agent.engine.records import FAILED, WAITING, Run, dumps
+from edge_agent.engine.records import FAILED, Run, dumps
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Outcomes:
     def failed(self, run: Run, node: NodeConfig, state: dict[str, Any],
                 policy: RetryPolicy, attempt: int, *, error: str, kind: str,
                 retryable: bool, extra: Tx | None = None,
-                started_at: float | None = None, call: q.StepCall | None = None) -> bool:
+                started_at: float | None = None, call: transitions.StepCall | None = None) -> bool:
         """A failed attempt: decided by `transitions.node_failed`, done here."""
         wf = self.e.definition(run)
         assert wf is not None
@@ -160,46 +160,34 @@ class Outcomes:
                                                     tool, "escalate", "unknown", cause=cause))
 
     def decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
-                       policy: RetryPolicy) -> bool:
+                policy: RetryPolicy) -> bool:
+        """A person's answer to an escalation or an unknown outcome: decided by
+        `transitions.call_decided`, done here."""
         appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
-        if appr is None or appr["status"] == "pending":
-            if run.status != WAITING:
-                self.e.set_state(run, state, status=WAITING)
-            return False
-        approved = appr["status"] == "approved"
-        attempt = int(state.get("attempt", 1))
-        rest = {k: v for k, v in state.items()
-                if k not in ("approval_id", "unknown_key", "unknown_attempt", "retry_at")}
-        if appr["kind"] == "unknown_outcome":
-            key, call_attempt = state["unknown_key"], int(state["unknown_attempt"])
-            status = "confirmed" if approved else "assumed_failed"
-            result = {"outcome": "confirmed", "by": appr["decided_by"]} if approved else None
-            mark: Tx = lambda c: c.execute(
+        return self.do(run, node, transitions.call_decided(run, node, state, appr), state)
+
+    def do(self, run: Run, node: NodeConfig, d: transitions.Decided,
+           state: dict[str, Any]) -> bool:
+        """Perform what a decision says."""
+        mark: Tx | None = None
+        if d.mark is not None:
+            status, key, call_attempt, result = d.mark
+            mark = lambda c: c.execute(  # noqa: E731
                 "UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
                 " AND attempt = ?", (status, None if result is None else dumps(result),
                                      self.e.clock(), key, call_attempt))
-            if node.kind == "tool" and approved:
-                return self.e.advance(run, node, output=result, next_node=node.next,
-                                      attempt=attempt, extra=mark)
-            if node.kind in ("tool", "agent") and not approved:
-                # "it did not take effect": the step is retried (an agent in a fresh scope),
-                # without spending an attempt on it
-                rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
-            # approved agent: replays, finding the call confirmed; parallel: re-runs the
-            # unfinished branches, which find the call confirmed or retry it
-            self.e.set_state(run, rest, extra=mark, status="running")
-            return True
-        # escalation after attempts ran out
-        if not approved:
-            self.e.finish(run.run_id, FAILED, error=f"{node.name}: escalation rejected by "
-                                f"{appr['decided_by']}" + (f": {appr['note']}" if appr["note"]
-                                                           else ""))
+        if d.action == "wait":
+            if d.status is not None:
+                self.e.set_state(run, state, status=d.status)
             return False
-        patch = appr["patch"] if isinstance(appr["patch"], dict) else {}
-        if "skip_output" in patch:
-            return self.e.advance(run, node, output=patch["skip_output"],
-                                        next_node=node.next, attempt=attempt,
-                                        step_status="skipped")
-        rest.update(attempt=attempt + 1, budget_base=attempt)
-        self.e.set_state(run, rest, status="running")
-        return True
+        if d.action == "advance":
+            return self.e.advance(run, node, output=d.output, next_node=d.next_node,
+                                  attempt=d.attempt, extra=mark, patch=d.patch,
+                                  started_at=d.started_at, step_status=d.step_status)
+        if d.action == "resume":
+            assert d.state is not None
+            self.e.set_state(run, d.state, extra=mark, status="running")
+            return True
+        assert d.status is not None
+        self.e.finish(run.run_id, d.status, error=d.message)
+        return False

@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
-from edge_agent.engine.transitions import StepCall as StepCall  # (tool, key, arguments)
+from edge_agent.engine.transitions import StepCall  # (tool, key, arguments) of a step row
 from edge_agent.engine.transitions import StepRow
 
 _STEP_INSERT = ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error,"
@@ -19,7 +19,7 @@ def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: A
                version: str | None = None) -> None:
     values = (run_id, workflow, QUEUED, dumps(input), dumps({"input": input}), origin, trace_id,
               now, now)
-    if version is None:  # unpinned (also what a database before migration 5 takes)
+    if version is None:  # unpinned (also what a database from before runs.version takes)
         conn.execute("INSERT INTO runs (run_id, workflow, status, input, context, origin,"
                      " trace_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      values)

@@ -36,7 +36,7 @@ def loads(text: str | None) -> Any:
 def _version(row: sqlite3.Row) -> str | None:
     try:
         return row["version"]  # type: ignore[no-any-return]
-    except IndexError:  # a database read before migration 5 (a read-only CLI)
+    except IndexError:  # a database from before runs.version (read by a read-only CLI)
         return None
 
 

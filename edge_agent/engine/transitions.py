@@ -16,6 +16,8 @@ a run's course is in this file:
   intent without a result as an unknown outcome, or call (with or without an intent still
   to commit).
 - `call_error`: how a tool call's exception is classified.
+- `gate_decided`, `call_decided`: what a person's answer leads to (an approval node's
+  decision; the answer to an escalation or to an unknown outcome).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, NamedTuple
 
 from edge_agent.config.expressions import ExpressionError, evaluate
 from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
-from edge_agent.engine.records import COMPLETED, FAILED, RUNNING, Run
+from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, RUNNING, WAITING, Run
 
 # (tool, idempotency key, arguments) of a call journaled in its step row
 StepCall = tuple[str, str, Any]
@@ -162,7 +164,7 @@ def node_done(run: Run, wf: WorkflowConfig, node: NodeConfig, *, output: Any,
     intent = intent_for(rid, target, visits[next_node], context, now) \
         if fenced is not None and target.kind == "tool" and fenced(target) else None
     fields = {"node": next_node, "context": context, "visits": visits,
-              "status": None if run.status == RUNNING else RUNNING}
+              "status": None if run.status == RUNNING else RUNNING}  # checkpoint_update's
     moved = run.moved(status=RUNNING, node=next_node, node_state={}, context=context,
                       visits=visits, updated_at=now)
     return Transition(tuple(steps), False, fields, tuple(records), moved, intent, now)
@@ -266,3 +268,80 @@ def call_error(exc: BaseException, *, fenced: bool) -> CallError:
     unknown = fenced and bool(getattr(exc, "effect_may_have_happened", False))
     return CallError(str(exc), getattr(exc, "kind", type(exc).__name__),
                      bool(getattr(exc, "retryable", False)), unknown)
+
+
+# decisions -------------------------------------------------------------------------------------
+class Decided(NamedTuple):
+    """What a person's answer (an approval row) leads to. `action`: "wait" (none yet;
+    `status` to set when the run does not show it), "advance" (`node_done` with these
+    fields), "resume" (the node runs again with node state `state`), or "finish" (the run
+    ends with `status` and `message`). `mark`: a fenced call's journal row answered by the
+    decision: (its new status, its key, its attempt, its result)."""
+
+    action: str
+    output: Any = None
+    next_node: str | None = None
+    attempt: int = 1
+    patch: Mapping[str, Any] | None = None
+    started_at: float | None = None
+    step_status: str = "completed"
+    state: dict[str, Any] | None = None
+    status: str | None = None
+    message: str | None = None
+    mark: tuple[str, str, int, Any] | None = None
+
+
+def gate_decided(node: NodeConfig, appr: Mapping[str, Any] | None) -> Decided:
+    """An approval node's decision: approved goes on (the answer's patch merged into the
+    context), rejected goes to `on_reject` or cancels the run."""
+    if appr is None or appr["status"] == "pending":
+        return Decided("wait")
+    decision = {"decision": appr["status"], "by": appr["decided_by"],
+                "origin": appr["origin"], "note": appr["note"]}
+    if appr["status"] == "approved":
+        patch = appr["patch"] if isinstance(appr["patch"], dict) else None
+        return Decided("advance", output=decision, next_node=node.next, patch=patch,
+                       started_at=appr["created_at"])
+    if node.on_reject:
+        return Decided("advance", output=decision, next_node=node.on_reject,
+                       started_at=appr["created_at"])
+    return Decided("finish", status=CANCELLED, message=(
+        f"rejected at {node.name} by {appr['decided_by']} ({appr['origin']})"
+        + (f": {appr['note']}" if appr["note"] else "")))
+
+
+def call_decided(run: Run, node: NodeConfig, state: Mapping[str, Any],
+                 appr: Mapping[str, Any] | None) -> Decided:
+    """The answer to an unknown outcome (approved: the call took effect; rejected: it did
+    not, and the step runs again without spending an attempt) or to an escalation after
+    the attempts ran out (approved: retry, or skip with `skip_output`; rejected: fail)."""
+    if appr is None or appr["status"] == "pending":
+        return Decided("wait", status=None if run.status == WAITING else WAITING)
+    approved = appr["status"] == "approved"
+    attempt = int(state.get("attempt", 1))
+    rest = {k: v for k, v in state.items()
+            if k not in ("approval_id", "unknown_key", "unknown_attempt", "retry_at")}
+    if appr["kind"] == "unknown_outcome":
+        result = {"outcome": "confirmed", "by": appr["decided_by"]} if approved else None
+        mark = ("confirmed" if approved else "assumed_failed", state["unknown_key"],
+                int(state["unknown_attempt"]), result)
+        if node.kind == "tool" and approved:
+            return Decided("advance", output=result, next_node=node.next, attempt=attempt,
+                           mark=mark)
+        if node.kind in ("tool", "agent") and not approved:
+            # "it did not take effect": the step is retried (an agent in a fresh scope),
+            # without spending an attempt on it
+            rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
+        # approved agent: replays, finding the call confirmed; parallel: re-runs the
+        # unfinished branches, which find the call confirmed or retry it
+        return Decided("resume", state=rest, mark=mark)
+    if not approved:
+        return Decided("finish", status=FAILED, message=(
+            f"{node.name}: escalation rejected by {appr['decided_by']}"
+            + (f": {appr['note']}" if appr["note"] else "")))
+    patch = appr["patch"] if isinstance(appr["patch"], dict) else {}
+    if "skip_output" in patch:
+        return Decided("advance", output=patch["skip_output"], next_node=node.next,
+                       attempt=attempt, step_status="skipped")
+    rest.update(attempt=attempt + 1, budget_base=attempt)
+    return Decided("resume", state=rest)

@@ -148,7 +148,7 @@ def cmd_fleet_start(cfg: CloudConfig, args: argparse.Namespace, cargs: dict[str,
     except FleetError as exc:
         return _fail(args, str(exc), exc.exit_code)
     store = store_of(cfg)
-    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={})
+    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={}, listen=False)
     sender.client.connect(cfg.host, cfg.port, keepalive=30)
     sender.client.loop_start()
     try:
@@ -210,7 +210,7 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
              send: Any) -> int:
     """Send one command through a short-lived client; with --wait, until the device
     confirms it."""
-    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={})
+    sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={}, listen=False)
     sender.client.connect(cfg.host, cfg.port, keepalive=30)
     sender.client.loop_start()
     try:

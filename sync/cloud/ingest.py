@@ -54,8 +54,11 @@ class IngestWorker:
                  tools: dict[str, Any] | None = None,
                  collections: Mapping[str, CollectionRules] | None = None,
                  sealer: Sealer | None = None, uplink: DeviceKeys | None = None,
-                 handoffs: Mapping[str, Any] | None = None) -> None:
+                 listen: bool = True, handoffs: Mapping[str, Any] | None = None) -> None:
         self.store = store
+        # False: a sender only (the CLI): it must never join the shared subscription, where
+        # the broker would hand it batches that nobody processes
+        self.listen = listen
         self.uplink = uplink  # None: batches taken as the broker delivers them
         self.sealer = sealer  # None: downlink sent unsigned (insecure = true)
         self.docs = CloudDocs(store, collections)
@@ -99,8 +102,9 @@ class IngestWorker:
             log.error("broker refused the ingest worker: %s", reason)
             return
         share = f"$share/{self.group}/" if self.protocol == "5" else ""
-        client.subscribe([(f"{share}{self.prefix}/+/up", 1),
-                          (f"{self.prefix}/+/status", 1)])
+        if self.listen:
+            client.subscribe([(f"{share}{self.prefix}/+/up", 1),
+                              (f"{self.prefix}/+/status", 1)])
         self.connected.set()
 
     def _work(self) -> None:

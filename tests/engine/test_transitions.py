@@ -5,7 +5,9 @@ transitions return to an in-memory log (a list, as a database would keep it), ma
 calls, crashes (forgetting what only memory held), and checks after every move:
 
 - visits never exceed `max_visits`;
-- a fenced call's intent is committed before the call, and its result after it;
+- a fenced call's intent is committed before the call, and its result after it; after a
+  crash, an intent without a result goes to a person, whose truthful answer either
+  confirms the call (never made again) or retries it under a new attempt's key;
 - exactly one terminal record per run, and none before the run ends;
 - the context only grows by node outputs and patches.
 """
@@ -24,6 +26,7 @@ from edge_agent.engine.records import QUEUED, RUNNING, Run
 from edge_agent.engine.transitions import (
     Intent,
     Transition,
+    call_decided,
     call_key,
     call_plan,
     node_done,
@@ -124,9 +127,13 @@ class Core(RuleBasedStateMachine):
             self.armed = Intent(key, 1, f"{WF.start}#1", "stamp", {}, self.tick())
         self.log.append(("record", "run.started"))
 
-    @precondition(lambda self: self.live() and self.current().kind == "tool")
-    @rule(ok=st.booleans(), retryable=st.booleans())
-    def call(self, ok: bool, retryable: bool) -> None:
+    def waiting(self) -> bool:
+        return self.live() and "approval_id" in self.run.node_state  # type: ignore[union-attr]
+
+    @precondition(lambda self: self.live() and self.current().kind == "tool"
+                  and not self.waiting())
+    @rule(ok=st.booleans(), retryable=st.booleans(), crash_in_call=st.booleans())
+    def call(self, ok: bool, retryable: bool, crash_in_call: bool) -> None:
         run, node = self.run, self.current()
         assert run is not None and node.tool is not None
         attempt = int(run.node_state.get("attempt", 1))
@@ -138,11 +145,10 @@ class Core(RuleBasedStateMachine):
                          if is_fenced and key in self.journal else None, armed=armed, key=key,
                          attempt=attempt, scope=scope, tool=node.tool, args={},
                          now=self.tick())
-        if plan.action == "unknown":  # on_unknown = "fail" in this model
+        if plan.action == "unknown":  # on_unknown = "escalate": a person is asked
             self.journal[key] = "unknown"
-            self.log.append(("record", "run.finished"))
-            self.terminal += 1
-            self.finished = True
+            self.run = run.moved(node_state={**run.node_state, "unknown_key": key,
+                                             "unknown_attempt": attempt, "approval_id": 1})
             return
         assert plan.action == "call"
         if plan.intent is not None:
@@ -152,6 +158,8 @@ class Core(RuleBasedStateMachine):
             assert self.journal.get(key) == "intent"
             assert ("intent", key) in self.log
         self.log.append(("call", key))
+        if crash_in_call and is_fenced:  # the effect happened; its result was never committed
+            return
         result = (key, "ok" if ok else "error") if is_fenced else None
         if ok:
             t = node_done(run, WF, node, output={"done": node.tool}, next_node=node.next,
@@ -176,6 +184,31 @@ class Core(RuleBasedStateMachine):
         self.log.append(("record", "run.finished"))
         self.terminal += 1
         self.finished = True
+
+    @precondition(lambda self: self.waiting())
+    @rule()
+    def answer(self) -> None:
+        """The operator looks at the device and says truthfully whether the call happened."""
+        run, node = self.run, self.current()
+        assert run is not None
+        key = run.node_state["unknown_key"]
+        took_effect = ("call", key) in self.log
+        appr = {"status": "approved" if took_effect else "rejected", "kind": "unknown_outcome",
+                "decided_by": "op", "origin": "local", "note": None, "patch": None,
+                "created_at": self.now}
+        d = call_decided(run, node, run.node_state, appr)
+        assert d.mark is not None and d.mark[1] == key
+        self.journal[key] = d.mark[0]
+        self.log.append(("answer", key))
+        if d.action == "advance":
+            assert took_effect and d.mark[0] == "confirmed"
+            t = node_done(run, WF, node, output=d.output, next_node=d.next_node,
+                          now=self.tick(), attempt=d.attempt, fenced=fenced)
+            self.commit(t, run, node.name, set())
+            return
+        assert d.action == "resume" and d.state is not None and not took_effect
+        assert d.state["attempt"] == int(run.node_state.get("attempt", 1)) + 1
+        self.run = run.moved(node_state=d.state)
 
     @precondition(lambda self: self.live() and self.current().kind == "branch")
     @rule()
@@ -213,6 +246,8 @@ class Core(RuleBasedStateMachine):
                 assert self.log.count(("call", key)) == 1  # never repeated
             if what == "result":
                 assert ("call", key) in self.log[:i]
+            if what == "answer":  # a call a person confirmed is never made again
+                assert self.log[i:].count(("call", key)) == 0
 
 
 Core.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)

@@ -149,3 +149,30 @@ def test_migrate_moves_a_waiting_run_only_when_its_node_exists(db_path: Path,
         finally:
             await h.stop()
     asyncio.run(finish())
+
+
+def test_a_reload_changes_only_new_runs(db_path: Path, ledger: Path) -> None:
+    """What SIGHUP does (the engine's workflows replaced) leaves a waiting run's graph as it
+    was; a run queued after it takes the new one."""
+    stamp = ToolBinding(LedgerTool("stamp", ledger))
+    h = Harness(db_path, {"stamp_parts": stamp_parts()}, {"stamp": stamp})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            old = h.queue("stamp_parts", {})
+            await h.wait(old, "waiting_approval")
+            h.workflows = {"stamp_parts": stamp_parts("review")}
+            h.engine.workflows = h.workflows  # the reload
+            new = h.queue("stamp_parts", {})
+            assert (await h.wait(new, "waiting_approval")).node == "review"
+            for rid in (old, new):
+                decide_approval(h.writer.write, rid, approve=True, by="alice")
+                h.engine.wake(rid)
+            await h.wait(old, "completed")
+            await h.wait(new, "completed")
+            assert [s["node"] for s in h.steps(old)][-2:] == ["gate", "done"]
+            assert [s["node"] for s in h.steps(new)][-2:] == ["review", "done"]
+        finally:
+            await h.stop()
+    asyncio.run(main())

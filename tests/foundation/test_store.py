@@ -103,9 +103,13 @@ def test_group_commit_shares_commits_and_isolates_failures(tmp_path: Path) -> No
         def bad(c: sqlite3.Connection) -> None:
             c.execute("INSERT INTO t (v) VALUES ('bad')")
             raise KeyError("nope")
+        gate = threading.Event()  # holds the writer, so the writes below queue up behind it
+        first = w.submit(lambda c: gate.wait(10))
         futures = [w.submit(lambda c, i=i: c.execute("INSERT INTO t (v) VALUES (?)", (str(i),)))
                    for i in range(500)]
         failing = w.submit(bad)
+        gate.set()
+        first.result(timeout=10)
         for f in futures:
             f.result(timeout=10)
         with pytest.raises(KeyError):
