@@ -129,7 +129,8 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
     if node.fallback:
         log.warning("step %s: %s; taking the fallback %s", node.name, reason, node.fallback)
         return e.advance(run, node, output={"fallback": node.fallback, "error": reason},
-                         next_node=node.fallback, attempt=attempt, extra=take_back)
+                         next_node=node.fallback, attempt=attempt, extra=take_back,
+                         started_at=row["started_at"] if row is not None else None)
     e.finish(run.run_id, FAILED, error=f"{node.name}: {reason}", extra=both(take_back))
     return False
 
