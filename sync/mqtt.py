@@ -81,7 +81,7 @@ def publish_properties(protocol: str, expiry_s: float | None = None,
         return None
     props = Properties(PacketTypes.PUBLISH)
     if user:
-        props.UserProperty = [(k, v) for k, v in user.items()]
+        props.UserProperty = list(user.items())
     if expiry_s:
         props.MessageExpiryInterval = max(1, int(expiry_s))
     return props

@@ -364,21 +364,17 @@ def _sync_security(t: Table, keys: tuple[str, ...], insecure: bool, tls: TlsConf
 
 
 def _collections(t: Table, collections: dict[str, Any]) -> dict[str, Mapping[str, Any]]:
+    from sync.documents import CollectionRules, DocumentError
     out: dict[str, Mapping[str, Any]] = {}
-    try:
-        from sync.documents import CollectionRules
-    except ImportError:  # the replication layer is optional at parse time
-        CollectionRules = None  # type: ignore[assignment,misc]  # noqa: N806
     for name, rules in collections.items():
         if not isinstance(rules, dict):
             t.error(f"collections.{name}", "must be a table", rules)
             continue
-        if CollectionRules is not None:
-            try:
-                CollectionRules.from_mapping(rules)
-            except Exception as exc:  # the rules' own typed error names the key
-                t.error(f"collections.{name}", str(exc), rules)
-                continue
+        try:
+            CollectionRules.from_mapping(rules)
+        except DocumentError as exc:  # the rules' own typed error names the key
+            t.error(f"collections.{name}", str(exc), rules)
+            continue
         out[name] = MappingProxyType(rules)
     return out
 

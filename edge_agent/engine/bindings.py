@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_agent.config.model import RetryPolicy
@@ -37,7 +37,7 @@ class ToolBinding:
     """A tool and the engine-side policy declared with it."""
 
     tool: ToolLike
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_unknown: str = "escalate"  # escalate | fail | assume_failed
 
     @property

@@ -26,8 +26,8 @@ from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine import transitions, versions
 from edge_agent.engine.bindings import AgentRunner, ToolBinding
-from edge_agent.engine.control import emit, pack
 from edge_agent.engine.catalog import Catalog
+from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
@@ -221,7 +221,7 @@ class Engine:
         try:
             try:
                 outcome = self._steps(run_id, fut, resume)
-            except Exception as exc:  # noqa: BLE001 - a bug fails one run, not the daemon
+            except Exception as exc:  # a bug fails one run, not the daemon
                 outcome = None
                 with log_context(run_id=run_id, device_id=self.device_id):
                     log.exception("run %s failed inside the engine", run_id)

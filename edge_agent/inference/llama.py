@@ -23,7 +23,11 @@ from typing import Any
 
 from edge_agent.inference.llama_load import load_llama
 from edge_agent.inference.provider import (
-    Cancelled, Completion, InferenceTimeout, InvalidOutput, Message,
+    Cancelled,
+    Completion,
+    InferenceTimeout,
+    InvalidOutput,
+    Message,
 )
 from edge_agent.inference.schema_grammar import check, grammar_for
 

@@ -23,9 +23,9 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
-from sync.cloud.device_keys import DeviceKeys
 from sync.acks import encode_ack
 from sync.cloud.batches import Stored
+from sync.cloud.device_keys import DeviceKeys
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.store import CloudStore
 from sync.documents import CollectionRules, DocumentError, Version
