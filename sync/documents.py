@@ -241,7 +241,8 @@ def merge_field(rule: str, states: list[FieldState]) -> tuple[FieldState, list[A
 def counter_value(value: Any) -> int:
     if not isinstance(value, dict):
         return 0
-    return sum(dict(value.get("p", {})).values()) - sum(dict(value.get("n", {})).values())
+    total: int = sum(dict(value.get("p", {})).values()) - sum(dict(value.get("n", {})).values())
+    return total
 
 
 def resolve(frontier: Iterable[Version], rules: CollectionRules) -> Resolved:

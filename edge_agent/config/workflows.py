@@ -245,9 +245,9 @@ def _check_graph(wf: str, t: Table, start: str, nodes: Mapping[str, NodeConfig],
             continue
         reachable.add(cur)
         todo += successors(nodes[cur]) + list(nodes[cur].branches)
-    for n in nodes:
-        if n not in reachable:
-            err(n, "", "is unreachable from start", n)
+    for name in nodes:
+        if name not in reachable:
+            err(name, "", "is unreachable from start", name)
     for cycle in _cycles(nodes):
         if not any(nodes[c].max_visits for c in cycle):
             err(sorted(cycle)[0], "max_visits",

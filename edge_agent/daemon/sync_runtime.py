@@ -111,7 +111,7 @@ class DaemonSync:
             writer.durable()
 
     def _open(self) -> sqlite3.Connection:
-        conn = self.daemon.store._open()
+        conn: sqlite3.Connection = self.daemon.store._open()
         conn.row_factory = sqlite3.Row
         return conn
 

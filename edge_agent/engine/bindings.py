@@ -11,8 +11,11 @@ from edge_agent.errors import EdgeAgentError
 
 
 class ToolLike(Protocol):
-    name: str
-    idempotent: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def idempotent(self) -> bool: ...
 
     def call(self, args: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]: ...
 
@@ -65,8 +68,11 @@ class AgentContext(Protocol):
 
 
 class AgentOutcome(Protocol):
-    output: Any
-    handoff_to: str | None
+    @property
+    def output(self) -> Any: ...
+
+    @property
+    def handoff_to(self) -> str | None: ...
 
 
 # (agent name, user message, journal context) -> outcome; runs in a worker thread.
