@@ -149,15 +149,17 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
         mqtt.error("tls", "a client certificate (cert, key) is required: the broker knows the"
                    " cloud by its CN (or mqtt.insecure = true for an anonymous lab broker)",
                    tls or None)
+    topic_prefix, group = mqtt.raw("topic_prefix", "edge"), mqtt.raw("group", "ingest")
+    username = mqtt.raw("username")
     for t in (root, mqtt, store, otlp, signing):  # every key nobody read is unknown
         t.finish()
     if issues:
         raise CloudConfigError(str(file), issues)
     return CloudConfig(host=host, port=port, store_url=str(url),
-                       topic_prefix=mqtt.raw("topic_prefix", "edge"), protocol=protocol,
-                       group=mqtt.raw("group", "ingest"), tls_ca=rel(tls.get("ca")),
+                       topic_prefix=topic_prefix, protocol=protocol,
+                       group=group, tls_ca=rel(tls.get("ca")),
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
-                       username=mqtt.raw("username"), password=password,
+                       username=username, password=password,
                        otlp_endpoint=endpoint, workers=workers, max_record_bytes=max_record,
                        tools=tuple(sorted(tools.items())), collections=collections,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
