@@ -16,7 +16,7 @@ PIP := $(VENV)/bin/pip
 LLAMA_VERSION := 0.3.36
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps venv llama demo test bench install clean python device-setup \
+.PHONY: setup system-deps venv llama demo lint test bench install clean python device-setup \
 	device-system-deps device-venv wheel deb
 
 setup: system-deps venv llama
@@ -91,7 +91,12 @@ llama: venv
 demo: setup
 	$(PY) -m edge_agent.demo
 
-test: setup
+# ruff (its rules are in pyproject.toml) and mypy --strict; `make test` runs them first.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy edge_agent sync hardware
+
+test: setup lint
 	$(VENV)/bin/pytest -q
 
 bench: setup

@@ -12,8 +12,8 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile

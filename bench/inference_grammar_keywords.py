@@ -27,7 +27,7 @@ from edge_agent.inference.schema_grammar import check, grammar_for
 from edge_agent.inference.testmodel import make_test_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.grammar_cases import CASES  # noqa: E402
+from support.grammar_cases import CASES
 
 MESSAGES = [{"role": "system", "content": "Answer with JSON."},
             {"role": "user", "content": "Fill in the parameters."}]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from replication.simulation import NODES, simulate  # noqa: E402
+from replication.simulation import NODES, simulate
 
 
 def main() -> None:

@@ -7,20 +7,20 @@ Run: .venv/bin/python -m bench.sync_throughput [--records N]
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.broker import Broker  # noqa: E402
-from support.syncrig import append, device_db, edge, wait_synced  # noqa: E402
+from support.broker import Broker
+from support.syncrig import append, device_db, edge, wait_synced
 
-from sync.envelope import WireRecord, encode_batch  # noqa: E402
-from sync.mqtt import make_client  # noqa: E402
+from sync.envelope import WireRecord, encode_batch
+from sync.mqtt import make_client
 
 
 def raw_paho(port: int, n: int, pipelined: bool) -> float:

@@ -211,7 +211,7 @@ class Demo:
         self.modbus = free_port()
 
     def spawn(self, name: str, argv: list[str], ready: str | None = None) -> None:
-        log = open(DATA / "logs" / f"{name}.log", "ab")
+        log = open(DATA / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child's, for life
         proc = subprocess.Popen(argv, cwd=DATA, stdout=subprocess.PIPE if ready else log,
                                 stderr=log)
         self.procs[name] = proc

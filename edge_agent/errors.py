@@ -5,8 +5,8 @@ Every error carries its own retryability so callers never guess from the type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 
 class EdgeAgentError(Exception):
@@ -15,19 +15,14 @@ class EdgeAgentError(Exception):
     retryable: bool = False
 
 
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a configuration file: where it is, what is wrong, what was found."""
+class ConfigProblem(Protocol):
+    """What a ConfigError needs of one issue: `sync.config_reader.ConfigIssue`, the reader
+    shared with the cloud (named only structurally, so that importing errors loads no sync)."""
 
-    path: str
-    message: str
-    value: Any = None
-    has_value: bool = True
+    @property
+    def path(self) -> str: ...
 
-    def render(self, file: str) -> str:
-        where = f"{file}: {self.path}: " if self.path else f"{file}: "
-        got = f" (got {self.value!r})" if self.has_value else ""
-        return f"{where}{self.message}{got}"
+    def render(self, file: str) -> str: ...
 
 
 class ConfigError(EdgeAgentError):
@@ -35,7 +30,7 @@ class ConfigError(EdgeAgentError):
 
     exit_code = 78  # EX_CONFIG: systemd must not restart-loop on it
 
-    def __init__(self, file: str, issues: list[ConfigIssue]) -> None:
+    def __init__(self, file: str, issues: Sequence[ConfigProblem]) -> None:
         self.file = file
         self.issues = issues
         super().__init__("\n".join(i.render(file) for i in issues))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 class RelayBoard:
     def __init__(self, ledger: Path | None, seed: int = 0) -> None:
-        self.relays = {ch: "OFF" for ch in range(1, 9)}
+        self.relays = dict.fromkeys(range(1, 9), "OFF")
         self.ledger = ledger
         self.replies: dict[str, str] = {}
         self.rnd = random.Random(seed)

@@ -40,7 +40,7 @@ def differing_buckets(a: Summary, b: Summary) -> set[int]:
         return set()
     if len(a.buckets) != len(b.buckets):
         return set(range(max(len(a.buckets), len(b.buckets))))
-    return {i for i, (x, y) in enumerate(zip(a.buckets, b.buckets)) if x != y}
+    return {i for i, (x, y) in enumerate(zip(a.buckets, b.buckets, strict=True)) if x != y}
 
 
 def in_buckets(digests: Mapping[str, str], wanted: set[int], buckets: int) -> dict[str, str]:

@@ -142,11 +142,10 @@ def add_version(frontier: Iterable[Version], new: Version) -> tuple[Version, ...
         order = compare(new.clock, v.clock)
         if order in (Order.BEFORE,):
             return _sorted(frontier)
-        if order == Order.EQUAL:
-            if v.digest == new.digest:
-                return _sorted(frontier)
-            # same clock, different content: only corruption can do this; keep both
-            # (deterministically) so that anti-entropy can surface it
+        if order == Order.EQUAL and v.digest == new.digest:
+            return _sorted(frontier)
+        # the same clock with different content: only corruption can do this; keep both
+        # (deterministically) so that anti-entropy can surface it
         if order == Order.AFTER:
             continue
         out.append(v)
@@ -245,7 +244,8 @@ def merge_field(rule: str, states: list[FieldState]) -> tuple[FieldState, list[A
 def counter_value(value: Any) -> int:
     if not isinstance(value, dict):
         return 0
-    return sum(dict(value.get("p", {})).values()) - sum(dict(value.get("n", {})).values())
+    total: int = sum(dict(value.get("p", {})).values()) - sum(dict(value.get("n", {})).values())
+    return total
 
 
 def resolve(frontier: Iterable[Version], rules: CollectionRules) -> Resolved:

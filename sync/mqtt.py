@@ -47,9 +47,8 @@ def make_client(client_id: str, *, protocol: str = "5", tls_ca: str | None = Non
                 tls_cert: str | None = None, tls_key: str | None = None,
                 username: str | None = None, password: str | None = None) -> mqtt.Client:
     proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-    kwargs = {} if proto == mqtt.MQTTv5 else {"clean_session": False}
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
-                         **kwargs)
+                         clean_session=None if proto == mqtt.MQTTv5 else False)
     if tls_ca or tls_cert:
         client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key,
                        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -62,7 +61,7 @@ def make_client(client_id: str, *, protocol: str = "5", tls_ca: str | None = Non
 def connect_properties(protocol: str) -> Properties | None:
     if protocol != "5":
         return None
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: untyped
     props.SessionExpiryInterval = SESSION_EXPIRY_S
     return props
 
@@ -79,9 +78,9 @@ def publish_properties(protocol: str, expiry_s: float | None = None,
     message for a subscriber that has not received it in time)."""
     if protocol != "5" or not (user or expiry_s):
         return None
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped
     if user:
-        props.UserProperty = [(k, v) for k, v in user.items()]
+        props.UserProperty = list(user.items())
     if expiry_s:
         props.MessageExpiryInterval = max(1, int(expiry_s))
     return props

@@ -287,7 +287,7 @@ class Outbox:
             if row is None:
                 raise UnknownStream(stream)
             acked, last = row
-            new = min(int(upto_seq), last)
+            new: int = min(int(upto_seq), last)
             if new <= acked:
                 return int(acked)
             count, size = c.execute(

@@ -16,8 +16,17 @@ from typing import Any, Protocol
 from sync.antientropy import Summary, summarize
 from sync.clocks import HybridClock, Stamp, increment
 from sync.documents import (
-    BUILTIN, CollectionRules, DocumentError, FieldState, Resolved, Version, add_version,
-    canonical, frontier_clock, frontier_digest, resolve,
+    BUILTIN,
+    CollectionRules,
+    DocumentError,
+    FieldState,
+    Resolved,
+    Version,
+    add_version,
+    canonical,
+    frontier_clock,
+    frontier_digest,
+    resolve,
 )
 
 

@@ -11,12 +11,16 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from edge_agent.config.model import AgentConfig
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference.provider import (
-    EscalationRequired, InferenceError, ModelLoadError, Provider,
+    EscalationRequired,
+    InferenceError,
+    ModelLoadError,
+    Provider,
 )
 from edge_agent.inference.schema_grammar import tool_choice_schema
 
@@ -75,8 +79,8 @@ def run_agent(agent: AgentConfig, user_message: str, ctx: AgentStepContext, *,
         {"role": "system", "content": system_prompt(agent, allowed)},
         {"role": "user", "content": user_message}]
     for turn in range(agent.max_turns):
-        decision = ctx.remembered(f"turn:{turn}", lambda: _decide(
-            agent, messages, schema, provider, remote, turn))
+        decision = ctx.remembered(f"turn:{turn}", partial(
+            _decide, agent, messages, schema, provider, remote, turn))
         tool, args = decision["tool"], decision["args"]
         if tool == "final_answer":
             out = args if agent.output_schema else args.get("answer")

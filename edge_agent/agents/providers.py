@@ -69,4 +69,4 @@ def make_agent_runner(cfg: Config, tools: Mapping[str, ToolBinding]) -> AgentRun
     return runner
 
 
-__all__: list[Any] = ["make_agent_runner", "Providers"]
+__all__: list[Any] = ["Providers", "make_agent_runner"]

@@ -16,8 +16,8 @@ from edge_agent.config.model_files import check_model_files
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
-from edge_agent.store import Store
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.store import Store
 from edge_agent.telemetry.summary import collect, one_line
 
 

@@ -2,8 +2,20 @@
 
 from edge_agent.config.load import DEFAULT_PATH, config_path, load_config, parse_config
 from edge_agent.config.model import (
-    AgentConfig, ApprovalSpec, BranchRule, Config, DeviceConfig, ModelConfig, NodeConfig,
-    RetryPolicy, SyncConfig, TelemetryConfig, TlsConfig, ToolConfig, TriggerSpec, WorkflowConfig,
+    AgentConfig,
+    ApprovalSpec,
+    BranchRule,
+    Config,
+    DeviceConfig,
+    ModelConfig,
+    NodeConfig,
+    RetryPolicy,
+    SyncConfig,
+    TelemetryConfig,
+    TlsConfig,
+    ToolConfig,
+    TriggerSpec,
+    WorkflowConfig,
 )
 
 __all__ = [

@@ -14,12 +14,20 @@ from typing import Any
 import jsonschema
 
 from edge_agent.config.model import (
-    AgentConfig, Config, DeviceConfig, ModelConfig, RetryPolicy, SyncConfig, TelemetryConfig,
-    TlsConfig, ToolConfig, WorkflowConfig,
+    AgentConfig,
+    Config,
+    DeviceConfig,
+    ModelConfig,
+    RetryPolicy,
+    SyncConfig,
+    TelemetryConfig,
+    TlsConfig,
+    ToolConfig,
+    WorkflowConfig,
 )
-from edge_agent.config.reader import Table
 from edge_agent.config.workflows import parse_retry, parse_workflow
-from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.errors import ConfigError
+from sync.config_reader import ConfigIssue, Table
 
 DEFAULT_PATH = Path("/etc/edge-agent/config.toml")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -132,7 +140,7 @@ def parse_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
 
 
 def _path(t: Table, key: str, base: Path, default: str | None = None) -> Path | None:
-    value = t.str(key, default)
+    value = t.string(key, default)
     if value is None:
         return None
     p = Path(value).expanduser()
@@ -143,7 +151,7 @@ def _device(root: Table, base: Path) -> DeviceConfig | None:
     t = root.table("device", required=True)
     if t is None:
         return None
-    dev_id = t.str("id", required=True)
+    dev_id = t.string("id", required=True)
     if dev_id is not None and not _ID.match(dev_id):
         t.error("id", "must be 1-64 letters, digits, '.', '_' or '-' (it names MQTT topics)",
                 dev_id)
@@ -151,8 +159,8 @@ def _device(root: Table, base: Path) -> DeviceConfig | None:
     data_dir = _path(t, "data_dir", base, "/var/lib/edge-agent")
     runtime_dir = _path(t, "runtime_dir", base, os.environ.get("RUNTIME_DIRECTORY")
                         or "/run/edge-agent")
-    sync_mode = t.str("synchronous", "FULL", choices=("FULL", "NORMAL", "EXTRA"))
-    drain = t.float("drain_timeout_s", 30.0, min=0.0)
+    sync_mode = t.string("synchronous", "FULL", choices=("FULL", "NORMAL", "EXTRA"))
+    drain = t.number("drain_timeout_s", 30.0, min=0.0)
     t.finish()
     if dev_id is None or data_dir is None or runtime_dir is None:
         return None
@@ -161,36 +169,36 @@ def _device(root: Table, base: Path) -> DeviceConfig | None:
 
 
 def _model(name: str, t: Table, base: Path) -> ModelConfig | None:
-    kind = t.str("kind", "llama", choices=("llama", "openai"))
+    kind = t.string("kind", "llama", choices=("llama", "openai"))
     fields: dict[str, Any] = {"name": name, "kind": kind}
     if kind == "llama":
         fields["path"] = _path(t, "path", base)
         if fields["path"] is None:
             t.error("path", "is required")
-        fields["n_ctx"] = t.int("n_ctx", 2048, min=64, max=1 << 20)
-        fields["n_gpu_layers"] = t.int("n_gpu_layers", 0, min=-1)
-        fields["n_threads"] = t.int("n_threads", min=1, max=256)
-        fields["chat_format"] = t.str("chat_format")
+        fields["n_ctx"] = t.integer("n_ctx", 2048, min=64, max=1 << 20)
+        fields["n_gpu_layers"] = t.integer("n_gpu_layers", 0, min=-1)
+        fields["n_threads"] = t.integer("n_threads", min=1, max=256)
+        fields["chat_format"] = t.string("chat_format")
     else:
-        fields["base_url"] = t.str("base_url", required=True)
+        fields["base_url"] = t.string("base_url", required=True)
         if fields["base_url"] and not re.match(r"^https?://", fields["base_url"]):
             t.error("base_url", "must start with http:// or https://", fields["base_url"])
-        fields["api_key_env"] = t.str("api_key_env")
+        fields["api_key_env"] = t.string("api_key_env")
         fields["api_key_file"] = _path(t, "api_key_file", base)
-        fields["model_id"] = t.str("model_id")
-        fields["max_hint_retries"] = t.int("max_hint_retries", 2, min=0, max=10)
+        fields["model_id"] = t.string("model_id")
+        fields["max_hint_retries"] = t.integer("max_hint_retries", 2, min=0, max=10)
         if t.has("api_key"):
             t.raw("api_key")
             t.error("api_key", "keys never live in the config file; use api_key_env or "
                     "api_key_file", "***")
-    fields["seed"] = t.int("seed", 0, min=0)
-    fields["timeout_s"] = t.float("timeout_s", 120.0, min=0.0, exclusive_min=True)
+    fields["seed"] = t.integer("seed", 0, min=0)
+    fields["timeout_s"] = t.number("timeout_s", 120.0, min=0.0, exclusive_min=True)
     t.finish()
     return ModelConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
 def _schema(t: Table, key: str) -> Mapping[str, Any] | None:
-    value = t.dict(key)
+    value = t.mapping(key)
     if value is None:
         return None
     try:
@@ -216,17 +224,17 @@ def _schema(t: Table, key: str) -> Mapping[str, Any] | None:
 def _tool(name: str, t: Table, base: Path) -> ToolConfig | None:
     from edge_agent.tools.kinds import KINDS, check_tool_options
 
-    kind = t.str("kind", required=True, choices=tuple(sorted(KINDS)))
+    kind = t.string("kind", required=True, choices=tuple(sorted(KINDS)))
     fields: dict[str, Any] = {
         "name": name, "kind": kind,
-        "description": t.str("description", "", nonempty=False),
+        "description": t.string("description", "", nonempty=False),
         "params": _schema(t, "params") or MappingProxyType({"type": "object"}),
         "result": _schema(t, "result"),
-        "timeout_s": t.float("timeout_s", 10.0, min=0.0, exclusive_min=True),
-        "idempotent": t.bool("idempotent", False),
-        "location": t.str("location", "local", choices=("local", "remote")),
+        "timeout_s": t.number("timeout_s", 10.0, min=0.0, exclusive_min=True),
+        "idempotent": t.boolean("idempotent", False),
+        "location": t.string("location", "local", choices=("local", "remote")),
         "retry": parse_retry(t) or RetryPolicy(),
-        "on_unknown": t.str("on_unknown", "escalate", choices=("escalate", "fail",
+        "on_unknown": t.string("on_unknown", "escalate", choices=("escalate", "fail",
                                                                "assume_failed")),
     }
     if kind == "kv":  # the built-in shared state: its own parameters, idempotent writes
@@ -246,7 +254,7 @@ def _tool(name: str, t: Table, base: Path) -> ToolConfig | None:
 
 def _agent(name: str, t: Table, models: Mapping[str, ModelConfig],
            tools: Mapping[str, ToolConfig]) -> AgentConfig | None:
-    model = t.str("model", required=True)
+    model = t.string("model", required=True)
     if model is not None and model not in models:
         t.error("model", "names no [model.*] entry", model)
     allowed = t.list_of_str("tools", ()) or ()
@@ -255,14 +263,14 @@ def _agent(name: str, t: Table, models: Mapping[str, ModelConfig],
             t.error("tools", "names no [tools.*] entry", tool)
     agent = AgentConfig(
         name=name, model=model or "",
-        system=t.str("system", "", nonempty=False),
+        system=t.string("system", "", nonempty=False),
         tools=allowed,
         handoff=t.list_of_str("handoff", ()) or (),
-        max_turns=t.int("max_turns", 8, min=1, max=100),
+        max_turns=t.integer("max_turns", 8, min=1, max=100),
         output_schema=_schema(t, "output_schema"),
-        allow_remote=t.bool("allow_remote", False),
-        max_tokens=t.int("max_tokens", 256, min=1, max=32768),
-        temperature=t.float("temperature", 0.2, min=0.0, max=5.0),
+        allow_remote=t.boolean("allow_remote", False),
+        max_tokens=t.integer("max_tokens", 256, min=1, max=32768),
+        temperature=t.number("temperature", 0.2, min=0.0, max=5.0),
     )
     t.finish()
     return agent if model else None
@@ -272,7 +280,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
     t = root.table("sync")
     if t is None:
         return None
-    broker = t.str("broker", required=True)
+    broker = t.string("broker", required=True)
     host, port = None, None
     if broker is not None:
         m = re.match(r"^(\[[^\]]+\]|[^:\s]+):(\d{1,5})$", broker)
@@ -296,29 +304,29 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
                 lt.error(stream, "is not a stream (" + ", ".join(STREAMS) + ")", lt.data[stream])
                 lt.raw(stream)
             else:
-                limits[stream] = lt.int(stream, min=1024)
+                limits[stream] = lt.integer(stream, min=1024)
         lt.finish()
-    collections = t.dict("collections", {})
+    collections = t.mapping("collections", {})
     cfg = dict(
         tls=tls,
-        username=t.str("username"),
+        username=t.string("username"),
         password_file=_path(t, "password_file", base),
-        password_env=t.str("password_env"),
-        topic_prefix=t.str("topic_prefix", "edge"),
-        protocol=t.str("protocol", "5", choices=("5", "3.1.1")),
-        batch_max_records=t.int("batch_max_records", 500, min=1, max=100_000),
-        batch_max_bytes=t.int("batch_max_bytes", 256 * 1024, min=1024, max=256 * 1024 * 1024),
-        linger_s=t.float("linger_s", 0.05, min=0.0, max=60.0),
-        window=t.int("window", 8, min=1, max=1000),
-        compression=t.bool("compression", True),
-        keepalive_s=t.int("keepalive_s", 30, min=5, max=65535),
-        ack_timeout_s=t.float("ack_timeout_s", 10.0, min=0.0, exclusive_min=True),
-        max_record_bytes=t.int("max_record_bytes", 16 << 20, min=1024),
-        anti_entropy_s=t.float("anti_entropy_s", 300.0, min=0.0),
+        password_env=t.string("password_env"),
+        topic_prefix=t.string("topic_prefix", "edge"),
+        protocol=t.string("protocol", "5", choices=("5", "3.1.1")),
+        batch_max_records=t.integer("batch_max_records", 500, min=1, max=100_000),
+        batch_max_bytes=t.integer("batch_max_bytes", 256 * 1024, min=1024, max=256 * 1024 * 1024),
+        linger_s=t.number("linger_s", 0.05, min=0.0, max=60.0),
+        window=t.integer("window", 8, min=1, max=1000),
+        compression=t.boolean("compression", True),
+        keepalive_s=t.integer("keepalive_s", 30, min=5, max=65535),
+        ack_timeout_s=t.number("ack_timeout_s", 10.0, min=0.0, exclusive_min=True),
+        max_record_bytes=t.integer("max_record_bytes", 16 << 20, min=1024),
+        anti_entropy_s=t.number("anti_entropy_s", 300.0, min=0.0),
         outbox_max_bytes=MappingProxyType({k: v for k, v in limits.items() if v is not None}),
         collections=MappingProxyType(_collections(t, collections)),
         cloud_keys=tuple(t.list_of_str("cloud_keys", ()) or ()),
-        insecure=t.bool("insecure", False),
+        insecure=t.boolean("insecure", False),
         device_key=_path(t, "device_key", base),
     )
     _sync_security(t, cfg["cloud_keys"], bool(cfg["insecure"]), tls, cfg["username"])
@@ -356,21 +364,17 @@ def _sync_security(t: Table, keys: tuple[str, ...], insecure: bool, tls: TlsConf
 
 
 def _collections(t: Table, collections: dict[str, Any]) -> dict[str, Mapping[str, Any]]:
+    from sync.documents import CollectionRules, DocumentError
     out: dict[str, Mapping[str, Any]] = {}
-    try:
-        from sync.documents import CollectionRules
-    except ImportError:  # the replication layer is optional at parse time
-        CollectionRules = None  # type: ignore[assignment,misc]  # noqa: N806
     for name, rules in collections.items():
         if not isinstance(rules, dict):
             t.error(f"collections.{name}", "must be a table", rules)
             continue
-        if CollectionRules is not None:
-            try:
-                CollectionRules.from_mapping(rules)
-            except Exception as exc:  # the rules' own typed error names the key
-                t.error(f"collections.{name}", str(exc), rules)
-                continue
+        try:
+            CollectionRules.from_mapping(rules)
+        except DocumentError as exc:  # the rules' own typed error names the key
+            t.error(f"collections.{name}", str(exc), rules)
+            continue
         out[name] = MappingProxyType(rules)
     return out
 
@@ -379,25 +383,25 @@ def _telemetry(root: Table) -> TelemetryConfig:
     t = root.table("telemetry")
     if t is None:
         return TelemetryConfig()
-    levels = t.dict("levels", {})
+    levels = t.mapping("levels", {})
     for logger, level in levels.items():
         if not isinstance(level, str) or level.upper() not in _LEVELS:
             t.error(f"levels.{logger}", "must be one of " + ", ".join(_LEVELS), level)
-    endpoint = t.str("otlp_endpoint")
+    endpoint = t.string("otlp_endpoint")
     if endpoint is not None and not re.match(r"^https?://", endpoint):
         t.error("otlp_endpoint", "must start with http:// or https://", endpoint)
         endpoint = None
-    level = t.str("log_level", "INFO")
+    level = t.string("log_level", "INFO")
     if level is not None and level.upper() not in _LEVELS:
         t.error("log_level", "must be one of " + ", ".join(_LEVELS), level)
         level = "INFO"
     cfg = TelemetryConfig(
-        log_format=t.str("log_format", "json", choices=("json", "text")) or "json",
+        log_format=t.string("log_format", "json", choices=("json", "text")) or "json",
         log_level=(level or "INFO").upper(),
         levels=MappingProxyType({k: str(v).upper() for k, v in levels.items()}),
         otlp_endpoint=endpoint,
-        service_name=t.str("service_name", "edge-agent") or "edge-agent",
-        metrics_interval_s=t.float("metrics_interval_s", 30.0, min=0.5),
+        service_name=t.string("service_name", "edge-agent") or "edge-agent",
+        metrics_interval_s=t.number("metrics_interval_s", 30.0, min=0.5),
     )
     t.finish()
     return cfg

@@ -11,7 +11,7 @@ import os
 import stat
 
 from edge_agent.config.model import Config
-from edge_agent.errors import ConfigIssue
+from sync.config_reader import ConfigIssue
 
 GGUF_MAGIC = b"GGUF"
 

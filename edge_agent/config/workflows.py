@@ -8,14 +8,19 @@ from typing import Any
 
 import jsonschema
 
-from edge_agent.config.model import (
-    AgentConfig, ApprovalSpec, BranchRule, NodeConfig, RetryPolicy, ToolConfig, TriggerSpec,
-    WorkflowConfig,
-)
-from edge_agent.config.reader import Table
-from edge_agent.errors import ConfigIssue
 from edge_agent.config.expression_check import check_workflow_expressions
 from edge_agent.config.expressions import ExpressionError, compile_expression
+from edge_agent.config.model import (
+    AgentConfig,
+    ApprovalSpec,
+    BranchRule,
+    NodeConfig,
+    RetryPolicy,
+    ToolConfig,
+    TriggerSpec,
+    WorkflowConfig,
+)
+from sync.config_reader import ConfigIssue, Table
 
 NODE_KINDS = ("tool", "agent", "branch", "approval", "parallel", "handoff", "end")
 RESERVED_NAMES = frozenset({"input", "run", "approval", "error"})
@@ -29,11 +34,11 @@ def parse_retry(t: Table, name: str = "retry") -> RetryPolicy | None:
         return None
     kinds = r.list_of_str("retry_on")
     policy = RetryPolicy(
-        max_attempts=r.int("max_attempts", 3, min=1, max=1000),
-        initial_delay_s=r.float("initial_delay_s", 1.0, min=0.0),
-        multiplier=r.float("multiplier", 2.0, min=1.0),
-        max_delay_s=r.float("max_delay_s", 60.0, min=0.0),
-        jitter=r.float("jitter", 0.1, min=0.0, max=1.0),
+        max_attempts=r.integer("max_attempts", 3, min=1, max=1000),
+        initial_delay_s=r.number("initial_delay_s", 1.0, min=0.0),
+        multiplier=r.number("multiplier", 2.0, min=1.0),
+        max_delay_s=r.number("max_delay_s", 60.0, min=0.0),
+        jitter=r.number("jitter", 0.1, min=0.0, max=1.0),
         retry_on=frozenset(kinds) if kinds is not None else None,
     )
     r.finish()
@@ -56,12 +61,12 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
         t.rest()
         return None
     kind = present[0]
-    fields: dict[str, Any] = {"name": name, "kind": kind, "next": t.str("next"),
-                              "max_visits": t.int("max_visits", min=1)}
+    fields: dict[str, Any] = {"name": name, "kind": kind, "next": t.string("next"),
+                              "max_visits": t.integer("max_visits", min=1)}
     if kind == "tool":
-        fields["tool"] = t.str("tool", required=True)
-        fields["args"] = MappingProxyType(t.dict("args", {}))
-        args_from = t.dict("args_from", {})
+        fields["tool"] = t.string("tool", required=True)
+        fields["args"] = MappingProxyType(t.mapping("args", {}))
+        args_from = t.mapping("args_from", {})
         for arg, src in args_from.items():
             if not isinstance(src, str):
                 t.error(f"args_from.{arg}", "must be an expression string", src)
@@ -69,14 +74,14 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
                 _expr(t, f"args_from.{arg}", src)
         fields["args_from"] = MappingProxyType(dict(args_from))
     elif kind in ("agent", "handoff"):
-        fields["agent"] = t.str(kind, required=True)
-        src = t.str("input")
+        fields["agent"] = t.string(kind, required=True)
+        src = t.string("input")
         if src is not None:
             _expr(t, "input", src)
         fields["input"] = src
         if kind == "handoff" and (fields["agent"] or "").startswith(CLOUD_PREFIX):
             # a step handed to the cloud: it waits up to timeout_s, then takes `fallback`
-            fields["timeout_s"] = t.float("timeout_s", 60.0, min=0.0, exclusive_min=True)
+            fields["timeout_s"] = t.number("timeout_s", 60.0, min=0.0, exclusive_min=True)
     elif kind == "branch":
         rules = t.raw("branch")
         parsed: list[BranchRule] = []
@@ -88,7 +93,7 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
                     t.error(f"branch[{i}]", "must be a table", rule)
                     continue
                 r = Table(rule, t.key(f"branch[{i}]"), t.issues)
-                when, nxt = r.str("when"), r.str("next", required=True)
+                when, nxt = r.string("when"), r.string("next", required=True)
                 r.finish()
                 if when is not None:
                     _expr(r, "when", when)
@@ -100,51 +105,51 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
     elif kind == "approval":
         a = t.table("approval", required=True)
         if a is not None:
-            prompt = a.str("prompt", required=True)
-            timeout = a.float("timeout_s", min=0.0, exclusive_min=True)
-            on_timeout = a.str("on_timeout", "reject", choices=("approve", "reject", "escalate"))
+            prompt = a.string("prompt", required=True)
+            timeout = a.number("timeout_s", min=0.0, exclusive_min=True)
+            on_timeout = a.string("on_timeout", "reject", choices=("approve", "reject", "escalate"))
             show = a.list_of_str("show", ())
             patch_keys = a.list_of_str("patch_keys", ())
             a.finish()
             fields["approval"] = ApprovalSpec(prompt=prompt or "", timeout_s=timeout,
                                               on_timeout=on_timeout or "reject", show=show or (),
                                               patch_keys=patch_keys or ())
-        fields["on_reject"] = t.str("on_reject")
+        fields["on_reject"] = t.string("on_reject")
     elif kind == "parallel":
         fields["branches"] = t.list_of_str("parallel", ()) or ()
         if not fields["branches"]:
             t.error("parallel", "must list at least one node", t.data.get("parallel"))
-        quorum = t.int("quorum", min=1)
-        join = t.str("join", "quorum" if quorum else "all", choices=JOINS)
+        quorum = t.integer("quorum", min=1)
+        join = t.string("join", "quorum" if quorum else "all", choices=JOINS)
         if join == "quorum" and quorum is None:
             t.error("quorum", "is required when join = \"quorum\"")
         if quorum is not None and quorum > len(fields["branches"]):
             t.error("quorum", f"must be <= the number of branches ({len(fields['branches'])})",
                     quorum)
         fields["join"], fields["quorum"] = join, quorum
-        fields["fallback"] = t.str("fallback")  # where to go when the join cannot be met
+        fields["fallback"] = t.string("fallback")  # where to go when the join cannot be met
     elif kind == "end":
         if t.raw("end") is not True:
             t.error("end", "must be true", t.data.get("end"))
-        src = t.str("output")
+        src = t.string("output")
         if src is not None:
             _expr(t, "output", src)
         fields["output"] = src
     if kind in ("tool", "agent", "handoff"):
         fields["retry"] = parse_retry(t)
-        fields["on_unknown"] = t.str("on_unknown", choices=("escalate", "fail", "assume_failed"))
-        fields["escalate"] = t.str("escalate", choices=("approval", "fail"))
-        fields["fallback"] = t.str("fallback")
+        fields["on_unknown"] = t.string("on_unknown", choices=("escalate", "fail", "assume_failed"))
+        fields["escalate"] = t.string("escalate", choices=("approval", "fail"))
+        fields["fallback"] = t.string("fallback")
     t.finish()
     return NodeConfig(**fields)
 
 
 def _trigger(tr: Table, tools: Mapping[str, ToolConfig]) -> TriggerSpec | None:
-    every_s = tr.float("every_s", min=0.0, exclusive_min=True)
-    gpio = tr.str("gpio")
-    line = tr.str("line")
-    edge = tr.str("edge", "rising", choices=("rising", "falling", "both"))
-    spec = TriggerSpec(every_s=every_s, input=MappingProxyType(tr.dict("input", {})),
+    every_s = tr.number("every_s", min=0.0, exclusive_min=True)
+    gpio = tr.string("gpio")
+    line = tr.string("line")
+    edge = tr.string("edge", "rising", choices=("rising", "falling", "both"))
+    spec = TriggerSpec(every_s=every_s, input=MappingProxyType(tr.mapping("input", {})),
                        gpio=gpio, line=line, edge=edge)
     if (every_s is None) == (gpio is None):
         tr.error("", "needs exactly one of every_s (a timer) or gpio (an edge on a line)")
@@ -163,8 +168,8 @@ def _trigger(tr: Table, tools: Mapping[str, ToolConfig]) -> TriggerSpec | None:
 def parse_workflow(name: str, t: Table, tools: Mapping[str, ToolConfig],
                    agents: Mapping[str, AgentConfig]) -> WorkflowConfig | None:
     first_issue = len(t.issues)
-    start = t.str("start", required=True)
-    description = t.str("description", "", nonempty=False)
+    start = t.string("start", required=True)
+    description = t.string("description", "", nonempty=False)
     trigger = None
     tr = t.table("trigger")
     if tr is not None:
@@ -245,9 +250,9 @@ def _check_graph(wf: str, t: Table, start: str, nodes: Mapping[str, NodeConfig],
             continue
         reachable.add(cur)
         todo += successors(nodes[cur]) + list(nodes[cur].branches)
-    for n in nodes:
-        if n not in reachable:
-            err(n, "", "is unreachable from start", n)
+    for name in nodes:
+        if name not in reachable:
+            err(name, "", "is unreachable from start", name)
     for cycle in _cycles(nodes):
         if not any(nodes[c].max_visits for c in cycle):
             err(sorted(cycle)[0], "max_visits",

@@ -55,7 +55,7 @@ class ControlServer:
             reply = await self._answer(line)
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
             writer.close()

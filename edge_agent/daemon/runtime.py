@@ -29,8 +29,8 @@ def build_tools(cfg: Config, store: Store | None = None,
             continue
         if tc.kind == "kv":
             if store is not None:
-                from edge_agent.tools.base import SchemaTool
                 from edge_agent.store.documents import KvState
+                from edge_agent.tools.base import SchemaTool
                 state = KvState(store, cfg, tc.options.get("collection", "kv"))
                 out[name] = ToolBinding(SchemaTool(
                     name, state, description=tc.description, params=tc.params,
@@ -75,7 +75,7 @@ def build_sync(cfg: Config, daemon: Any) -> Any:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def outbox_streams(store: Store) -> dict[str, dict[str, Any]]:

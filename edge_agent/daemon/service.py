@@ -19,16 +19,16 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.config import Config, load_config
 from edge_agent.daemon.control_socket import ControlServer
-from edge_agent.engine import Engine, queue_run
-from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError, StoreError
 from edge_agent.daemon.lock import DataDirLock
 from edge_agent.daemon.notify import SystemdNotifier, watchdog_interval
 from edge_agent.daemon.runtime import build_agent_runner, build_tools, close_tools, sync_status
+from edge_agent.daemon.triggers import EdgeTrigger, stop_all
+from edge_agent.engine import Engine, queue_run
+from edge_agent.engine import queries as q
+from edge_agent.errors import ConfigError, StoreError
 from edge_agent.store import GroupCommitter, Store
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
-from edge_agent.daemon.triggers import EdgeTrigger, stop_all
 
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
@@ -353,7 +353,7 @@ class Daemon:
             return {"requested": True}
 
         async def block_loop(req: dict[str, Any]) -> Any:
-            time.sleep(float(req.get("seconds", 1)))  # a test hook: a hung loop
+            time.sleep(float(req.get("seconds", 1)))  # noqa: ASYNC251 - a test hook: a hung loop
             return {"blocked": True}
 
         async def gpio_inject(req: dict[str, Any]) -> Any:

@@ -46,7 +46,8 @@ class DaemonSync:
             try:
                 key = load_private_key(s.device_key)
             except (OSError, ValueError) as exc:
-                from edge_agent.errors import ConfigError, ConfigIssue
+                from edge_agent.errors import ConfigError
+                from sync.config_reader import ConfigIssue
                 raise ConfigError(str(config.path), [ConfigIssue(
                     "sync.device_key", f"cannot read the device's key ({exc}); edge-agent"
                     " sync init-key makes it", str(s.device_key))]) from exc
@@ -110,7 +111,7 @@ class DaemonSync:
             writer.durable()
 
     def _open(self) -> sqlite3.Connection:
-        conn = self.daemon.store._open()
+        conn: sqlite3.Connection = self.daemon.store._open()
         conn.row_factory = sqlite3.Row
         return conn
 

@@ -64,7 +64,7 @@ class EdgeTrigger:
             try:
                 self.start({**self.spec.input, "trigger": edge})
                 self.fired += 1
-            except Exception:  # noqa: BLE001 - a full outbox or store: log, keep waiting
+            except Exception:  # a full outbox or store: log, keep waiting
                 log.exception("trigger %s: could not queue a run", self.workflow)
 
 

@@ -2,7 +2,11 @@
 
 from edge_agent.engine.bindings import AgentRunner, ToolBinding, UnknownOutcome
 from edge_agent.engine.control import (
-    VersionError, decide_approval, migrate_run, queue_run, request_cancel,
+    VersionError,
+    decide_approval,
+    migrate_run,
+    queue_run,
+    request_cancel,
 )
 from edge_agent.engine.engine import Engine
 from edge_agent.engine.records import STATUSES, TERMINAL, Run

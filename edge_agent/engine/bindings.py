@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_agent.config.model import RetryPolicy
@@ -11,8 +11,11 @@ from edge_agent.errors import EdgeAgentError
 
 
 class ToolLike(Protocol):
-    name: str
-    idempotent: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def idempotent(self) -> bool: ...
 
     def call(self, args: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]: ...
 
@@ -37,7 +40,7 @@ class ToolBinding:
     """A tool and the engine-side policy declared with it."""
 
     tool: ToolLike
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_unknown: str = "escalate"  # escalate | fail | assume_failed
 
     @property
@@ -65,8 +68,11 @@ class AgentContext(Protocol):
 
 
 class AgentOutcome(Protocol):
-    output: Any
-    handoff_to: str | None
+    @property
+    def output(self) -> Any: ...
+
+    @property
+    def handoff_to(self) -> str | None: ...
 
 
 # (agent name, user message, journal context) -> outcome; runs in a worker thread.

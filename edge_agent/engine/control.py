@@ -14,13 +14,12 @@ from typing import Any
 
 import msgpack
 
-from sync.outbox import append
-
 from edge_agent.config.model import WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine import versions
 from edge_agent.engine.records import TERMINAL, WAITING, Run
 from edge_agent.errors import NoPendingApproval, RunNotFound, WorkflowError
+from sync.outbox import append
 
 Write = Callable[[Callable[[sqlite3.Connection], Any]], Any]
 

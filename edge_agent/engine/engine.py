@@ -20,14 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import queries as q
 from edge_agent.engine import transitions, versions
 from edge_agent.engine.bindings import AgentRunner, ToolBinding
-from edge_agent.engine.control import emit, pack
 from edge_agent.engine.catalog import Catalog
+from edge_agent.engine.control import emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
@@ -46,6 +47,11 @@ Next = bool | float
 # drive the run on: the worker is free for other runs meanwhile.
 PENDING: Any = type("Pending", (), {"__repr__": lambda self: "PENDING"})()
 _local = threading.local()  # .drive = (run_id, future) on a worker driving that run
+
+
+def _both(first: Tx, then: Tx, conn: sqlite3.Connection) -> tuple[Any, Any]:
+    """One commit of two writes: the caller's extra, then the prepared transition."""
+    return first(conn), then(conn)
 
 
 class Engine:
@@ -147,7 +153,7 @@ class Engine:
         rows = self.store.read(q.due_approval_timeouts)
         out = []
         for at, approval_id in rows:
-            appr = self.store.read(lambda c, a=approval_id: q.get_approval(c, a))
+            appr = self.store.read(partial(q.get_approval, approval_id=approval_id))
             if appr:
                 out.append((at, approval_id, appr["run_id"]))
         return out
@@ -221,7 +227,7 @@ class Engine:
         try:
             try:
                 outcome = self._steps(run_id, fut, resume)
-            except Exception as exc:  # noqa: BLE001 - a bug fails one run, not the daemon
+            except Exception as exc:  # a bug fails one run, not the daemon
                 outcome = None
                 with log_context(run_id=run_id, device_id=self.device_id):
                     log.exception("run %s failed inside the engine", run_id)
@@ -291,7 +297,7 @@ class Engine:
             # the start goes with the first node's commit: a start node with no side effect
             # to fence needs no commit of its own (a crash before it leaves the run queued)
             at = self.clock()
-            self._begins[run_id] = lambda c, r=run: self._begin(c, r, wf, span, at=at)
+            self._begins[run_id] = partial(self._begin, run=run, wf=wf, span=span, at=at)
             run = run.moved(status=RUNNING, node=wf.start, node_state={},
                             visits={wf.start: 1}, span_id=span)
         node = wf.nodes.get(run.node)  # type: ignore[arg-type]
@@ -396,7 +402,10 @@ class Engine:
         prepared = Prepared(ops, [("checkpoints", kind, pack(payload), limit)
                                   for kind, payload in t.records])
         # a Prepared alone is mergeable with other runs' transitions
-        fn: Tx = prepared if extra is None else (lambda conn: (extra(conn), prepared(conn)))
+        # (mypy does not see a NamedTuple's __call__, hence the cast; Prepared is a Tx)
+        fn: Tx = cast(Tx, prepared)
+        if extra is not None:
+            fn = partial(_both, extra, fn)
         fresh, records = t.next, t.records
         drive = getattr(_local, "drive", None)
         if drive is not None and drive[0] == rid:

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge_agent.config.model import AgentConfig, RetryPolicy, ToolConfig, WorkflowConfig
-from edge_agent.config.reader import Table
 from edge_agent.config.workflows import parse_workflow
-from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.errors import ConfigError
+from sync.config_reader import ConfigIssue, Table
 
 
 def _retry(policy: RetryPolicy | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def scope_matches(scope: str, step: dict[str, Any], attempt: int | None = None) 
     if not parts[0].isdigit() or int(parts[0]) != step["visit"]:
         return False
     if len(parts) >= 2:
-        return int(parts[1]) == step["attempt"]
+        return int(parts[1]) == int(step["attempt"])
     return attempt is None or attempt == step["attempt"]
 
 

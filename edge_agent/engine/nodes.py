@@ -12,8 +12,8 @@ from typing import Any
 
 from edge_agent.config.expressions import ExpressionError, evaluate, evaluate_condition
 from edge_agent.config.model import NodeConfig, RetryPolicy, WorkflowConfig
-from edge_agent.engine import queries as q
 from edge_agent.engine import cloud_handoff, transitions
+from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import RemoteTool, StepFailed, UnknownOutcome
 from edge_agent.engine.journal import DurableAgentContext
 from edge_agent.engine.outcomes import Outcomes

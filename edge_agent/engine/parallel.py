@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import sqlite3
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from functools import partial
 from typing import Any, Protocol
 
 from edge_agent.config.expressions import ExpressionError, evaluate
@@ -142,7 +143,7 @@ def run_branch(e: Driver, run: Run, bnode: NodeConfig, scope: str) -> dict[str, 
     while True:
         attempt += 1
         key = call_key(run.run_id, scope, 0, 0, attempt)
-        row = e.read(lambda c, key=key, a=attempt: q.journal_get(c, key, a))
+        row = e.read(partial(q.journal_get, key=key, attempt=attempt))
         if row is not None and row["status"] in ("ok", "confirmed"):
             return {"ok": True, "output": row["result"], "attempt": attempt}
         if row is not None and row["status"] in ("intent", "unknown"):

@@ -6,8 +6,10 @@ import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
-from edge_agent.engine.transitions import StepCall  # (tool, key, arguments) of a step row
-from edge_agent.engine.transitions import StepRow
+from edge_agent.engine.transitions import (
+    StepCall,  # (tool, key, arguments) of a step row
+    StepRow,
+)
 
 _STEP_INSERT = ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error,"
                 " error_kind, started_at, finished_at, span_id, tool, call_key, args)"

@@ -117,7 +117,7 @@ class Scheduler:
                 between()
             try:
                 task()
-            except BaseException:  # noqa: BLE001 - a task's failure is its own business
+            except BaseException:  # a task's failure is its own business
                 log.exception("scheduled task failed")
 
     # lifecycle --------------------------------------------------------------------------------

@@ -62,6 +62,6 @@ class ApprovalTimeouts:
             _, approval_id, run_id = heapq.heappop(self._due)
             try:
                 await self._expire(approval_id)
-            except Exception:  # noqa: BLE001 - keep the timer loop alive
+            except Exception:  # keep the timer loop alive
                 log.exception("approval %s timeout handling failed", approval_id)
             self._wake(run_id)

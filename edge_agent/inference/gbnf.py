@@ -18,7 +18,12 @@ import jsonschema
 
 from edge_agent.inference.gbnf_regex import PatternError, pattern_body
 from edge_agent.inference.gbnf_text import (
-    JSON_CHAR, int_bounds, integer_range, json_literal, literal, number_range,
+    JSON_CHAR,
+    int_bounds,
+    integer_range,
+    json_literal,
+    literal,
+    number_range,
 )
 
 ANNOTATIONS = frozenset({
@@ -63,9 +68,8 @@ def schema_problems(schema: Any, path: str = "") -> list[str]:
         return out
     for key, sub in schema.items():
         here = f"{path}/{key}" if path else key
-        if key not in SUPPORTED:
-            out.append(here)
-        elif key == "$ref" and not (isinstance(sub, str) and sub.startswith("#/")):
+        if key not in SUPPORTED or (
+                key == "$ref" and not (isinstance(sub, str) and sub.startswith("#/"))):
             out.append(here)
         elif key == "pattern" and isinstance(sub, str):
             try:
@@ -306,7 +310,7 @@ class _Builder:
         lo, hi = int(s.get("minItems", 0)), s.get("maxItems")
         if hi is not None:
             prefix = prefix[:int(hi)]
-        items = s.get("items", False if prefix else True)
+        items = s.get("items", not prefix)
         parts = [self.visit(p, f"{hint}-{i}", f"{where}/prefixItems/{i}", depth + 1)
                  for i, p in enumerate(prefix)]
         rest_lo = max(0, lo - len(prefix))

@@ -19,8 +19,8 @@ try:  # Python 3.11+
     import re._constants as sre_c
     import re._parser as sre_p
 except ImportError:  # pragma: no cover - older Pythons
-    import sre_constants as sre_c  # type: ignore[no-redef]
-    import sre_parse as sre_p  # type: ignore[no-redef]
+    import sre_constants as sre_c
+    import sre_parse as sre_p
 
 CATEGORIES: dict[Any, Ranges] = {
     sre_c.CATEGORY_DIGIT: [(0x30, 0x39)],

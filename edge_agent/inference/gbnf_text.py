@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 MAX_CODE = 0x10FFFF
 MAX_DIGITS = 16  # integers longer than this are not generated (float64 keeps 15-16 digits)
@@ -180,17 +181,28 @@ def integer_range(lo: int | None, hi: int | None) -> str | None:
     return "(" + " | ".join(alts) + ")" if alts else None
 
 
+def _number(schema: dict[str, object], key: str) -> float | None:
+    value = schema.get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+_LOWER: tuple[tuple[str, Callable[[float], int]], ...] = (
+    ("minimum", math.ceil), ("exclusiveMinimum", lambda v: math.floor(v) + 1))
+_UPPER: tuple[tuple[str, Callable[[float], int]], ...] = (
+    ("maximum", math.floor), ("exclusiveMaximum", lambda v: math.ceil(v) - 1))
+
+
 def int_bounds(schema: dict[str, object]) -> tuple[int | None, int | None]:
     """Inclusive integer bounds from minimum/maximum/exclusiveMinimum/exclusiveMaximum."""
     lo: int | None = None
     hi: int | None = None
-    for key, fn in (("minimum", math.ceil), ("exclusiveMinimum", lambda v: math.floor(v) + 1)):
-        if isinstance(schema.get(key), (int, float)):
-            v = fn(schema[key])  # type: ignore[operator]
+    for key, fn in _LOWER:
+        if (found := _number(schema, key)) is not None:
+            v = fn(found)
             lo = v if lo is None else max(lo, v)
-    for key, fn in (("maximum", math.floor), ("exclusiveMaximum", lambda v: math.ceil(v) - 1)):
-        if isinstance(schema.get(key), (int, float)):
-            v = fn(schema[key])  # type: ignore[operator]
+    for key, fn in _UPPER:
+        if (found := _number(schema, key)) is not None:
+            v = fn(found)
             hi = v if hi is None else min(hi, v)
     return lo, hi
 
@@ -221,6 +233,6 @@ def number_range(schema: dict[str, object]) -> str | None:
 
 
 def _float_bound(schema: dict[str, object], inclusive: str, exclusive: str,
-                 pick: object) -> float | None:
-    vals = [schema[k] for k in (inclusive, exclusive) if isinstance(schema.get(k), (int, float))]
-    return pick(vals) if vals else None  # type: ignore[operator, return-value]
+                 pick: Callable[[list[float]], float]) -> float | None:
+    vals = [v for v in (_number(schema, inclusive), _number(schema, exclusive)) if v is not None]
+    return pick(vals) if vals else None

@@ -23,7 +23,11 @@ from typing import Any
 
 from edge_agent.inference.llama_load import load_llama
 from edge_agent.inference.provider import (
-    Cancelled, Completion, InferenceTimeout, InvalidOutput, Message,
+    Cancelled,
+    Completion,
+    InferenceTimeout,
+    InvalidOutput,
+    Message,
 )
 from edge_agent.inference.schema_grammar import check, grammar_for
 
@@ -44,8 +48,8 @@ class LlamaProvider:
         self.llm = llm or load_llama(self.path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                                      n_threads=n_threads, seed=seed, chat_format=chat_format)
         if cache_bytes:
-            import llama_cpp
-            self.llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=cache_bytes))
+            from llama_cpp.llama_cache import LlamaRAMCache
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=cache_bytes))
         self._grammars: dict[str, Any] = {}
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=f"llama-{name}", daemon=True)
@@ -86,8 +90,8 @@ class LlamaProvider:
     def _grammar(self, schema: Mapping[str, Any]) -> Any:
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
-            import llama_cpp
-            self._grammars[key] = llama_cpp.LlamaGrammar.from_string(
+            from llama_cpp.llama_grammar import LlamaGrammar
+            self._grammars[key] = LlamaGrammar.from_string(
                 grammar_for(schema), verbose=False)
         return self._grammars[key]
 
@@ -102,10 +106,11 @@ class LlamaProvider:
             out.attempts = attempt
             if schema is None:
                 return out
-            value, reason = check(out.text, schema)
-            if reason is None:
+            value, problem = check(out.text, schema)
+            if problem is None:
                 out.parsed = value
                 return out
+            reason = problem
             log.debug("%s: sample %d invalid (%s); drawing again", self.name, attempt, reason)
         raise InvalidOutput(reason or "invalid", MAX_RESAMPLES)
 

@@ -49,10 +49,11 @@ class OpenAIProvider:
             out.attempts = attempt
             if schema is None:
                 return out
-            value, reason = check(out.text, schema)
-            if reason is None:
+            value, problem = check(out.text, schema)
+            if problem is None:
                 out.parsed = value
                 return out
+            reason = problem
             convo += [{"role": "assistant", "content": out.text},
                       {"role": "user", "content": f"That answer is invalid ({reason}). "
                        "Reply again with only a JSON object valid for the schema."}]

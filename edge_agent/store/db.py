@@ -12,12 +12,13 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.errors import SchemaTooNew, StoreError, StoreFull
 from edge_agent.store.files import SERVICE_GROUP, create_db_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 Migration = tuple[int, Sequence[str]]
@@ -140,7 +141,7 @@ class Store:
         except sqlite3.Error as exc:
             raise translate(self.path, exc) from exc
 
-    def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return fn(self.conn)
         except sqlite3.Error as exc:

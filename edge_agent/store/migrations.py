@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 ENGINE_V1 = (
     """CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,

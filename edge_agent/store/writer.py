@@ -69,7 +69,7 @@ class _Slot:
     gate is a held lock released exactly once: for the result, or to hand over the lead
     (cheaper than an Event, whose Condition allocates a lock for every wait)."""
 
-    __slots__ = ("fn", "done", "committed", "ok", "value", "lead", "gate", "then", "early")
+    __slots__ = ("committed", "done", "early", "fn", "gate", "lead", "ok", "then", "value")
 
     def __init__(self, fn: WriteFn, then: Then | None = None, early: bool = False) -> None:
         self.fn = fn
@@ -94,7 +94,7 @@ class _Slot:
             return
         try:
             self.then(ok, value)
-        except Exception:  # noqa: BLE001 - a continuation must not break the batch
+        except Exception:  # a continuation must not break the batch
             log.exception("write continuation failed")
 
     def hand_lead(self) -> None:

@@ -116,7 +116,7 @@ class MetricsCollector:
         durations: dict[tuple[str, str], _Hist] = defaultdict(lambda: _Hist(DURATION_BOUNDS))
         retries = 0
         calls: Counter[tuple[str, str]] = Counter()
-        for sid, node, status, started, finished, kind, tool in conn.execute(
+        for sid, node, status, started, finished, _kind, tool in conn.execute(
                 "SELECT id, node, status, started_at, finished_at, error_kind, tool FROM steps"
                 " WHERE id > ? ORDER BY id", (self.last_step,)):
             self.last_step = sid
@@ -200,7 +200,7 @@ class MetricsCollector:
         for label, h in hists.items():
             values = str(label).split("|")
             points.append(metrics_pb2.HistogramDataPoint(
-                attributes=_attrs(dict(zip(keys, values))), start_time_unix_nano=start,
+                attributes=_attrs(dict(zip(keys, values, strict=False))), start_time_unix_nano=start,
                 time_unix_nano=now, count=h.n, sum=h.sum, bucket_counts=h.counts,
                 explicit_bounds=h.bounds))
         return metrics_pb2.Metric(name=name, unit=unit, histogram=metrics_pb2.Histogram(

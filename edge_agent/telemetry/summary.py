@@ -154,7 +154,7 @@ def parse_duration(text: str) -> float:
     """`90s`, `15m`, `1h`, `7d` (or plain seconds) as seconds; ValueError otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     text = text.strip().lower()
-    scale = units.get(text[-1:], None)
+    scale = units.get(text[-1:])
     number = text[:-1] if scale else text
     value = float(number) * (scale or 1)
     if not math.isfinite(value) or value <= 0:

@@ -24,7 +24,7 @@ EXPIRES = ("the device refuses it after this long (90s, 15m, 1h, 2d; default 24h
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def store_of(cfg: CloudConfig) -> SqlCloudStore:
@@ -261,7 +261,8 @@ def duration(text: str) -> float:
     try:
         seconds = float(num) * unit
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a duration like 90s, 15m, 1h, 2d (got {text!r})")
+        raise argparse.ArgumentTypeError(f"a duration like 90s, 15m, 1h, 2d (got {text!r})"
+                                         ) from None
     if not 0 < seconds <= 30 * 86400:
         raise argparse.ArgumentTypeError(f"between 1s and 30d (got {text!r})")
     return seconds

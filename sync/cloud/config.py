@@ -7,20 +7,24 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sync.config_reader import ConfigIssue, Table
 from sync.documents import CollectionRules, DocumentError
 
 
 class CloudConfigError(Exception):
-    exit_code = 78
+    """The cloud configuration cannot be used; lists every problem found."""
 
-    def __init__(self, file: str, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(f"{file}: {p}" for p in problems))
+    exit_code = 78  # EX_CONFIG: systemd must not restart-loop on it
+
+    def __init__(self, file: str, issues: list[ConfigIssue]) -> None:
+        self.file = file
+        self.issues = issues
+        super().__init__("\n".join(i.render(file) for i in issues))
 
 
 @dataclass(frozen=True)
@@ -55,143 +59,128 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
     try:
         data = tomllib.loads(file.read_text())
     except FileNotFoundError:
-        raise CloudConfigError(str(file), ["file not found"]) from None
+        raise CloudConfigError(str(file), [ConfigIssue("", "file not found", has_value=False)]
+                               ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CloudConfigError(str(file), [f"cannot read: {exc}"]) from exc
+        raise CloudConfigError(str(file), [ConfigIssue("", f"cannot read: {exc}",
+                                                       has_value=False)]) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise CloudConfigError(str(file), [f"TOML syntax error: {exc}"]) from exc
-    problems: list[str] = []
+        raise CloudConfigError(str(file), [ConfigIssue("", f"TOML syntax error: {exc}",
+                                                       has_value=False)]) from exc
+    issues: list[ConfigIssue] = []
     base = file.resolve().parent
+    root = Table(data, "", issues)
 
-    def table(name: str, allowed: set[str], required: bool = True) -> dict[str, Any]:
-        t = data.get(name)
-        if t is None:
-            if required:
-                problems.append(f"{name}: is required")
-            return {}
-        if not isinstance(t, dict):
-            problems.append(f"{name}: must be a table (got {t!r})")
-            return {}
-        for k in t:
-            if k not in allowed:
-                problems.append(f"{name}.{k}: unknown key (got {t[k]!r})")
-        return t
+    def table(name: str, required: bool = True) -> Table:
+        return root.table(name, required=required) or Table({}, name, issues)
 
-    for k in data:
-        if k not in ("mqtt", "store", "signing", "otlp", "tools", "handoffs", "collections",
-                     "groups"):
-            problems.append(f"{k}: unknown key (got {data[k]!r})")
-    mqtt = table("mqtt", {"broker", "tls", "username", "password_file", "topic_prefix",
-                          "protocol", "group", "workers", "insecure"})
-    store = table("store", {"url", "max_record_bytes"})
-    otlp = table("otlp", {"endpoint"}, required=False)
-    signing = table("signing", {"key", "device_keys", "require_device_keys"}, required=False)
+    mqtt, store = table("mqtt"), table("store")
+    otlp, signing = table("otlp", required=False), table("signing", required=False)
     host, port = "", 0
-    m = re.match(r"^([^:\s]+):(\d{1,5})$", str(mqtt.get("broker", "")))
+    broker = mqtt.raw("broker")
+    m = re.match(r"^([^:\s]+):(\d{1,5})$", str(broker if broker is not None else ""))
     if not m or not 0 < int(m.group(2)) < 65536:
-        problems.append(f"mqtt.broker: must be host:port (got {mqtt.get('broker')!r})")
+        mqtt.error("broker", "must be host:port", broker)
     else:
         host, port = m.group(1), int(m.group(2))
-    url = store.get("url")
+    url = store.raw("url")
     if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://",
                                                        "postgres://")):
-        problems.append(f"store.url: must be sqlite:///PATH or postgresql://... (got {url!r})")
+        store.error("url", "must be sqlite:///PATH or postgresql://...", url)
     elif url.startswith("sqlite:///"):
+        given = url
         path = Path(url[len("sqlite:///"):])
         if not path.is_absolute():  # relative to the config's folder, not the cwd
             path = base / path
             url = f"sqlite:///{path}"
         if not path.parent.is_dir():
-            problems.append(f"store.url: the directory {str(path.parent)!r} does not exist"
-                            f" (got {store['url']!r})")
-    protocol = mqtt.get("protocol", "5")
+            store.error("url", f"the directory {str(path.parent)!r} does not exist", given)
+    protocol = mqtt.raw("protocol", "5")
     if protocol not in ("5", "3.1.1"):
-        problems.append(f"mqtt.protocol: must be '5' or '3.1.1' (got {protocol!r})")
-    tls = mqtt.get("tls", {})
+        mqtt.error("protocol", "must be '5' or '3.1.1'", protocol)
+    tls = mqtt.raw("tls", {})
     if not isinstance(tls, dict) or set(tls) - {"ca", "cert", "key"}:
-        problems.append(f"mqtt.tls: a table of ca, cert, key (got {tls!r})")
+        mqtt.error("tls", "a table of ca, cert, key", tls)
         tls = {}
 
     def rel(p: Any) -> str | None:
         return None if p is None else str(base / p)
     password = None
-    if mqtt.get("password_file"):
+    password_file = mqtt.raw("password_file")
+    if password_file:
         try:
-            password = Path(rel(mqtt["password_file"]) or "").read_text().strip()
+            password = Path(rel(password_file) or "").read_text().strip()
         except OSError as exc:
-            problems.append(f"mqtt.password_file: cannot read ({exc.strerror}) "
-                            f"(got {mqtt['password_file']!r})")
-    workers = mqtt.get("workers", 1)
+            mqtt.error("password_file", f"cannot read ({exc.strerror})", password_file)
+    workers = mqtt.raw("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
-        problems.append(f"mqtt.workers: must be 1..64 (got {workers!r})")
-    tools = data.get("tools", {})
+        mqtt.error("workers", "must be 1..64", workers)
+    tools = root.raw("tools", {})
     if not isinstance(tools, dict) or not all(isinstance(v, str) and ":" in v
                                               for v in tools.values()):
-        problems.append(f"tools: a table of name = \"module:function\" (got {tools!r})")
+        root.error("tools", 'a table of name = "module:function"', tools)
         tools = {}
     groups: dict[str, tuple[str, ...]] = {}
-    raw_groups = data.get("groups", {})
+    raw_groups = root.raw("groups", {})
     if not isinstance(raw_groups, dict):
-        problems.append(f"groups: a table of name = [device ids] (got {raw_groups!r})")
+        root.error("groups", "a table of name = [device ids]", raw_groups)
         raw_groups = {}
     for gname, members in raw_groups.items():
         if not isinstance(members, list) or not members or not all(
                 isinstance(m, str) and m and "/" not in m and "+" not in m and "#" not in m
                 for m in members):
-            problems.append(f"groups.{gname}: a non-empty list of device ids (got {members!r})")
+            issues.append(ConfigIssue(f"groups.{gname}", "a non-empty list of device ids",
+                                      members))
         else:
             groups[gname] = tuple(dict.fromkeys(members))
-    handoffs = data.get("handoffs", {})
+    handoffs = root.raw("handoffs", {})
     if not isinstance(handoffs, dict) or not all(isinstance(v, str) and ":" in v
                                                  for v in handoffs.values()):
-        problems.append(f"handoffs: a table of name = \"module:function\" (got {handoffs!r})")
+        root.error("handoffs", 'a table of name = "module:function"', handoffs)
         handoffs = {}
     collections: dict[str, CollectionRules] = {}
-    raw = data.get("collections", {})
+    raw = root.raw("collections", {})
     if not isinstance(raw, dict):
-        problems.append(f"collections: a table of merge rules per collection (got {raw!r})")
+        root.error("collections", "a table of merge rules per collection", raw)
         raw = {}
     for name, rules in raw.items():
         try:
             collections[name] = CollectionRules.from_mapping(rules if isinstance(rules, dict)
                                                              else {"?": rules})
         except DocumentError as exc:
-            problems.append(f"collections.{name}: {exc} (got {rules!r})")
-    max_record = store.get("max_record_bytes", 16 << 20)
+            issues.append(ConfigIssue(f"collections.{name}", str(exc), rules))
+    max_record = store.raw("max_record_bytes", 16 << 20)
     if not isinstance(max_record, int) or isinstance(max_record, bool) or max_record < 1024:
-        problems.append(f"store.max_record_bytes: must be an integer >= 1024 (got"
-                        f" {max_record!r})")
-    endpoint = otlp.get("endpoint")
+        store.error("max_record_bytes", "must be an integer >= 1024", max_record)
+    endpoint = otlp.raw("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
-        problems.append(f"otlp.endpoint: must start with http:// or https:// (got {endpoint!r})")
-    insecure = mqtt.get("insecure", False)
-    if not isinstance(insecure, bool):
-        problems.append(f"mqtt.insecure: must be true or false (got {insecure!r})")
-        insecure = False
-    signing_key = _signing_key(signing, rel, insecure, need_key, problems)
+        otlp.error("endpoint", "must start with http:// or https://", endpoint)
+    insecure: bool = mqtt.boolean("insecure", False)
+    signing_key = _signing_key(signing, rel, insecure, need_key)
     device_keys: dict[str, tuple[str, ...]] = {}
-    if signing.get("device_keys") is not None:
+    device_keys_file = signing.raw("device_keys")
+    if device_keys_file is not None:
         from sync.cloud.device_keys import load_device_keys
         try:
-            device_keys = load_device_keys(rel(signing["device_keys"]) or "")
+            device_keys = load_device_keys(rel(device_keys_file) or "")
         except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
-            problems.append(f"signing.device_keys: {exc} (got {signing['device_keys']!r})")
-    require_device_keys = signing.get("require_device_keys", False)
-    if not isinstance(require_device_keys, bool):
-        problems.append("signing.require_device_keys: must be true or false (got "
-                        f"{require_device_keys!r})")
-        require_device_keys = False
+            signing.error("device_keys", str(exc), device_keys_file)
+    require_device_keys: bool = signing.boolean("require_device_keys", False)
     if not insecure and not (tls.get("cert") and tls.get("key")):
-        problems.append("mqtt.tls: a client certificate (cert, key) is required: the broker"
-                        " knows the cloud by its CN (or mqtt.insecure = true for an anonymous"
-                        f" lab broker) (got {tls or None!r})")
-    if problems:
-        raise CloudConfigError(str(file), problems)
+        mqtt.error("tls", "a client certificate (cert, key) is required: the broker knows the"
+                   " cloud by its CN (or mqtt.insecure = true for an anonymous lab broker)",
+                   tls or None)
+    topic_prefix, group = mqtt.raw("topic_prefix", "edge"), mqtt.raw("group", "ingest")
+    username = mqtt.raw("username")
+    for t in (root, mqtt, store, otlp, signing):  # every key nobody read is unknown
+        t.finish()
+    if issues:
+        raise CloudConfigError(str(file), issues)
     return CloudConfig(host=host, port=port, store_url=str(url),
-                       topic_prefix=mqtt.get("topic_prefix", "edge"), protocol=protocol,
-                       group=mqtt.get("group", "ingest"), tls_ca=rel(tls.get("ca")),
+                       topic_prefix=topic_prefix, protocol=protocol,
+                       group=group, tls_ca=rel(tls.get("ca")),
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
-                       username=mqtt.get("username"), password=password,
+                       username=username, password=password,
                        otlp_endpoint=endpoint, workers=workers, max_record_bytes=max_record,
                        tools=tuple(sorted(tools.items())), collections=collections,
                        handoffs=tuple(sorted(handoffs.items())),
@@ -200,27 +189,26 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        require_device_keys=require_device_keys)
 
 
-def _signing_key(signing: dict[str, Any], rel: Any, insecure: bool, need_key: bool,
-                 problems: list[str]) -> str | None:
-    key = signing.get("key")
+def _signing_key(signing: Table, rel: Callable[[Any], str | None], insecure: bool,
+                 need_key: bool) -> str | None:
+    key = signing.raw("key")
     if key is None:
         if not insecure or not need_key:
-            problems.append("signing.key: is required: the file of the key that signs every"
-                            " downlink message (edge-agent-cloud keys init makes it), or"
-                            " mqtt.insecure = true for an unsigned lab setup (got None)")
+            signing.error("key", "is required: the file of the key that signs every downlink"
+                          " message (edge-agent-cloud keys init makes it), or mqtt.insecure ="
+                          " true for an unsigned lab setup", None)
         return None
     if not isinstance(key, str) or not key:
-        problems.append(f"signing.key: must be a file name (got {key!r})")
+        signing.error("key", "must be a file name", key)
         return None
-    path: str = rel(key)
+    path = rel(key) or ""
     if need_key:
         from sync.signing import load_private_key
         try:
             load_private_key(path)
         except OSError as exc:
-            problems.append(f"signing.key: cannot read ({exc.strerror}; edge-agent-cloud keys"
-                            f" init makes it) (got {key!r})")
+            signing.error("key", f"cannot read ({exc.strerror}; edge-agent-cloud keys init"
+                          " makes it)", key)
         except ValueError as exc:
-            problems.append(f"signing.key: not an Ed25519 private key in PEM ({exc})"
-                            f" (got {key!r})")
+            signing.error("key", f"not an Ed25519 private key in PEM ({exc})", key)
     return path

@@ -57,8 +57,8 @@ class CloudDocStore:
                 frontier_digest(frontier), time.time())
 
     def digests(self, collection: str) -> dict[str, str]:
-        return {k: d for k, d in self._q("SELECT key, digest FROM docs WHERE device = ? AND"
-                                         " collection = ?", collection).fetchall()}
+        return dict(self._q("SELECT key, digest FROM docs WHERE device = ? AND"
+                            " collection = ?", collection).fetchall())
 
     def conflicted(self) -> list[tuple[str, str]]:
         return [(c, k) for c, k in self._q(

@@ -89,7 +89,7 @@ def test_run_lines_carry_the_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """Tool calls, the handoff and `run completed` are logged; each line of the run names
     workflow, run, step and attempt, and an agent's lines name the agent."""
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    setup_logging("json", "INFO", stream=open(os.devnull, "w"))  # noqa: SIM115
+    setup_logging("json", "INFO", stream=open(os.devnull, "w"))
     from edge_agent.telemetry.logs import ContextFilter
     cap = _Capture()
     cap.addFilter(ContextFilter())

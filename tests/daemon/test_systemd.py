@@ -64,7 +64,7 @@ def test_units_verify_cleanly(tmp_path: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", *units], check=False, capture_output=True, text=True,
                        timeout=60, env={**os.environ,
                                         "MANPATH": str(tmp_path / "usr/share/man")})
-    problems = [l for l in (r.stdout + r.stderr).splitlines() if "edge-agent" in l]
+    problems = [line for line in (r.stdout + r.stderr).splitlines() if "edge-agent" in line]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
 
 

@@ -6,7 +6,12 @@ import asyncio
 from pathlib import Path
 
 from support.engine import (
-    Harness, LedgerError, LedgerTool, fast_retry, record_spans, spans_in,
+    Harness,
+    LedgerError,
+    LedgerTool,
+    fast_retry,
+    record_spans,
+    spans_in,
 )
 
 from edge_agent.engine import ToolBinding, decide_approval

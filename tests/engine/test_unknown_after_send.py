@@ -84,7 +84,7 @@ def test_busy_port_never_turns_an_executed_command_into_a_failed_run(
             assert set(executed) <= by_status.get("completed", set()) | by_status.get(
                 "unknown", set())
             assert by_status.get("completed") and failed  # the queue bound did its part
-            for rid, run in runs.items():
+            for run in runs.values():
                 if run.status == "failed":
                     assert "port_busy" in run.error and "nothing was sent" in run.error
         finally:

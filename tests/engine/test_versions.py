@@ -120,7 +120,7 @@ def test_migrate_moves_a_waiting_run_only_when_its_node_exists(db_path: Path,
     new = versions.version_of(renamed)
     store = Store(db_path)
     try:
-        with pytest.raises(VersionError, match="node 'gate'.*--map gate=NODE"):
+        with pytest.raises(VersionError, match=r"node 'gate'.*--map gate=NODE"):
             store.write(lambda c: migrate_run(c, rid, to_version=new[:8], mapping={},
                                               current=renamed))
         with pytest.raises(VersionError, match="names no version"):

@@ -183,7 +183,7 @@ def test_environment_overlay_and_default_path(tmp_path: Path) -> None:
     cfg = load_config(path, env={"EDGE_AGENT_DEVICE_ID": "from-env",
                                  "EDGE_AGENT_DATA_DIR": "/srv/x"})
     assert cfg.device.id == "from-env" and str(cfg.device.data_dir) == "/srv/x"
-    with pytest.raises(ConfigError, match="device.id"):
+    with pytest.raises(ConfigError, match=r"device.id"):
         load_config(path, env={"EDGE_AGENT_DEVICE_ID": "bad id!"})
 
 

@@ -48,7 +48,7 @@ def test_ack_moves_forward_only_and_truncate_keeps_pending(tmp_path: Path) -> No
     assert ob.ack("traces", 2) == 4  # never back
     conn2 = open_db(tmp_path / "o2.db")
     ob2 = Outbox(conn2)
-    for i in range(5):
+    for _ in range(5):
         conn2.execute("BEGIN")
         ob2.append("metrics", "m", b"x" * 10)
         conn2.execute("COMMIT")
@@ -65,7 +65,7 @@ def test_ack_moves_forward_only_and_truncate_keeps_pending(tmp_path: Path) -> No
 def test_pending_batches_by_count_and_bytes(tmp_path: Path) -> None:
     ob = Outbox(open_db(tmp_path / "o.db"))
     ob.conn.execute("BEGIN")
-    for i in range(20):
+    for _ in range(20):
         ob.append("checkpoints", "k", b"x" * 100)
     ob.conn.execute("COMMIT")
     assert [r.seq for r in ob.pending("checkpoints", limit=5)] == [1, 2, 3, 4, 5]
@@ -82,7 +82,7 @@ def test_bounds_drop_oldest_for_telemetry_and_refuse_for_checkpoints(tmp_path: P
     ob.conn.execute("COMMIT")
     s = ob.stats()["traces"]
     assert s.pending_bytes <= 1000 and s.dropped == 15 and s.last_seq == 25
-    assert [r.seq for r in ob.pending("traces")][0] == 16  # the oldest went
+    assert next(r.seq for r in ob.pending("traces")) == 16  # the oldest went
     ob.conn.execute("BEGIN")
     for _ in range(10):
         ob.append("checkpoints", "c", b"c" * 100)
@@ -114,8 +114,8 @@ def test_no_acked_record_returns_and_no_unacked_is_lost(tmp_path_factory: pytest
     conn = open_db(path)
     ob = Outbox(conn)
     model: dict[str, list[int]] = {s: [] for s in STREAMS}  # unacked seqs, in order
-    acked: dict[str, int] = {s: 0 for s in STREAMS}
-    last: dict[str, int] = {s: 0 for s in STREAMS}
+    acked: dict[str, int] = dict.fromkeys(STREAMS, 0)
+    last: dict[str, int] = dict.fromkeys(STREAMS, 0)
     for op, stream, n in ops:
         if op == "append":
             conn.execute("BEGIN IMMEDIATE")

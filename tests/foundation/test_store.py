@@ -40,17 +40,15 @@ def test_atomic_nests_with_savepoints(tmp_path: Path) -> None:
     s = Store(tmp_path / "a.db", migrations=MIGRATIONS)
     with s.atomic() as c:
         c.execute("INSERT INTO t (v) VALUES ('outer')")
-        with pytest.raises(RuntimeError):
-            with s.atomic() as c2:
-                c2.execute("INSERT INTO t (v) VALUES ('inner')")
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), s.atomic() as c2:
+            c2.execute("INSERT INTO t (v) VALUES ('inner')")
+            raise RuntimeError("boom")
         with s.atomic() as c3:
             c3.execute("INSERT INTO t (v) VALUES ('inner2')")
     assert [r[0] for r in s.conn.execute("SELECT v FROM t ORDER BY id")] == ["outer", "inner2"]
-    with pytest.raises(ValueError):
-        with s.atomic() as c:
-            c.execute("INSERT INTO t (v) VALUES ('lost')")
-            raise ValueError
+    with pytest.raises(ValueError), s.atomic() as c:
+        c.execute("INSERT INTO t (v) VALUES ('lost')")
+        raise ValueError
     assert s.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2
     s.close()
 
@@ -162,7 +160,7 @@ def test_two_processes_never_see_database_is_locked(tmp_path: Path) -> None:
     t.start()
     outs = [p.communicate(timeout=60) for p in procs]
     t.join()
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert "locked" not in err
         assert int(out) > 10

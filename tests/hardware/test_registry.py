@@ -29,7 +29,7 @@ def test_contract_table_is_accepted(tmp_path: Path) -> None:
 
 
 def test_kinds_and_unknown_kind(tmp_path: Path) -> None:
-    assert KINDS == {"serial", "modbus", "gpio", "command", "python", "remote", "kv"}
+    assert {"serial", "modbus", "gpio", "command", "python", "remote", "kv"} == KINDS
     assert check_tool_options("telepathy", {}, tmp_path) == \
         [("kind", "must be one of command, gpio, kv, modbus, python, remote, serial",
           "telepathy")]

@@ -266,8 +266,9 @@ def test_contract_toml_through_the_config_and_the_cli(tmp_path: Path, sim: Seria
     import subprocess
     import sys
 
-    from edge_agent.config import load_config
     from support.devices import SERIAL_CONTRACT as CONTRACT
+
+    from edge_agent.config import load_config
     config = tmp_path / "config.toml"
     config.write_text('[device]\nid = "cell-s"\ndata_dir = "data"\n'
                       + CONTRACT.replace("/dev/ttyUSB0", str(sim.link)))

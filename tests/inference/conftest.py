@@ -13,7 +13,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def provider(model_path: Path):  # noqa: ANN201
+def provider(model_path: Path):
     from edge_agent.inference.llama import LlamaProvider
     p = LlamaProvider("small", model_path, n_ctx=2048, seed=0)
     yield p

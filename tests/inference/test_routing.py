@@ -18,8 +18,8 @@ from support.engine import Harness, LedgerTool, ledger_lines
 from support.openai_server import FakeOpenAI
 
 from edge_agent.config.load import load_config
-from edge_agent.engine import ToolBinding
 from edge_agent.daemon.runtime import build_agent_runner
+from edge_agent.engine import ToolBinding
 
 CONFIG = """
 [device]

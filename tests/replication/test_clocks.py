@@ -7,7 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sync.clocks import (
-    ClockDrift, HybridClock, Order, Stamp, UnsafePrune, compare, increment, merge, prune, vc,
+    ClockDrift,
+    HybridClock,
+    Order,
+    Stamp,
+    UnsafePrune,
+    compare,
+    increment,
+    merge,
+    prune,
+    vc,
 )
 
 nodes = st.sampled_from(["a", "b", "c", "cloud"])

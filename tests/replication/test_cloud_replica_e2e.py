@@ -15,8 +15,8 @@ from support.broker import Broker
 from support.daemon import DaemonProcess, cli_json, until
 
 from edge_agent.config import load_config
-from edge_agent.store.documents import replica, write_doc
 from edge_agent.store import Store
+from edge_agent.store.documents import replica, write_doc
 from sync.cloud.docs import CloudDocs
 from sync.cloud.store import SqlCloudStore
 

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from sync.clocks import HybridClock
 from sync.documents import (
-    BUILTIN, CollectionRules, DocumentError, RuleError, Version, counter_value, join, resolve,
+    BUILTIN,
+    CollectionRules,
+    DocumentError,
+    RuleError,
+    Version,
+    counter_value,
+    join,
+    resolve,
 )
 from sync.replica import MemoryDocStore, Replica
 
@@ -124,7 +131,7 @@ def test_counters_add_concurrent_increments() -> None:
 
 def test_rules_from_toml_name_bad_keys() -> None:
     assert CollectionRules.from_mapping({"fields": {"a": "union"}}).rule("a") == "union"
-    with pytest.raises(RuleError, match="fields.a: unknown merge rule 'newest'"):
+    with pytest.raises(RuleError, match=r"fields.a: unknown merge rule 'newest'"):
         CollectionRules.from_mapping({"fields": {"a": "newest"}})
     with pytest.raises(DocumentError, match="unknown key"):
         CollectionRules.from_mapping({"feilds": {}})

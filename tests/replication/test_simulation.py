@@ -6,8 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from replication.simulation import NODES, RULES, simulate
 
+from replication.simulation import NODES, RULES, simulate
 from sync.documents import frontier_digest
 from sync.replica import MemoryDocStore, Replica, SqliteDocStore
 

@@ -50,7 +50,8 @@ class Broker:
                     return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}"
+                                       ) from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 

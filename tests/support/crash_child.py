@@ -11,13 +11,11 @@ import random
 import sys
 from pathlib import Path
 
-from support.engine import Harness, LedgerError, LedgerTool
-
-from edge_agent.config.model import RetryPolicy
+from edge_agent.config.model import AgentConfig, RetryPolicy
 from edge_agent.engine import ToolBinding, queue_run
 from edge_agent.engine import queries as q
-from edge_agent.config.model import AgentConfig
 from edge_agent.engine.graph import Workflow, tool_config
+from support.engine import Harness, LedgerError, LedgerTool
 
 
 def agent_config(name: str) -> AgentConfig:

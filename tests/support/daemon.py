@@ -43,7 +43,7 @@ class DaemonProcess:
         while time.monotonic() < end:
             try:
                 data = self.sock.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             for line in data.splitlines():
                 got.append((time.monotonic(), line))

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pymodbus.datastore import (
-    ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext,
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
 )
-
 
 # The hardware issue's serial contract example, as written.
 SERIAL_CONTRACT = r'''

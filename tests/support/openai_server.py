@@ -15,7 +15,7 @@ class FakeOpenAI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append({"body": body, "auth": self.headers.get("Authorization")})
                 answer = fake.answers.pop(0) if fake.answers else "{}"

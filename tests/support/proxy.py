@@ -35,7 +35,7 @@ class Proxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    def _pipe(self, a, b) -> None:  # noqa: ANN001
+    def _pipe(self, a, b) -> None:
         try:
             while data := a.recv(65536):
                 b.sendall(data)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
-from support.broker import free_port, mosquitto_path
 
+from support.broker import free_port, mosquitto_path
 from sync.cloud.broker_example import EXAMPLE_ACL as SHIPPED_ACL
 from sync.cloud.broker_example import EXAMPLE_CONF as SHIPPED_CONF
 from sync.cloud.broker_example import render
@@ -84,7 +84,8 @@ class SecureBroker:
                         break
                 except OSError:
                     if self.proc.poll() is not None:
-                        raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+                        raise RuntimeError(
+                            f"mosquitto exited: {self.log.read_text()[-2000:]}") from None
                     if time.monotonic() > deadline:
                         raise RuntimeError("mosquitto did not start") from None
                     time.sleep(0.05)

@@ -112,11 +112,14 @@ def test_tls_and_acl_confine_each_device(secure_broker: SecureBroker) -> None:
         assert seen_by_a == []
         # without a client certificate there is no connection at all
         anon = make_client("anon", tls_ca=str(broker.etc / "devices-ca.pem"))
-        with pytest.raises(Exception):
+        try:
             anon.connect("127.0.0.1", broker.device_port)
             anon.loop_start()
             time.sleep(0.5)
-            assert anon.is_connected()
+            connected = anon.is_connected()
+        except OSError:  # the TLS handshake is refused
+            connected = False
+        assert not connected
         anon.loop_stop()
     finally:
         for c in (a, b, cloud):

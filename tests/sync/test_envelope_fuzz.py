@@ -9,11 +9,16 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sync.acks import decode_ack
 from sync.envelope import (
-    Command, EnvelopeError, WireRecord, decode_batch, decode_command, encode_batch,
+    Command,
+    EnvelopeError,
+    WireRecord,
+    decode_batch,
+    decode_command,
+    encode_batch,
     encode_command,
 )
-from sync.acks import decode_ack
 from sync.outbox import STREAMS
 
 RECORDS = [WireRecord(i, "k", bytes([i % 256]) * 20, 1.0) for i in range(1, 30)]
@@ -59,10 +64,8 @@ def test_hundred_thousand_mutated_and_random_payloads() -> None:
     reasons: Counter[str] = Counter()
     seeds = VALID + [COMMAND]
     for i in range(100_000):
-        if i % 4 == 0:
-            data = rnd.randbytes(rnd.randint(0, 200))
-        else:
-            data = mutate(rnd.choice(seeds), rnd)
+        data = (rnd.randbytes(rnd.randint(0, 200)) if i % 4 == 0
+                else mutate(rnd.choice(seeds), rnd))
         reasons[decode_any(data, rnd)] += 1
     rejected = sum(v for k, v in reasons.items() if k != "accepted")
     assert rejected > 90_000

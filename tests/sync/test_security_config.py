@@ -67,7 +67,7 @@ def test_cloud_config_needs_a_key_and_an_identity_unless_insecure(tmp_path: Path
     cfg.write_text(CLOUD.format(mqtt="insecure = true\n", rest=""))
     assert load_cloud_config(cfg).insecure is True
     cfg.write_text(CLOUD.format(mqtt=CLOUD_TLS, rest='[signing]\nkey = "k/signing.key"\n'))
-    with pytest.raises(CloudConfigError, match="signing.key: cannot read"):
+    with pytest.raises(CloudConfigError, match=r"signing.key: cannot read"):
         load_cloud_config(cfg)
 
 

@@ -12,8 +12,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync.signing import (
-    Opener, SealError, Sealer, create_private_key, load_private_key, parse_public_key,
-    public_key_text, signed_bytes,
+    Opener,
+    Sealer,
+    SealError,
+    create_private_key,
+    load_private_key,
+    parse_public_key,
+    public_key_text,
+    signed_bytes,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,13 @@ from pathlib import Path
 from support.broker import Broker
 from support.proxy import Proxy
 from support.syncrig import (
-    append, assert_exactly_once, device_db, edge, ingest, wait_synced, watermarks,
+    append,
+    assert_exactly_once,
+    device_db,
+    edge,
+    ingest,
+    wait_synced,
+    watermarks,
 )
 
 from sync.outbox import STREAMS
@@ -130,7 +136,7 @@ def test_an_ack_with_the_wrong_digest_is_not_trusted(tmp_path: Path, broker: Bro
     got = threading.Event()
     liar = make_client("liar")
 
-    def on_message(client, userdata, msg):  # noqa: ANN001, ANN202 - paho's callback shape
+    def on_message(client, userdata, msg):  # paho's callback shape
         batch = decode_batch(bytes(msg.payload), topic_device="dev-a", streams=STREAMS)
         seen.append((batch.after, batch.last, batch.digest))
         if len(seen) == 1:  # acknowledge the first batch with somebody else's digest

@@ -93,5 +93,5 @@ def test_keyring_in_the_cloud_config_and_init_key_on_the_device(tmp_path: Path) 
     assert loaded.device_keys == {"press-7": (made["public_key"],)}
     assert loaded.require_device_keys is True
     (tmp_path / "device-keys.toml").write_text('"press-8" = ["c2hvcnQ="]\n')
-    with pytest.raises(CloudConfigError, match="signing.device_keys: press-8"):
+    with pytest.raises(CloudConfigError, match=r"signing.device_keys: press-8"):
         load_cloud_config(cloud)

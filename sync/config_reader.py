@@ -1,15 +1,32 @@
-"""A small typed reader over a parsed TOML table that collects every problem with its key path."""
+"""A small typed reader over a parsed TOML table that collects every problem with its key path.
+
+Shared by the device's and the cloud's configuration: every issue names its key and the value
+found, and every key nobody read is reported as unknown."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from edge_agent.errors import ConfigIssue
 
 T = TypeVar("T")
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a configuration file: where it is, what is wrong, what was found."""
+
+    path: str
+    message: str
+    value: Any = None
+    has_value: bool = True
+
+    def render(self, file: str) -> str:
+        where = f"{file}: {self.path}: " if self.path else f"{file}: "
+        got = f" (got {self.value!r})" if self.has_value else ""
+        return f"{where}{self.message}{got}"
 
 
 class Table:
@@ -51,7 +68,7 @@ class Table:
             return default
         return value
 
-    def str(self, name: str, default: Any = None, *, required: bool = False,
+    def string(self, name: str, default: Any = None, *, required: bool = False,
             choices: tuple[str, ...] | None = None, nonempty: bool = True) -> Any:
         value = self._get(name, (str,), "a string", default, required)
         if isinstance(value, str) and name in self.data:
@@ -63,17 +80,17 @@ class Table:
                 return default
         return value
 
-    def bool(self, name: str, default: Any = None, *, required: bool = False) -> Any:
+    def boolean(self, name: str, default: Any = None, *, required: bool = False) -> Any:
         return self._get(name, (bool,), "true or false", default, required)
 
-    def int(self, name: str, default: Any = None, *, required: bool = False,
+    def integer(self, name: str, default: Any = None, *, required: bool = False,
             min: int | None = None, max: int | None = None) -> Any:
         value = self._get(name, (int,), "an integer", default, required)
         if name in self.data and isinstance(value, int) and not isinstance(value, bool):
             return self._range(name, value, min, max, default)
         return value
 
-    def float(self, name: str, default: Any = None, *, required: bool = False,
+    def number(self, name: str, default: Any = None, *, required: bool = False,
               min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> Any:
         value = self._get(name, (int, float), "a number", default, required)
         if name in self.data and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -111,7 +128,7 @@ class Table:
             return Table(value, self.key(name), self.issues)
         return None
 
-    def dict(self, name: str, default: Any = None, *, required: bool = False) -> Any:
+    def mapping(self, name: str, default: Any = None, *, required: bool = False) -> Any:
         return self._get(name, (dict,), "a table", default, required)
 
     def tables(self, name: str) -> dict[str, Table]:

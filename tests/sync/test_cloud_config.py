@@ -1,0 +1,56 @@
+"""cloud.toml through the shared reader: every key is read (none is reported unknown), a key
+nobody reads is an error that names key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sync.cloud.config import CloudConfigError, load_cloud_config
+
+EVERY_KEY = """
+[mqtt]
+broker = "broker.example:8883"
+insecure = true
+topic_prefix = "fleet/edge"
+group = "ingest-b"
+username = "cloud"
+password_file = "pw"
+workers = 3
+protocol = "3.1.1"
+tls = { ca = "ca.pem" }
+[store]
+url = "sqlite:///c.db"
+max_record_bytes = 2048
+[otlp]
+endpoint = "http://collector:4318"
+[tools]
+lookup = "tools_mod:lookup"
+[collections]
+notes = { default = "max" }
+"""
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(EVERY_KEY)
+    c = load_cloud_config(cfg)
+    assert (c.host, c.port, c.topic_prefix, c.group, c.username, c.password) == (
+        "broker.example", 8883, "fleet/edge", "ingest-b", "cloud", "secret")
+    assert (c.workers, c.protocol, c.max_record_bytes, c.otlp_endpoint) == (
+        3, "3.1.1", 2048, "http://collector:4318")
+    assert c.tls_ca == str(tmp_path / "ca.pem") and c.store_url == f"sqlite:///{tmp_path}/c.db"
+    assert c.tools == (("lookup", "tools_mod:lookup"),) and c.collections["notes"].default == "max"
+
+
+def test_an_unknown_key_names_key_and_value(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(EVERY_KEY.replace("[store]", 'brokr = "x"\n[store]') + "[extra]\n")
+    with pytest.raises(CloudConfigError) as exc:
+        load_cloud_config(cfg)
+    assert exc.value.exit_code == 78
+    assert "mqtt.brokr: unknown key (got 'x')" in str(exc.value)
+    assert "extra: unknown key (got {})" in str(exc.value)
