@@ -149,7 +149,9 @@ def cmd_fleet_start(cfg: CloudConfig, args: argparse.Namespace, cargs: dict[str,
         return _fail(args, str(exc), exc.exit_code)
     store = store_of(cfg)
     sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={}, listen=False)
-    sender.client.connect(cfg.host, cfg.port, keepalive=30)
+    failed = _connect(cfg, store, args, sender)
+    if failed is not None:
+        return failed
     sender.client.loop_start()
     try:
         results = start_on(devices, lambda d: sender.send_command(
@@ -206,12 +208,27 @@ def cmd_doc(cfg: CloudConfig, args: argparse.Namespace) -> int:
         args.device, collection, key, changes, expires_in_s=args.expires_in)[0])
 
 
+def _connect(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
+             sender: Any) -> int | None:
+    """Connect a sender; a broker that cannot be reached is an error (exit 1), not a
+    traceback. Nothing has been sent then."""
+    try:
+        sender.client.connect(cfg.host, cfg.port, keepalive=30)
+    except OSError as exc:
+        store.close()
+        return _fail(args, f"cannot reach the broker at {cfg.host}:{cfg.port} "
+                     f"({exc.strerror or exc}); nothing was sent", 1)
+    return None
+
+
 def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
              send: Any) -> int:
     """Send one command through a short-lived client; with --wait, until the device
     confirms it."""
     sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={}, listen=False)
-    sender.client.connect(cfg.host, cfg.port, keepalive=30)
+    failed = _connect(cfg, store, args, sender)
+    if failed is not None:
+        return failed
     sender.client.loop_start()
     try:
         cid = send(sender)

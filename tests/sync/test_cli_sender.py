@@ -47,3 +47,29 @@ def test_a_waiting_cli_takes_no_uplink_from_the_workers(tmp_path: Path, broker: 
         cli.join(15)
         worker.shutdown()
         store.close()
+
+
+def test_a_broker_that_cannot_be_reached_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """`edge-agent-cloud approve|start ... --json` with the broker down: exit 1 and a JSON
+    error on stderr, as the README's CLI section says, for one device and for a group."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n'
+                   '[store]\nurl = "sqlite:///cloud.db"\n[groups]\nline-a = ["d1", "d2"]\n')
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    for words in (["approve", "--device", "d1", "r1"], ["start", "w", "--group", "line-a"]):
+        r = subprocess.run([sys.executable, "-m", "sync.cloud.cli", *words, "--config",
+                            str(cfg), "--json"], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        err = json.loads(r.stderr)
+        assert err["exit_code"] == 1 and "cannot reach the broker" in err["error"]
