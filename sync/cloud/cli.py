@@ -257,12 +257,10 @@ def cmd_keys(cfg: CloudConfig, args: argparse.Namespace) -> int:
     try:
         public = init_key(cfg.signing_key) if args.action == "init" else show_key(cfg.signing_key)
     except FileExistsError:
-        print(f"signing.key: {cfg.signing_key} exists; keys init never overwrites a key (keys"
-              " show prints its public key)", file=sys.stderr)
-        return 73
+        return _fail(args, f"signing.key: {cfg.signing_key} exists; keys init never overwrites"
+                     " a key (keys show prints its public key)", 73)
     except (OSError, ValueError) as exc:
-        print(f"signing.key: {cfg.signing_key}: {exc}", file=sys.stderr)
-        return 66
+        return _fail(args, f"signing.key: {cfg.signing_key}: {exc}", 66)
     if args.json:
         print(json.dumps({"key": cfg.signing_key, "public_key": public}))
     else:

@@ -73,3 +73,21 @@ def test_a_broker_that_cannot_be_reached_is_an_error_not_a_traceback(tmp_path: P
         assert "Traceback" not in r.stderr
         err = json.loads(r.stderr)
         assert err["exit_code"] == 1 and "cannot reach the broker" in err["error"]
+
+
+def test_keys_init_over_an_existing_key_is_a_json_error_under_json(tmp_path: Path) -> None:
+    """`edge-agent-cloud keys init --config cloud.toml --json` twice: the second exits 73
+    with a JSON error on stderr (errors under --json are JSON objects, as for every command)."""
+    import contextlib
+    import io
+    import json
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text('[mqtt]\nbroker = "127.0.0.1:1883"\ninsecure = true\n'
+                   '[store]\nurl = "sqlite:///cloud.db"\n[signing]\nkey = "signing.key"\n')
+    words = ["keys", "init", "--config", str(cfg), "--json"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cloud_main(words) == 0
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cloud_main(words) == 73
+    assert json.loads(err.getvalue())["exit_code"] == 73
