@@ -17,13 +17,13 @@ LLAMA_VERSION := 0.3.36
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps venv llama demo lint test bench install clean python device-setup \
-	device-system-deps device-venv wheel deb
+	device-system-deps device-venv device-llama wheel deb
 
 setup: system-deps venv llama
 
 # What a device needs: a compiler for llama.cpp, the core dependencies, `llm` (built from
 # source, CMAKE_ARGS honoured) and `gpio`. Not mosquitto, PostgreSQL or the dev extras.
-device-setup: device-system-deps device-venv llama
+device-setup: device-system-deps device-venv device-llama
 
 python:
 	@[ -n "$(PYTHON)" ] || { echo "no Python >= $(MIN_PYTHON) on PATH (JetPack 6 ships 3.10:" \
@@ -80,13 +80,21 @@ $(VENV)/.installed: pyproject.toml | python
 venv: $(VENV)/.installed
 
 # Built once; re-running is a no-op when the pinned version is already installed.
-llama: venv
+define build_llama
 	@if $(PY) -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$(LLAMA_VERSION)')" 2>/dev/null; then \
 	  echo "llama-cpp-python $(LLAMA_VERSION) already installed"; \
 	else \
 	  echo "building llama-cpp-python $(LLAMA_VERSION) (CMAKE_ARGS=$(CMAKE_ARGS))"; \
 	  CMAKE_ARGS="$(CMAKE_ARGS)" LLAMA_CPP_PYTHON_VERSION=$(LLAMA_VERSION) sh scripts/build-llama.sh $(PY); \
 	fi
+endef
+
+llama: venv
+	$(build_llama)
+
+# The same build into the device's virtualenv, without the dev and cloud extras of `venv`.
+device-llama: device-venv
+	$(build_llama)
 
 demo: setup
 	$(PY) -m edge_agent.demo
