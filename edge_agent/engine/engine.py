@@ -35,6 +35,7 @@ from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNN
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.engine.timeouts import ApprovalTimeouts
 from edge_agent.store import GroupCommitter, Prepared, Store
+from edge_agent.telemetry.logs import current as log_ids
 from edge_agent.telemetry.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -407,6 +408,9 @@ class Engine:
         if extra is not None:
             fn = partial(_both, extra, fn)
         fresh, records = t.next, t.records
+        # the run's trace id for its `run completed` line, which may be logged after the
+        # commit, outside this step's log context
+        trace = log_ids().get("trace_id") if t.finish else None
         drive = getattr(_local, "drive", None)
         if drive is not None and drive[0] == rid:
             # driven by the scheduler: hand the commit over and free this worker; the run goes
@@ -425,7 +429,7 @@ class Engine:
                     if not ok:
                         raise value
                     self.notify()
-                    return self._advanced(rid, fresh, records, intent)
+                    return self._advanced(rid, fresh, records, intent, trace)
                 self.sched.submit(lambda: self._drive(rid, fut, resume))
             # a next node with no effect outside the database goes on once the COMMIT has
             # returned; anything else (a next call's intent above all) waits for the fsync
@@ -434,11 +438,11 @@ class Engine:
             self.writer.write_then(fn, landed, durable=durable)
             return PENDING  # type: ignore[no-any-return]
         self.write(fn, rid)
-        return self._advanced(rid, fresh, records, intent)
+        return self._advanced(rid, fresh, records, intent, trace)
 
     def _advanced(self, rid: str, fresh: Run | None,
                   records: tuple[tuple[str, dict[str, Any]], ...],
-                  intent: transitions.Intent | None = None) -> bool:
+                  intent: transitions.Intent | None = None, trace: str | None = None) -> bool:
         """After a transition's commit: remember the row (and the intent of the next call,
         now on disk), tell the listeners."""
         if fresh is not None:
@@ -450,7 +454,8 @@ class Engine:
             # after a continuation this runs outside the step's log context: give it its own
             last = records[-1][1]
             with log_context(run_id=rid, device_id=self.device_id,
-                             workflow=last.get("workflow"), step=last["node"]):
+                             workflow=last.get("workflow"), step=last["node"],
+                             attempt=last.get("attempt"), trace_id=trace):
                 log.info("run completed at %s", last["node"])
         self.changed(rid)
         return fresh is not None

@@ -46,6 +46,11 @@ class log_context:  # used as a function: `with log_context(run_id=...):`
         _context.reset(self.token)
 
 
+def current() -> Mapping[str, Any]:
+    """The ids the log lines of this context carry now."""
+    return _context.get()
+
+
 def bind(**fields: Any) -> None:
     """Set ids for the rest of the current task or thread context."""
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})

@@ -133,3 +133,5 @@ def test_run_lines_carry_the_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert handoff["agent"] == "triage" and "specialist" in handoff["message"]
     done = next(line for line in mine if line["message"].startswith("run completed"))
     assert done["workflow"] == "w" and done["step"] == "done"
+    # like every line of the run (the README's Logs section): its attempt and trace id
+    assert done["attempt"] == 1 and done["trace_id"] == tools[0]["trace_id"], done
