@@ -139,11 +139,13 @@ def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
         try:
             cloud = load_cloud_config(cloud_config_path)
             handoffs = handoff_targets(config, cloud.handoffs, stopping)
+            stores = [store_of(cloud) for _ in range(cloud.workers)]
+            workers = [worker(cloud, s, handoffs=handoffs) for s in stores]
         except (CloudConfigError, HandoffTargetError) as exc:
+            for s in stores:
+                s.close()
             print(exc, flush=True)
             return int(getattr(exc, "exit_code", ConfigError.exit_code))
-        stores = [store_of(cloud) for _ in range(cloud.workers)]
-        workers = [worker(cloud, s, handoffs=handoffs) for s in stores]
         for w in workers:
             w.start()
         log.info("cloud runner: %d ingest worker(s) on %s:%d, handoffs %s", len(workers),

@@ -31,12 +31,22 @@ def store_of(cfg: CloudConfig) -> SqlCloudStore:
     return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
 
 
-def load_tools(cfg: CloudConfig, entries: Any = None) -> dict[str, Any]:
+def load_tools(cfg: CloudConfig, entries: Any = None, table: str = "tools") -> dict[str, Any]:
+    """Import the `"module:function"` entries; one that cannot be imported is a config error
+    (exit 78, naming the key), not a traceback that systemd would restart forever."""
     import importlib
-    out = {}
+
+    from sync.config_reader import ConfigIssue
+    out, issues = {}, []
     for name, entry in cfg.tools if entries is None else entries:
         module, _, attr = entry.partition(":")
-        out[name] = getattr(importlib.import_module(module), attr)
+        try:
+            out[name] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            issues.append(ConfigIssue(f"{table}.{name}", f"cannot be imported ({exc}); install"
+                                      " its module where the service runs", entry))
+    if issues:
+        raise CloudConfigError(cfg.path, issues)
     return out
 
 
@@ -46,7 +56,7 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
     if "tools" not in kw:
         kw["tools"] = load_tools(cfg)
         kw.setdefault("handoffs", load_tools(cfg, [
-            (n, e) for n, e in cfg.handoffs if not e.startswith("workflow:")]))
+            (n, e) for n, e in cfg.handoffs if not e.startswith("workflow:")], "handoffs"))
     if cfg.signing_key:
         from sync.signing import Sealer, load_private_key
         kw.setdefault("sealer", Sealer(load_private_key(cfg.signing_key)))
@@ -64,7 +74,12 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     stores = [store_of(cfg) for _ in range(cfg.workers)]
-    workers = [worker(cfg, s) for s in stores]
+    try:
+        workers = [worker(cfg, s) for s in stores]
+    except CloudConfigError:
+        for s in stores:
+            s.close()
+        raise
     for w in workers:
         w.start()
     if cfg.insecure:
@@ -415,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
     try:
         return handler(cfg, args)
+    except CloudConfigError as exc:
+        return _fail(args, str(exc), exc.exit_code)
     except CloudStoreError as exc:
         return _fail(args, f"{args.config}: {exc}", exc.exit_code)
 

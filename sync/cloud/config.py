@@ -50,6 +50,7 @@ class CloudConfig:
     signing_key: str | None = None  # the Ed25519 key that seals every downlink message
     device_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # uplink keys
     require_device_keys: bool = False  # refuse batches from devices without a key
+    path: str = ""  # the file it was read from, for errors found later (a [tools] import)
     insecure: bool = False  # unsigned downlink, no client identity: a lab broker only
 
 
@@ -186,7 +187,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        handoffs=tuple(sorted(handoffs.items())),
                        groups=groups,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
-                       require_device_keys=require_device_keys)
+                       require_device_keys=require_device_keys, path=str(file))
 
 
 def _signing_key(signing: Table, rel: Callable[[Any], str | None], insecure: bool,

@@ -54,3 +54,32 @@ def test_an_unknown_key_names_key_and_value(tmp_path: Path) -> None:
     assert exc.value.exit_code == 78
     assert "mqtt.brokr: unknown key (got 'x')" in str(exc.value)
     assert "extra: unknown key (got {})" in str(exc.value)
+
+
+def test_a_tools_module_that_cannot_be_imported_is_a_config_error(tmp_path: Path) -> None:
+    """`edge-agent-cloud run --config cloud.toml --json` with a [tools] or [handoffs] entry
+    whose module is not installed: exit 78 (systemd does not restart-loop on it) and a JSON
+    error naming the key, not a traceback."""
+    import contextlib
+    import io
+    import json
+
+    from sync.cloud.cli import main as cloud_main
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text('[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n'
+                   '[store]\nurl = "sqlite:///cloud.db"\n'
+                   '[tools]\nlookup_part = "no_such_fleet_module:lookup"\n'
+                   '[handoffs]\nreviewer = "json:no_such_function"\n')
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cloud_main(["run", "--config", str(cfg), "--json"]) == 78
+    out = json.loads(err.getvalue())
+    assert out["exit_code"] == 78
+    assert f"{cfg}: tools.lookup_part: cannot be imported" in out["error"], out
+    cfg.write_text('[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n'
+                   '[store]\nurl = "sqlite:///cloud.db"\n'
+                   '[handoffs]\nreviewer = "json:no_such_function"\n')
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cloud_main(["run", "--config", str(cfg)]) == 78
+    assert "handoffs.reviewer: cannot be imported" in err.getvalue()
