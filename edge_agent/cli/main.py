@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Sequence
 
@@ -138,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctx.fail(str(exc), int(getattr(exc, "exit_code", 1)))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-agent status --watch | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _dispatch(ctx: Context, args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -355,10 +356,20 @@ def manual() -> str:
         see_also=["edge-agent(1)", "mosquitto(8)", "systemctl(1)"])
 
 
+CONFIG_ENV = "EDGE_AGENT_CLOUD_CONFIG"
+DEFAULT_CONFIG = "/etc/edge-agent-cloud/cloud.toml"  # where install-service puts it
+
+
+def cloud_config_path(explicit: str | None) -> str:
+    """--config, else $EDGE_AGENT_CLOUD_CONFIG, else the installed service's config."""
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; also the source of the edge-agent-cloud(1) man page."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", required=True, help="cloud.toml")
+    common.add_argument("--config", default=None,
+                        help=f"cloud.toml (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
     common.add_argument("--json", action="store_true", help="machine-readable output; "
                         "errors as a JSON object on stderr")
     p = argparse.ArgumentParser(prog="edge-agent-cloud", description="Fleet ingest service: "
@@ -423,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:
+        args.config = cloud_config_path(args.config)
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
