@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from sync.dbapi import Connection
+
 STREAMS = ("control", "checkpoints", "traces", "metrics")  # priority order
 DEFAULT_LIMITS = {"control": 16 << 20, "checkpoints": 256 << 20, "traces": 64 << 20,
                   "metrics": 16 << 20}
@@ -57,7 +59,7 @@ EPOCH_SCHEMA: tuple[str, ...] = (
 )
 
 
-def epoch(conn: sqlite3.Connection) -> str:
+def epoch(conn: Connection) -> str:
     """This database's epoch (16 lowercase hex digits), made on first use if a database
     from before epochs was not migrated."""
     try:
@@ -124,7 +126,7 @@ _BUMP = ("UPDATE outbox_streams SET last_seq = last_seq + 1, pending_count = pen
          " pending_bytes = pending_bytes + ? WHERE stream = ?")
 
 
-def append(conn: sqlite3.Connection, stream: str, kind: str, payload: bytes, *,
+def append(conn: Connection, stream: str, kind: str, payload: bytes, *,
            limit: int | None = None, policy: str | None = None, now: float | None = None) -> int:
     """Append one record inside the caller's transaction (the engine's hot path: no object,
     two statements); returns its sequence number. Limit and policy default to the stream's."""
@@ -153,7 +155,7 @@ def append(conn: sqlite3.Connection, stream: str, kind: str, payload: bytes, *,
 _ROWS_PER_INSERT = 4096  # 6 variables a row, well under SQLite's 32,766 per statement
 
 
-def append_many(conn: sqlite3.Connection, stream: str, records: list[tuple[str, bytes]], *,
+def append_many(conn: Connection, stream: str, records: list[tuple[str, bytes]], *,
                 limit: int | None = None, now: float | None = None) -> bool:
     """Append several records with one sequence bump and one multi-row insert; False (and
     nothing written) when they do not all fit under the stream's bound, for the caller to
@@ -180,7 +182,7 @@ def append_many(conn: sqlite3.Connection, stream: str, records: list[tuple[str, 
     return True
 
 
-def _drop_oldest(conn: sqlite3.Connection, stream: str, need: int) -> None:
+def _drop_oldest(conn: Connection, stream: str, need: int) -> None:
     acked = conn.execute("SELECT acked_seq FROM outbox_streams WHERE stream = ?",
                          (stream,)).fetchone()[0]
     freed = count = 0
@@ -205,7 +207,7 @@ def _drop_oldest(conn: sqlite3.Connection, stream: str, need: int) -> None:
 class Outbox:
     """The outbox over a connection opened with isolation_level=None by the caller."""
 
-    def __init__(self, conn: sqlite3.Connection, *, limits: Mapping[str, int] | None = None,
+    def __init__(self, conn: Connection, *, limits: Mapping[str, int] | None = None,
                  policies: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
@@ -214,7 +216,7 @@ class Outbox:
         self.clock = clock
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Connection]:
         """Join the caller's transaction, or run a short one of our own."""
         if self.conn.in_transaction:
             yield self.conn

@@ -8,13 +8,13 @@ its migrations). The SQLite store works inside the caller's transaction.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from sync.antientropy import Summary, summarize
 from sync.clocks import HybridClock, Stamp, increment
+from sync.dbapi import Connection
 from sync.documents import (
     BUILTIN,
     CollectionRules,
@@ -62,6 +62,9 @@ class MemoryDocStore:
 
 
 class SqliteDocStore:
+    """The documents in a `docs` table of the database `conn` is open on (plain SQL: the
+    device's SQLite file, or the engine's PostgreSQL store)."""
+
     SCHEMA: tuple[str, ...] = (
         """CREATE TABLE docs (
             collection TEXT NOT NULL,
@@ -75,7 +78,7 @@ class SqliteDocStore:
         )""",
     )
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def get(self, collection: str, key: str) -> tuple[Version, ...]:

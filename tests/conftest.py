@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from support.broker import Broker
+from support.postgres import Postgres, bindir
 
 
 @pytest.fixture
@@ -14,3 +15,16 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.kill()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster for the session (stopped at its end, also on
+    failure); each test takes a fresh database in it (`support.postgres.fresh_pg_url`)."""
+    if bindir() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs it)")
+    pg = Postgres().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()

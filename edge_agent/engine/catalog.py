@@ -12,11 +12,11 @@ from edge_agent.config.model import NodeConfig, WorkflowConfig
 from edge_agent.engine import versions
 from edge_agent.engine.bindings import RemoteTool, ToolBinding
 from edge_agent.engine.records import Run
-from edge_agent.store import Store
+from edge_agent.store.backend import Database
 
 
 class Catalog:
-    def __init__(self, store: Store, workflows: Mapping[str, WorkflowConfig],
+    def __init__(self, store: Database, workflows: Mapping[str, WorkflowConfig],
                  tools: Mapping[str, ToolBinding]) -> None:
         self.store = store
         self.workflows = workflows

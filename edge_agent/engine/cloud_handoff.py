@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from typing import Any
 
@@ -42,6 +41,7 @@ from edge_agent.engine.control import emit
 from edge_agent.engine.ports import Driver, both
 from edge_agent.engine.records import FAILED, Run, dumps
 from edge_agent.engine.transitions import call_key
+from sync.dbapi import Connection
 from sync.documents import Version
 from sync.replica import Replica, SqliteDocStore
 
@@ -51,11 +51,11 @@ LEASES = "runs.lease"  # the replicated lease document of each run that hands a 
 PREFIX = "cloud:"
 
 
-def lease_replica(conn: sqlite3.Connection, node: str) -> Replica:
+def lease_replica(conn: Connection, node: str) -> Replica:
     return Replica(node, SqliteDocStore(conn))
 
 
-def write_lease(conn: sqlite3.Connection, node: str, run_id: str,
+def write_lease(conn: Connection, node: str, run_id: str,
                 changes: dict[str, Any]) -> Version:
     """A device write of the run's lease document, replicated with the same commit."""
     version = lease_replica(conn, node).write(LEASES, run_id, changes)
@@ -90,7 +90,7 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
         due = now + timeout
         parent = traceparent(run)
 
-        def request(c: sqlite3.Connection) -> None:
+        def request(c: Connection) -> None:
             c.execute("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args,"
                       " status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'requested', ?)"
                       " ON CONFLICT (idem_key, attempt) DO NOTHING",
@@ -110,7 +110,7 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
         return due
     row = e.read(lambda c: q.journal_get(c, key, attempt))
     if row is not None and row["status"] == "ok":
-        def release(c: sqlite3.Connection) -> None:
+        def release(c: Connection) -> None:
             write_lease(c, device, run.run_id, {"owner": "device", "state": "applied"})
         return e.advance(run, node, output=row["result"], next_node=node.next,
                          attempt=attempt, started_at=row["started_at"], extra=release)
@@ -121,7 +121,7 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
     reason = (f"the cloud's {target} failed: {row['error']}" if failed and row is not None
               else f"no result from the cloud within {timeout:g}s")
 
-    def take_back(c: sqlite3.Connection) -> None:
+    def take_back(c: Connection) -> None:
         c.execute("UPDATE tool_calls SET status = 'timed_out', finished_at = ? WHERE"
                   " idem_key = ? AND attempt = ? AND status = 'requested'", (now, key, attempt))
         if not failed:  # a failed step came back with the lease already
@@ -149,7 +149,7 @@ def decide_result(*, request: str, run_finished: bool, cloud_holds: bool | None)
     return "apply"
 
 
-def apply_handoff_result(conn: sqlite3.Connection, device: str,
+def apply_handoff_result(conn: Connection, device: str,
                          args: dict[str, Any]) -> dict[str, Any]:
     """The cloud's `tool_result` for a handed-off step, inside the sync's transaction.
 

@@ -12,7 +12,6 @@ control stream; the cloud's command result carries the resolution.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from edge_agent.engine import queries as q
 from edge_agent.engine.control import Write, decide_approval, emit
 from edge_agent.engine.records import TERMINAL
 from edge_agent.errors import NoPendingApproval, RunNotFound
+from sync.dbapi import Connection
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def remote_decision(write: Write, run_id: str, *, approve: bool, by: str,
     it, the run's pending gate."""
     cloud = "approved" if approve else "rejected"
 
-    def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+    def tx(conn: Connection) -> dict[str, Any]:
         if q.get_run(conn, run_id) is None:
             raise RunNotFound(run_id)
         pending = q.pending_approval(conn, run_id)

@@ -7,7 +7,6 @@ engine notices and drives the run. That is what lets the CLI work while the daem
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,9 +18,10 @@ from edge_agent.engine import queries as q
 from edge_agent.engine import versions
 from edge_agent.engine.records import TERMINAL, WAITING, Run
 from edge_agent.errors import NoPendingApproval, RunNotFound, WorkflowError
+from sync.dbapi import Connection
 from sync.outbox import append
 
-Write = Callable[[Callable[[sqlite3.Connection], Any]], Any]
+Write = Callable[[Callable[[Connection], Any]], Any]
 
 
 def new_run_id() -> str:
@@ -29,7 +29,7 @@ def new_run_id() -> str:
     return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
 
 
-def emit(conn: sqlite3.Connection, stream: str, kind: str, payload: Mapping[str, Any],
+def emit(conn: Connection, stream: str, kind: str, payload: Mapping[str, Any],
          limits: Mapping[str, int] | None = None) -> int:
     """Append one record to the outbox inside the caller's transaction."""
     return append(conn, stream, kind, pack(payload),
@@ -52,7 +52,7 @@ def queue_run(write: Write, *, workflow: str, input: Any, workflows: Mapping[str
     definition = workflows[workflow] if isinstance(workflows[workflow], WorkflowConfig) else None
     trace_id = secrets.token_hex(16)
 
-    def tx(conn: sqlite3.Connection) -> str:
+    def tx(conn: Connection) -> str:
         if q.get_run(conn, rid) is not None:
             return rid  # a repeated start with the same id is applied once
         now = time.time()
@@ -71,7 +71,7 @@ def queue_run(write: Write, *, workflow: str, input: Any, workflows: Mapping[str
 def decide_approval(write: Write, run_id: str, *, approve: bool, by: str, origin: str = "local",
                     note: str | None = None, patch: Any = None) -> dict[str, Any]:
     """Answer the run's pending approval. Raises NoPendingApproval if there is none."""
-    def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+    def tx(conn: Connection) -> dict[str, Any]:
         run = q.get_run(conn, run_id)
         if run is None:
             raise RunNotFound(run_id)
@@ -91,7 +91,7 @@ def decide_approval(write: Write, run_id: str, *, approve: bool, by: str, origin
 
 
 def request_cancel(write: Write, run_id: str, *, by: str = "local") -> Run:
-    def tx(conn: sqlite3.Connection) -> Run:
+    def tx(conn: Connection) -> Run:
         run = q.get_run(conn, run_id)
         if run is None:
             raise RunNotFound(run_id)
@@ -110,7 +110,7 @@ class VersionError(WorkflowError):
     """A run cannot be moved to the version asked for; the message says why."""
 
 
-def _resolve(conn: sqlite3.Connection, workflow: str, wanted: str,
+def _resolve(conn: Connection, workflow: str, wanted: str,
              current: WorkflowConfig | None) -> str:
     known = versions.stored(conn, workflow)
     if current is not None and versions.version_of(current) not in known:
@@ -126,7 +126,7 @@ def _resolve(conn: sqlite3.Connection, workflow: str, wanted: str,
     return found[0]
 
 
-def migrate_run(conn: sqlite3.Connection, run_id: str, *, to_version: str,
+def migrate_run(conn: Connection, run_id: str, *, to_version: str,
                 mapping: Mapping[str, str], current: WorkflowConfig | None,
                 allow_running: bool = False, by: str = "local") -> dict[str, Any]:
     """Move an unfinished run to another version of its workflow, in the caller's

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,12 +33,14 @@ from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.engine.timeouts import ApprovalTimeouts
-from edge_agent.store import GroupCommitter, Prepared, Store
+from edge_agent.store import Prepared
+from edge_agent.store.backend import Database, Writer
 from edge_agent.telemetry.logs import current as log_ids
 from edge_agent.telemetry.logs import log_context
+from sync.dbapi import Connection
 
 log = logging.getLogger(__name__)
-Tx = Callable[[sqlite3.Connection], Any]
+Tx = Callable[[Connection], Any]
 Statement = tuple[str, tuple[Any, ...]]
 # What a node handler returns: True = go on, False = stop (finished or waiting for a human),
 # a float = sleep until that time (durable: the due time is already committed).
@@ -50,7 +51,7 @@ PENDING: Any = type("Pending", (), {"__repr__": lambda self: "PENDING"})()
 _local = threading.local()  # .drive = (run_id, future) on a worker driving that run
 
 
-def _both(first: Tx, then: Tx, conn: sqlite3.Connection) -> tuple[Any, Any]:
+def _both(first: Tx, then: Tx, conn: Connection) -> tuple[Any, Any]:
     """One commit of two writes: the caller's extra, then the prepared transition."""
     return first(conn), then(conn)
 
@@ -58,7 +59,7 @@ def _both(first: Tx, then: Tx, conn: sqlite3.Connection) -> tuple[Any, Any]:
 class Engine:
     """Runs workflows durably. Use as `async with Engine(...) as engine:`."""
 
-    def __init__(self, *, store: Store, writer: GroupCommitter,
+    def __init__(self, *, store: Database, writer: Writer,
                  workflows: Mapping[str, WorkflowConfig], tools: Mapping[str, ToolBinding],
                  agent_runner: AgentRunner | None = None, notify: Callable[[], None] | None = None,
                  outbox_limits: Mapping[str, int] | None = None, max_workers: int = 32,
@@ -313,7 +314,7 @@ class Engine:
             if begin is not None:  # a path that wrote nothing for the run: start it alone
                 self.write(begin)
 
-    def _begin(self, conn: sqlite3.Connection, run: Run, wf: WorkflowConfig, span: str,
+    def _begin(self, conn: Connection, run: Run, wf: WorkflowConfig, span: str,
                remember: bool = False, at: float | None = None,
                intent: transitions.Intent | None = None) -> None:
         now = self.clock() if at is None else at
@@ -335,7 +336,7 @@ class Engine:
         if begin is not None:
             inner = fn
 
-            def fn(conn: sqlite3.Connection) -> Any:
+            def fn(conn: Connection) -> Any:
                 begin(conn)
                 return inner(conn)
         with self.sched.blocking():
@@ -350,11 +351,11 @@ class Engine:
     def read(self, fn: Tx) -> Any:
         return self.store.read(fn)
 
-    def emit(self, conn: sqlite3.Connection, stream: str, kind: str,
+    def emit(self, conn: Connection, stream: str, kind: str,
              payload: Mapping[str, Any]) -> None:
         emit(conn, stream, kind, payload, self.outbox_limits)
 
-    def remember(self, conn: sqlite3.Connection, run_id: str) -> None:
+    def remember(self, conn: Connection, run_id: str) -> None:
         """Keep the row just written, so the next step needs no read."""
         run = q.get_run(conn, run_id)
         if run is not None:
@@ -419,7 +420,7 @@ class Engine:
             if begin is not None:
                 inner = fn
 
-                def fn(conn: sqlite3.Connection) -> Any:
+                def fn(conn: Connection) -> Any:
                     begin(conn)
                     return inner(conn)
             fut = drive[1]
@@ -462,7 +463,7 @@ class Engine:
 
     def set_state(self, run: Run, state: Mapping[str, Any], extra: Tx | None = None,
                   status: str | None = None) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Connection) -> None:
             if extra is not None:
                 extra(conn)
             fields: dict[str, Any] = {"node_state": dict(state)}
@@ -477,7 +478,7 @@ class Engine:
                extra: Tx | None = None) -> None:
         armed = self._armed.pop(run_id, None)
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Connection) -> None:
             if extra is not None:
                 extra(conn)
             if armed is not None:  # its call was never made: no intent is left unanswered

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from edge_agent.engine import queries as q
 from edge_agent.engine.bindings import ToolBinding, UnknownOutcome
 from edge_agent.engine.transitions import call_error, call_key
-from edge_agent.store import GroupCommitter, Store
+from edge_agent.store.backend import Database, Writer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def tool_error(message: str, kind: str, retryable: bool, fields: Mapping[str, An
 class ToolJournal:
     """Runs tool calls durably from worker threads."""
 
-    def __init__(self, store: Store, writer: GroupCommitter, tools: Mapping[str, ToolBinding],
+    def __init__(self, store: Database, writer: Writer, tools: Mapping[str, ToolBinding],
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.writer = writer

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from edge_agent.engine.ports import Driver, Tx, both
 from edge_agent.engine.records import FAILED, Run, dumps
 from edge_agent.engine.transitions import call_key
 from edge_agent.telemetry.logs import log_context
+from sync.dbapi import Connection
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class NodeRunner:
         if state.get("remote_key") != key:
             due = now + tool.timeout_s
 
-            def request(c: sqlite3.Connection) -> None:
+            def request(c: Connection) -> None:
                 c.execute("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args,"
                           " status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'requested', ?)"
                           " ON CONFLICT (idem_key, attempt) DO NOTHING",
@@ -142,7 +142,7 @@ class NodeRunner:
             return due
         rest = {k: v for k, v in state.items() if k not in ("remote_key", "remote_due")}
 
-        def expire(c: sqlite3.Connection) -> None:
+        def expire(c: Connection) -> None:
             c.execute("UPDATE tool_calls SET status = 'timed_out', finished_at = ? WHERE"
                       " idem_key = ? AND attempt = ? AND status = 'requested'",
                       (now, key, attempt))
@@ -214,7 +214,7 @@ class NodeRunner:
                          "message": text}
             now = self.e.clock()
 
-            def handoff(c: sqlite3.Connection) -> None:
+            def handoff(c: Connection) -> None:
                 q.insert_step(c, run_id=run.run_id, node=node.name, visit=run.visit(node.name),
                               attempt=attempt, status="handoff", started_at=begun,
                               finished_at=now,  # the segment's time: its spans nest in it

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 from typing import Any
 
 from edge_agent.config.model import NodeConfig, RetryPolicy
@@ -14,6 +13,7 @@ from edge_agent.engine import queries as q
 from edge_agent.engine import transitions
 from edge_agent.engine.ports import Driver, Tx, both
 from edge_agent.engine.records import FAILED, Run, dumps
+from sync.dbapi import Connection
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Outcomes:
         now = self.e.clock()
         timeout_at = now + timeout_s if timeout_s else None
 
-        def tx(c: sqlite3.Connection) -> int:
+        def tx(c: Connection) -> int:
             if extra is not None:
                 extra(c)
             aid = q.create_approval(c, run_id=run.run_id, node=node.name, kind=kind,
@@ -46,7 +46,7 @@ class Outcomes:
         self.e.changed(run.run_id)
 
     def approval_timed_out(self, approval_id: int) -> None:
-        def tx(c: sqlite3.Connection) -> None:
+        def tx(c: Connection) -> None:
             appr = q.get_approval(c, approval_id)
             if appr is None or appr["status"] != "pending":
                 return
@@ -90,7 +90,7 @@ class Outcomes:
             return self.e.commit(run.run_id, f.transition, extra)
         s = f.step
 
-        def step_row(c: sqlite3.Connection) -> None:
+        def step_row(c: Connection) -> None:
             q.insert_step(c, run_id=run.run_id, node=s.node, visit=s.visit, attempt=s.attempt,
                           status=s.status, error=s.error, error_kind=s.error_kind,
                           started_at=s.started_at, finished_at=s.finished_at, call=s.call)
@@ -133,7 +133,7 @@ class Outcomes:
     def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
                       on_unknown: str, status: str, cause: str | None = None) -> Tx:
         """The journal row's new status, and an `interrupted` step that shows it."""
-        def tx(c: sqlite3.Connection) -> None:
+        def tx(c: Connection) -> None:
             now = self.e.clock()
             c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
                       " AND attempt = ?", (status, now, key, attempt))

@@ -9,7 +9,6 @@ the journal, because the side effect may have happened.
 from __future__ import annotations
 
 import contextvars
-import sqlite3
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from edge_agent.engine.journal import DurableAgentContext
 from edge_agent.engine.ports import Driver
 from edge_agent.engine.records import FAILED, Run, dumps
 from edge_agent.engine.transitions import call_key
+from sync.dbapi import Connection
 
 
 class AsksPeople(Protocol):
@@ -74,7 +74,7 @@ def run_parallel(e: Driver, people: AsksPeople, run: Run, wf: WorkflowConfig,
             done[name] = result
             now = e.clock()
 
-            def record(c: sqlite3.Connection, name: str = name, result: dict[str, Any] = result,
+            def record(c: Connection, name: str = name, result: dict[str, Any] = result,
                        now: float = now) -> None:
                 begun = started.get(name, now)
                 q.insert_step(c, run_id=run.run_id, node=name, visit=visit,
@@ -93,7 +93,7 @@ def run_parallel(e: Driver, people: AsksPeople, run: Run, wf: WorkflowConfig,
         task.cancel()  # not started yet: never runs; running: its journal records what it did
     cancelled = [b for b in node.branches if b not in done]
 
-    def mark_cancelled(c: sqlite3.Connection) -> None:
+    def mark_cancelled(c: Connection) -> None:
         now = e.clock()
         for b in cancelled:
             q.insert_step(c, run_id=run.run_id, node=b, visit=visit, attempt=1,

@@ -7,7 +7,6 @@ back (a test finds no import circle).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +18,9 @@ from edge_agent.engine.bindings import AgentRunner, ToolBinding
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.records import Run
 from edge_agent.engine.transitions import Intent, StepCall, Transition
+from sync.dbapi import Connection
 
-Tx = Callable[[sqlite3.Connection], Any]
+Tx = Callable[[Connection], Any]
 Statement = tuple[str, tuple[Any, ...]]
 
 
@@ -42,10 +42,10 @@ class Driver(Protocol):
 
     def blocking(self, blocks: bool = True) -> AbstractContextManager[Any]: ...
 
-    def emit(self, conn: sqlite3.Connection, stream: str, kind: str,
+    def emit(self, conn: Connection, stream: str, kind: str,
              payload: Mapping[str, Any]) -> None: ...
 
-    def remember(self, conn: sqlite3.Connection, run_id: str) -> None: ...
+    def remember(self, conn: Connection, run_id: str) -> None: ...
 
     def changed(self, run_id: str) -> None: ...
 
@@ -82,7 +82,7 @@ class Driver(Protocol):
 
 def both(*fns: Tx | None) -> Tx:
     """One transaction function that runs each of `fns` (None skipped) in order."""
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: Connection) -> None:
         for fn in fns:
             if fn is not None:
                 fn(conn)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from edge_agent.engine.records import QUEUED, TERMINAL, WAITING, Run, dumps, loads
@@ -10,13 +9,14 @@ from edge_agent.engine.transitions import (
     StepCall,  # (tool, key, arguments) of a step row
     StepRow,
 )
+from sync.dbapi import Connection
 
 _STEP_INSERT = ("INSERT INTO steps (run_id, node, visit, attempt, status, output, error,"
                 " error_kind, started_at, finished_at, span_id, tool, call_key, args)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: Any,
+def insert_run(conn: Connection, *, run_id: str, workflow: str, input: Any,
                origin: str, now: float, trace_id: str | None = None,
                version: str | None = None) -> None:
     values = (run_id, workflow, QUEUED, dumps(input), dumps({"input": input}), origin, trace_id,
@@ -31,12 +31,12 @@ def insert_run(conn: sqlite3.Connection, *, run_id: str, workflow: str, input: A
                  (*values, version))
 
 
-def get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
+def get_run(conn: Connection, run_id: str) -> Run | None:
     row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     return Run.from_row(row) if row else None
 
 
-def list_runs(conn: sqlite3.Connection, *, status: str | None = None,
+def list_runs(conn: Connection, *, status: str | None = None,
               limit: int = 100) -> list[Run]:
     if status:
         rows = conn.execute("SELECT * FROM runs WHERE status = ? ORDER BY created_at DESC"
@@ -46,14 +46,14 @@ def list_runs(conn: sqlite3.Connection, *, status: str | None = None,
     return [Run.from_row(r) for r in rows]
 
 
-def unfinished_run_ids(conn: sqlite3.Connection) -> list[str]:
+def unfinished_run_ids(conn: Connection) -> list[str]:
     marks = ",".join("?" * len(TERMINAL))
     return [r[0] for r in conn.execute(
         f"SELECT run_id FROM runs WHERE status NOT IN ({marks}) ORDER BY priority DESC,"
         " created_at", tuple(TERMINAL))]
 
 
-def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
+def count_by_status(conn: Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in conn.execute("SELECT status, count(*) FROM runs GROUP BY status")}
 
 
@@ -66,7 +66,7 @@ def run_update(run_id: str, now: float, **fields: Any) -> tuple[str, tuple[Any, 
     return f"UPDATE runs SET {sets} WHERE run_id = ?", (*encoded.values(), run_id)
 
 
-def update_run(conn: sqlite3.Connection, run_id: str, now: float, **fields: Any) -> None:
+def update_run(conn: Connection, run_id: str, now: float, **fields: Any) -> None:
     conn.execute(*run_update(run_id, now, **fields))
 
 
@@ -107,23 +107,23 @@ def step_row(run_id: str, s: StepRow) -> tuple[str, tuple[Any, ...]]:
                                 (call[0], call[1], dumps(call[2])))))
 
 
-def insert_step(conn: sqlite3.Connection, **fields: Any) -> int:
-    cur = conn.execute(*step_insert(**fields))
-    return int(cur.lastrowid or 0)
+def insert_step(conn: Connection, **fields: Any) -> int:
+    sql, params = step_insert(**fields)
+    return int(conn.execute(sql + " RETURNING id", params).fetchone()[0])
 
 
-def steps(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+def steps(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))
     return [{**dict(r), "output": loads(r["output"])} for r in rows]
 
 
-def memo_get(conn: sqlite3.Connection, run_id: str, scope: str, key: str) -> Any:
+def memo_get(conn: Connection, run_id: str, scope: str, key: str) -> Any:
     row = conn.execute("SELECT value FROM memo WHERE run_id = ? AND scope = ? AND key = ?",
                        (run_id, scope, key)).fetchone()
     return None if row is None else loads(row[0])
 
 
-def memo_put(conn: sqlite3.Connection, run_id: str, scope: str, key: str, value: Any,
+def memo_put(conn: Connection, run_id: str, scope: str, key: str, value: Any,
              now: float) -> None:
     conn.execute("INSERT INTO memo (run_id, scope, key, value, created_at) VALUES (?,?,?,?,?)",
                  (run_id, scope, key, dumps(value), now))
@@ -131,29 +131,29 @@ def memo_put(conn: sqlite3.Connection, run_id: str, scope: str, key: str, value:
 
 # approvals ------------------------------------------------------------------------------------
 
-def create_approval(conn: sqlite3.Connection, *, run_id: str, node: str, kind: str, prompt: str,
+def create_approval(conn: Connection, *, run_id: str, node: str, kind: str, prompt: str,
                     context: Any, now: float, timeout_at: float | None) -> int:
-    cur = conn.execute(
+    approval_id = int(conn.execute(
         "INSERT INTO approvals (run_id, node, kind, prompt, context, status, created_at,"
-        " timeout_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-        (run_id, node, kind, prompt, dumps(context), now, timeout_at))
+        " timeout_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+        (run_id, node, kind, prompt, dumps(context), now, timeout_at)).fetchone()[0])
     conn.execute("UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?",
                  (WAITING, now, run_id))
-    return int(cur.lastrowid or 0)
+    return approval_id
 
 
-def get_approval(conn: sqlite3.Connection, approval_id: int) -> dict[str, Any] | None:
+def get_approval(conn: Connection, approval_id: int) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
     return _approval(row) if row else None
 
 
-def pending_approval(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
+def pending_approval(conn: Connection, run_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM approvals WHERE run_id = ? AND status = 'pending'"
                        " ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
     return _approval(row) if row else None
 
 
-def list_approvals(conn: sqlite3.Connection, *, pending_only: bool = True,
+def list_approvals(conn: Connection, *, pending_only: bool = True,
                    run_id: str | None = None) -> list[dict[str, Any]]:
     sql, args = "SELECT * FROM approvals WHERE 1=1", []
     if pending_only:
@@ -164,7 +164,7 @@ def list_approvals(conn: sqlite3.Connection, *, pending_only: bool = True,
     return [_approval(r) for r in conn.execute(sql + " ORDER BY id", args)]
 
 
-def decide(conn: sqlite3.Connection, approval_id: int, *, status: str, by: str, origin: str,
+def decide(conn: Connection, approval_id: int, *, status: str, by: str, origin: str,
            note: str | None, patch: Any, now: float) -> bool:
     """Record a decision on a pending approval; False if it was already decided."""
     cur = conn.execute(
@@ -174,20 +174,20 @@ def decide(conn: sqlite3.Connection, approval_id: int, *, status: str, by: str, 
     return cur.rowcount == 1
 
 
-def _approval(row: sqlite3.Row) -> dict[str, Any]:
+def _approval(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["context"] = loads(out["context"])
     out["patch"] = loads(out["patch"])
     return out
 
 
-def due_approval_timeouts(conn: sqlite3.Connection) -> list[tuple[float, int]]:
+def due_approval_timeouts(conn: Connection) -> list[tuple[float, int]]:
     return [(r[0], r[1]) for r in conn.execute(
         "SELECT timeout_at, id FROM approvals WHERE status = 'pending'"
         " AND timeout_at IS NOT NULL")]
 
 
-def runs_to_wake(conn: sqlite3.Connection) -> list[str]:
+def runs_to_wake(conn: Connection) -> list[str]:
     """Runs changed from outside the engine: queued, decided, or asked to cancel."""
     rows = conn.execute(
         "SELECT run_id FROM runs WHERE status = 'queued'"
@@ -200,7 +200,7 @@ def runs_to_wake(conn: sqlite3.Connection) -> list[str]:
 
 # tool journal ---------------------------------------------------------------------------------
 
-def journal_get(conn: sqlite3.Connection, key: str, attempt: int) -> dict[str, Any] | None:
+def journal_get(conn: Connection, key: str, attempt: int) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM tool_calls WHERE idem_key = ? AND attempt = ?",
                        (key, attempt)).fetchone()
     if row is None:
@@ -218,7 +218,7 @@ def intent_insert(*, key: str, attempt: int, run_id: str, node: str, tool: str, 
             (key, attempt, run_id, node, tool, dumps(args), now))
 
 
-def journal_intent(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: str, node: str,
+def journal_intent(conn: Connection, *, key: str, attempt: int, run_id: str, node: str,
                    tool: str, args: Any, now: float) -> None:
     conn.execute(*intent_insert(key=key, attempt=attempt, run_id=run_id, node=node, tool=tool,
                                 args=args, now=now))
@@ -244,7 +244,7 @@ def result_upsert(*, key: str, attempt: int, run_id: str, node: str, tool: str, 
              None if result is None else dumps(result), error, error_kind, started_at, now))
 
 
-def journal_result(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: str, node: str,
+def journal_result(conn: Connection, *, key: str, attempt: int, run_id: str, node: str,
                    tool: str, args: Any, status: str, result: Any, error: str | None,
                    error_kind: str | None, started_at: float, now: float) -> None:
     """Record the outcome; inserts the row when no intent was written (idempotent tools)."""
@@ -253,7 +253,7 @@ def journal_result(conn: sqlite3.Connection, *, key: str, attempt: int, run_id: 
                                 error_kind=error_kind, started_at=started_at, now=now))
 
 
-def tool_calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+def tool_calls(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     """Every call of a run, journaled in tool_calls or in its step row, in time order."""
     rows = conn.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY started_at, source, id",
                         (run_id,))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _version(row: sqlite3.Row) -> str | None:
+def _version(row: Any) -> str | None:
     try:
         return row["version"]  # type: ignore[no-any-return]
     except IndexError:  # a database from before runs.version (read by a read-only CLI)
@@ -62,7 +61,7 @@ class Run:
     version: str | None = None  # the workflow definition the run is pinned to
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Run:
+    def from_row(cls, row: Any) -> Run:
         return cls(run_id=row["run_id"], workflow=row["workflow"], status=row["status"],
                    node=row["node"], node_state=loads(row["node_state"]) or {},
                    visits=loads(row["visits"]) or {}, input=loads(row["input"]),

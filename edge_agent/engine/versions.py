@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -31,6 +30,7 @@ from edge_agent.config.model import (
     WorkflowConfig,
 )
 from edge_agent.engine.records import TERMINAL
+from sync.dbapi import Connection
 
 SHORT = 12  # hex digits a person sees; any unique prefix names a version
 
@@ -122,7 +122,7 @@ def from_definition(workflow: str, text: str) -> WorkflowConfig:
 
 
 # stored definitions ---------------------------------------------------------------------------
-def register(conn: sqlite3.Connection, wf: WorkflowConfig, now: float | None = None) -> str:
+def register(conn: Connection, wf: WorkflowConfig, now: float | None = None) -> str:
     """Store the workflow's definition (once per version); returns the version."""
     _, version, text = _entry(wf)
     conn.execute("INSERT INTO workflow_versions (workflow, version, definition, created_at)"
@@ -131,19 +131,19 @@ def register(conn: sqlite3.Connection, wf: WorkflowConfig, now: float | None = N
     return version
 
 
-def load(conn: sqlite3.Connection, workflow: str, version: str) -> WorkflowConfig | None:
+def load(conn: Connection, workflow: str, version: str) -> WorkflowConfig | None:
     row = conn.execute("SELECT definition FROM workflow_versions WHERE workflow = ? AND"
                        " version = ?", (workflow, version)).fetchone()
     return None if row is None else from_definition(workflow, row[0])
 
 
-def stored(conn: sqlite3.Connection, workflow: str) -> list[str]:
+def stored(conn: Connection, workflow: str) -> list[str]:
     return [r[0] for r in conn.execute(
         "SELECT version FROM workflow_versions WHERE workflow = ? ORDER BY created_at",
         (workflow,))]
 
 
-def pin_unpinned(conn: sqlite3.Connection, workflows: Mapping[str, WorkflowConfig]) -> int:
+def pin_unpinned(conn: Connection, workflows: Mapping[str, WorkflowConfig]) -> int:
     """Pin runs queued before versions existed to the definitions loaded now."""
     marks = ",".join("?" * len(TERMINAL))
     names = [r[0] for r in conn.execute(
@@ -161,7 +161,7 @@ def pin_unpinned(conn: sqlite3.Connection, workflows: Mapping[str, WorkflowConfi
     return pinned
 
 
-def prune(conn: sqlite3.Connection) -> int:
+def prune(conn: Connection) -> int:
     """Drop the definitions no unfinished run is pinned to (a finished run keeps its version
     string; its trace needs no graph)."""
     marks = ",".join("?" * len(TERMINAL))
@@ -172,7 +172,7 @@ def prune(conn: sqlite3.Connection) -> int:
         tuple(TERMINAL)).rowcount
 
 
-def in_flight_on_changed(conn: sqlite3.Connection, workflows: Mapping[str, WorkflowConfig]
+def in_flight_on_changed(conn: Connection, workflows: Mapping[str, WorkflowConfig]
                          ) -> list[dict[str, Any]]:
     """Unfinished runs pinned to a version other than the one `workflows` declares: where
     each stands, and whether its current node exists in the new version."""

@@ -6,7 +6,6 @@ Every local write of a replicated document commits with its outbox record (strea
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ import msgpack
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.store.db import Store
+from sync.dbapi import Connection
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.replica import Replica, SqliteDocStore
 
@@ -21,20 +21,20 @@ if TYPE_CHECKING:  # the store reads the device id and merge rules; it never loa
     from edge_agent.config import Config
 
 
-def replica(conn: sqlite3.Connection, config: Config) -> Replica:
+def replica(conn: Connection, config: Config) -> Replica:
     rules = {name: CollectionRules.from_mapping(r) for name, r in
              (config.sync.collections.items() if config.sync else ())}
     return Replica(config.device.id, SqliteDocStore(conn), rules=rules)
 
 
-def record_version(conn: sqlite3.Connection, version: Version) -> None:
+def record_version(conn: Connection, version: Version) -> None:
     from sync.outbox import Outbox
     Outbox(conn).append("control", "doc.version", msgpack.packb(version.encode()))
 
 
 def write_doc(store: Store, config: Config, collection: str, key: str,
               changes: dict[str, Any]) -> Version:
-    def tx(conn: sqlite3.Connection) -> Version:
+    def tx(conn: Connection) -> Version:
         version = replica(conn, config).write(collection, key, changes)
         record_version(conn, version)
         return version
@@ -42,7 +42,7 @@ def write_doc(store: Store, config: Config, collection: str, key: str,
     return result
 
 
-def apply_remote(conn: sqlite3.Connection, config: Config, version: Version) -> dict[str, Any]:
+def apply_remote(conn: Connection, config: Config, version: Version) -> dict[str, Any]:
     """A version from the cloud; a run's control document is then followed by the run."""
     r = replica(conn, config)
     changed = r.apply(version)
@@ -54,7 +54,7 @@ def apply_remote(conn: sqlite3.Connection, config: Config, version: Version) -> 
     return out
 
 
-def follow_run_control(conn: sqlite3.Connection, run_id: str,
+def follow_run_control(conn: Connection, run_id: str,
                        fields: dict[str, Any]) -> dict[str, Any]:
     """Make the run match its control document: `cancel_requested` (merged by max: once
     asked, it stays asked), `priority`, and `context_patch` (merged into the context of a
@@ -86,7 +86,7 @@ def follow_run_control(conn: sqlite3.Connection, run_id: str,
     return done
 
 
-def record_summary(conn: sqlite3.Connection, config: Config) -> dict[str, Any]:
+def record_summary(conn: Connection, config: Config) -> dict[str, Any]:
     """Append a `doc.summary` record: per collection, a digest per bucket of keys. The
     cloud answers a difference with `doc_sync` (see `sync_documents`)."""
     from sync.outbox import Outbox
@@ -98,7 +98,7 @@ def record_summary(conn: sqlite3.Connection, config: Config) -> dict[str, Any]:
     return summaries
 
 
-def sync_documents(conn: sqlite3.Connection, config: Config, collection: str,
+def sync_documents(conn: Connection, config: Config, collection: str,
                    buckets: list[int], n: int, versions: list[Any]) -> dict[str, Any]:
     """The cloud's `doc_sync`: take its versions in the buckets that differ, and send ours
     there back, so both sides end with the union."""
@@ -139,7 +139,7 @@ def resolve_conflict(store: Store, config: Config, full_key: str, *, take: str |
     if not sep:
         raise EdgeAgentError(f"a conflict key is COLLECTION/KEY (got {full_key!r})")
 
-    def tx(conn: sqlite3.Connection) -> Version:
+    def tx(conn: Connection) -> Version:
         try:
             version = replica(conn, config).resolve_conflict(
                 collection, key, take=take, value=value if isinstance(value, dict) else

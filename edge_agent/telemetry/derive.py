@@ -15,13 +15,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.engine.journal import scope_matches
 from edge_agent.telemetry.spans import CLIENT, Span
+from sync.dbapi import Connection
 
 MARK = "spans.last_step"
 MARK_RUNS = "spans.last_finished"
@@ -31,12 +31,12 @@ def span_id(*parts: object) -> str:
     return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def _mark(conn: sqlite3.Connection, name: str) -> float:
+def _mark(conn: Connection, name: str) -> float:
     row = conn.execute("SELECT value FROM telemetry_marks WHERE name = ?", (name,)).fetchone()
     return float(row[0]) if row else 0.0
 
 
-def _set(conn: sqlite3.Connection, name: str, value: float) -> None:
+def _set(conn: Connection, name: str, value: float) -> None:
     conn.execute("INSERT INTO telemetry_marks (name, value) VALUES (?, ?) ON CONFLICT (name)"
                  " DO UPDATE SET value = excluded.value", (name, value))
 
@@ -55,7 +55,7 @@ class SpanBatch:
         return self.upto != self.since
 
 
-def derive_spans(conn: sqlite3.Connection, *, kinds: Mapping[tuple[str, str], str] | None = None,
+def derive_spans(conn: Connection, *, kinds: Mapping[tuple[str, str], str] | None = None,
                  agents: Mapping[tuple[str, str], str] | None = None,
                  limit: int = 2000) -> SpanBatch:
     """Spans for steps committed since the watermark, and for runs finished since. Reads
@@ -119,7 +119,7 @@ def derive_spans(conn: sqlite3.Connection, *, kinds: Mapping[tuple[str, str], st
     return SpanBatch(spans + run_spans, since, (float(last), top), len(rows) >= limit)
 
 
-def commit_marks(conn: sqlite3.Connection, batch: SpanBatch) -> bool:
+def commit_marks(conn: Connection, batch: SpanBatch) -> bool:
     """Move the watermarks inside the write transaction, only if nobody moved them since the
     batch was derived (so no span is recorded twice); False when the batch is stale."""
     if (_mark(conn, MARK), _mark(conn, MARK_RUNS)) != batch.since:
@@ -133,10 +133,10 @@ class _Related:
     """Tool calls, model turns and decided approvals of a batch's runs, fetched with one
     query each and kept sorted by time for each run."""
 
-    def __init__(self, conn: sqlite3.Connection, steps: list[sqlite3.Row]) -> None:
-        self.calls: dict[str, list[sqlite3.Row]] = {}
-        self.turns: dict[str, list[sqlite3.Row]] = {}
-        self.approvals: dict[str, list[sqlite3.Row]] = {}
+    def __init__(self, conn: Connection, steps: list[Any]) -> None:
+        self.calls: dict[str, list[Any]] = {}
+        self.turns: dict[str, list[Any]] = {}
+        self.approvals: dict[str, list[Any]] = {}
         run_ids = sorted({s["run_id"] for s in steps})
         if not run_ids:
             return
@@ -157,14 +157,14 @@ class _Related:
                     table.setdefault(row["run_id"], []).append(row)
         for table, by in ((self.calls, "started_at"), (self.turns, "created_at"),
                           (self.approvals, "decided_at")):
-            def order(r: sqlite3.Row, k: str = by) -> tuple[Any, Any]:
+            def order(r: Any, k: str = by) -> tuple[Any, Any]:
                 return (r[k], r[0])
             for rows in table.values():
                 rows.sort(key=order)
 
     @staticmethod
-    def between(rows: list[sqlite3.Row] | None, key: str, lo: float, hi: float
-                ) -> list[sqlite3.Row]:
+    def between(rows: list[Any] | None, key: str, lo: float, hi: float
+                ) -> list[Any]:
         if not rows:
             return []
         start = bisect.bisect_left(rows, lo, key=lambda r: r[key])
@@ -172,7 +172,7 @@ class _Related:
         return rows[start:end]
 
 
-def _children(related: _Related, s: sqlite3.Row, step: dict[str, Any],
+def _children(related: _Related, s: Any, step: dict[str, Any],
               parent: str) -> list[Span]:
     def call_span(sid: str, tool: str, start: float, end: float, attempt: int, outcome: str,
                   key: str, error: str | None) -> Span:
@@ -242,7 +242,7 @@ def _in_segment(scope: str, step: dict[str, Any]) -> bool:
     return len(parts) < 3 or not parts[2].isdigit() or int(parts[2]) == step["segment"]
 
 
-def _finished_runs(conn: sqlite3.Connection, since: float) -> tuple[list[Span], float]:
+def _finished_runs(conn: Connection, since: float) -> tuple[list[Span], float]:
     out: list[Span] = []
     top = since
     for r in conn.execute("SELECT * FROM runs WHERE finished_at IS NOT NULL AND finished_at > ?"

@@ -18,7 +18,6 @@ gen_ai.provider.name and gen_ai.request.model.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -27,6 +26,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
+
+from sync.dbapi import Connection
 
 DURATION_BOUNDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60]
 # the bucket boundaries the GenAI conventions advise for each instrument
@@ -111,7 +112,7 @@ class MetricsCollector:
         self.last_call = 0
         self.since = time.time()
 
-    def collect(self, conn: sqlite3.Connection, sync_lag_s: float | None = None) -> bytes:
+    def collect(self, conn: Connection, sync_lag_s: float | None = None) -> bytes:
         now = time.time()
         durations: dict[tuple[str, str], _Hist] = defaultdict(lambda: _Hist(DURATION_BOUNDS))
         retries = 0

@@ -7,17 +7,17 @@ that commits only if the watermark is still where the snapshot found it.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent.store import GroupCommitter
+from edge_agent.store.backend import Writer
 from edge_agent.telemetry.derive import SpanBatch, commit_marks, derive_spans
 from edge_agent.telemetry.spans import encode
+from sync.dbapi import Connection
 from sync.outbox import Outbox
 
 
-def in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+def in_snapshot(conn: Connection, fn: Callable[[Connection], Any]) -> Any:
     """fn over one consistent read snapshot (a deferred read transaction)."""
     conn.execute("BEGIN")
     try:
@@ -26,7 +26,7 @@ def in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
         conn.execute("COMMIT")
 
 
-def record_spans(writer: GroupCommitter, *, service: str, device_id: str,
+def record_spans(writer: Writer, *, service: str, device_id: str,
                  kinds: Mapping[tuple[str, str], str] | None = None,
                  agents: Mapping[tuple[str, str], str] | None = None,
                  limits: Mapping[str, int] | None = None, max_rounds: int = 16) -> list[bytes]:
@@ -42,7 +42,7 @@ def record_spans(writer: GroupCommitter, *, service: str, device_id: str,
         payload = encode(batch.spans, service=service, device_id=device_id) \
             if batch.spans else None
 
-        def tx(conn: sqlite3.Connection, batch: SpanBatch = batch,
+        def tx(conn: Connection, batch: SpanBatch = batch,
                payload: bytes | None = payload) -> bool:
             if not commit_marks(conn, batch):
                 return False

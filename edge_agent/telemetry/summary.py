@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from sync.dbapi import Connection
 
 # A call's final states: what counts towards a tool's success rate.
 _OK = ("ok", "confirmed")
@@ -33,7 +34,7 @@ def _dist(values: Sequence[float]) -> dict[str, Any]:
             "max": max(values) if values else None}
 
 
-def collect(conn: sqlite3.Connection, *, since: float,
+def collect(conn: Connection, *, since: float,
             kinds: Mapping[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """Everything `edge-agent metrics` shows, for what started at or after `since`.
     `kinds` maps (workflow, node) to the node's kind, from the config."""
@@ -43,7 +44,7 @@ def collect(conn: sqlite3.Connection, *, since: float,
             "models": _models(conn, since)}
 
 
-def _tools(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+def _tools(conn: Connection, since: float) -> list[dict[str, Any]]:
     durations: dict[str, list[float]] = defaultdict(list)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"ok": 0, "failed": 0,
                                                             "unknown": 0})
@@ -64,7 +65,7 @@ def _tools(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     return out
 
 
-def _retries(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
+def _retries(conn: Connection, since: float) -> dict[str, Any]:
     """Attempts after the first, per node, and the runs that needed them."""
     by_node: dict[str, int] = {}
     runs: set[str] = set()
@@ -76,7 +77,7 @@ def _retries(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     return {"total": sum(by_node.values()), "runs": len(runs), "by_node": by_node}
 
 
-def _steps(conn: sqlite3.Connection, since: float,
+def _steps(conn: Connection, since: float,
            kinds: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
     durations: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     failed: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -91,7 +92,7 @@ def _steps(conn: sqlite3.Connection, since: float,
             for (w, n, k) in sorted(durations)]
 
 
-def _agents(conn: sqlite3.Connection, since: float,
+def _agents(conn: Connection, since: float,
             kinds: Mapping[tuple[str, str], str]) -> dict[str, Any]:
     """Wall time of agent steps (every turn and tool call of the agent, handoffs included)
     and how many handoffs there were."""
@@ -109,7 +110,7 @@ def _agents(conn: sqlite3.Connection, since: float,
     return {"handoffs": handoffs, "execution_s": _dist(times)}
 
 
-def _models(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+def _models(conn: Connection, since: float) -> list[dict[str, Any]]:
     """Per model: turns, tokens in and out, tokens/s and time to first token."""
     per: dict[str, dict[str, Any]] = {}
     for (value,) in conn.execute("SELECT value FROM memo WHERE created_at >= ?", (since,)):

@@ -128,10 +128,11 @@ def keep_what_each_fsync_makes_durable(db: Path, into: Path) -> None:
     writer_module.os.fdatasync = fdatasync  # type: ignore[attr-defined]
 
 
-async def main(db: Path, ledger: Path, runs: int) -> None:
+async def main(db: Path | str, ledger: Path, runs: int) -> None:
     import os
     h = Harness(db, workflows(), make_tools(ledger), agent_runner=scripted_agent)
     if os.environ.get("POWER_CUT_DIR"):
+        assert isinstance(db, Path)
         keep_what_each_fsync_makes_durable(db, Path(os.environ["POWER_CUT_DIR"]))
     engine = await h.start()
     if os.environ.get("POWER_CUT_DIR"):
@@ -150,4 +151,6 @@ async def main(db: Path, ledger: Path, runs: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])))
+    target = sys.argv[1]  # a SQLite file, or a postgresql:// URL
+    asyncio.run(main(target if "://" in target else Path(target), Path(sys.argv[2]),
+                     int(sys.argv[3])))

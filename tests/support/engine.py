@@ -17,6 +17,7 @@ from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding
 from edge_agent.engine import queries as q
 from edge_agent.store import GroupCommitter, Store
+from edge_agent.store.backend import open_database, writer_for
 
 # the params schema of the ledger tools the engine tests call "stamp"
 STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
@@ -81,7 +82,7 @@ def ledger(tmp_path: Path) -> Path:
 class Harness:
     """Starts an engine over a store, and waits for runs to settle."""
 
-    def __init__(self, db_path: Path, workflows: Mapping[str, Any],
+    def __init__(self, db_path: Path | str, workflows: Mapping[str, Any],
                  tools: Mapping[str, ToolBinding], agent_runner: Any = None,
                  spans: bool = False) -> None:
         self.db_path = db_path
@@ -89,13 +90,13 @@ class Harness:
         self.tools = tools
         self.agent_runner = agent_runner
         self.spans = spans
-        self.store: Store | None = None
-        self.writer: GroupCommitter | None = None
+        self.store: Any = None  # a Store, or a PgStore when db_path is a postgresql:// URL
+        self.writer: Any = None
         self.engine: Engine | None = None
 
     async def start(self) -> Engine:
-        self.store = Store(self.db_path)
-        self.writer = GroupCommitter(self.store)
+        self.store = open_database(self.db_path)
+        self.writer = writer_for(self.store)
         self.engine = Engine(store=self.store, writer=self.writer, workflows=self.workflows,
                              tools=self.tools, agent_runner=self.agent_runner)
         await self.engine.start()
@@ -136,13 +137,13 @@ class Harness:
         return self.store.read(lambda c: q.steps(c, run_id))
 
 
-def interrupted_call(db_path: Path, wf: Any, args: Mapping[str, Any]) -> str:
+def interrupted_call(db_path: Path | str, wf: Any, args: Mapping[str, Any]) -> str:
     """A run of workflow `w` whose first node `a` had started its non-idempotent call (the
     intent committed) and never recorded an outcome: what the database holds after a
     SIGKILL in the middle of the call. Returns the run id."""
     from edge_agent.engine import queue_run
     from edge_agent.engine.journal import call_key
-    store = Store(db_path)
+    store = open_database(db_path)
     try:
         rid = queue_run(store.write, workflow="w", input={}, workflows={"w": wf}, run_id="r1")
         now = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -61,3 +62,15 @@ class Postgres:
             pass
         time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_names = itertools.count()
+
+
+def fresh_pg_url(pg: Postgres) -> str:
+    """A new, empty database in the cluster `pg`."""
+    import psycopg
+    name = f"t{next(_names)}"
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return pg.url.rsplit("/", 1)[0] + "/" + name

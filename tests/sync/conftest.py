@@ -1,35 +1,13 @@
-"""Fleet stores for the sync tests: a SQLite file, or a fresh database in one PostgreSQL
-cluster started for the session (stopped at its end, also on failure)."""
+"""Fleet stores for the sync tests: a SQLite file, or a fresh database in the session's
+PostgreSQL cluster (tests/conftest.py)."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.postgres import Postgres, bindir
-
-_names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Postgres]:
-    if bindir() is None:
-        pytest.skip("PostgreSQL is not installed (make test installs it)")
-    pg = Postgres().start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
-
-
-def fresh_pg_url(pg: Postgres) -> str:
-    import psycopg
-    name = f"t{next(_names)}"
-    with psycopg.connect(pg.url, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    return pg.url.rsplit("/", 1)[0] + "/" + name
+from support.postgres import Postgres, fresh_pg_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

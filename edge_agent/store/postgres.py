@@ -1,0 +1,288 @@
+"""The engine's store in PostgreSQL: the cloud runner's, for more than one server's worth.
+
+The engine's SQL is written once, with `?` placeholders (`sync.dbapi`); each connection
+here is wrapped so that it takes that SQL and hands back rows that index by position and
+by name, as `sqlite3.Row` does. Writers are serialized the way SQLite's BEGIN IMMEDIATE
+serializes them: each write transaction first takes one transaction-scoped advisory lock,
+so the engine's rules see the same one-writer database on both backends (and a CLI in
+another process waits its turn). PostgreSQL makes each COMMIT durable before it returns
+(`synchronous_commit` on, its default), so `PgWriter.durable()` has nothing left to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from edge_agent.errors import SchemaTooNew, StoreError
+from edge_agent.store.backend import Then, WriteFn
+from edge_agent.store.pg_migrations import PG_MIGRATIONS
+from sync.dbapi import Connection
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WRITE_LOCK = 0x65646765  # the advisory lock every write transaction takes first
+Migration = tuple[int, Sequence[str]]
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user = head.partition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+
+
+class Row:
+    """A result row: `row[0]`, `row["name"]`, `dict(row)`, unpacking, as `sqlite3.Row`."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values: Sequence[Any]) -> None:
+        self._names, self._values = names, values
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[key if isinstance(key, int) else self._names[key]]
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._names, self._values, strict=True))!r})"
+
+
+def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
+    names = {d.name: i for i, d in enumerate(cursor.description or ())}
+    return lambda values: Row(names, values)
+
+
+_translated: dict[str, str] = {}
+
+
+def _sql(sql: str) -> str:
+    """`?` placeholders as psycopg's `%s` (a literal `%` doubled)."""
+    out = _translated.get(sql)
+    if out is None:
+        out = sql.replace("%", "%%").replace("?", "%s")
+        if len(_translated) < 1024:
+            _translated[sql] = out
+    return out
+
+
+class PgConnection:
+    """A psycopg connection that speaks `sync.dbapi.Connection`."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.raw.execute(_sql(sql), tuple(parameters) if parameters else None)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
+        cur = self.raw.cursor()
+        cur.executemany(_sql(sql), [tuple(p) for p in parameters])
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+        return bool(self.raw.info.transaction_status != TransactionStatus.IDLE)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PgStore:
+    """One PostgreSQL database; a connection per thread; numbered migrations at open."""
+
+    def __init__(self, url: str, *, migrations: Sequence[Migration] = PG_MIGRATIONS,
+                 readonly: bool = False) -> None:
+        try:
+            import psycopg  # noqa: F401 - the cloud extra
+        except ImportError as exc:
+            raise StoreError("a postgresql:// store needs psycopg: install edge-agent[cloud]"
+                             ) from exc
+        self.url = url
+        self.path = redact(url)  # what messages name, as Store.path
+        self.readonly = readonly
+        self._local = threading.local()
+        self._conns: list[PgConnection] = []
+        self._lock = threading.Lock()
+        self.schema_version = max((v for v, _ in migrations), default=0)
+        if readonly:
+            self.read(self._check_version)
+        else:
+            self._migrate(migrations)
+
+    def _error(self, exc: Exception) -> StoreError:
+        return StoreError(f"{self.path}: {str(exc).strip() or type(exc).__name__}")
+
+    # connections -----------------------------------------------------------------------------
+    def _open(self) -> PgConnection:
+        import psycopg
+        try:
+            raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.path}: cannot connect: {str(exc).strip()}") from exc
+        conn = PgConnection(raw)
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    @property
+    def conn(self) -> PgConnection:
+        """This thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.raw.closed:
+            conn = self._local.conn = self._open()
+            self._local.depth = 0
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
+        self._local = threading.local()
+
+    # transactions ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[PgConnection]:
+        """A write transaction (one writer at a time); nested calls become savepoints."""
+        import psycopg
+        conn = self.conn
+        depth = self._local.depth
+        name = f"sp{depth}"
+        try:
+            if depth == 0:
+                conn.execute("BEGIN")
+                conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            else:
+                conn.execute(f"SAVEPOINT {name}")
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                if depth == 0 and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise self._error(exc) from exc
+        self._local.depth = depth + 1
+        try:
+            yield conn
+        except BaseException:
+            self._local.depth = depth
+            with contextlib.suppress(psycopg.Error):
+                if depth == 0:
+                    conn.execute("ROLLBACK")
+                else:
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self._local.depth = depth
+        try:
+            conn.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
+        except psycopg.Error as exc:
+            if depth == 0:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise self._error(exc) from exc
+
+    def write(self, fn: WriteFn) -> Any:
+        """Run fn inside one transaction, translating PostgreSQL's errors."""
+        import psycopg
+        try:
+            with self.atomic() as conn:
+                return fn(conn)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        import psycopg
+        try:
+            return fn(self.conn)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    # migrations ------------------------------------------------------------------------------
+    def _check_version(self, conn: Connection) -> int:
+        exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+        row = conn.execute("SELECT version FROM schema_version").fetchone() if exists else None
+        found = int(row[0]) if row else 0
+        if found > self.schema_version:
+            raise SchemaTooNew(self.path, found, self.schema_version)
+        return found
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        def apply(c: Connection) -> None:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            for version, statements in sorted(migrations, key=lambda m: m[0]):
+                if self._check_version(c) >= version:
+                    continue  # another process got there first
+                for sql in statements:
+                    c.execute(sql)
+                c.execute("DELETE FROM schema_version")
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                log.info("applied migration %d to %s", version, self.path)
+            self._check_version(c)
+        self.write(apply)
+
+
+class PgWriter:
+    """The engine's writer over a `PgStore`: each write commits on the caller's thread
+    (PostgreSQL gathers concurrent commits' flushes itself), so a continuation runs there
+    too, before `write_then` returns, as the group committer's does for a lone writer."""
+
+    def __init__(self, store: PgStore) -> None:
+        self._store = store
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
+        self.commits = 0
+
+    @property
+    def store(self) -> PgStore:
+        return self._store
+
+    def write(self, fn: WriteFn) -> Any:
+        value = self._store.write(fn)
+        self.commits += 1
+        return value
+
+    def write_then(self, fn: WriteFn, then: Then, *, durable: bool = True) -> None:
+        try:
+            value = self.write(fn)
+        except Exception as exc:  # noqa: BLE001 - handed to the continuation, as an outcome
+            ok, value = False, exc
+        else:
+            ok = True
+        try:
+            then(ok, value)
+        except Exception:  # a continuation must not break the writer, as in the committer
+            log.exception("write continuation failed")
+
+    def submit(self, fn: WriteFn) -> Future[Any]:
+        return self._pool.submit(self.write, fn)
+
+    def let_through(self) -> None:
+        """Nothing to let through: no writer holds a batch open here."""
+
+    def durable(self) -> None:
+        """Every COMMIT here was durable when it returned."""
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+__all__ = ["PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]
