@@ -34,4 +34,13 @@ class Connection(Protocol):
     def in_transaction(self) -> bool: ...
 
 
-__all__ = ["Connection", "Cursor"]
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user = head.partition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+
+
+__all__ = ["Connection", "Cursor", "redact"]

@@ -15,6 +15,8 @@ from typing import Any
 from edge_agent.config import Config, load_config
 from edge_agent.daemon.control_socket import request
 from edge_agent.store import Store
+from edge_agent.store.backend import Database
+from edge_agent.store.opening import open_database
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -64,7 +66,9 @@ class Context:
         except (OSError, ValueError):
             return None
 
-    def store(self, *, write: bool = False) -> Store:
+    def store(self, *, write: bool = False) -> Database:
+        if self.config.device.database:  # PostgreSQL (the cloud runner's engine)
+            return open_database(self.config.device.database, readonly=not write)
         path = self.config.db_path
         if not write and not path.exists():
             raise CliError(f"no database at {path} yet: the daemon has never run here and no "

@@ -55,8 +55,8 @@ def cmd_tools(ctx: Context, args: argparse.Namespace) -> int:
                 f"{args.name}: arguments valid (dry run, nothing touched)")
         return 0
     from edge_agent.daemon.runtime import build_tools, close_tools
-    from edge_agent.store import Store
-    store = Store(cfg.db_path) if cfg.tools[args.name].kind == "kv" else None
+    from edge_agent.store.opening import open_database
+    store = open_database(cfg.database) if cfg.tools[args.name].kind == "kv" else None
     tools = build_tools(cfg, store)
     try:
         key = f"cli-{args.name}-{uuid.uuid4().hex}"  # each call is a new request to the device

@@ -17,7 +17,7 @@ from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.store import Store
+from edge_agent.store.opening import open_database
 from edge_agent.telemetry.summary import collect, one_line
 
 
@@ -155,16 +155,17 @@ def _runs_on_changed_workflows(cfg: Any) -> list[dict[str, Any]]:
     """Runs in flight whose workflow this config changes, from the database the config's
     data_dir holds (none if there is none yet)."""
     from edge_agent.engine.versions import in_flight_on_changed
-    if not cfg.db_path.exists():
+    if cfg.device.database is None and not cfg.db_path.exists():
         return []
     try:
-        store = Store(cfg.db_path, readonly=True)
+        store = open_database(cfg.database, readonly=True)
     except EdgeAgentError as exc:  # a database this release cannot read: the config is ok
         print(f"edge-agent: runs in flight not checked: {exc}", file=sys.stderr)
         return []
     try:
-        if store.read(lambda c: c.execute("SELECT count(*) FROM sqlite_master WHERE name ="
-                                          " 'workflow_versions'").fetchone()[0]) == 0:
+        if cfg.device.database is None and store.read(lambda c: c.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'workflow_versions'"
+                ).fetchone()[0]) == 0:
             return []  # a database from before versions: its runs are pinned at next start
         result: list[dict[str, Any]] = store.read(
             lambda c: in_flight_on_changed(c, cfg.workflows))

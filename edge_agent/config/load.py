@@ -28,6 +28,7 @@ from edge_agent.config.model import (
 from edge_agent.config.workflows import parse_retry, parse_workflow
 from edge_agent.errors import ConfigError
 from sync.config_reader import ConfigIssue, Table
+from sync.dbapi import redact
 
 DEFAULT_PATH = Path("/etc/edge-agent/config.toml")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -41,6 +42,7 @@ ENV_OVERLAY = {
     "EDGE_AGENT_DEVICE_ID": ("device", "id"),
     "EDGE_AGENT_DATA_DIR": ("device", "data_dir"),
     "EDGE_AGENT_RUNTIME_DIR": ("device", "runtime_dir"),
+    "EDGE_AGENT_DATABASE": ("device", "database"),
     "EDGE_AGENT_LOG_FORMAT": ("telemetry", "log_format"),
     "EDGE_AGENT_LOG_LEVEL": ("telemetry", "log_level"),
 }
@@ -129,6 +131,10 @@ def parse_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         if wf is not None:
             workflows[n] = wf
     sync = _sync(root, base)
+    if sync is not None and device is not None and device.database is not None:
+        issues.append(ConfigIssue("device.database", "a PostgreSQL store is the cloud"
+                                  " runner's; a device with [sync] keeps its SQLite file",
+                                  redact(device.database)))
     telemetry = _telemetry(root)
     root.finish()
     if issues or device is None:
@@ -161,11 +167,17 @@ def _device(root: Table, base: Path) -> DeviceConfig | None:
                         or "/run/edge-agent")
     sync_mode = t.string("synchronous", "FULL", choices=("FULL", "NORMAL", "EXTRA"))
     drain = t.number("drain_timeout_s", 30.0, min=0.0)
+    # the engine's store: the SQLite file in data_dir, or (the cloud runner) PostgreSQL
+    database = t.string("database")
+    if database is not None and not database.startswith(("postgresql://", "postgres://")):
+        t.error("database", "must be a postgresql:// URL (leave it out for the SQLite file"
+                " in data_dir)", database)
+        database = None
     t.finish()
     if dev_id is None or data_dir is None or runtime_dir is None:
         return None
     return DeviceConfig(id=dev_id, data_dir=data_dir, runtime_dir=runtime_dir,
-                        synchronous=sync_mode, drain_timeout_s=drain)
+                        synchronous=sync_mode, drain_timeout_s=drain, database=database)
 
 
 def _model(name: str, t: Table, base: Path) -> ModelConfig | None:

@@ -40,6 +40,7 @@ class DeviceConfig:
     runtime_dir: Path
     synchronous: str = "FULL"
     drain_timeout_s: float = 30.0
+    database: str | None = None  # a postgresql:// URL; None: the SQLite file in data_dir
 
 
 @dataclass(frozen=True)
@@ -212,3 +213,8 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.device.data_dir / "edge-agent.db"
+
+    @property
+    def database(self) -> str | Path:
+        """The engine's store: `[device] database` (PostgreSQL), else the SQLite file."""
+        return self.device.database or self.db_path

@@ -29,7 +29,7 @@ from edge_agent.engine import queries as q
 from edge_agent.engine.control import queue_run
 from edge_agent.engine.records import COMPLETED, TERMINAL
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.store import Store
+from edge_agent.store.opening import open_database
 from sync.cloud.handoffs import child_run_id
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class WorkflowTarget:
                  request: dict[str, Any]) -> Any:
         rid = child_run_id(str(request["key"]))
         trace_id = _trace_id(request.get("traceparent"))
-        store = Store(self.config.db_path, synchronous=self.config.device.synchronous)
+        store = open_database(self.config.database, synchronous=self.config.device.synchronous)
         try:
             def start(conn: Any) -> str:
                 run_id = queue_run(lambda fn: fn(conn), workflow=self.workflow,

@@ -9,12 +9,12 @@ from typing import Any
 
 from edge_agent.config import Config
 from edge_agent.engine.bindings import AgentRunner, RemoteTool, ToolBinding
-from edge_agent.store import Store
+from edge_agent.store.backend import Database
 
 log = logging.getLogger(__name__)
 
 
-def build_tools(cfg: Config, store: Store | None = None,
+def build_tools(cfg: Config, store: Database | None = None,
                 reuse: Mapping[str, ToolBinding] | None = None) -> dict[str, ToolBinding]:
     """The configured tools; `kv` tools need the device store (without one they are left
     out, as for `edge-agent tools` run without the daemon's store). A tool in `reuse` is
@@ -78,7 +78,7 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def outbox_streams(store: Store) -> dict[str, dict[str, Any]]:
+def outbox_streams(store: Database) -> dict[str, dict[str, Any]]:
     from sync.outbox import Outbox
     stats = store.read(lambda c: Outbox(c).stats())
     return {name: {"pending": s.pending, "pending_bytes": s.pending_bytes,
@@ -87,7 +87,7 @@ def outbox_streams(store: Store) -> dict[str, dict[str, Any]]:
             for name, s in stats.items()}
 
 
-def sync_status(store: Store, sync: Any) -> dict[str, Any]:
+def sync_status(store: Database, sync: Any) -> dict[str, Any]:
     return {"configured": sync is not None,
             "connected": bool(sync is not None and sync.connected),
             "broker": getattr(sync, "broker", None),

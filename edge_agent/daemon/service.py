@@ -26,7 +26,8 @@ from edge_agent.daemon.triggers import EdgeTrigger, stop_all
 from edge_agent.engine import Engine, queue_run
 from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError, StoreError
-from edge_agent.store import GroupCommitter, Store
+from edge_agent.store.backend import Database, Writer
+from edge_agent.store.opening import open_database, writer_for
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
 
@@ -43,8 +44,8 @@ class Daemon:
         self.started_at = time.time()
         self.notifier = SystemdNotifier()
         self.lock = DataDirLock(config.device.data_dir)
-        self.store: Store | None = None
-        self.writer: GroupCommitter | None = None
+        self.store: Database | None = None
+        self.writer: Writer | None = None
         self.engine: Engine | None = None
         self.sync: Any = None
         self.control: ControlServer | None = None
@@ -70,8 +71,8 @@ class Daemon:
 
     async def _run(self) -> int:
         cfg = self.config
-        self.store = Store(cfg.db_path, synchronous=cfg.device.synchronous)
-        self.writer = GroupCommitter(self.store)
+        self.store = open_database(cfg.database, synchronous=cfg.device.synchronous)
+        self.writer = writer_for(self.store)
         self.tools = build_tools(cfg, self.store)
         self.sync = self._build_sync()
         limits = cfg.sync.outbox_max_bytes if cfg.sync else None
@@ -216,13 +217,13 @@ class Daemon:
 
     # background loops -------------------------------------------------------------------------
     async def _watch_external(self) -> None:
-        """Notice writes by other processes (the CLI) with one cheap pragma per tick."""
+        """Notice writes by other processes (the CLI) with one cheap query per tick."""
         assert self.store is not None and self.engine is not None
-        conn = self.store.conn  # the loop thread's own connection, reads only
-        last = conn.execute("PRAGMA data_version").fetchone()[0]
+        store = self.store
+        last = store.changes()  # on the loop thread's own connection, reads only
         while True:
             await asyncio.sleep(EXTERNAL_POLL_S)
-            now = conn.execute("PRAGMA data_version").fetchone()[0]
+            now = store.changes()
             if now != last:
                 last = now
                 self.engine.wake(None)

@@ -3,14 +3,14 @@
 Two implementations pass one conformance suite (`tests/engine/test_store_conformance.py`):
 the device's SQLite file (`Store` with its group-committing `GroupCommitter`) and
 PostgreSQL for the cloud runner (`PgStore` with `PgWriter`). The engine's SQL is written
-once, to `sync.dbapi.Connection`: plain SQL both take.
+once, to `sync.dbapi.Connection`: plain SQL both take. `edge_agent.store.opening` picks
+the implementation for a target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sync.dbapi import Connection
@@ -26,6 +26,9 @@ class Database(Protocol):
     def read(self, fn: Callable[[Connection], T]) -> T: ...
 
     def write(self, fn: WriteFn) -> Any: ...
+
+    def changes(self) -> Any:
+        """A value that changes when another connection commits (and may on our own)."""
 
     def close(self) -> None: ...
 
@@ -54,26 +57,4 @@ class Writer(Protocol):
 
 
 
-def open_database(target: str | Path, *, synchronous: str = "FULL",
-                  readonly: bool = False) -> Database:
-    """The engine's database at `target`: a `postgresql://` URL (the cloud runner's
-    PostgreSQL store), else the path of a SQLite file."""
-    from edge_agent.store.postgres import PgStore, is_url
-    if isinstance(target, str) and is_url(target):
-        return PgStore(target, readonly=readonly)
-    from edge_agent.store.db import Store
-    return Store(target, synchronous=synchronous, readonly=readonly)
-
-
-def writer_for(db: Database) -> Writer:
-    """The writer the engine commits through on `db`."""
-    from edge_agent.store.postgres import PgStore, PgWriter
-    if isinstance(db, PgStore):
-        return PgWriter(db)
-    from edge_agent.store.db import Store
-    from edge_agent.store.writer import GroupCommitter
-    assert isinstance(db, Store)
-    return GroupCommitter(db)
-
-
-__all__ = ["Database", "Then", "WriteFn", "Writer", "open_database", "writer_for"]
+__all__ = ["Database", "Then", "WriteFn", "Writer"]

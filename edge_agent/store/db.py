@@ -93,6 +93,10 @@ class Store:
             self._local.depth = 0
         return conn
 
+    def changes(self) -> Any:
+        """SQLite's data_version on this thread's connection: moves on others' commits."""
+        return self.read(lambda c: c.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.store.db import Store
+from edge_agent.store.backend import Database
 from sync.dbapi import Connection
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.replica import Replica, SqliteDocStore
@@ -32,7 +32,7 @@ def record_version(conn: Connection, version: Version) -> None:
     Outbox(conn).append("control", "doc.version", msgpack.packb(version.encode()))
 
 
-def write_doc(store: Store, config: Config, collection: str, key: str,
+def write_doc(store: Database, config: Config, collection: str, key: str,
               changes: dict[str, Any]) -> Version:
     def tx(conn: Connection) -> Version:
         version = replica(conn, config).write(collection, key, changes)
@@ -118,7 +118,7 @@ def sync_documents(conn: Connection, config: Config, collection: str,
     return {"collection": collection, "taken": taken, "sent": sent}
 
 
-def list_conflicts(store: Store) -> list[dict[str, Any]]:
+def list_conflicts(store: Database) -> list[dict[str, Any]]:
     rows = store.read(lambda c: c.execute(
         "SELECT collection, key, versions, siblings FROM docs WHERE siblings != '{}'"
         " ORDER BY collection, key").fetchall())
@@ -133,7 +133,7 @@ def list_conflicts(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def resolve_conflict(store: Store, config: Config, full_key: str, *, take: str | None,
+def resolve_conflict(store: Database, config: Config, full_key: str, *, take: str | None,
                      value: Any) -> dict[str, Any]:
     collection, sep, key = full_key.rpartition("/")
     if not sep:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
-from sync.dbapi import Connection
+from sync.dbapi import Connection, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,15 +31,6 @@ Migration = tuple[int, Sequence[str]]
 
 def is_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, user = head.partition("//")
-    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
 
 
 class Row:
@@ -152,6 +143,11 @@ class PgStore:
             conn = self._local.conn = self._open()
             self._local.depth = 0
         return conn
+
+    def changes(self) -> Any:
+        """Where PostgreSQL's WAL ends: moves with every commit, ours included."""
+        return self.read(lambda c: c.execute("SELECT pg_current_wal_insert_lsn()::text")
+                         .fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ from edge_agent.engine import ToolBinding, decide_approval
 from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.errors import StoreError
-from edge_agent.store.backend import open_database
+from edge_agent.store.opening import open_database
 
 TESTS = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent.engine import decide_approval
 from edge_agent.engine import queries as q
-from edge_agent.store.backend import open_database
+from edge_agent.store.opening import open_database
 from support.crash_child import IDEMPOTENT
 from support.engine import ledger_lines
 

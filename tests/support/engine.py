@@ -17,7 +17,7 @@ from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding
 from edge_agent.engine import queries as q
 from edge_agent.store import GroupCommitter, Store
-from edge_agent.store.backend import open_database, writer_for
+from edge_agent.store.opening import open_database, writer_for
 
 # the params schema of the ledger tools the engine tests call "stamp"
 STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
