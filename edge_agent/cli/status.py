@@ -39,7 +39,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
                 "broker": (f"{ctx.config.sync.host}:{ctx.config.sync.port}"
                            if ctx.config.sync else None),
                 "last_sync": None, "healthy": None, "last_error": None, "streams": {}}
-    if ctx.config.db_path.exists():
+    if ctx.config.device.database or ctx.config.db_path.exists():
         store = ctx.store()
         try:
             counts = store.read(q.count_by_status)

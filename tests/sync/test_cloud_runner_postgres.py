@@ -1,0 +1,121 @@
+"""The cloud runner with its engine in PostgreSQL (`[device] database = "postgresql://..."`):
+the daemon of `edge-agent cloud-run` and the CLI on a fresh database of a throwaway
+cluster, a run that waits for a person across a SIGKILL of the runner, and the config
+errors a runner with a PostgreSQL store can meet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.daemon import DaemonProcess, cli, cli_json
+from support.postgres import Postgres, fresh_pg_url
+
+EXE = str(Path(sys.executable).parent / "edge-agent")
+CONFIG = """
+[device]
+id = "cloud"
+data_dir = "cloud-data"
+runtime_dir = "cloud-run"
+database = "{url}"
+
+[tools.verdict]
+kind = "command"
+argv = ["./verdict.sh"]
+params = {{ type = "object", properties = {{}} }}
+
+[workflows.review]
+start = "verdict"
+[workflows.review.nodes.verdict]
+tool = "verdict"
+next = "sign"
+[workflows.review.nodes.sign]
+approval = {{ prompt = "Release the lot?" }}
+next = "done"
+[workflows.review.nodes.done]
+end = true
+output = "verdict.json"
+"""
+
+
+def setup(tmp: Path, url: str) -> Path:
+    cfg = tmp / "cloud-agent.toml"
+    cfg.write_text(CONFIG.format(url=url))
+    script = tmp / "verdict.sh"
+    script.write_text('#!/bin/sh\necho \'{"verdict": "approved"}\'\n')
+    script.chmod(0o755)
+    return cfg
+
+
+def runner(tmp: Path, cfg: Path) -> DaemonProcess:
+    return DaemonProcess(cfg, tmp, argv=[sys.executable, "-m", "edge_agent", "cloud-run",
+                                         "--config", str(cfg)], cwd=tmp)
+
+
+def status(cfg: Path, rid: str, *wanted: str, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while (run := cli_json(cfg, "runs", "show", rid))["status"] not in wanted:
+        assert time.time() < deadline, run
+        time.sleep(0.2)
+    return run
+
+
+def test_the_cloud_runner_keeps_its_runs_in_postgresql(tmp_path: Path,
+                                                       pg_cluster: Postgres) -> None:
+    url = fresh_pg_url(pg_cluster)
+    cfg = setup(tmp_path, url)
+    r = runner(tmp_path, cfg).start()
+    try:
+        r.wait_for("READY=1", timeout=60)
+        rid = cli_json(cfg, "start", "review", "--input", '{"lot": 7}')["run_id"]
+        status(cfg, rid, "waiting_approval")
+        r.kill()  # SIGKILL: only PostgreSQL remembers
+        r = runner(tmp_path, cfg).start()
+        r.wait_for("READY=1", timeout=60)
+        assert cli_json(cfg, "runs", "show", rid)["status"] == "waiting_approval"
+        cli(cfg, "approve", rid, "--by", "qa")
+        run = status(cfg, rid, "completed", "failed", "cancelled")
+        assert run["status"] == "completed", run
+        assert run["output"] == {"verdict": "approved"}
+        assert [s["node"] for s in run["steps"]] == ["verdict", "sign", "done"]
+        trace = cli(cfg, "trace", rid).stdout
+        assert "verdict" in trace and "sign" in trace
+        assert cli_json(cfg, "status")["runs"] == {"completed": 1}
+        time.sleep(1.5)  # a round of spans and metrics on this store
+        log = r.output()
+        assert "Traceback" not in log and "WARNING" not in log and "ERROR" not in log, log
+    finally:
+        r.close()
+    # the SQLite file was never made: the state is in PostgreSQL
+    assert not (tmp_path / "cloud-data" / "edge-agent.db").exists()
+    import psycopg
+    with psycopg.connect(url) as c:
+        assert c.execute("SELECT status FROM runs WHERE run_id = %s",
+                         (rid,)).fetchone() == ("completed",)
+
+
+def test_a_postgresql_store_with_sync_or_a_bad_url_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.format(url="postgresql://edge:pw@127.0.0.1:9/x") +
+                   '[sync]\nbroker = "127.0.0.1:1883"\ninsecure = true\n')
+    r = subprocess.run([EXE, "cloud-run", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "device.database" in r.stdout + r.stderr and "pw" not in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    cfg.write_text(CONFIG.format(url="mysql://x"))
+    r = subprocess.run([EXE, "--config", str(cfg), "config", "check"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 78 and "device.database" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_a_postgresql_store_it_cannot_reach_is_reported_not_a_traceback(
+        tmp_path: Path) -> None:
+    cfg = setup(tmp_path, "postgresql://edge:pw@127.0.0.1:9/x?connect_timeout=2")
+    r = subprocess.run([EXE, "cloud-run", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out, out
+    assert "cannot connect" in out and "pw" not in out.replace("pwd", ""), out
