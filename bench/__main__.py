@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
+           ("engine on PostgreSQL", "stores", ["-m", "bench.engine_stores"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
@@ -58,6 +59,20 @@ def _engine(r: dict[str, Any]) -> list[Row]:
                          f"edge-agent {r['ours_seq_full']:,.0f}/s",
                          f"edge-agent {r['ours_seq_full'] / r[peer]:.1f}x"))
     return rows
+
+
+def _stores(r: dict[str, Any]) -> list[Row]:
+    raw = r["raw_pg"]
+
+    def spread(key: str) -> str:
+        lo, hi = r[f"{key}_spread"]
+        return f"{_rate(r[key], 'steps/s')} ({lo:,.0f}-{hi:,.0f})"
+    return [("engine on PostgreSQL, one run at a time", spread("pg_seq"),
+             f"raw PostgreSQL commits {raw:,.0f}/s", _ratio(r["pg_seq"], raw)),
+            ("engine on PostgreSQL, 16 runs at once", spread("pg_16"),
+             f"raw PostgreSQL commits {raw:,.0f}/s", _ratio(r["pg_16"], raw)),
+            ("engine on SQLite FULL, same workload", spread("sqlite_seq"),
+             f"on PostgreSQL {r['pg_seq']:,.0f}/s", _ratio(r["sqlite_seq"], r["pg_seq"]))]
 
 
 def _sync(r: dict[str, Any]) -> list[Row]:
@@ -125,7 +140,7 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
+    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
     "hardware": _hardware, "footprint": _footprint}
 
 

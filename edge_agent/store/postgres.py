@@ -11,6 +11,7 @@ another process waits its turn). PostgreSQL makes each COMMIT durable before it 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
+from edge_agent.store.merge import Prepared
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
 from sync.dbapi import Connection, redact
 
@@ -82,7 +84,9 @@ class PgConnection:
         self.raw = raw
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return self.raw.execute(_sql(sql), tuple(parameters) if parameters else None)
+        if not parameters:  # no placeholders to translate, and `%` means itself
+            return self.raw.execute(sql)
+        return self.raw.execute(_sql(sql), tuple(parameters))
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
         cur = self.raw.cursor()
@@ -166,9 +170,8 @@ class PgStore:
         depth = self._local.depth
         name = f"sp{depth}"
         try:
-            if depth == 0:
-                conn.execute("BEGIN")
-                conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            if depth == 0:  # one round trip: simple query protocol, two statements
+                conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
             else:
                 conn.execute(f"SAVEPOINT {name}")
         except psycopg.Error as exc:
@@ -237,42 +240,127 @@ class PgStore:
         self.write(apply)
 
 
-class PgWriter:
-    """The engine's writer over a `PgStore`: each write commits on the caller's thread
-    (PostgreSQL gathers concurrent commits' flushes itself), so a continuation runs there
-    too, before `write_then` returns, as the group committer's does for a lone writer."""
+class _Write:
+    __slots__ = ("done", "fn", "ok", "then", "value")
 
-    def __init__(self, store: PgStore) -> None:
+    def __init__(self, fn: WriteFn, then: Then | None = None) -> None:
+        self.fn, self.then, self.done, self.ok = fn, then, False, False
+        self.value: Any = None
+
+    def settle(self, ok: bool, value: Any) -> None:
+        self.ok, self.value, self.done = ok, value, True
+        if self.then is not None:
+            try:
+                self.then(ok, value)
+            except Exception:  # a continuation must not break the batch
+                log.exception("write continuation failed")
+
+
+class PgWriter:
+    """The engine's writer over a `PgStore`, committing concurrent writes together.
+
+    Writes queue; whoever holds the lead lock commits everything queued in one transaction
+    (one COMMIT, one WAL flush), so a writer that waited for the lock usually finds its
+    write committed already. `write_then` does not wait: when somebody leads, its write
+    joins the next batch and its continuation runs on the leader's thread after the COMMIT
+    (PostgreSQL has made it durable by then); when nobody does, it commits on the caller's
+    thread. Prepared writes (the engine's transitions) run one after another; any other
+    write runs in its own savepoint, so its failure is its own. When a prepared write
+    fails, the transaction is rolled back and each write of the batch runs alone."""
+
+    def __init__(self, store: PgStore, *, max_batch: int = 256) -> None:
         self._store = store
+        self.max_batch = max_batch
+        self._queue: collections.deque[_Write] = collections.deque()
+        self._mutex = threading.Lock()  # guards the queue
+        self._lead = threading.Lock()  # held by the writer committing batches
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-submit")
         self.commits = 0
+        self.writes = 0
 
     @property
     def store(self) -> PgStore:
         return self._store
 
     def write(self, fn: WriteFn) -> Any:
-        value = self._store.write(fn)
-        self.commits += 1
-        return value
+        """Run fn in a committed transaction (shared with concurrent writers); blocking."""
+        own = _Write(fn)
+        with self._mutex:
+            self._queue.append(own)
+        with self._lead:
+            while not own.done:
+                self._commit(self._take())
+        self._drain()  # writes queued without waiting while we led
+        if own.ok:
+            return own.value
+        raise own.value
 
     def write_then(self, fn: WriteFn, then: Then, *, durable: bool = True) -> None:
+        """Queue fn; `then(ok, value)` is called once, after its COMMIT, on whichever thread
+        committed it (this one when nobody else was committing)."""
+        with self._mutex:
+            self._queue.append(_Write(fn, then))
+        self._drain()
+
+    def _take(self) -> list[_Write]:
+        with self._mutex:
+            return [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+
+    def _drain(self) -> None:
+        """Commit what is queued, unless somebody leads (who then will)."""
+        while True:
+            if not self._lead.acquire(blocking=False):
+                return
+            try:
+                while batch := self._take():
+                    self._commit(batch)
+            finally:
+                self._lead.release()
+            with self._mutex:  # queued between our last look and the release?
+                if not self._queue:
+                    return
+
+    def _commit(self, batch: list[_Write]) -> None:
+        import psycopg
+        store = self._store
+        outcomes: list[tuple[bool, Any]] = []
         try:
-            value = self.write(fn)
-        except Exception as exc:  # noqa: BLE001 - handed to the continuation, as an outcome
-            ok, value = False, exc
-        else:
-            ok = True
-        try:
-            then(ok, value)
-        except Exception:  # a continuation must not break the writer, as in the committer
-            log.exception("write continuation failed")
+            with store.atomic() as conn:
+                for w in batch:
+                    if len(batch) == 1 or isinstance(w.fn, Prepared):
+                        outcomes.append((True, w.fn(conn)))  # a failure: each alone, below
+                        continue
+                    try:
+                        with store.atomic() as sp:
+                            outcomes.append((True, w.fn(sp)))
+                    except psycopg.Error as exc:
+                        outcomes.append((False, store._error(exc)))
+                    except Exception as exc:  # noqa: BLE001 - the write's own outcome
+                        outcomes.append((False, exc))
+        except Exception as exc:  # noqa: BLE001 - handed to the writers
+            if len(batch) > 1:
+                for w in batch:  # the batch failed as a whole: each write on its own
+                    try:
+                        value = store.write(w.fn)
+                    except Exception as one:  # noqa: BLE001
+                        w.settle(False, one)
+                    else:
+                        self.commits += 1
+                        w.settle(True, value)
+                return
+            batch[0].settle(False, store._error(exc) if isinstance(exc, psycopg.Error)
+                            else exc)
+            return
+        self.commits += 1
+        self.writes += len(batch)
+        for w, (ok, value) in zip(batch, outcomes, strict=True):
+            w.settle(ok, value)
 
     def submit(self, fn: WriteFn) -> Future[Any]:
         return self._pool.submit(self.write, fn)
 
     def let_through(self) -> None:
-        """Nothing to let through: no writer holds a batch open here."""
+        """Nothing to let through: no batch is held open between writers here."""
 
     def durable(self) -> None:
         """Every COMMIT here was durable when it returned."""

@@ -24,7 +24,11 @@ def bindir() -> Path | None:
 
 
 class Postgres:
-    def __init__(self) -> None:
+    """`fsync=False` for tests (faster, nothing to keep); benchmarks keep PostgreSQL's
+    durable default."""
+
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.bin = bindir()
         if self.bin is None:
             raise RuntimeError("PostgreSQL server binaries are not installed")
@@ -46,7 +50,8 @@ class Postgres:
                   "--no-sync")
         self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-w", "-l",
                   str(self.root / "log"), "-o",
-                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+                  + ("" if self.fsync else " -c fsync=off"),
                   "start")
         return self
 
