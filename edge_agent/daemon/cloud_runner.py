@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import string
 import threading
 import time
 from collections.abc import Callable
@@ -72,7 +73,7 @@ class WorkflowTarget:
     def __call__(self, *, input: Any, context: dict[str, Any],
                  request: dict[str, Any]) -> Any:
         rid = child_run_id(str(request["key"]))
-        trace_id = _trace_id(request.get("traceparent"))
+        trace_id, parent_span = _trace_parent(request.get("traceparent"))
         store = open_database(self.config.database, synchronous=self.config.device.synchronous)
         try:
             def start(conn: Any) -> str:
@@ -80,9 +81,9 @@ class WorkflowTarget:
                                    input=input if input is not None else {},
                                    workflows=self.config.workflows, origin="handoff",
                                    run_id=rid)
-                if trace_id:  # the child joins the device run's trace
-                    conn.execute("UPDATE runs SET trace_id = ? WHERE run_id = ? AND status ="
-                                 " 'queued'", (trace_id, run_id))
+                if trace_id:  # the child joins the device run's trace, under its handoff span
+                    conn.execute("UPDATE runs SET trace_id = ?, parent_span = ? WHERE run_id = ?"
+                                 " AND status = 'queued'", (trace_id, parent_span, run_id))
                 return run_id
             store.write(start)
             log.info("handoff %s: child run %s of %s", str(request["key"])[:48], rid,
@@ -100,9 +101,14 @@ class WorkflowTarget:
             store.close()
 
 
-def _trace_id(parent: Any) -> str | None:
-    parts = str(parent or "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+def _trace_parent(traceparent: Any) -> tuple[str | None, str | None]:
+    """The trace id and the parent span id of a W3C traceparent (None, None if malformed:
+    the ids become span bytes, so anything but hex would stop the runner's span export)."""
+    parts = str(traceparent or "").split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or \
+            not all(c in string.hexdigits for c in parts[1] + parts[2]):
+        return None, None
+    return parts[1].lower(), parts[2].lower()
 
 
 def handoff_targets(config: Config, entries: Any, stopping: threading.Event

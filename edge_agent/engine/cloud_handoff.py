@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -41,6 +40,7 @@ from edge_agent.engine.control import emit
 from edge_agent.engine.ports import Driver, both
 from edge_agent.engine.records import FAILED, Run, dumps
 from edge_agent.engine.transitions import call_key
+from edge_agent.telemetry.derive import handoff_span_id
 from sync.dbapi import Connection
 from sync.documents import Version
 from sync.replica import Replica, SqliteDocStore
@@ -63,10 +63,12 @@ def write_lease(conn: Connection, node: str, run_id: str,
     return version
 
 
-def traceparent(run: Run) -> str | None:
+def traceparent(run: Run, key: str) -> str | None:
+    """The W3C traceparent of a handoff request: the run's trace, and as parent the span
+    the device derives for this handoff (so the cloud's child run hangs under it)."""
     if not run.trace_id:
         return None
-    return f"00-{run.trace_id}-{secrets.token_hex(8)}-01"
+    return f"00-{run.trace_id}-{handoff_span_id(run.run_id, key)}-01"
 
 
 def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
@@ -88,7 +90,7 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
             e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
         due = now + timeout
-        parent = traceparent(run)
+        parent = traceparent(run, key)
 
         def request(c: Connection) -> None:
             c.execute("INSERT INTO tool_calls (idem_key, attempt, run_id, node, tool, args,"

@@ -182,4 +182,7 @@ MIGRATIONS: list[tuple[int, Sequence[str]]] = [
             PRIMARY KEY (workflow, version)
         )""",
          "ALTER TABLE runs ADD COLUMN version TEXT")),
+    # A child run the cloud runs for a step a device handed over names the device's handoff
+    # span (from the request's traceparent): its spans hang under it, in one trace.
+    (7, ("ALTER TABLE runs ADD COLUMN parent_span TEXT",)),
 ]

@@ -1,6 +1,6 @@
 """Numbered schema migrations of the engine's PostgreSQL store (the cloud runner's).
 
-The same tables as the device's SQLite file reached through its migrations 1-6, in
+The same tables as the device's SQLite file reached through its migrations 1-7, in
 PostgreSQL's types: DOUBLE PRECISION for times (PostgreSQL's REAL is single precision),
 BIGINT for SQLite's 64-bit integers, identity columns for its rowid keys, BYTEA for blobs.
 Frozen text like the SQLite migrations: never edit one that has shipped; add the next.
@@ -30,7 +30,8 @@ PG_V1 = (
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
         finished_at DOUBLE PRECISION,
-        version TEXT
+        version TEXT,
+        parent_span TEXT
     )""",
     "CREATE INDEX runs_status ON runs (status, created_at)",
     """CREATE TABLE steps (

@@ -7,7 +7,8 @@ in the same transaction that appends the encoded spans to the outbox. Span ids a
 from the rows (a step's id, a tool call's id), so re-deriving yields the same ids; a run's
 span id was stored when the run started, so a run resumed after a crash continues its trace.
 A tool call the crash interrupted is a span with an error ("interrupted") and the operator's
-later answer.
+later answer. A step handed to the cloud has a span for the handoff, from request to result,
+whose id the device names in the request's traceparent: the cloud's child run hangs under it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,18 @@ from sync.dbapi import Connection
 
 MARK = "spans.last_step"
 MARK_RUNS = "spans.last_finished"
+HANDOFF_KEY = "handoff/"  # the journal key of a step handed to the cloud (cloud_handoff)
+CLOUD = "cloud:"  # a node handed to the cloud names its target so (cloud_handoff.PREFIX)
 
 
 def span_id(*parts: object) -> str:
     return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def handoff_span_id(run_id: str, key: str) -> str:
+    """The span of a step handed to the cloud, from the run and the request's key alone:
+    the device names it in the request's traceparent before any row of it exists."""
+    return span_id(run_id, "handoff", key)
 
 
 def _mark(conn: Connection, name: str) -> float:
@@ -96,7 +105,11 @@ def derive_spans(conn: Connection, *, kinds: Mapping[tuple[str, str], str] | Non
                           s["started_at"], s["finished_at"], attrs, error))
         step = {"node": s["node"], "visit": s["visit"], "attempt": s["attempt"]}
         parent = sid
-        if attrs["edge_agent.node_kind"] in ("agent", "handoff") or s["status"] == "handoff":
+        # a step handed to the cloud runs no agent here: its handoff span is the step's child
+        cloud = str(agents.get((s["workflow"], s["node"])) or
+                    attrs.get("edge_agent.handoff.to") or "").startswith(CLOUD)
+        if not cloud and (attrs["edge_agent.node_kind"] in ("agent", "handoff") or
+                          s["status"] == "handoff"):
             where = (s["run_id"], s["node"], s["visit"])
             # each segment (the agent before a handoff, the one after) owns its own calls
             seg_key = (*where, s["attempt"])
@@ -195,6 +208,11 @@ def _children(related: _Related, s: Any, step: dict[str, Any],
     for c in sorted(calls, key=lambda r: r["id"]):
         if not scope_matches(c["node"], step, c["attempt"]) or not _in_segment(c["node"], step):
             continue
+        if c["idem_key"].startswith(HANDOFF_KEY):
+            if s["status"] not in ("handoff", "conflict"):  # the row the node advanced with
+                out.append(_handoff_span(s["trace_id"], s["run_id"], c, parent,
+                                         s["finished_at"]))
+            continue
         status = c["status"]
         error = c["error"] if status == "error" else (
             "interrupted: the process stopped during this call" if status in
@@ -233,6 +251,23 @@ def _children(related: _Related, s: Any, step: dict[str, Any],
     return out
 
 
+def _handoff_span(trace_id: str, run_id: str, c: Any, parent: str, end: float) -> Span:
+    """The handoff of a step to the cloud, from the device's request to the result it
+    applied (or to taking the lease back): a client span, parent of the cloud's child run."""
+    status = c["status"]
+    error = c["error"] if status == "error" else {
+        "timed_out": "no result from the cloud in time",
+        "requested": "the run ended while the cloud held the step"}.get(status)
+    return Span(trace_id, handoff_span_id(run_id, c["idem_key"]), parent,
+                f"execute_tool {c['tool']}", c["started_at"], c["finished_at"] or end,
+                {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": c["tool"],
+                 "gen_ai.tool.call.id": c["idem_key"], "edge_agent.run_id": run_id,
+                 "edge_agent.attempt": c["attempt"], "edge_agent.outcome": status,
+                 "edge_agent.handoff.from": "device", "edge_agent.handoff.to": c["tool"],
+                 "error.type": (c["error_kind"] or status) if error else None},
+                error, kind=CLIENT)
+
+
 def _in_segment(scope: str, step: dict[str, Any]) -> bool:
     """An agent's scope `node#visit.attempt.segment` belongs to the step row of that segment
     (a handoff row ends one segment; the next row holds the rest)."""
@@ -246,15 +281,31 @@ def _finished_runs(conn: Connection, since: float) -> tuple[list[Span], float]:
     out: list[Span] = []
     top = since
     for r in conn.execute("SELECT * FROM runs WHERE finished_at IS NOT NULL AND finished_at > ?"
-                          " ORDER BY finished_at", (since,)):
+                          " ORDER BY finished_at", (since,)).fetchall():
         top = max(top, r["finished_at"])
         if not r["trace_id"] or not r["span_id"]:
             continue
-        out.append(Span(r["trace_id"], r["span_id"], None, f"run {r['workflow']}",
+        # a child run of a step handed over from a device hangs under the device's handoff
+        out.append(Span(r["trace_id"], r["span_id"], r["parent_span"], f"run {r['workflow']}",
                         r["created_at"], r["finished_at"], {
                             "edge_agent.run_id": r["run_id"],
                             "edge_agent.workflow": r["workflow"],
                             "edge_agent.run_status": r["status"],
                             "edge_agent.origin": r["origin"]},
                         r["error"] if r["status"] == "failed" else None))
+        if r["status"] != "completed":
+            out += _open_handoffs(conn, r)
     return out, top
+
+
+def _open_handoffs(conn: Connection, r: Any) -> list[Span]:
+    """Handoffs that no step row of their node closed: the run failed on the step (no
+    fallback) or was cancelled while the cloud held it. Their spans hang under the run's,
+    so the cloud's child run still has its parent in the trace."""
+    calls = conn.execute(
+        "SELECT * FROM tool_calls c WHERE c.run_id = ? AND c.idem_key LIKE ? AND NOT EXISTS"
+        " (SELECT 1 FROM steps s WHERE s.run_id = c.run_id AND s.attempt = c.attempt AND"
+        " s.node || '#' || s.visit = c.node AND s.status NOT IN ('handoff', 'conflict'))",
+        (r["run_id"], HANDOFF_KEY + "%")).fetchall()
+    return [_handoff_span(r["trace_id"], r["run_id"], c, r["span_id"], r["finished_at"])
+            for c in calls]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
+import msgpack
+import pytest
 from support.engine import (
     Harness,
     LedgerError,
@@ -15,7 +19,11 @@ from support.engine import (
 )
 
 from edge_agent.engine import ToolBinding, decide_approval
+from edge_agent.engine.cloud_handoff import LEASES, apply_handoff_result
 from edge_agent.engine.graph import Workflow, tool_config
+from sync.cloud.docs import CLOUD_NODE
+from sync.documents import Version
+from sync.replica import MemoryDocStore, Replica
 
 
 def test_one_trace_with_parent_links_retries_and_approval(db_path: Path, ledger: Path) -> None:
@@ -134,4 +142,157 @@ def test_an_idempotent_call_is_journaled_in_its_step_row(db_path: Path, ledger: 
             assert counted == {"ok": 1, "error": 1}
         finally:
             await h.stop()
+    asyncio.run(main())
+
+
+def _handoff_workflow(**review: Any) -> Any:
+    """`review` handed to the cloud (with `review`'s extra keys), then `done`; a `local`
+    node to fall back to when `review` names one."""
+    wf = Workflow("w").handoff("review", "cloud:reviewer", input="input", next="done")
+    if "fallback" in review:
+        wf.tool("local", "stamp", args={"part": "L"}, next="done")
+    wf.end("done").table()["nodes"]["review"].update(review)
+    return wf.build(tools={"stamp": tool_config("stamp")})
+
+
+async def _request(h: Harness, rid: str) -> tuple[dict[str, Any], Replica]:
+    """The run's handoff request as it left for the cloud, and the cloud's replica of the
+    run's lease document holding the device's version."""
+    for _ in range(500):
+        rows = h.store.read(lambda c: c.execute(
+            "SELECT kind, payload FROM outbox WHERE stream = 'control' ORDER BY seq"
+        ).fetchall())
+        if any(kind == "handoff.request" for kind, _ in rows):
+            break
+        await asyncio.sleep(0.01)
+    cloud = Replica(CLOUD_NODE, MemoryDocStore())
+    request: dict[str, Any] = {}
+    for kind, payload in rows:
+        record = msgpack.unpackb(bytes(payload))
+        if kind == "doc.version":
+            cloud.apply(Version.decode(record))
+        elif kind == "handoff.request":
+            request = record
+    assert request, "no handoff request"
+    return request, cloud
+
+
+# what the daemon passes: a cloud handoff node's kind and agent, from the config
+KINDS = {("w", "review"): "handoff", ("w", "local"): "tool", ("w", "done"): "end"}
+AGENTS = {("w", "review"): "cloud:reviewer"}
+
+
+def test_a_handed_off_step_emits_the_span_its_traceparent_names(db_path: Path,
+                                                                 ledger: Path) -> None:
+    """The device's request names, as parent, a span the device really emits: the handoff,
+    from request to result, under the node's step span; so the cloud's child run hangs in
+    the device run's trace."""
+    from edge_agent.telemetry.record import record_spans as record
+    h = Harness(db_path, {"w": _handoff_workflow()},
+                {"stamp": ToolBinding(LedgerTool("stamp", ledger))})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {"doc": "seam 4"})
+            request, cloud = await _request(h, rid)
+            version = cloud.write(LEASES, rid, {"owner": "device", "state": "done"})
+            answer = {"key": request["key"], "ok": True, "result": {"verdict": "ok"},
+                      "version": version.encode(),
+                      "cloud": {"target": "reviewer", "child_run": "h-1", "worker": "w1"}}
+            assert h.writer.write(lambda c: apply_handoff_result(c, "dev", answer))["applied"]
+            h.engine.wake(rid)
+            await h.wait(rid, "completed")
+            record(h.writer, service="test", device_id="d", kinds=KINDS, agents=AGENTS)
+            spans = spans_in(h.store)
+            call = h.store.read(lambda c: c.execute(
+                "SELECT started_at, finished_at FROM tool_calls WHERE idem_key = ?",
+                (request["key"],)).fetchone())
+        finally:
+            await h.stop()
+        _, trace_id, parent, _ = request["traceparent"].split("-")
+        by_id = {s["span_id"]: s for s in spans}
+        assert len(by_id) == len(spans)  # no span twice
+        handoff = by_id[parent]  # the span the traceparent names
+        assert handoff["name"] == "execute_tool cloud:reviewer"
+        assert handoff["trace_id"] == trace_id and handoff["error"] is None
+        assert handoff["attributes"]["gen_ai.tool.call.id"] == request["key"]
+        assert (handoff["start"], handoff["end"]) == pytest.approx(tuple(call), abs=1e-6)
+        step = by_id[handoff["parent_id"]]
+        assert step["name"] == "step review"
+        assert step["attributes"]["edge_agent.step_status"] == "completed"
+        assert by_id[step["parent_id"]]["name"] == "run w"
+        assert sum(s["name"] == "execute_tool cloud:reviewer" for s in spans) == 1
+        assert not [s for s in spans if s["name"].startswith("invoke_agent")]  # none ran here
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("fallback", ["local", None])
+def test_a_handoff_the_device_took_back_is_an_error_span(db_path: Path, ledger: Path,
+                                                         fallback: str | None) -> None:
+    """Timed out: under the step that took the fallback, or, with none, under the run the
+    timeout failed (no step row closes that handoff, yet the cloud's child names it)."""
+    review: dict[str, Any] = {"timeout_s": 0.2, **({"fallback": fallback} if fallback else {})}
+    h = Harness(db_path, {"w": _handoff_workflow(**review)},
+                {"stamp": ToolBinding(LedgerTool("stamp", ledger))})
+
+    async def main() -> None:
+        await h.start()
+        try:
+            rid = h.queue("w", {})
+            request, _ = await _request(h, rid)
+            await h.wait(rid, "completed" if fallback else "failed")
+            record_spans(h.writer)
+            spans = spans_in(h.store)
+        finally:
+            await h.stop()
+        by_id = {s["span_id"]: s for s in spans}
+        handoff = by_id[request["traceparent"].split("-")[2]]
+        assert handoff["error"] == "no result from the cloud in time"
+        assert handoff["attributes"]["edge_agent.outcome"] == "timed_out"
+        assert by_id[handoff["parent_id"]]["name"] == ("step review" if fallback else "run w")
+        assert len(by_id) == len(spans)
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_cloud_child_run_hangs_under_the_device_handoff_span(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """`workflow:NAME` on the cloud (its engine on either store): the child run keeps the
+    traceparent's span as the parent of its root span (runs.parent_span), so its spans join
+    the device run's trace."""
+    from support.postgres import fresh_pg_url
+
+    from edge_agent.config import load_config
+    from edge_agent.daemon.cloud_runner import CloudStepFailed, WorkflowTarget
+    from sync.cloud.handoffs import child_run_id
+
+    database = "" if backend == "sqlite" else \
+        f'database = "{fresh_pg_url(request.getfixturevalue("pg_cluster"))}"\n'
+    cfg = tmp_path / "cloud-agent.toml"
+    cfg.write_text(f'[device]\nid = "cloud"\ndata_dir = "{tmp_path / "data"}"\n'
+                   f'runtime_dir = "{tmp_path / "run"}"\n{database}[workflows.review]\n'
+                   'start = "done"\n[workflows.review.nodes.done]\nend = true\n')
+    config = load_config(cfg)
+    trace_id, parent = "ab" * 16, "cd" * 8
+    request = {"key": "handoff/r1/review#1/0/0/a1", "traceparent": f"00-{trace_id}-{parent}-01"}
+    stopping = threading.Event()
+    stopping.set()  # queue the child run, then return at once: the engine below runs it
+    with pytest.raises(CloudStepFailed):
+        WorkflowTarget(config, "review", stopping)(input={}, context={}, request=request)
+    h = Harness(config.database, config.workflows, {})
+    rid = child_run_id(request["key"])
+
+    async def main() -> None:
+        await h.start()
+        try:
+            h.engine.wake(rid)
+            await h.wait(rid, "completed")
+            record_spans(h.writer)
+            spans = spans_in(h.store)
+        finally:
+            await h.stop()
+        root = next(s for s in spans if s["name"] == "run review")
+        assert (root["trace_id"], root["parent_id"]) == (trace_id, parent)
+        assert {s["trace_id"] for s in spans} == {trace_id}
     asyncio.run(main())

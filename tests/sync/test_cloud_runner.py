@@ -10,10 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from support.broker import Broker
 from support.daemon import DaemonProcess, cli_json
+from support.otlp import OtlpReceiver
 
 EXE = str(Path(sys.executable).parent / "edge-agent")
 CLOUD_AGENT = """
@@ -78,9 +81,9 @@ end = true
 """
 
 
-def cloud_side(tmp: Path) -> Path:
+def cloud_side(tmp: Path, otlp: str | None = None) -> Path:
     cfg = tmp / "cloud-agent.toml"
-    cfg.write_text(CLOUD_AGENT)
+    cfg.write_text(CLOUD_AGENT + (f'[telemetry]\notlp_endpoint = "{otlp}"\n' if otlp else ""))
     script = tmp / "verdict.sh"
     script.write_text('#!/bin/sh\necho \'{"verdict": "approved", "by": "cloud-workflow"}\'\n')
     script.chmod(0o755)
@@ -95,6 +98,13 @@ def runner(tmp: Path, cfg: Path, cloud_toml: Path | None = None) -> DaemonProces
     if cloud_toml is not None:
         argv += ["--cloud-config", str(cloud_toml)]
     return DaemonProcess(cfg, tmp, argv=argv, cwd=tmp)
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    """A collector on loopback for the spans of both sides."""
+    with OtlpReceiver() as rx:
+        yield rx
 
 
 def _flat(steps: list) -> list:
@@ -125,11 +135,15 @@ def test_a_workflow_runs_in_the_cloud_with_no_device(tmp_path: Path) -> None:
         r.close()
 
 
-def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broker) -> None:
-    cfg = cloud_side(tmp_path)
+def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broker,
+                                                   otlp: OtlpReceiver) -> None:
+    """One collector gets the device's spans (through the ingest) and the cloud runner's:
+    one trace, the child run's root span under the device's handoff span."""
+    cfg = cloud_side(tmp_path, otlp=otlp.endpoint)
     cloud_toml = tmp_path / "cloud.toml"
     cloud_toml.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
                           '[store]\nurl = "sqlite:///cloud.db"\n'
+                          f'[otlp]\nendpoint = "{otlp.endpoint}"\n'
                           '[handoffs]\nreviewer = "workflow:review"\n')
     dev_home = tmp_path / "device"
     dev_home.mkdir()
@@ -158,9 +172,27 @@ def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broke
         text = subprocess.run([EXE, "--config", str(dcfg), "trace", rid], capture_output=True, check=False,
                               text=True, timeout=30).stdout
         assert f"handed to cloud:reviewer: cloud run {child_id}" in text, text
+        deadline = time.time() + 60
+        want = {"run inspect", "execute_tool cloud:reviewer", "run review"}
+        while not want <= {s["name"] for s in otlp.spans}:
+            assert time.time() < deadline, sorted({s["name"] for s in otlp.spans})
+            time.sleep(0.2)
     finally:
         d.close()
         r.close()
+    spans = otlp.spans
+    by_id = {s["span_id"]: s for s in spans}
+    root = next(s for s in spans if s["name"] == "run review")  # the cloud's child run
+    handoff = by_id.get(root["parent_id"])  # the device's handoff span
+    assert handoff is not None, root
+    assert handoff["name"] == "execute_tool cloud:reviewer"
+    assert handoff["attributes"]["edge_agent.run_id"] == rid
+    assert by_id[handoff["parent_id"]]["name"] == "step review"
+    device_root = next(s for s in spans if s["name"] == "run inspect")
+    assert by_id[handoff["parent_id"]]["parent_id"] == device_root["span_id"]
+    assert root["trace_id"] == handoff["trace_id"] == device_trace["trace_id"]
+    assert {s["trace_id"] for s in spans if s["attributes"].get("edge_agent.run_id") in
+            (rid, child_id)} == {device_trace["trace_id"]}
 
 
 def test_a_handoff_naming_no_workflow_is_a_config_error(tmp_path: Path) -> None:
