@@ -17,6 +17,7 @@ import pytest
 from support.broker import Broker
 from support.daemon import DaemonProcess, cli_json
 from support.otlp import OtlpReceiver
+from support.postgres import fresh_pg_url
 
 EXE = str(Path(sys.executable).parent / "edge-agent")
 CLOUD_AGENT = """
@@ -81,9 +82,12 @@ end = true
 """
 
 
-def cloud_side(tmp: Path, otlp: str | None = None) -> Path:
+def cloud_side(tmp: Path, otlp: str | None = None, database: str | None = None) -> Path:
+    """The runner's config; `database`: its engine in PostgreSQL, else its SQLite file."""
     cfg = tmp / "cloud-agent.toml"
-    cfg.write_text(CLOUD_AGENT + (f'[telemetry]\notlp_endpoint = "{otlp}"\n' if otlp else ""))
+    text = CLOUD_AGENT if database is None else CLOUD_AGENT.replace(
+        'runtime_dir = "cloud-run"\n', f'runtime_dir = "cloud-run"\ndatabase = "{database}"\n')
+    cfg.write_text(text + (f'[telemetry]\notlp_endpoint = "{otlp}"\n' if otlp else ""))
     script = tmp / "verdict.sh"
     script.write_text('#!/bin/sh\necho \'{"verdict": "approved", "by": "cloud-workflow"}\'\n')
     script.chmod(0o755)
@@ -135,14 +139,21 @@ def test_a_workflow_runs_in_the_cloud_with_no_device(tmp_path: Path) -> None:
         r.close()
 
 
+@pytest.mark.parametrize("stores", ["sqlite", "postgresql"])
 def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broker,
-                                                   otlp: OtlpReceiver) -> None:
+                                                   otlp: OtlpReceiver, stores: str,
+                                                   request: pytest.FixtureRequest) -> None:
     """One collector gets the device's spans (through the ingest) and the cloud runner's:
-    one trace, the child run's root span under the device's handoff span."""
-    cfg = cloud_side(tmp_path, otlp=otlp.endpoint)
+    one trace, the child run's root span under the device's handoff span. On SQLite files,
+    and with both the fleet store and the runner's engine in PostgreSQL."""
+    store_url, database = "sqlite:///cloud.db", None
+    if stores == "postgresql":
+        pg = request.getfixturevalue("pg_cluster")
+        store_url, database = fresh_pg_url(pg), fresh_pg_url(pg)
+    cfg = cloud_side(tmp_path, otlp=otlp.endpoint, database=database)
     cloud_toml = tmp_path / "cloud.toml"
     cloud_toml.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
-                          '[store]\nurl = "sqlite:///cloud.db"\n'
+                          f'[store]\nurl = "{store_url}"\n'
                           f'[otlp]\nendpoint = "{otlp.endpoint}"\n'
                           '[handoffs]\nreviewer = "workflow:review"\n')
     dev_home = tmp_path / "device"
@@ -180,6 +191,8 @@ def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broke
     finally:
         d.close()
         r.close()
+    # with PostgreSQL the runner's engine made no SQLite file: the child run is in PostgreSQL
+    assert (tmp_path / "cloud-data" / "edge-agent.db").exists() == (database is None)
     spans = otlp.spans
     by_id = {s["span_id"]: s for s in spans}
     root = next(s for s in spans if s["name"] == "run review")  # the cloud's child run
