@@ -171,7 +171,7 @@ def _device(root: Table, base: Path) -> DeviceConfig | None:
     database = t.string("database")
     if database is not None and not database.startswith(("postgresql://", "postgres://")):
         t.error("database", "must be a postgresql:// URL (leave it out for the SQLite file"
-                " in data_dir)", database)
+                " in data_dir)", redact(database))
         database = None
     t.finish()
     if dev_id is None or data_dir is None or runtime_dir is None:

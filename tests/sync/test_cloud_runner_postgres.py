@@ -105,10 +105,12 @@ def test_a_postgresql_store_with_sync_or_a_bad_url_is_a_config_error(tmp_path: P
     assert r.returncode == 78, r.stdout + r.stderr
     assert "device.database" in r.stdout + r.stderr and "pw" not in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
-    cfg.write_text(CONFIG.format(url="mysql://x"))
-    r = subprocess.run([EXE, "--config", str(cfg), "config", "check"], capture_output=True, text=True,
-                       timeout=60, cwd=tmp_path)
-    assert r.returncode == 78 and "device.database" in r.stdout + r.stderr, r.stdout + r.stderr
+    cfg.write_text(CONFIG.format(url="mysql://edge:hunter2@db/x"))
+    r = subprocess.run([EXE, "--config", str(cfg), "config", "check"], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 78 and "device.database: must be a postgresql:// URL" in out, out
+    assert "hunter2" not in out and "mysql://edge:***@db/x" in out, out
 
 
 def test_a_postgresql_store_it_cannot_reach_is_reported_not_a_traceback(
