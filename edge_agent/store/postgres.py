@@ -124,7 +124,8 @@ class PgStore:
         else:
             self._migrate(migrations)
 
-    def _error(self, exc: Exception) -> StoreError:
+    def translate(self, exc: Exception) -> StoreError:
+        """psycopg's error as ours, naming the database (its password redacted)."""
         return StoreError(f"{self.path}: {str(exc).strip() or type(exc).__name__}")
 
     # connections -----------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class PgStore:
             with contextlib.suppress(psycopg.Error):
                 if depth == 0 and conn.in_transaction:
                     conn.execute("ROLLBACK")
-            raise self._error(exc) from exc
+            raise self.translate(exc) from exc
         self._local.depth = depth + 1
         try:
             yield conn
@@ -198,7 +199,7 @@ class PgStore:
             if depth == 0:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
-            raise self._error(exc) from exc
+            raise self.translate(exc) from exc
 
     def write(self, fn: WriteFn) -> Any:
         """Run fn inside one transaction, translating PostgreSQL's errors."""
@@ -207,14 +208,14 @@ class PgStore:
             with self.atomic() as conn:
                 return fn(conn)
         except psycopg.Error as exc:
-            raise self._error(exc) from exc
+            raise self.translate(exc) from exc
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         import psycopg
         try:
             return fn(self.conn)
         except psycopg.Error as exc:
-            raise self._error(exc) from exc
+            raise self.translate(exc) from exc
 
     # migrations ------------------------------------------------------------------------------
     def _check_version(self, conn: Connection) -> int:
@@ -334,7 +335,7 @@ class PgWriter:
                         with store.atomic() as sp:
                             outcomes.append((True, w.fn(sp)))
                     except psycopg.Error as exc:
-                        outcomes.append((False, store._error(exc)))
+                        outcomes.append((False, store.translate(exc)))
                     except Exception as exc:  # noqa: BLE001 - the write's own outcome
                         outcomes.append((False, exc))
         except Exception as exc:  # noqa: BLE001 - handed to the writers
@@ -348,7 +349,7 @@ class PgWriter:
                         self.commits += 1
                         w.settle(True, value)
                 return
-            batch[0].settle(False, store._error(exc) if isinstance(exc, psycopg.Error)
+            batch[0].settle(False, store.translate(exc) if isinstance(exc, psycopg.Error)
                             else exc)
             return
         self.commits += 1
