@@ -28,6 +28,7 @@ from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError, StoreError
 from edge_agent.store.backend import Database, Writer
 from edge_agent.store.opening import open_database, writer_for
+from edge_agent.store.postgres import DatabaseInUse, PgStore
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
 
@@ -72,6 +73,8 @@ class Daemon:
     async def _run(self) -> int:
         cfg = self.config
         self.store = open_database(cfg.database, synchronous=cfg.device.synchronous)
+        if isinstance(self.store, PgStore):  # the data-dir lock guards a SQLite file only
+            self.store.hold_engine_lock()
         self.writer = writer_for(self.store)
         self.tools = build_tools(cfg, self.store)
         self.sync = self._build_sync()
@@ -383,7 +386,7 @@ def run_daemon(config_path: str | None) -> int:
     from edge_agent.daemon.lock import AlreadyRunning, DataDirUnusable
     try:
         return asyncio.run(Daemon(config).run())
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, DatabaseInUse) as exc:
         log.error("%s", exc)
         return 75  # EX_TEMPFAIL
     except DataDirUnusable as exc:

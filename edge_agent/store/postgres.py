@@ -28,6 +28,18 @@ from sync.dbapi import Connection, redact
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WRITE_LOCK = 0x65646765  # the advisory lock every write transaction takes first
+ENGINE_LOCK = 0x656E6731  # held for its life by the one engine that drives this database's runs
+
+
+class DatabaseInUse(StoreError):
+    """Another engine drives the runs of this database (the data-dir lock's analogue)."""
+
+    exit_code = 75  # EX_TEMPFAIL, as a second daemon on one data directory
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(f"another edge-agent engine holds {where} (one engine per database:"
+                         " give each cloud runner its own)")
 Migration = tuple[int, Sequence[str]]
 
 
@@ -153,6 +165,17 @@ class PgStore:
         """Where PostgreSQL's WAL ends: moves with every commit, ours included."""
         return self.read(lambda c: c.execute("SELECT pg_current_wal_insert_lsn()::text")
                          .fetchone()[0])
+
+    def hold_engine_lock(self) -> None:
+        """Claim this database for the engine of this process, until `close()`: a session
+        advisory lock on a connection of its own, dropped by PostgreSQL when the process
+        dies, so a SIGKILLed runner does not keep the next one out."""
+        conn = self._open()
+        if not conn.execute(f"SELECT pg_try_advisory_lock({ENGINE_LOCK})").fetchone()[0]:
+            with self._lock:
+                self._conns.remove(conn)
+            conn.close()
+            raise DatabaseInUse(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -370,4 +393,4 @@ class PgWriter:
         self._pool.shutdown(wait=True)
 
 
-__all__ = ["PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]
+__all__ = ["DatabaseInUse", "PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]

@@ -121,3 +121,28 @@ def test_a_postgresql_store_it_cannot_reach_is_reported_not_a_traceback(
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "Traceback" not in out, out
     assert "cannot connect" in out and "pw" not in out.replace("pwd", ""), out
+
+
+def test_one_engine_per_postgresql_database(tmp_path: Path, pg_cluster: Postgres) -> None:
+    """Two runners on one database would drive the same runs twice: the second is refused
+    (exit 75, as a second daemon on one data directory), and once the first is SIGKILLed
+    the database is free again."""
+    url = fresh_pg_url(pg_cluster)
+    cfg = setup(tmp_path, url)
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg2 = setup(other, url)
+    r = runner(tmp_path, cfg).start()
+    try:
+        r.wait_for("READY=1", timeout=60)
+        second = subprocess.run([EXE, "cloud-run", "--config", str(cfg2)], capture_output=True,
+                                text=True, timeout=60, cwd=other)
+        out = second.stdout + second.stderr
+        assert second.returncode == 75, out
+        assert "another edge-agent engine holds postgresql://" in out, out
+        assert "Traceback" not in out, out
+        r.kill()
+        r = runner(other, cfg2).start()
+        r.wait_for("READY=1", timeout=60)
+    finally:
+        r.close()
