@@ -1,4 +1,7 @@
-"""Each node kind, each join, retries, escalations, approvals, cancel — against a real SQLite file."""
+"""Each node kind, each join, retries, escalations, approvals, cancel — against a real SQLite file.
+
+A retry backoff and an approval timeout that survive a restart are in the store conformance
+suite (test_store_conformance.py), which runs them on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from support.engine import (
     ledger_lines,
 )
 
-from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import ToolBinding, decide_approval, request_cancel
 from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
@@ -233,62 +235,6 @@ def test_approval_reject_cancels_or_routes(db_path: Path, ledger: Path) -> None:
             assert "rejected at gate by carol" in ra.error and "bad weld" in ra.error
             rb = await h.wait(b, "completed")
             assert rb.output == "rejected"
-        finally:
-            await h.stop()
-    run(main())
-
-
-def test_approval_timeout_survives_restart_with_remaining_wait(db_path: Path) -> None:
-    wf = (Workflow("w").approval("gate", prompt="go?", next="done", timeout_s=1.0,
-                                 on_timeout="approve").end("done").build())
-    h = Harness(db_path, {"w": wf}, {})
-
-    async def main() -> None:
-        await h.start()
-        rid = h.queue("w", {})
-        await h.wait(rid, "waiting_approval")
-        created = time.time()
-        await h.stop()
-        await asyncio.sleep(0.3)
-        await h.start()
-        try:
-            r = await h.wait(rid, "completed", timeout=5)
-            waited = r.finished_at - created
-            assert 0.6 < waited < 1.6, waited  # the remainder, not a fresh full second
-            assert r.context["gate"]["origin"] == "timeout"
-            assert r.context["gate"]["decision"] == "approved"
-        finally:
-            await h.stop()
-    run(main())
-
-
-def test_retry_backoff_survives_restart(db_path: Path, ledger: Path) -> None:
-    tool = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("x", kind="timeout",
-                                                                  retryable=True) if n == 1 else None)
-    policy = RetryPolicy(max_attempts=2, initial_delay_s=1.0, multiplier=1, jitter=0.0)
-    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=policy)
-          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
-    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(tool)})
-
-    async def main() -> None:
-        await h.start()
-        rid = h.queue("w", {})
-        deadline = time.time() + 5
-        while tool.calls < 1 and time.time() < deadline:
-            await asyncio.sleep(0.01)
-        failed_at = time.time()
-        await asyncio.sleep(0.1)
-        await h.stop()
-        from edge_agent.store import Store
-        store = Store(db_path, readonly=True)
-        run_row = store.read(lambda c: q.get_run(c, rid))
-        store.close()
-        assert run_row.node_state["attempt"] == 2 and run_row.node_state["retry_at"] > failed_at
-        await h.start()
-        try:
-            r = await h.wait(rid, "completed")
-            assert r.finished_at - failed_at < 1.9  # waited the rest, not a new full delay
-            assert r.finished_at - failed_at > 0.8
         finally:
             await h.stop()
     run(main())

@@ -6,21 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.postgres import Postgres, bindir
+from support.postgres import fresh_pg_url
 
 from sync.cloud.store import SqlCloudStore
 from sync.envelope import Batch, WireRecord
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    if bindir() is None:
-        pytest.skip("PostgreSQL is not installed (make test installs it)")
-    pg = Postgres().start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -28,12 +17,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlCloudSt
     if request.param == "sqlite":
         s = SqlCloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
     else:
-        pg = request.getfixturevalue("postgres")
-        s = SqlCloudStore(pg.url)
-        with s.tx() as c:
-            for t in ("records", "devices", "streams", "quarantine", "commands", "docs",
-                      "epochs", "chunks"):
-                c.execute(f"DELETE FROM {t}")
+        s = SqlCloudStore(fresh_pg_url(request.getfixturevalue("pg_cluster")))
     try:
         yield s
     finally:
