@@ -28,6 +28,7 @@ class ServiceFiles:
     command: str  # the console script ExecStart runs: "edge-agent"
     config_example: str  # file in `source`
     config_path: str  # absolute: "/etc/edge-agent/config.toml"
+    owns_man_page: bool = True  # False: another service of the same command installs it
 
     def files(self) -> list[tuple[str, str]]:
         return [(f"{self.name}.service", f"etc/systemd/system/{self.name}.service"),
@@ -78,7 +79,7 @@ def install(svc: ServiceFiles, root: str = "/", reload: bool = True,
         target.write_text(text)
         target.chmod(0o644)
         done.append(f"installed {target}")
-    if man_page is not None:
+    if man_page is not None and svc.owns_man_page:
         page = base / svc.man_page
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(man_page)
@@ -114,7 +115,7 @@ def uninstall(svc: ServiceFiles, root: str = "/", reload: bool = True,
                            check=False, capture_output=True, text=True)
         done.append(f"ran systemctl disable --now {svc.name}: "
                     f"{'ok' if r.returncode == 0 else r.stderr.strip()}")
-    for _, dst in svc.files() + [("", svc.man_page)]:
+    for _, dst in svc.files() + ([("", svc.man_page)] if svc.owns_man_page else []):
         target = base / dst
         if target.exists() or target.is_symlink():
             target.unlink()

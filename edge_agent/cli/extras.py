@@ -121,9 +121,11 @@ def cmd_install_service(ctx: Context, args: argparse.Namespace,
                         man_page: str | None = None) -> int:
     from edge_agent.daemon.install import install_service, uninstall_service
     if args.command == "uninstall-service":
-        steps = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
+        steps = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge,
+                                  cloud_runner=args.cloud_runner)
         ctx.out({"removed": steps}, "\n".join(steps))
         return 0
-    steps = install_service(root=args.root, reload=not args.no_reload, man_page=man_page)
+    steps = install_service(root=args.root, reload=not args.no_reload, man_page=man_page,
+                            cloud_runner=args.cloud_runner)
     ctx.out({"installed": steps}, "\n".join(steps))
     return 0

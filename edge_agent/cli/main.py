@@ -98,12 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
             "config")
     s.add_argument("--root", default="/", help="install below this root (for packaging)")
     s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
+    s.add_argument("--cloud-runner", action="store_true",
+                   help="the cloud runner's service (edge-agent-runner: `cloud-run` with"
+                   " /etc/edge-agent-runner/runner.toml) instead of the device's")
     s = add("uninstall-service", "stop the service and remove what install-service put "
             "there; the config and the database stay unless --purge")
     s.add_argument("--root", default="/", help="remove below this root (for packaging)")
     s.add_argument("--no-reload", action="store_true", help="do not run systemctl")
     s.add_argument("--purge", action="store_true",
                    help="also remove /etc/edge-agent and /var/lib/edge-agent (the database)")
+    s.add_argument("--cloud-runner", action="store_true",
+                   help="the cloud runner's service instead of the device's")
     return p
 
 

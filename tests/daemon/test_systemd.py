@@ -14,14 +14,18 @@ from edge_agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = {"edge-agent.service": ROOT / "edge_agent/daemon/systemd/edge-agent.service",
-         "edge-agent-cloud.service": ROOT / "sync/cloud/systemd/edge-agent-cloud.service"}
+         "edge-agent-cloud.service": ROOT / "sync/cloud/systemd/edge-agent-cloud.service",
+         "edge-agent-runner.service": ROOT / "edge_agent/daemon/systemd/edge-agent-runner.service"}
+# the man page each unit documents: the command it runs
+PAGES = {"edge-agent.service": "edge-agent", "edge-agent-cloud.service": "edge-agent-cloud",
+         "edge-agent-runner.service": "edge-agent"}
 SYSTEMD = ROOT / "edge_agent/daemon/systemd"
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed")
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", ["edge-agent.service", "edge-agent-cloud.service"])
+@pytest.mark.parametrize("unit", sorted(UNITS))
 def test_security_exposure_is_low(unit: str) -> None:
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNITS[unit])],
                        capture_output=True, text=True, timeout=60)
@@ -60,6 +64,8 @@ def test_units_verify_cleanly(tmp_path: Path) -> None:
     from sync.cloud.cli import main as cloud_main
     assert main(["install-service", "--root", str(tmp_path), "--no-reload"]) == 0
     assert cloud_main(["install-service", "--root", str(tmp_path), "--no-reload"]) == 0
+    assert main(["install-service", "--cloud-runner", "--root", str(tmp_path),
+                 "--no-reload"]) == 0
     units = [str(tmp_path / "etc/systemd/system" / u) for u in UNITS]
     r = subprocess.run(["systemd-analyze", "verify", *units], check=False, capture_output=True, text=True,
                        timeout=60, env={**os.environ,
@@ -70,7 +76,7 @@ def test_units_verify_cleanly(tmp_path: Path) -> None:
 
 def test_each_unit_documents_its_own_page() -> None:
     for unit, path in UNITS.items():
-        assert f"Documentation=man:{unit.removesuffix('.service')}(1)" in path.read_text()
+        assert f"Documentation=man:{PAGES[unit]}(1)" in path.read_text()
 
 
 def test_man_pages_follow_the_parsers(tmp_path: Path) -> None:
@@ -167,7 +173,9 @@ def test_wheel_carries_the_unit_files(tmp_path: Path) -> None:
               "edge_agent/daemon/systemd/edge-agent.sysusers.conf",
               "edge_agent/daemon/systemd/edge-agent.tmpfiles.conf",
               "sync/cloud/systemd/edge-agent-cloud.service",
-              "sync/cloud/systemd/cloud.example.toml", "sync/cloud/mosquitto.example.conf"):
+              "sync/cloud/systemd/cloud.example.toml", "sync/cloud/mosquitto.example.conf",
+              "edge_agent/daemon/systemd/edge-agent-runner.service",
+              "edge_agent/daemon/systemd/edge-agent-runner.example.toml"):
         assert f in names, f
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -179,3 +187,33 @@ def test_wheel_carries_the_unit_files(tmp_path: Path) -> None:
                        env={**__import__("os").environ, "PYTHONPATH": str(site)})
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "root/etc/edge-agent/config.toml").exists()
+
+
+def test_the_cloud_runner_installs_as_its_own_service(tmp_path: Path) -> None:
+    """`install-service --cloud-runner`: edge-agent-runner runs `cloud-run` on its own
+    config, user and state, beside (not instead of) the device's service and man page."""
+    assert main(["install-service", "--root", str(tmp_path), "--no-reload"]) == 0
+    assert main(["install-service", "--cloud-runner", "--root", str(tmp_path),
+                 "--no-reload"]) == 0
+    unit = (tmp_path / "etc/systemd/system/edge-agent-runner.service").read_text()
+    exe = re.search(r"^ExecStart=(\S+) cloud-run --config /etc/edge-agent-runner/runner.toml "
+                    r"\$EDGE_AGENT_RUNNER_ARGS$", unit, re.M)
+    assert exe and Path(exe.group(1)).is_file(), unit
+    for line in ("User=edge-agent-runner", "StateDirectory=edge-agent-runner",
+                 "Environment=EDGE_AGENT_DATA_DIR=/var/lib/edge-agent-runner",
+                 "EnvironmentFile=-/etc/edge-agent-runner/runner.env", "Type=notify",
+                 "RestartPreventExitStatus=78"):
+        assert line in unit, line
+    assert "char-ttyUSB" not in unit and "gpiochip" not in unit  # no device I/O in the cloud
+    config = tmp_path / "etc/edge-agent-runner/runner.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert main(["config", "check", str(config)]) == 0
+    sysusers = (tmp_path / "usr/lib/sysusers.d/edge-agent-runner.conf").read_text()
+    assert "u edge-agent-runner" in sysusers and "m edge-agent-runner edge-agent-cloud" in \
+        sysusers  # reads cloud.toml through the ingest's group, for --cloud-config
+    assert main(["uninstall-service", "--cloud-runner", "--root", str(tmp_path),
+                 "--no-reload", "--purge"]) == 0
+    assert not (tmp_path / "etc/systemd/system/edge-agent-runner.service").exists()
+    assert not (tmp_path / "etc/edge-agent-runner").exists()
+    assert (tmp_path / "etc/systemd/system/edge-agent.service").exists()
+    assert (tmp_path / "usr/share/man/man1/edge-agent.1").exists()  # the device's page stays
