@@ -75,6 +75,12 @@ def _parse_node(name: str, t: Table) -> NodeConfig | None:
         fields["args_from"] = MappingProxyType(dict(args_from))
     elif kind in ("agent", "handoff"):
         fields["agent"] = t.string(kind, required=True)
+        if kind == "agent" and t.string("where", "device", choices=("device", "cloud")) == \
+                "cloud" and fields["agent"] is not None:
+            # `agent = NAME` with `where = "cloud"` is `handoff = "cloud:NAME"`: the cloud's
+            # [handoffs] entry NAME runs the step
+            kind = fields["kind"] = "handoff"
+            fields["agent"] = CLOUD_PREFIX + fields["agent"]
         src = t.string("input")
         if src is not None:
             _expr(t, "input", src)

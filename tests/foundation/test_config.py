@@ -209,3 +209,46 @@ def test_config_check_as_a_process_and_env_var(tmp_path: Path) -> None:
 
 def test_example_config_passes(tmp_path: Path) -> None:
     assert main(["config", "check", str(ROOT / "edge_agent" / "daemon" / "systemd" / "edge-agent.example.toml")]) == 0
+
+
+HANDED = """
+[device]
+id = "cell-9"
+data_dir = "data"
+[tools.local_review]
+kind = "command"
+argv = ["./verdict.sh"]
+params = {{ type = "object", properties = {{}} }}
+[workflows.inspect]
+start = "review"
+[workflows.inspect.nodes.review]
+{node}
+input = "input"
+timeout_s = 30
+fallback = "local"
+next = "done"
+[workflows.inspect.nodes.local]
+tool = "local_review"
+next = "done"
+[workflows.inspect.nodes.done]
+end = true
+"""
+
+
+def test_an_agent_where_cloud_is_a_step_handed_to_the_cloud(tmp_path: Path) -> None:
+    """The issue's second shape, `agent = NAME` with `where = "cloud"`, is the same node as
+    `handoff = "cloud:NAME"` (no local agent of that name is needed)."""
+    nodes = []
+    for i, shape in enumerate(('handoff = "cloud:reviewer"',
+                               'agent = "reviewer"\nwhere = "cloud"')):
+        path = tmp_path / f"c{i}.toml"
+        path.write_text(HANDED.format(node=shape))
+        nodes.append(load_config(path).workflows["inspect"].nodes["review"])
+    assert nodes[0] == nodes[1]
+    assert (nodes[1].kind, nodes[1].agent, nodes[1].timeout_s, nodes[1].fallback) == \
+        ("handoff", "cloud:reviewer", 30.0, "local")
+    path = tmp_path / "bad.toml"
+    path.write_text(HANDED.format(node='agent = "reviewer"\nwhere = "moon"'))
+    with pytest.raises(ConfigError, match=r"workflows\.inspect\.nodes\.review\.where: must be"
+                       r" one of .*\(got 'moon'\)"):
+        load_config(path)
