@@ -69,7 +69,7 @@ class NodeRunner:
             return False
         if isinstance(binding.tool, RemoteTool):
             return self._remote(run, node, binding.tool, state, policy, attempt, scope, key,
-                                args)
+                                args, node.on_unknown or binding.on_unknown)
         # An idempotent call writes its journal row only with the transition, so there is
         # nothing to replay: re-running it is the recovery. Only fenced calls need a look,
         # unless this process committed the intent with the transition into this node.
@@ -111,8 +111,11 @@ class NodeRunner:
 
     def _remote(self, run: Run, node: NodeConfig, tool: RemoteTool, state: dict[str, Any],
                 policy: RetryPolicy, attempt: int, scope: str, key: str,
-                args: dict[str, Any]) -> bool | float:
-        """Ask the cloud; wait durably for its `tool_result`; time out to the fallback."""
+                args: dict[str, Any], on_unknown: str) -> bool | float:
+        """Ask the cloud; wait durably for its `tool_result`; time out to the fallback.
+        Without a fallback, a non-idempotent call that timed out is an unknown outcome (the
+        cloud may have run it, its answer lost), answered by `on_unknown`; asking again
+        could run it twice. The cloud does not start a request past its `timeout_at`."""
         now = self.e.clock()
         if state.get("remote_key") != key:
             due = now + tool.timeout_s
@@ -161,6 +164,10 @@ class NodeRunner:
             return self.out.failed(run, node, rest, policy, attempt, error=fb.error or "failed",
                                 kind=fb.kind or "failed", retryable=fb.retryable,
                                 extra=both(expire, record))
+        if not tool.idempotent:
+            return self.out.unknown(run, node, rest, policy, on_unknown, key, attempt,
+                                    tool.name, args, target="the cloud",
+                                    cause=f"no answer within {tool.timeout_s:g}s")
         return self.out.failed(run, node, rest, policy, attempt,
                             error=f"no result from the cloud within {tool.timeout_s:g}s",
                             kind="timeout", retryable=True, extra=expire)

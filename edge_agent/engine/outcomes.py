@@ -111,9 +111,11 @@ class Outcomes:
 
     def unknown(self, run: Run, node: NodeConfig, state: dict[str, Any],
                        policy: RetryPolicy, on_unknown: str, key: str, attempt: int, tool: str,
-                       args: Any, cause: str | None = None) -> bool:
+                       args: Any, cause: str | None = None,
+                       target: str = "the device") -> bool:
         """A fenced call whose outcome is unknown: after a crash during it (`cause` None), or
-        an error that says its effect may have happened (`cause`: that error)."""
+        an error that says its effect may have happened (`cause`: that error; `target`:
+        where its request went)."""
         mark = functools.partial(self._mark_unknown, run, node.name, key, attempt, tool,
                                  on_unknown, cause=cause)
         if on_unknown == "fail":
@@ -127,7 +129,7 @@ class Outcomes:
                                       kind="unknown_outcome", retryable=True,
                                       extra=mark("assumed_failed"))
         self.ask_unknown(run, node, state, key=key, attempt=attempt, tool=tool, args=args,
-                         cause=cause)
+                         cause=cause, target=target)
         return False
 
     def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
@@ -146,9 +148,9 @@ class Outcomes:
 
     def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
                     attempt: int, tool: str, args: Any, step_node: str | None = None,
-                    cause: str | None = None) -> None:
+                    cause: str | None = None, target: str = "the device") -> None:
         """Open an approval asking whether an interrupted non-idempotent call took effect."""
-        why = (f"{tool} failed after its request may have reached the device ({cause})"
+        why = (f"{tool} failed after its request may have reached {target} ({cause})"
                if cause else "The daemon stopped after starting it and before its result was "
                "recorded")
         prompt = (f"Did {tool}({dumps(args)}) take effect? {why}. Approve = it did (the run "

@@ -237,6 +237,14 @@ class IngestWorker:
         fn = self.tools.get(name)
         if fn is None:
             return  # another service answers it, or the device falls back on its timeout
+        due = req.get("timeout_at")
+        if isinstance(due, int | float) and due and time.time() > float(due):
+            # the device has stopped waiting (fallback, or an unknown outcome a person
+            # answers): running it now would be an effect nobody expects
+            self.rejected["late_tool_request"] += 1
+            log.warning("ingest: %s's request %s for %s came after its timeout; not run",
+                        device, key[:64], name)
+            return
         try:
             answer: dict[str, Any] = {"key": key, "ok": True, "result": fn(**args)}
         except Exception as exc:  # noqa: BLE001 - reported to the device as the tool's error

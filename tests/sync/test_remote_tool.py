@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from support.broker import Broker
-from support.daemon import DaemonProcess, cli_json
+from support.daemon import DaemonProcess, cli, cli_json
 
 CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
 CONFIG = """
@@ -108,3 +108,44 @@ def test_waits_durably_across_a_restart_then_falls_back(tmp_path: Path,
     finally:
         d.close()
         d2.close()
+
+
+def test_a_non_idempotent_call_without_an_answer_is_never_sent_twice_unasked(
+        tmp_path: Path, broker: Broker) -> None:
+    """No fallback, no answer within timeout_s: the cloud may have run it, so the step is an
+    unknown outcome a person answers, not a retry that could run it twice. The request,
+    delivered once the cloud is up, is past its timeout_at and is not run; after the person
+    says it did not happen, the step asks again and the cloud answers."""
+    cfg = setup(tmp_path, broker.port, timeout=2, fallback=False)
+    d = DaemonProcess(cfg, tmp_path).start()
+    ingest = None
+    log = tmp_path / "ingest.log"
+    try:
+        d.wait_for("READY=1")
+        rid = cli_json(cfg, "start", "quote", "--input", '{"part": "bolt"}')["run_id"]
+        run = wait(cfg, rid, {"waiting_approval", "failed", "completed"})
+        assert run["status"] == "waiting_approval", run
+        pending = cli_json(cfg, "approvals")
+        asked = [a for a in (pending if isinstance(pending, list) else pending["approvals"])
+                 if a["run_id"] == rid]
+        assert asked and asked[0]["kind"] == "unknown_outcome", asked
+        assert "may have reached the cloud" in asked[0]["prompt"], asked
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        with log.open("w") as out:
+            ingest = subprocess.Popen([CLOUD, "run", "--config", str(tmp_path / "cloud.toml")],
+                                      env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while "came after its timeout; not run" not in log.read_text():
+            assert time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert cli_json(cfg, "runs", "show", rid)["status"] == "waiting_approval"
+        cli(cfg, "reject", rid, "--by", "operator")  # it did not happen: ask again
+        run = wait(cfg, rid, {"completed", "failed"})
+        assert run["status"] == "completed", run
+        assert run["output"] == {"part": "bolt", "eur": 12.5}
+    finally:
+        d.close()
+        if ingest is not None:
+            ingest.send_signal(signal.SIGTERM)
+            ingest.wait(10)
