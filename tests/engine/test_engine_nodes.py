@@ -1,7 +1,8 @@
 """Each node kind, each join, retries, escalations, approvals, cancel — against a real SQLite file.
 
-A retry backoff and an approval timeout that survive a restart are in the store conformance
-suite (test_store_conformance.py), which runs them on SQLite and PostgreSQL."""
+Retries recorded attempt by attempt, and a retry backoff and an approval timeout that survive
+a restart, are in the store conformance suite (test_store_conformance.py), which runs them on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -85,30 +86,6 @@ def test_every_transition_appends_an_outbox_record(db_path: Path, ledger: Path) 
             control = [r[0] for r in h.store.conn.execute(
                 "SELECT kind FROM outbox WHERE stream = 'control'")]
             assert control == ["approval.requested"]
-        finally:
-            await h.stop()
-    run(main())
-
-
-def test_retry_until_success_records_every_attempt(db_path: Path, ledger: Path) -> None:
-    flaky = LedgerTool("stamp", ledger, fail=lambda n: LedgerError("busy", kind="timeout",
-                                                                   retryable=True) if n < 3 else None)
-    wf = (Workflow("w").tool("a", "stamp", args={"part": "A"}, next="done", retry=fast_retry(5))
-          .end("done").build(tools={"stamp": tool_config("stamp", STAMP)}))
-    h = Harness(db_path, {"w": wf}, {"stamp": ToolBinding(flaky)})
-
-    async def main() -> None:
-        await h.start()
-        try:
-            rid = h.queue("w", {})
-            await h.wait(rid, "completed")
-            steps = [(s["node"], s["attempt"], s["status"]) for s in h.steps(rid)]
-            assert steps == [("a", 1, "failed"), ("a", 2, "failed"), ("a", 3, "completed"),
-                             ("done", 1, "completed")]
-            assert len(ledger_lines(ledger)) == 1
-            retries = h.store.conn.execute(
-                "SELECT count(*) FROM outbox WHERE kind = 'step.retry'").fetchone()[0]
-            assert retries == 2
         finally:
             await h.stop()
     run(main())

@@ -139,6 +139,9 @@ def test_the_journal_records_each_attempt_and_each_call(target: str, ledger: Pat
                 (1, "error"), (2, "error"), (3, "ok")]
             assert calls[-1]["result"] == {"done": "stamp", "part": "A"}
             assert len(ledger_lines(ledger)) == 1
+            retries = h.store.conn.execute(
+                "SELECT count(*) FROM outbox WHERE kind = 'step.retry'").fetchone()[0]
+            assert retries == 2
         finally:
             await h.stop()
     run(main())
