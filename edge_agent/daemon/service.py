@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -220,16 +221,19 @@ class Daemon:
 
     # background loops -------------------------------------------------------------------------
     async def _watch_external(self) -> None:
-        """Notice writes by other processes (the CLI) with one cheap query per tick."""
+        """Notice writes by other processes (the CLI) with one cheap query per tick, on one
+        thread of its own: off the loop (on PostgreSQL it is a round trip to the server), and
+        always the same connection (SQLite's data_version is counted per connection)."""
         assert self.store is not None and self.engine is not None
-        store = self.store
-        last = store.changes()  # on the loop thread's own connection, reads only
-        while True:
-            await asyncio.sleep(EXTERNAL_POLL_S)
-            now = store.changes()
-            if now != last:
-                last = now
-                self.engine.wake(None)
+        store, loop = self.store, asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch") as watch:
+            last = await loop.run_in_executor(watch, store.changes)
+            while True:
+                await asyncio.sleep(EXTERNAL_POLL_S)
+                now = await loop.run_in_executor(watch, store.changes)
+                if now != last:
+                    last = now
+                    self.engine.wake(None)
 
     async def _anti_entropy(self, interval: float) -> None:
         """A document summary goes up at start and then every `anti_entropy_s`; the cloud

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.daemon import DaemonProcess, cli, cli_json
 from support.postgres import Postgres, fresh_pg_url
 
@@ -144,5 +145,34 @@ def test_one_engine_per_postgresql_database(tmp_path: Path, pg_cluster: Postgres
         r.kill()
         r = runner(other, cfg2).start()
         r.wait_for("READY=1", timeout=60)
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_runner_notices_a_run_queued_by_another_process(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """A run written straight into the database, with no word on the control socket, is
+    picked up by the runner's watch for outside changes (SQLite's data_version, or
+    PostgreSQL's WAL position), on both stores."""
+    from edge_agent.config import load_config
+    from edge_agent.engine import queue_run
+    from edge_agent.store.opening import open_database
+    url = fresh_pg_url(request.getfixturevalue("pg_cluster")) if backend == "postgresql" \
+        else None
+    cfg = setup(tmp_path, url or "")
+    if url is None:
+        cfg.write_text(cfg.read_text().replace('database = ""\n', ""))
+    r = runner(tmp_path, cfg).start()
+    try:
+        r.wait_for("READY=1", timeout=60)
+        config = load_config(cfg)
+        db = open_database(config.database)
+        try:
+            rid = db.write(lambda c: queue_run(lambda fn: fn(c), workflow="review",
+                                               input={"lot": 9}, workflows=config.workflows))
+        finally:
+            db.close()
+        assert status(cfg, rid, "waiting_approval", "failed")["status"] == "waiting_approval"
     finally:
         r.close()
