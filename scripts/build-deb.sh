@@ -37,7 +37,7 @@ if [ -n "${LLAMA_WHEEL_DIR:-}" ]; then
 fi
 
 # files dpkg owns: the unit points at the virtualenv postinst makes
-SYS=edge_agent/daemon/systemd
+SYS=systemd
 sed 's|/usr/local/bin/edge-agent |/opt/edge-agent/bin/edge-agent |' "$SYS/edge-agent.service" \
     > "$STAGE/lib/systemd/system/edge-agent.service"
 cp "$SYS/edge-agent.sysusers.conf" "$STAGE/usr/lib/sysusers.d/edge-agent.conf"

@@ -19,6 +19,26 @@ _SHIPPED_BIN = "/usr/local/bin/"
 _HOME_TREES = ("/home/", "/root/", "/run/user/")
 
 
+def shipped_units() -> Path:
+    """The project's `systemd/` folder, the one home of every unit, snippet and example.
+
+    In a checkout (or an editable install) it sits beside the packages; a wheel installs it
+    as data below its prefix (`share/edge-agent/systemd`), found through the installed
+    distribution's own file list."""
+    here = Path(__file__).resolve().parents[1] / "systemd"
+    if (here / "edge-agent.service").is_file():
+        return here
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("edge-agent")
+    except metadata.PackageNotFoundError:
+        return here
+    for f in dist.files or ():
+        if f.name == "edge-agent.service" and f.parent.name == "systemd":
+            return Path(str(dist.locate_file(f))).resolve().parent
+    return here
+
+
 @dataclass(frozen=True)
 class ServiceFiles:
     """What one service installs. `source` holds the shipped files (package data)."""

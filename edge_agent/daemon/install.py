@@ -3,11 +3,9 @@ directories, config and man page; with `--cloud-runner`, the cloud runner's inst
 
 from __future__ import annotations
 
-from pathlib import Path
+from sync.service_files import ServiceFiles, install, shipped_units, uninstall
 
-from sync.service_files import ServiceFiles, install, uninstall
-
-DEVICE = ServiceFiles(name="edge-agent", source=Path(__file__).resolve().parent / "systemd",
+DEVICE = ServiceFiles(name="edge-agent", source=shipped_units(),
                       command="edge-agent", config_example="edge-agent.example.toml",
                       config_path="/etc/edge-agent/config.toml")
 # `edge-agent cloud-run` as a service on the cloud's machine: its own user, state and config

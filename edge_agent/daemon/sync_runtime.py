@@ -141,11 +141,11 @@ class DaemonSync:
             return record_tool_result(conn, str(a["key"]), ok=bool(a.get("ok", True)),
                                       result=a.get("result"), error=a.get("error"))
         if cmd.type == "doc_update":
-            from edge_agent.store.documents import apply_remote
+            from edge_agent.engine.remote_documents import apply_remote
             from sync.documents import Version
             return apply_remote(conn, self.config, Version.decode(a["version"]))
         if cmd.type == "doc_sync":
-            from edge_agent.store.documents import sync_documents
+            from edge_agent.engine.remote_documents import sync_documents
             return sync_documents(conn, self.config, str(a["collection"]),
                                   list(a["buckets"]), int(a["n"]), list(a["versions"]))
         raise ValueError(f"command type {cmd.type!r} is not handled by this device")

@@ -9,7 +9,7 @@ import grp
 import os
 from pathlib import Path
 
-SERVICE_GROUP = "edge-agent"  # the unit's Group= (see edge_agent/daemon/systemd)
+SERVICE_GROUP = "edge-agent"  # the unit's Group= (see systemd/)
 
 
 def db_file_mode(data_dir: Path, service_group: str = SERVICE_GROUP) -> int:

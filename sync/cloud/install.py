@@ -3,12 +3,10 @@ directories, config and man page."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sync.service_files import ServiceFiles, install, uninstall
+from sync.service_files import ServiceFiles, install, shipped_units, uninstall
 
 CLOUD = ServiceFiles(name="edge-agent-cloud",
-                     source=Path(__file__).resolve().parent / "systemd",
+                     source=shipped_units(),
                      command="edge-agent-cloud", config_example="cloud.example.toml",
                      config_path="/etc/edge-agent-cloud/cloud.toml")
 

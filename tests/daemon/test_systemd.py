@@ -13,13 +13,13 @@ import pytest
 from edge_agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = {"edge-agent.service": ROOT / "edge_agent/daemon/systemd/edge-agent.service",
-         "edge-agent-cloud.service": ROOT / "sync/cloud/systemd/edge-agent-cloud.service",
-         "edge-agent-runner.service": ROOT / "edge_agent/daemon/systemd/edge-agent-runner.service"}
+UNITS = {"edge-agent.service": ROOT / "systemd/edge-agent.service",
+         "edge-agent-cloud.service": ROOT / "systemd/edge-agent-cloud.service",
+         "edge-agent-runner.service": ROOT / "systemd/edge-agent-runner.service"}
 # the man page each unit documents: the command it runs
 PAGES = {"edge-agent.service": "edge-agent", "edge-agent-cloud.service": "edge-agent-cloud",
          "edge-agent-runner.service": "edge-agent"}
-SYSTEMD = ROOT / "edge_agent/daemon/systemd"
+SYSTEMD = ROOT / "systemd"
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed")
 
@@ -169,20 +169,27 @@ def test_wheel_carries_the_unit_files(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("edge_agent-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("edge_agent/daemon/systemd/edge-agent.service", "edge_agent/daemon/systemd/edge-agent.example.toml",
-              "edge_agent/daemon/systemd/edge-agent.sysusers.conf",
-              "edge_agent/daemon/systemd/edge-agent.tmpfiles.conf",
-              "sync/cloud/systemd/edge-agent-cloud.service",
-              "sync/cloud/systemd/cloud.example.toml", "sync/cloud/mosquitto.example.conf",
-              "edge_agent/daemon/systemd/edge-agent-runner.service",
-              "edge_agent/daemon/systemd/edge-agent-runner.example.toml"):
-        assert f in names, f
-    site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)
-    code = ("import sys; from edge_agent.daemon.install import install_service; "
+    data = "edge_agent-0.1.0.data/data/share/edge-agent/systemd/"
+    for f in ("edge-agent.service", "edge-agent.example.toml", "edge-agent.sysusers.conf",
+              "edge-agent.tmpfiles.conf", "edge-agent-cloud.service", "cloud.example.toml",
+              "edge-agent-runner.service", "edge-agent-runner.example.toml"):
+        assert data + f in names, f
+    assert "sync/cloud/mosquitto.example.conf" in names
+    # one home: no unit travels a second time inside a package
+    assert not [n for n in names if n.endswith(".service") and not n.startswith(data)]
+    prefix = tmp_path / "prefix"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+                        "--no-warn-script-location", "--ignore-installed", "--prefix", str(prefix),
+                        str(wheel)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    site = next(prefix.glob("lib/python*/site-packages"))
+    code = ("import sys; from edge_agent.daemon.install import install_service, DEVICE; "
             "assert install_service.__code__.co_filename.startswith(sys.argv[1]); "
+            "assert str(DEVICE.source).startswith(sys.argv[3]), DEVICE.source; "
             "print('\\n'.join(install_service(root=sys.argv[2], reload=False)))")
-    r = subprocess.run([sys.executable, "-c", code, str(site), str(tmp_path / "root")],
+    r = subprocess.run([sys.executable, "-c", code, str(site), str(tmp_path / "root"),
+                        str(prefix.resolve() / "share/edge-agent/systemd")],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path,
                        env={**__import__("os").environ, "PYTHONPATH": str(site)})
     assert r.returncode == 0, r.stderr

@@ -208,7 +208,7 @@ def test_config_check_as_a_process_and_env_var(tmp_path: Path) -> None:
 
 
 def test_example_config_passes(tmp_path: Path) -> None:
-    assert main(["config", "check", str(ROOT / "edge_agent" / "daemon" / "systemd" / "edge-agent.example.toml")]) == 0
+    assert main(["config", "check", str(ROOT / "systemd" / "edge-agent.example.toml")]) == 0
 
 
 HANDED = """

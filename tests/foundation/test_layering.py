@@ -101,6 +101,17 @@ def test_engine_imports_nothing_of_daemon_or_cli() -> None:
             assert bad == set(), module
 
 
+def test_store_imports_nothing_of_the_engine() -> None:
+    """The store knows tables, never runs: what acts on a run lives on the engine's side."""
+    graph = _graph()
+    for module in graph:
+        if module.startswith("edge_agent.store"):
+            bad = {d for d in _reaches(graph, module)
+                   if d.startswith(("edge_agent.engine", "edge_agent.daemon", "edge_agent.cli",
+                                    "edge_agent.agents", "edge_agent.inference"))}
+            assert bad == set(), module
+
+
 def test_config_builds_no_tool_and_opens_nothing() -> None:
     """config reaches the tool kinds' option checks, never the builders or the store."""
     graph = _graph()
@@ -135,7 +146,7 @@ def test_the_engine_has_no_circle_even_for_type_checking() -> None:
 
 def test_loading_a_config_loads_no_tool_builder(tmp_path: Path) -> None:
     code = ("import json, sys; from edge_agent.config import load_config; "
-            f"load_config({str(ROOT / 'edge_agent/daemon/systemd/edge-agent.example.toml')!r}); "
+            f"load_config({str(ROOT / 'systemd/edge-agent.example.toml')!r}); "
             "print(json.dumps(sorted(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60, cwd=tmp_path)
