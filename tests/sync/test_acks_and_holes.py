@@ -110,15 +110,17 @@ def test_a_result_confirms_only_a_command_sent_to_its_device(cloud_url: str) -> 
 
 
 def test_a_device_whose_database_was_lost_starts_a_new_epoch(tmp_path: Path, broker: Broker,
+                                                             cloud_url: str,
                                                              capsys: Any) -> None:
     """Observation 2: a reflashed device starts its seqs at 1 again; the cloud keeps both
-    sequence spaces and tells the operator."""
+    sequence spaces and tells the operator, on both fleet stores (a PostgreSQL migration
+    that keyed records without their epoch lost the new epoch's records: issue 33)."""
     from sync.cloud.cli import main as cloud_main
     from sync.outbox import epoch
     cfg = tmp_path / "cloud.toml"
     cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
-                   '[store]\nurl = "sqlite:///cloud.db"\n')
-    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+                   f'[store]\nurl = "{cloud_url}"\n')
+    worker, store = ingest(cloud_url, broker.port)
     worker.start()
     db = tmp_path / "device.db"
     epochs = []

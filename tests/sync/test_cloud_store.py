@@ -24,9 +24,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlCloudSt
         s.close()
 
 
-def batch(after: int, seqs: range, device: str = "d1", stream: str = "checkpoints") -> Batch:
-    recs = tuple(WireRecord(i, "k", f"p{i}".encode(), float(i)) for i in seqs)
-    return Batch(device, stream, after, recs[0].seq, recs[-1].seq, recs)
+def batch(after: int, seqs: range, device: str = "d1", stream: str = "checkpoints",
+          epoch: str = "") -> Batch:
+    recs = tuple(WireRecord(i, "k", f"{epoch}p{i}".encode(), float(i)) for i in seqs)
+    return Batch(device, stream, after, recs[0].seq, recs[-1].seq, recs, epoch=epoch,
+                 version=2 if epoch else 1)
 
 
 def test_each_record_once_and_contiguous_acks(store: SqlCloudStore) -> None:
@@ -38,6 +40,20 @@ def test_each_record_once_and_contiguous_acks(store: SqlCloudStore) -> None:
     assert [s for s, _, _ in store.records("d1", "checkpoints")] == list(range(1, 31))
     dev = store.devices()[0]
     assert dev["device_id"] == "d1" and dev["streams"]["checkpoints"]["received_seq"] == 30
+
+
+def test_a_new_epoch_is_a_sequence_space_of_its_own(store: SqlCloudStore) -> None:
+    """A reflashed device starts at seq 1 again: both epochs' records are kept whole, on
+    both stores (the PostgreSQL migration once keyed records without their epoch)."""
+    old, new = "0123456789abcdef", "fedcba9876543210"
+    assert store.store_batch(batch(0, range(1, 31), epoch=old)).watermark == 30
+    stored = store.store_batch(batch(0, range(1, 11), epoch=new))
+    assert (stored.watermark, stored.conflicts) == (10, 0)
+    assert [p for _, _, p in store.records("d1", "checkpoints", old)] == \
+        [f"{old}p{i}".encode() for i in range(1, 31)]
+    assert [p for _, _, p in store.records("d1", "checkpoints", new)] == \
+        [f"{new}p{i}".encode() for i in range(1, 11)]
+    assert store.quarantined() == []
 
 
 def test_registry_quarantine_and_commands(store: SqlCloudStore) -> None:
@@ -92,7 +108,8 @@ def test_documents_per_device_merge_and_summaries(store: SqlCloudStore) -> None:
     assert payloads[0]["versions"] == [kv.encode()]
 
 
-def test_unreadable_documents_are_counted_and_the_batch_still_lands(tmp_path: Path) -> None:
+def test_unreadable_documents_are_counted_and_the_batch_still_lands(
+        store: SqlCloudStore) -> None:
     import time as _time
 
     import msgpack
@@ -100,18 +117,14 @@ def test_unreadable_documents_are_counted_and_the_batch_still_lands(tmp_path: Pa
     from sync.cloud.ingest import IngestWorker
     from sync.envelope import encode_batch
     from sync.replica import MemoryDocStore, Replica
-    store = SqlCloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
     worker = IngestWorker(store, host="127.0.0.1", port=1)  # never connected: acks go nowhere
-    try:
-        good = Replica("dev-a", MemoryDocStore()).write("kv", "k", {"value": 1})
-        now = _time.time()
-        records = [WireRecord(1, "doc.version", msgpack.packb({"c": "kv"}), now),
-                   WireRecord(2, "doc.summary", msgpack.packb({"kv": {"root": 7}}), now),
-                   WireRecord(3, "doc.version", msgpack.packb(good.encode()), now),
-                   WireRecord(4, "doc.version", b"\xc1 not msgpack", now)]
-        worker.handle("edge/dev-a/up", encode_batch("dev-a", "control", 0, records))
-        assert worker.rejected["bad_document"] == 3
-        assert [s for s, _, _ in store.records("dev-a", "control")] == [1, 2, 3, 4]
-        assert worker.docs.read("dev-a", "kv", "k").value == {"value": 1}
-    finally:
-        store.close()
+    good = Replica("dev-a", MemoryDocStore()).write("kv", "k", {"value": 1})
+    now = _time.time()
+    records = [WireRecord(1, "doc.version", msgpack.packb({"c": "kv"}), now),
+               WireRecord(2, "doc.summary", msgpack.packb({"kv": {"root": 7}}), now),
+               WireRecord(3, "doc.version", msgpack.packb(good.encode()), now),
+               WireRecord(4, "doc.version", b"\xc1 not msgpack", now)]
+    worker.handle("edge/dev-a/up", encode_batch("dev-a", "control", 0, records))
+    assert worker.rejected["bad_document"] == 3
+    assert [s for s, _, _ in store.records("dev-a", "control")] == [1, 2, 3, 4]
+    assert worker.docs.read("dev-a", "kv", "k").value == {"value": 1}

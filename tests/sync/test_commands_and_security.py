@@ -20,7 +20,7 @@ from sync.mqtt import Topics, make_client
 from sync.signing import Opener, Sealer, public_key_text
 
 
-def test_commands_apply_once_and_confirm(tmp_path: Path, broker: Broker) -> None:
+def test_commands_apply_once_and_confirm(tmp_path: Path, broker: Broker, cloud_url: str) -> None:
     db = tmp_path / "device.db"
     device_db(db)
     applied: list[str] = []
@@ -30,7 +30,7 @@ def test_commands_apply_once_and_confirm(tmp_path: Path, broker: Broker) -> None
             raise ValueError("no such run")
         applied.append(cmd.id)
         return {"seen": cmd.args["run_id"]}
-    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    worker, store = ingest(cloud_url, broker.port)
     worker.start()
     e = edge(db, broker.port, handler=handler)
     e.start()

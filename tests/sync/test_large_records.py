@@ -73,13 +73,14 @@ def test_large_records_travel_in_chunks_and_the_largest_as_stubs(tmp_path: Path,
         store.close()
 
 
-def test_the_cloud_stubs_a_record_above_its_own_limit(tmp_path: Path, broker: Broker) -> None:
+def test_the_cloud_stubs_a_record_above_its_own_limit(tmp_path: Path, broker: Broker,
+                                                      cloud_url: str) -> None:
     db = tmp_path / "device.db"
     device_db(db)
     big = os.urandom(1_500_000)
     put(db, "traces", "span", big)
     put(db, "traces", "span", b"next")
-    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    worker, store = ingest(cloud_url, broker.port)
     store.max_record_bytes = 1_000_000
     e = edge(db, broker.port, batch_max_bytes=200_000)
     worker.start()
