@@ -91,3 +91,18 @@ def test_a_result_after_the_device_took_the_lease_back_is_a_conflict(tmp_path: P
     assert [(s["status"], s["output"]) for s in steps] == [("conflict", {"v": 1})]
     lease = store.read(lambda c: lease_replica(c, "dev").read(LEASES, rid))
     assert set(lease.siblings) == {"state"}  # both versions kept: `edge-agent conflicts`
+
+
+def test_a_result_over_a_lease_the_device_moved_on_is_a_conflict(tmp_path: Path) -> None:
+    """The request is still open, but the device wrote its lease again after the version
+    the cloud answered on top of (an operator's write of the lease document does): the
+    cloud's version no longer dominates, so the result is recorded, not applied. Only the
+    lease clock can tell this apart: the journal still says `requested`."""
+    store, rid, cloud = _handed_off(tmp_path)
+    store.write(lambda c: write_lease(c, "dev", rid, {"owner": "device", "state": "held"}))
+    answer = _answer(cloud, rid)  # on top of the first device version only: concurrent
+    out = store.write(lambda c: apply_handoff_result(c, "dev", answer))
+    assert out["conflict"] and not out["applied"]
+    assert store.read(lambda c: q.journal_get(c, KEY, 1))["status"] == "requested"
+    steps = store.read(lambda c: q.steps(c, rid))
+    assert [(s["status"], s["error_kind"]) for s in steps] == [("conflict", "handoff_late")]
