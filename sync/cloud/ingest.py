@@ -42,6 +42,11 @@ from sync.outbox import STREAMS
 from sync.signing import DEFAULT_TTL_S, Sealer
 
 log = logging.getLogger(__name__)
+
+# Kinds that act only when the control stream carries them (sync/PROTOCOL.md, section 2)
+CONTROL_KINDS = frozenset({"cmd.result", "tool.request", "handoff.request", "doc.version",
+                           "doc.summary"})
+
 MAX_STATUS_BYTES = 4096
 
 
@@ -150,6 +155,12 @@ class IngestWorker:
                     self._remote_tool(device, r.payload)
                 elif r.kind == "handoff.request":
                     self.handoffs.request(device, r.payload)
+        else:
+            for r in stored.new:
+                if r.kind in CONTROL_KINDS:  # stored, never acted on; shown to operators
+                    self._reject(device, topic, "wrong_stream", f"{r.kind} record {r.seq}"
+                                 f" on the {batch.stream} stream: stored, not acted on",
+                                 r.payload)
         if batch.stream in ("traces", "metrics") and self.otlp_endpoint:
             for r in stored.new:
                 if r.kind in ("otlp.traces", "otlp.metrics"):

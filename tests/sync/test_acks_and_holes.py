@@ -40,7 +40,8 @@ class Acks:
 
     def handle(self, device: str, payload: bytes) -> Any:
         self.worker.handle(f"edge/{device}/up", payload)
-        return decode_ack(self.sent[-1][1], STREAMS)
+        acks = [p for topic, p in self.sent if topic == f"edge/{device}/ack"]
+        return decode_ack(acks[-1], STREAMS)
 
     def close(self) -> None:
         self.store.close()
@@ -246,3 +247,42 @@ def test_the_device_counts_what_the_cloud_held_otherwise(tmp_path: Path,
         e.shutdown()
         worker.shutdown()
         store.close()
+
+
+def test_effects_ride_only_on_the_control_stream(cloud_url: str) -> None:
+    """PROTOCOL.md section 2: a command result, a tool request and a handoff request on the
+    traces stream are stored and acked but act on nothing; each is counted and quarantined.
+    The same records on the control stream act."""
+    from sync.replica import MemoryDocStore, Replica
+    c = Acks(cloud_url)
+    ran: list[str] = []
+    c.worker.tools["echo"] = lambda **kw: ran.append("tool") or kw
+    c.worker.handoffs.handoffs["reviewer"] = lambda **kw: ran.append("handoff") or {}
+    try:
+        c.store.add_command("cmd-1", "d1", "approve", {"run_id": "r"})
+        lease = Replica("d1", MemoryDocStore()).write("runs.lease", "r", {"owner": "cloud"})
+        effects = [
+            ("cmd.result", {"id": "cmd-1", "type": "approve", "ok": True}),
+            ("tool.request", {"tool": "echo", "key": "t/1", "args": {"x": 1}}),
+            ("handoff.request", {"run_id": "r", "key": "handoff/1", "target": "reviewer",
+                                 "input": {}, "context": {}, "lease": lease.encode()})]
+        records = [WireRecord(i, kind, msgpack.packb(p), time.time())
+                   for i, (kind, p) in enumerate(effects, 1)]
+        ack = c.handle("d1", encode_batch("d1", "traces", 0, records, epoch=EP))
+        assert ack.watermark == 3  # stored: the stream goes on
+        assert [k for _, k, _ in c.store.records("d1", "traces")] == [k for k, _ in effects]
+        assert c.store.command("cmd-1")["state"] == "sent"
+        assert ran == [] and c.worker.handoffs.threads == []
+        assert c.worker.rejected["wrong_stream"] == 3
+        assert [q["reason"] for q in c.store.quarantined()] == ["wrong_stream"] * 3
+        c.handle("d1", encode_batch("d1", "traces", 0, records, epoch=EP))  # a resend
+        assert c.worker.rejected["wrong_stream"] == 3  # counted once per record
+        c.handle("d1", encode_batch("d1", "control", 0, records, epoch=EP))
+        for t in c.worker.handoffs.threads:
+            t.join(5)
+        assert c.store.command("cmd-1")["state"] == "confirmed"
+        assert sorted(ran) == ["handoff", "tool"]
+    finally:
+        for t in c.worker.handoffs.threads:
+            t.join(5)
+        c.close()
