@@ -77,11 +77,17 @@ def run_parallel(e: Driver, people: AsksPeople, run: Run, wf: WorkflowConfig,
             def record(c: Connection, name: str = name, result: dict[str, Any] = result,
                        now: float = now) -> None:
                 begun = started.get(name, now)
-                q.insert_step(c, run_id=run.run_id, node=name, visit=visit,
-                              attempt=int(result.get("attempt", 1)),
-                              status="completed" if result["ok"] else "failed",
-                              output=result.get("output"), error=result.get("error"),
-                              error_kind=result.get("kind"), started_at=begun, finished_at=now)
+                status = "completed" if result["ok"] else "failed"
+                attempt = int(result.get("attempt", 1))
+                q.insert_step(c, run_id=run.run_id, node=name, visit=visit, attempt=attempt,
+                              status=status, output=result.get("output"),
+                              error=result.get("error"), error_kind=result.get("kind"),
+                              started_at=begun, finished_at=now)
+                # the branch's step and its record in one commit (the transactional outbox)
+                e.emit(c, "checkpoints", "step.completed", {
+                    "run_id": run.run_id, "workflow": run.workflow, "node": name,
+                    "visit": visit, "attempt": attempt, "status": status,
+                    "output": result.get("output"), "ts": now, "branch_of": node.name})
             e.set_state(run, {**run.node_state, "done": done}, extra=record)
         outcome = join_outcome(node, done)
     if outcome is None and unknown:

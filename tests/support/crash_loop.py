@@ -14,6 +14,9 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import msgpack
 
 from edge_agent.engine import decide_approval
 from edge_agent.engine import queries as q
@@ -69,6 +72,32 @@ def cut_power(db: Path, cut: Path) -> None:
     for suffix in ("", "-wal"):
         if (durable / f"{db.name}{suffix}").exists():
             shutil.copyfile(durable / f"{db.name}{suffix}", f"{db}{suffix}")
+
+
+def outbox_holds_every_transition(c: Any, runs: list[Any]) -> None:
+    """The transactional outbox, judged after the crashes: every stream's records are
+    numbered 1..last_seq without a gap (nothing here acks or drops them), every completed
+    step has its record (`step.completed`, or `run.finished` for the step that ends the
+    run) and every finished run its `run.finished`."""
+    for stream, last in c.execute("SELECT stream, last_seq FROM outbox_streams").fetchall():
+        seqs = [r[0] for r in c.execute("SELECT seq FROM outbox WHERE stream = ? ORDER BY seq",
+                                        (stream,)).fetchall()]
+        assert seqs == list(range(1, last + 1)), (stream, last, seqs[:5], len(seqs))
+    told: dict[str, set[tuple[str, int]]] = {}
+    finished: dict[str, str] = {}
+    for kind, payload in c.execute("SELECT kind, payload FROM outbox WHERE stream ="
+                                   " 'checkpoints' ORDER BY seq").fetchall():
+        rec = msgpack.unpackb(bytes(payload))
+        if kind in ("step.completed", "run.finished") and "visit" in rec:
+            told.setdefault(rec["run_id"], set()).add((rec["node"], rec["visit"]))
+        if kind == "run.finished":
+            finished[rec["run_id"]] = rec["run_status"]
+    for r in runs:
+        done = {(s["node"], s["visit"]) for s in q.steps(c, r.run_id)
+                if s["status"] == "completed"}
+        assert done <= told.get(r.run_id, set()), \
+            (r.run_id, "steps without their outbox record", done - told.get(r.run_id, set()))
+        assert finished.get(r.run_id) == r.status, (r.run_id, r.status, "run.finished")
 
 
 def kill_at_random_moments(tmp_path: Path, kills_wanted: int, power_cut: Path | None = None,
@@ -132,6 +161,7 @@ def kill_at_random_moments(tmp_path: Path, kills_wanted: int, power_cut: Path | 
                         and e["key"].startswith(r.run_id + "/")]
                 assert len(done) == 1, (r.run_id, tool, done)
             assert r.context["inspect"]["marked"] == str(part)
+        store.read(lambda c: outbox_holds_every_transition(c, runs))
         if isinstance(db, Path):
             assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
