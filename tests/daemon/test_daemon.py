@@ -176,14 +176,21 @@ def test_sighup_reload_keeps_old_config_when_new_is_bad(config: Path, tmp_path: 
     config.write_text(good + "\n[workflows.broken]\nstart = 'nowhere'\n")
     d.signal(signal.SIGHUP)
     d.wait_for("STATUS=reload rejected")
-    assert d.proc.poll() is None
     config.write_text(good)
+    # still the same daemon, answering on its socket (a CLI would read the database alone
+    # if it had exited), with the configuration it ran before
+    assert cli_json(config, "status")["daemon"]["pid"] == d.proc.pid
+    assert "reload rejected, keeping the running configuration" in d.output()
     rid = cli_json(config, "start", "gated")["run_id"]  # the old workflows still run
     config.write_text(good.replace("[workflows.gated]", "[workflows.second]\nstart = \"e\"\n"
                                    "[workflows.second.nodes.e]\nend = true\n\n"
                                    "[workflows.gated]"))
     d.signal(signal.SIGHUP)
-    time.sleep(0.5)
+    deadline = time.time() + 10
+    while "reloaded " not in d.output():  # the good file is taken, by the same process
+        assert d.proc.poll() is None and time.time() < deadline, d.output()
+        time.sleep(0.05)
+    assert cli_json(config, "status")["daemon"]["pid"] == d.proc.pid
     rid2 = cli_json(config, "start", "second")["run_id"]
     deadline = time.time() + 10
     while cli_json(config, "runs", "show", rid2)["status"] != "completed":
