@@ -22,7 +22,8 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
-           ("daemon footprint", "footprint", ["-m", "bench.daemon_footprint"])]
+           ("daemon footprint", "footprint", ["-m", "bench.daemon_footprint"]),
+           ("OTLP exporters", "otlp", ["-m", "bench.otlp_exporters"])]
 Row = tuple[str, str, str, str]
 
 
@@ -139,9 +140,15 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
              "target 80 MB", "")]
 
 
+def _otlp(r: dict[str, Any]) -> list[Row]:
+    return [("OTLP/HTTP export, CPU per 1,000 spans", f"{r['ours_ms']:.1f} ms",
+             f"opentelemetry-exporter-otlp {r['package_ms']:.1f} ms",
+             _ratio(r["ours_ms"], r["package_ms"]))]
+
+
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
-    "hardware": _hardware, "footprint": _footprint}
+    "hardware": _hardware, "footprint": _footprint, "otlp": _otlp}
 
 
 def main() -> int:
