@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
+from edge_agent.cli import db
 from edge_agent.cli.context import CliError, Context, parse_args
 from edge_agent.errors import ConfigError, EdgeAgentError
 
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also remove /etc/edge-agent and /var/lib/edge-agent (the database)")
     s.add_argument("--cloud-runner", action="store_true",
                    help="the cloud runner's service instead of the device's")
+    db.register(add, common)
     return p
 
 
@@ -173,6 +175,8 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
         return cmd_metrics(ctx, args)
     if cmd == "sync":
         return status.cmd_sync_now(ctx, args)
+    if cmd == "db":
+        return db.cmd_db(ctx, args)
     from edge_agent.cli import extras
     if cmd == "install-service":
         return extras.cmd_install_service(ctx, args, manual())

@@ -75,7 +75,7 @@ def test_core_install_holds_only_core_dependencies(venv: Path) -> None:
             core.add(name)
     assert core == {"msgpack", "orjson", "zstandard", "paho-mqtt", "jsonschema",
                     "common-expression-language", "pyserial", "pymodbus",
-                    "opentelemetry-proto", "cryptography"}
+                    "opentelemetry-proto", "cryptography", "sqlite-utils"}
     assert extras["llm"] == {"llama-cpp-python", "gguf"}
     assert extras["cloud"] == {"psycopg"}
     assert extras["gpio"] == {"gpiod"}
