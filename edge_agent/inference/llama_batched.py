@@ -118,3 +118,7 @@ class BatchedLlamaProvider:
 
     def close(self) -> None:
         self.scheduler.close()
+        from llama_cpp._utils import suppress_stdout_stderr
+        with suppress_stdout_stderr(disable=False):  # llama.cpp's farewell lines
+            self._ctx.close()
+            self.model.close()
