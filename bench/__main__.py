@@ -20,6 +20,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
+           ("parallel agents, one model", "batch", ["-m", "bench.inference_batch_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
            ("daemon footprint", "footprint", ["-m", "bench.daemon_footprint"])]
@@ -116,6 +117,30 @@ def _inference(r: dict[str, Any]) -> list[Row]:
              f"{r['ttft_cold_s'] / r['ttft_warm_s']:.1f}x faster")]
 
 
+def _batch(r: dict[str, Any]) -> list[Row]:
+    p = r["paths"]
+    rows = []
+    for n in (1, 2, 4, 8):
+        ours, serial = p[f"batched {n}"], p[f"serialized {n}"]
+        rows.append((f"{n} parallel agents on one model, aggregate (batched)",
+                     _rate(ours["tps"], "tokens/s"), f"serialized {serial['tps']:,.0f}/s",
+                     _ratio(ours["tps"], serial["tps"])))
+        server = p.get(f"llama-server {n}")
+        if server:
+            rows.append((f"{n} parallel agents, batched vs llama-server --parallel {n}",
+                         _rate(ours["tps"], "tokens/s"), f"llama-server {server['tps']:,.0f}/s",
+                         _ratio(ours["tps"], server["tps"])))
+    alone = p["batched 1"]["latency_p95_s"]
+    rows.append(("4 parallel agents, per-agent p95 latency",
+                 f"{p['batched 4']['latency_p95_s'] * 1000:.0f} ms",
+                 f"an agent alone {alone * 1000:.0f} ms",
+                 _ratio(p["batched 4"]["latency_p95_s"], alone)))
+    full = sum(1 for v in r["grammar"].values() if v.startswith("100%"))
+    rows.append(("grammar: keyword families valid in batched samples", f"{full} of "
+                 f"{len(r['grammar'])}", "no resampling", ""))
+    return rows
+
+
 def _grammar(r: dict[str, Any]) -> list[Row]:
     ours = [v["edge_agent"] for v in r.values()]
     stock = [v["stock"] for v in r.values()]
@@ -140,7 +165,8 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
+    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "batch": _batch,
+    "grammar": _grammar,
     "hardware": _hardware, "footprint": _footprint}
 
 

@@ -6,8 +6,8 @@ chunks of the prompts of sequences that are joining. A request takes a free sequ
 as one is free and gives it back when it finishes, is cancelled or times out (checked at
 every step). Before a prompt is evaluated, the sequence keeps the part of its own cache that
 matches the prompt, or, when another sequence holds a longer match (a shared system prompt),
-copies those cells from it (llama_memory_seq_cp: in the unified cache the cells are shared,
-not duplicated), so a static prefix is evaluated once for all.
+copies them from it (llama_memory_seq_cp copies the other sequence's KV stream, then the
+copy is cut back to the shared prefix), so a static prefix is evaluated once for all.
 """
 
 from __future__ import annotations
@@ -146,8 +146,10 @@ class BatchScheduler:
         limit = len(req.tokens) - 1  # the last prompt token is evaluated for its logits
         if best > own and src is not seq:
             keep = min(best, limit)
+            # each sequence has a stream of its own: llama.cpp copies whole streams only
             llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self.mem, src.seq_id, seq.seq_id, 0, keep)
+            llama_cpp.llama_memory_seq_cp(self.mem, src.seq_id, seq.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, keep, -1)
             seq.cached = src.cached[:keep]
             self.stats.copied_tokens += keep
         else:

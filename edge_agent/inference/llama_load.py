@@ -64,8 +64,9 @@ def load_llama(path: str | Path, *, n_ctx: int, n_gpu_layers: int = 0,
 
 def load_batched(path: str | Path, *, n_ctx: int, parallel: int, n_batch: int = 512,
                  n_gpu_layers: int = 0, n_threads: int | None = None) -> tuple[Any, Any]:
-    """The model and one context with room for `parallel` sequences of n_ctx tokens each
-    (a unified KV cache of parallel x n_ctx cells, so copied prefixes share cells)."""
+    """The model and one context with room for `parallel` sequences of n_ctx tokens each:
+    one KV stream per sequence (parallel x n_ctx cells), so a token attends to its own
+    sequence's cells only and a step costs what its tokens cost."""
     path = check_model(path, n_ctx)
     if n_ctx == 0:
         n_ctx = trained_context(path) or 2048
@@ -80,6 +81,8 @@ def load_batched(path: str | Path, *, n_ctx: int, parallel: int, n_batch: int = 
                                         f"{llama_cpp.llama_max_parallel_sequences()}")
     threads = n_threads or max(os.cpu_count() or 2, 2) // 2
     try:
+        from llama_cpp._logger import set_verbose
+        set_verbose(False)  # llama.cpp's own log: errors only, as Llama(verbose=False) does
         with suppress_stdout_stderr(disable=False):
             llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
@@ -89,7 +92,7 @@ def load_batched(path: str | Path, *, n_ctx: int, parallel: int, n_batch: int = 
         cparams.n_ctx = n_ctx * parallel
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_seq_max = parallel
-        cparams.kv_unified = True
+        cparams.kv_unified = False
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama does
         cparams.no_perf = True
