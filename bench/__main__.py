@@ -118,23 +118,26 @@ def _inference(r: dict[str, Any]) -> list[Row]:
 
 
 def _batch(r: dict[str, Any]) -> list[Row]:
-    p = r["paths"]
+    p, pairs = r["paths"], r["paired"]
+
+    def paired(key: str) -> str:
+        med, lo, hi = pairs[key]
+        return f"{med:.2f}x ({lo:.2f}-{hi:.2f}, paired by round)"
     rows = []
     for n in (1, 2, 4, 8):
         ours, serial = p[f"batched {n}"], p[f"serialized {n}"]
         rows.append((f"{n} parallel agents on one model, aggregate (batched)",
                      _rate(ours["tps"], "tokens/s"), f"serialized {serial['tps']:,.0f}/s",
-                     _ratio(ours["tps"], serial["tps"])))
+                     paired(f"batched / serialized, {n} agents")))
         server = p.get(f"llama-server {n}")
         if server:
             rows.append((f"{n} parallel agents, batched vs llama-server --parallel {n}",
                          _rate(ours["tps"], "tokens/s"), f"llama-server {server['tps']:,.0f}/s",
-                         _ratio(ours["tps"], server["tps"])))
-    alone = p["batched 1"]["latency_p95_s"]
+                         paired(f"batched / llama-server, {n} agents")))
     rows.append(("4 parallel agents, per-agent p95 latency",
                  f"{p['batched 4']['latency_p95_s'] * 1000:.0f} ms",
-                 f"an agent alone {alone * 1000:.0f} ms",
-                 _ratio(p["batched 4"]["latency_p95_s"], alone)))
+                 f"an agent alone {p['batched 1']['latency_p95_s'] * 1000:.0f} ms",
+                 paired("batched per-agent p95 latency, 4 agents / one alone")))
     full = sum(1 for v in r["grammar"].values() if v.startswith("100%"))
     rows.append(("grammar: keyword families valid in batched samples", f"{full} of "
                  f"{len(r['grammar'])}", "no resampling", ""))
