@@ -72,6 +72,9 @@ class BatchScheduler:
         self._thread.start()
 
     def submit(self, req: SeqRequest) -> None:
+        if self._stopping or not self._thread.is_alive():
+            req.future.set_exception(Cancelled(f"{self.name}: the model is closed"))
+            return
         self._inbox.put(req)
 
     def free_sequences(self) -> int:

@@ -21,6 +21,7 @@ from edge_agent.inference.batch_sequence import SeqRequest
 from edge_agent.inference.kv_memory import kv_bytes, kv_shape
 from edge_agent.inference.llama_load import load_batched
 from edge_agent.inference.provider import (
+    Cancelled,
     Completion,
     InferenceTimeout,
     Message,
@@ -68,6 +69,7 @@ class BatchedLlamaProvider:
         self.kv_bytes = kv_bytes(shape, n_ctx=n_ctx, parallel=parallel) if shape else None
         self._format = chat_formatter(self.model, chat_format)
         self._grammars: dict[str, str] = {}
+        self._closed = False
         self.scheduler = BatchScheduler(name, self.model, self._ctx.ctx, parallel=parallel,
                                         n_ctx=n_ctx, n_batch=n_batch)
 
@@ -83,6 +85,8 @@ class BatchedLlamaProvider:
                  max_tokens: int = 256, temperature: float = 0.2, seed: int | None = None,
                  timeout_s: float | None = None,
                  cancel: threading.Event | None = None) -> Completion:
+        if self._closed:
+            raise Cancelled(f"{self.name}: the model is closed")
         cancel = cancel or threading.Event()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         tokens, stop = self.tokens(messages)
@@ -117,6 +121,9 @@ class BatchedLlamaProvider:
         return self._grammars[key]
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.scheduler.close()
         from llama_cpp._utils import suppress_stdout_stderr
         with suppress_stdout_stderr(disable=False):  # llama.cpp's farewell lines

@@ -162,3 +162,10 @@ def test_parallel_one_keeps_todays_provider(model_path: Path) -> None:
     finally:
         one.close()
         four.close()
+
+
+def test_a_closed_model_answers_at_once(model_path: Path) -> None:
+    p = BatchedLlamaProvider("closing", model_path, parallel=2, n_ctx=512)
+    p.close()
+    with pytest.raises(Cancelled, match="closed"):
+        p.generate(MESSAGES, schema=None, max_tokens=5, timeout_s=5)
