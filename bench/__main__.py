@@ -20,6 +20,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
+           ("parallel agents, one model", "batch", ["-m", "bench.inference_batch_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
            ("daemon footprint", "footprint", ["-m", "bench.daemon_footprint"]),
@@ -117,6 +118,36 @@ def _inference(r: dict[str, Any]) -> list[Row]:
              f"{r['ttft_cold_s'] / r['ttft_warm_s']:.1f}x faster")]
 
 
+def _batch(r: dict[str, Any]) -> list[Row]:
+    p, pairs = r["paths"], r["paired"]
+
+    def paired(key: str) -> str:
+        med, lo, hi = pairs[key]
+        return f"{med:.2f}x ({lo:.2f}-{hi:.2f}, paired by round)"
+    rows = []
+    for n in (n for n in (1, 2, 4, 8) if f"batched {n}" in p):
+        ours, serial = p[f"batched {n}"], p[f"serialized {n}"]
+        rows.append((f"{n} parallel agents on one model, aggregate (batched)",
+                     _rate(ours["tps"], "tokens/s"), f"serialized {serial['tps']:,.0f}/s",
+                     paired(f"batched / serialized, {n} agents")))
+        server = p.get(f"llama-server {n}")
+        if server:
+            rows.append((f"{n} parallel agents, batched vs llama-server --parallel {n}",
+                         _rate(ours["tps"], "tokens/s"), f"llama-server {server['tps']:,.0f}/s",
+                         paired(f"batched / llama-server, {n} agents")))
+    rows.append(("4 parallel agents, per-agent p95 latency",
+                 f"{p['batched 4']['latency_p95_s'] * 1000:.0f} ms",
+                 f"an agent alone {p['batched 1']['latency_p95_s'] * 1000:.0f} ms",
+                 paired("batched per-agent p95 latency, 4 agents / one alone")))
+    full = sum(1 for v in r["grammar"].values() if v.startswith("100%"))
+    again = sum(1 for v in r["grammar"].values() if "100% with resampling" in v)
+    if r["grammar"]:
+        rows.append(("grammar: keyword families valid in 100/100 batched samples",
+                     f"{full} of {len(r['grammar'])}",
+                     f"+ {again} with resampling (the families left to validation)", ""))
+    return rows
+
+
 def _grammar(r: dict[str, Any]) -> list[Row]:
     ours = [v["edge_agent"] for v in r.values()]
     stock = [v["stock"] for v in r.values()]
@@ -147,8 +178,9 @@ def _otlp(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
-    "hardware": _hardware, "footprint": _footprint, "otlp": _otlp}
+    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference,
+    "batch": _batch, "grammar": _grammar, "hardware": _hardware, "footprint": _footprint,
+    "otlp": _otlp}
 
 
 def main() -> int:

@@ -22,8 +22,13 @@ def make_provider(m: ModelConfig) -> Provider:
             key = Path(m.api_key_file).read_text().strip()
         return OpenAIProvider(m.name, m.base_url or "", model_id=m.model_id, api_key=key,
                               timeout_s=m.timeout_s, max_hint_retries=m.max_hint_retries)
-    from edge_agent.inference.llama import LlamaProvider
     assert m.path is not None
+    if m.parallel > 1:
+        from edge_agent.inference.llama_batched import BatchedLlamaProvider
+        return BatchedLlamaProvider(m.name, m.path, parallel=m.parallel, n_ctx=m.n_ctx,
+                                    n_gpu_layers=m.n_gpu_layers, n_threads=m.n_threads,
+                                    seed=m.seed, chat_format=m.chat_format)
+    from edge_agent.inference.llama import LlamaProvider
     return LlamaProvider(m.name, m.path, n_ctx=m.n_ctx, n_gpu_layers=m.n_gpu_layers,
                          n_threads=m.n_threads, seed=m.seed, chat_format=m.chat_format)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.render import table
+from edge_agent.config.model_memory import model_memory, render_kv
 from edge_agent.telemetry.summary import collect, parse_duration
 
 
@@ -27,6 +28,7 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
     finally:
         store.close()
     data["window"] = args.since
+    data["kv_cache"] = model_memory(ctx.config)
     ctx.out(data, render(data))
     return 0
 
@@ -63,4 +65,5 @@ def render(data: dict[str, Any]) -> str:
         (f"agents    {a['execution_s']['count']} executions, p50 "
          f"{_s(a['execution_s']['p50'])}, p95 {_s(a['execution_s']['p95'])}, "
          f"{a['handoffs']} handoffs"), "",
-        "steps", steps, "", "models", models])
+        "steps", steps, "", "models", models,
+        f"kv cache  {render_kv(data.get('kv_cache') or [])}"])

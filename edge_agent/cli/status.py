@@ -13,6 +13,7 @@ from edge_agent.cli.metrics import kinds
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
 from edge_agent.config.model_files import check_model_files
+from edge_agent.config.model_memory import check_model_memory, model_memory, render_kv
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
@@ -58,6 +59,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
     data["approvals_pending"] = pending
     data["conflicts"] = conflicts
     data["models"] = sorted(ctx.config.models)
+    data["kv_cache"] = model_memory(ctx.config)
     data["last_hour"] = one_line(summary) if summary is not None else None
     return data
 
@@ -110,6 +112,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"runs      {runs}",
         (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
          f"models {', '.join(data['models']) or 'none'}"),
+        f"kv cache  {render_kv(data.get('kv_cache') or [])}",
         f"last hour {data.get('last_hour') or 'nothing yet'}   (edge-agent metrics for more)",
     ])
 
@@ -129,7 +132,7 @@ def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
     path = args.path or ctx.config_path
     try:
         cfg = load_config(path)
-        if issues := check_model_files(cfg):
+        if issues := check_model_files(cfg) or check_model_memory(cfg):
             raise ConfigError(str(config_path(path)), issues)
     except ConfigError as exc:
         if ctx.as_json:

@@ -188,6 +188,7 @@ def _model(name: str, t: Table, base: Path) -> ModelConfig | None:
         if fields["path"] is None:
             t.error("path", "is required")
         fields["n_ctx"] = t.integer("n_ctx", 2048, min=64, max=1 << 20)
+        fields["parallel"] = t.integer("parallel", 1, min=1, max=256)  # llama.cpp's limit
         fields["n_gpu_layers"] = t.integer("n_gpu_layers", 0, min=-1)
         fields["n_threads"] = t.integer("n_threads", min=1, max=256)
         fields["chat_format"] = t.string("chat_format")

@@ -49,6 +49,7 @@ class ModelConfig:
     kind: str = "llama"  # llama | openai
     path: Path | None = None
     n_ctx: int = 2048
+    parallel: int = 1  # sequences decoded together (continuous batching); 1: one at a time
     n_gpu_layers: int = 0
     n_threads: int | None = None
     seed: int = 0

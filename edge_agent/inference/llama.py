@@ -26,13 +26,12 @@ from edge_agent.inference.provider import (
     Cancelled,
     Completion,
     InferenceTimeout,
-    InvalidOutput,
     Message,
 )
-from edge_agent.inference.schema_grammar import check, grammar_for
+from edge_agent.inference.resample import complete_validated
+from edge_agent.inference.schema_grammar import grammar_for
 
 log = logging.getLogger(__name__)
-MAX_RESAMPLES = 8
 
 
 class LlamaProvider:
@@ -98,21 +97,10 @@ class LlamaProvider:
     def _complete(self, messages: list[Message], schema: Mapping[str, Any] | None,
                   max_tokens: int, temperature: float, seed: int | None,
                   cancel: threading.Event) -> Completion:
-        base_seed = self.seed if seed is None else seed
-        reason = ""
-        for attempt in range(1, (MAX_RESAMPLES if schema else 1) + 1):
-            out = self._once(messages, schema, max_tokens, temperature,
-                             base_seed + attempt - 1, cancel)
-            out.attempts = attempt
-            if schema is None:
-                return out
-            value, problem = check(out.text, schema)
-            if problem is None:
-                out.parsed = value
-                return out
-            reason = problem
-            log.debug("%s: sample %d invalid (%s); drawing again", self.name, attempt, reason)
-        raise InvalidOutput(reason or "invalid", MAX_RESAMPLES)
+        return complete_validated(
+            self.name, lambda s: self._once(messages, schema, max_tokens, temperature, s,
+                                            cancel),
+            schema, self.seed if seed is None else seed)
 
     def _once(self, messages: list[Message], schema: Mapping[str, Any] | None,
               max_tokens: int, temperature: float, seed: int,

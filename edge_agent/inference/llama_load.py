@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,8 @@ def trained_context(path: Path) -> int | None:
         return None
 
 
-def load_llama(path: str | Path, *, n_ctx: int, n_gpu_layers: int = 0,
-               n_threads: int | None = None, seed: int = 0,
-               chat_format: str | None = None) -> Any:
-    """A llama_cpp.Llama for the file; ModelLoadError for every way that can fail."""
+def check_model(path: str | Path, n_ctx: int) -> Path:
+    """The file, if it is a GGUF whose trained context holds n_ctx; ModelLoadError if not."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(str(path), "no such file")
@@ -43,6 +42,14 @@ def load_llama(path: str | Path, *, n_ctx: int, n_gpu_layers: int = 0,
     if trained is not None and n_ctx > trained:
         raise ModelLoadError(str(path), f"n_ctx {n_ctx} exceeds the model's trained context "
                                         f"{trained}")
+    return path
+
+
+def load_llama(path: str | Path, *, n_ctx: int, n_gpu_layers: int = 0,
+               n_threads: int | None = None, seed: int = 0,
+               chat_format: str | None = None) -> Any:
+    """A llama_cpp.Llama for the file; ModelLoadError for every way that can fail."""
+    path = check_model(path, n_ctx)
     try:
         import llama_cpp
     except ImportError as exc:
@@ -51,5 +58,46 @@ def load_llama(path: str | Path, *, n_ctx: int, n_gpu_layers: int = 0,
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                                n_threads=n_threads, seed=seed, chat_format=chat_format,
                                verbose=False)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(str(path), f"llama.cpp refused it ({exc})") from exc
+
+
+def load_batched(path: str | Path, *, n_ctx: int, parallel: int, n_batch: int = 512,
+                 n_gpu_layers: int = 0, n_threads: int | None = None) -> tuple[Any, Any]:
+    """The model and one context with room for `parallel` sequences of n_ctx tokens each:
+    one KV stream per sequence (parallel x n_ctx cells), so a token attends to its own
+    sequence's cells only and a step costs what its tokens cost."""
+    path = check_model(path, n_ctx)
+    if n_ctx == 0:
+        n_ctx = trained_context(path) or 2048
+    try:
+        import llama_cpp
+        from llama_cpp import _internals as internals
+        from llama_cpp._utils import suppress_stdout_stderr
+    except ImportError as exc:
+        raise ModelLoadError(str(path), "llama-cpp-python is not installed") from exc
+    if parallel > llama_cpp.llama_max_parallel_sequences():
+        raise ModelLoadError(str(path), f"parallel {parallel} exceeds llama.cpp's limit of "
+                                        f"{llama_cpp.llama_max_parallel_sequences()}")
+    threads = n_threads or max(os.cpu_count() or 2, 2) // 2
+    try:
+        from llama_cpp._logger import set_verbose
+        set_verbose(False)  # llama.cpp's own log: errors only, as Llama(verbose=False) does
+        with suppress_stdout_stderr(disable=False):
+            llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers == -1 else n_gpu_layers
+        model = internals.LlamaModel(path_model=str(path), params=mparams, verbose=False)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx * parallel
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_seq_max = parallel
+        cparams.kv_unified = False
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama does
+        cparams.no_perf = True
+        with suppress_stdout_stderr(disable=False):
+            ctx = internals.LlamaContext(model=model, params=cparams, verbose=False)
+        return model, ctx
     except (ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(str(path), f"llama.cpp refused it ({exc})") from exc
