@@ -1,5 +1,5 @@
 """The operator's queries on a large fleet: PostgreSQL filled with DEVICES x RUNS projected
-runs (default 1,000 x 1,000), each with its checkpoint events and spans, then the views the
+runs (default 1,000 x 1,000), each with its checkpoint records, then the views the
 CLI and the console call, timed (median and p95 of repeated calls after a warm-up):
 
   runs --status failed --since 1h   views.runs(status="failed", since=now - 3600)
@@ -8,8 +8,9 @@ CLI and the console call, timed (median and p95 of repeated calls after a warm-u
   approvals                          views.approvals()   (one pending gate per device)
   trace                              views.trace(device, run_id)
 
-Rows are written straight into the projection's tables with generate_series (the store's
-own migrations made them, with their indexes): the ingest's cost is bench.fleet's. Every
+Rows are written straight into `records` (4 checkpoints a run, msgpack as a device writes
+them) and the projection's `fleet_runs` with generate_series (the store's own migrations
+made the tables and indexes): the ingest's cost is bench.fleet's. Every
 device has one run waiting at a gate, one failed 43 minutes ago, the rest completed over
 30 days. PostgreSQL at its defaults except fsync (nothing here measures a commit).
 
@@ -37,38 +38,36 @@ GOAL_MS = 100.0
 
 FILL = (
     """INSERT INTO fleet_runs (device, epoch, run_id, workflow, version, origin, status, node,
-        error, queued_at, started_at, updated_at, finished_at, steps, retries, head, gates,
-        approval_id, approval_node, approval_visit, approval_kind, approval_prompt,
-        approval_at, approval_expires_at)
+        error, queued_at, started_at, updated_at, finished_at, steps, retries, conflicts,
+        seqs, head, gates, approval_id, approval_node, approval_visit, approval_kind,
+        approval_prompt, approval_at, approval_expires_at)
     SELECT 'dev-' || lpad(d::text, 5, '0'), 'e0', 'r-' || r, 'wf-' || (r %% 5), 'v1', 'local',
         CASE WHEN r = 0 THEN 'waiting_approval' WHEN r %% 50 = 1 THEN 'failed'
              ELSE 'completed' END,
         CASE WHEN r = 0 THEN 'gate' ELSE NULL END,
         CASE WHEN r %% 50 = 1 THEN 'tool press failed: timeout after 5s' ELSE NULL END,
         %(now)s - r * 2592 - d - 60, %(now)s - r * 2592 - d - 50, %(now)s - r * 2592 - d,
-        CASE WHEN r = 0 THEN NULL ELSE %(now)s - r * 2592 - d END, 3, r %% 3, '{}', '{}',
+        CASE WHEN r = 0 THEN NULL ELSE %(now)s - r * 2592 - d END, 3, 1, 0,
+        '{"checkpoints": [' || (r * 4 + 1) || ', ' || (r * 4 + 4) || ']}', '{}', '{}',
         CASE WHEN r = 0 THEN 1 END, CASE WHEN r = 0 THEN 'gate' END,
         CASE WHEN r = 0 THEN 1 END, CASE WHEN r = 0 THEN 'approval' END,
         CASE WHEN r = 0 THEN 'Ship lot ' || d || '?' END,
         CASE WHEN r = 0 THEN %(now)s - d END, NULL
     FROM generate_series(0, %(devices)s - 1) d, generate_series(0, %(runs)s - 1) r""",
-    """INSERT INTO fleet_events (device, epoch, stream, seq, run_id, kind, ts, data)
-    SELECT 'dev-' || lpad(d::text, 5, '0'), 'e0', 'checkpoints', r * 4 + k, 'r-' || r,
+    # the records themselves (the truth a trace reads back): 4 checkpoints a run, each a
+    # msgpack map {run_id, node, attempt, ts} as a device writes it
+    """INSERT INTO records (device, epoch, stream, seq, kind, payload, created_at,
+        received_at)
+    SELECT 'dev-' || lpad(d::text, 5, '0'), 'e0', 'checkpoints', r * 4 + k + 1,
         (ARRAY['run.started', 'step.completed', 'step.retry', 'run.finished'])[k + 1],
-        %(now)s - r * 2592 - d - 50 + k,
-        '{"node": "n' || k || '", "visit": 1, "attempt": 1, "status": "completed"}'
+        decode('84a6' || encode('run_id', 'hex') || to_hex(160 + length('r-' || r))
+               || encode(('r-' || r)::bytea, 'hex') || 'a4' || encode('node', 'hex') || 'a2'
+               || encode(('n' || k)::bytea, 'hex') || 'a7' || encode('attempt', 'hex')
+               || '01a2' || encode('ts', 'hex') || 'cb', 'hex')
+            || float8send(%(now)s - r * 2592 - d - 50 + k),
+        %(now)s - r * 2592 - d - 50 + k, %(now)s - r * 2592 - d - 50 + k
     FROM generate_series(0, %(devices)s - 1) d, generate_series(0, %(runs)s - 1) r,
          generate_series(0, 3) k""",
-    """INSERT INTO fleet_spans (device, trace_id, span_id, parent_id, run_id, name, start_s,
-        end_s, attrs)
-    SELECT 'dev-' || lpad(d::text, 5, '0'), md5(d || '-' || r), md5(d || '-' || r || '-' || k),
-        CASE WHEN k = 0 THEN NULL ELSE md5(d || '-' || r || '-0') END, 'r-' || r,
-        CASE WHEN k = 0 THEN 'run wf' ELSE 'step n' || k END,
-        %(now)s - r * 2592 - d - 50 + k, %(now)s - r * 2592 - d - 49 + k,
-        CASE WHEN k = 0 THEN '{"edge_agent.run_id": "r-' || r || '"}'
-             ELSE '{"edge_agent.node": "n' || k || '", "edge_agent.attempt": 1}' END
-    FROM generate_series(0, %(devices)s - 1) d, generate_series(0, %(runs)s - 1) r,
-         generate_series(0, 2) k""",
     "ANALYZE",
 )
 

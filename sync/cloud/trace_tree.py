@@ -10,10 +10,52 @@ hand-off still open has no step yet: it shows as a step `waiting` / `handed_off`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-Span = tuple[str, str, str | None, str, float, float, dict[str, Any]]
+from sync.cloud.run_records import SPANS, Span, bounded, one, spans_of
+from sync.envelope import WireRecord
+
+MAX_RECORDS = 100_000  # read back for one trace, at most
+
+
+def read(store: Any, device: str, epoch: str, run_id: str, seqs: Mapping[str, list[int]]
+         ) -> tuple[list[tuple[str, float, dict[str, Any]]], list[Span]]:
+    """The run's records (kind, ts, fields) and its spans, from the seqs of each stream
+    that hold them (the database skips, in C, any record that does not name the run)."""
+    names = "position(? in payload) > 0" if store.dialect == "postgresql" else \
+        "instr(payload, ?) > 0"
+    events: list[tuple[str, float, dict[str, Any]]] = []
+    spans: list[Span] = []
+    ignored: Counter[str] = Counter()
+    with store.tx() as c:
+        for stream, (first, last) in sorted(seqs.items()):
+            rows = store._exec(
+                c, "SELECT seq, kind, payload, created_at FROM records WHERE device = ? AND"
+                   f" epoch = ? AND stream = ? AND seq BETWEEN ? AND ? AND {names} ORDER BY"
+                   f" seq LIMIT {MAX_RECORDS}",
+                (device, epoch, stream, first, last, run_id.encode())).fetchall()
+            for seq, kind, payload, created in rows:
+                r = WireRecord(int(seq), kind, bytes(payload), float(created))
+                if kind == SPANS:
+                    spans += _spans(r.payload)
+                    continue
+                rec = one(r, ignored)
+                if rec is not None and rec["run_id"] == run_id:
+                    ts = rec.get("ts")
+                    events.append((kind, float(ts) if isinstance(ts, int | float)
+                                   else r.created_at, bounded(rec)))
+    events.sort(key=lambda e: e[1])
+    traces = {s[0] for s in spans if s[3] == run_id}
+    return events, sorted((s for s in spans if s[0] in traces), key=lambda s: s[5])
+
+
+def _spans(payload: bytes) -> list[Span]:
+    try:
+        return spans_of(payload)
+    except Exception:  # noqa: BLE001 - counted when it was projected; nothing to show
+        return []
 
 
 def _ms(a: float, b: float) -> float:
@@ -86,18 +128,18 @@ def _with_spans(steps: list[dict[str, Any]], spans: Sequence[Span]) -> str | Non
     step_spans: dict[tuple[Any, int], Span] = {}
     trace_id = None
     for s in spans:
-        a = s[6]
-        if s[3].startswith("run ") and a.get("edge_agent.run_id"):
+        a = s[7]
+        if s[4].startswith("run ") and a.get("edge_agent.run_id"):
             trace_id = s[0]
-        if s[3].startswith("step ") and "edge_agent.node" in a:
+        if s[4].startswith("step ") and "edge_agent.node" in a:
             step_spans[(a["edge_agent.node"], int(a.get("edge_agent.attempt") or 1))] = s
     children: dict[str, list[Span]] = {}
     for s in spans:
-        op = s[6].get("gen_ai.operation.name")
+        op = s[7].get("gen_ai.operation.name")
         if op in ("execute_tool", "chat"):
             parent = s[2]
             while parent is not None and parent in by_id and \
-                    not by_id[parent][3].startswith("step "):
+                    not by_id[parent][4].startswith("step "):
                 parent = by_id[parent][2]
             if parent is not None:
                 children.setdefault(parent, []).append(s)
@@ -106,23 +148,23 @@ def _with_spans(steps: list[dict[str, Any]], spans: Sequence[Span]) -> str | Non
         if span is None:
             continue
         trace_id = trace_id or span[0]
-        st["duration_ms"], st["started_at"] = _ms(span[4], span[5]), span[4]
+        st["duration_ms"], st["started_at"] = _ms(span[5], span[6]), span[5]
         for c in children.get(span[1], []):
-            a = c[6]
+            a = c[7]
             if a.get("gen_ai.operation.name") == "execute_tool":
                 outcome = a.get("edge_agent.outcome")
                 st["children"].append({
                     "tool": a.get("gen_ai.tool.name"), "args": None, "status": outcome,
                     "attempt": a.get("edge_agent.attempt"), "key": a.get("gen_ai.tool.call.id"),
                     "error": a.get("error.type") if outcome not in (None, "ok") else None,
-                    "duration_ms": _ms(c[4], c[5])})
+                    "duration_ms": _ms(c[5], c[6])})
             else:
                 st["children"].append({"model_turn": a.get("edge_agent.turn"), "scope": "",
                                        "summary": {"model": a.get("gen_ai.request.model"),
                                                    "tool": None, "completion_tokens":
                                                    a.get("gen_ai.usage.output_tokens"),
-                                                   "duration_ms": _ms(c[4], c[5])}})
+                                                   "duration_ms": _ms(c[5], c[6])}})
     return trace_id
 
 
-__all__ = ["build"]
+__all__ = ["build", "read"]

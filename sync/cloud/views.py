@@ -178,36 +178,37 @@ def conflicts(store: Any) -> list[dict[str, Any]]:
     """Conflicts devices reported (approval.conflict, handoff.conflict) and resends the
     store refused because their content differed from the record held (seq_conflict)."""
     with store.tx() as c:
-        events = store._exec(c, "SELECT device, run_id, kind, ts, data FROM fleet_events WHERE"
-                                " kind IN ('approval.conflict', 'handoff.conflict') ORDER BY"
-                                " ts").fetchall()
+        runs_with = store._exec(c, "SELECT device, run_id, gates, head FROM fleet_runs WHERE"
+                                   " conflicts > 0 ORDER BY updated_at").fetchall()
         refused = store._exec(c, "SELECT device, reason, detail, received_at FROM quarantine"
                                  " WHERE reason = 'seq_conflict' ORDER BY id").fetchall()
-    out = [{"device": d, "run_id": r, "kind": k, "at": ts, "detail": json.loads(data)}
-           for d, r, k, ts, data in events]
+    out = []
+    for device, run_id, gates_json, head in runs_with:
+        for aid, g in json.loads(gates_json).items():
+            if "conflict" in g:
+                out.append({"device": device, "run_id": run_id, "kind": "approval.conflict",
+                            "at": g["conflict"]["at"],
+                            "detail": {**g["conflict"], "approval_id": int(aid)}})
+        for key, h in json.loads(head).get("handoffs", {}).items():
+            out.append({"device": device, "run_id": run_id, "kind": "handoff.conflict",
+                        "at": h["at"], "detail": {**h, "key": key}})
     out += [{"device": d, "run_id": None, "kind": reason, "at": at, "detail": detail}
             for d, reason, detail, at in refused]
     return out
 
 
 def trace(store: Any, device: str, run_id: str) -> dict[str, Any]:
-    """The run's tree, built from the cloud's copy of its records and spans."""
-    from sync.cloud.trace_tree import build
+    """The run's tree, built from the cloud's copy of its records (read back from the
+    seqs the projection noted for the run) and the spans among them."""
+    from sync.cloud.trace_tree import build, read
     head = run(store, device, run_id)
     if head is None:
         raise ViewError(f"no run {run_id!r} of device {device!r} in the cloud's records")
     with store.tx() as c:
-        events = store._exec(c, "SELECT stream, seq, kind, ts, data FROM fleet_events WHERE"
-                                " device = ? AND run_id = ? AND epoch = ? ORDER BY ts, stream,"
-                                " seq", (device, run_id, head["epoch"])).fetchall()
-        spans = store._exec(c, "SELECT s.trace_id, s.span_id, s.parent_id, s.name, s.start_s,"
-                               " s.end_s, s.attrs FROM fleet_spans s WHERE s.device = ? AND"
-                               " s.trace_id IN (SELECT DISTINCT trace_id FROM fleet_spans"
-                               " WHERE device = ? AND run_id = ?) ORDER BY s.start_s",
-                            (device, device, run_id)).fetchall()
-    return build(head, [(k, float(ts), json.loads(data)) for _, _, k, ts, data in events],
-                 [(t, s, p, n, float(a), float(b), json.loads(at))
-                  for t, s, p, n, a, b, at in spans])
+        row = store._exec(c, "SELECT seqs FROM fleet_runs WHERE device = ? AND run_id = ? AND"
+                             " epoch = ?", (device, run_id, head["epoch"])).fetchone()
+    events, spans = read(store, device, head["epoch"], run_id, json.loads(row[0]))
+    return build(head, events, spans)
 
 
 __all__ = ["ViewError", "approvals", "conflicts", "devices", "gates", "run", "runs", "trace"]
