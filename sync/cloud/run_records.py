@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -32,10 +32,9 @@ SPANS = "otlp.traces"
 Span = tuple[str, str, str | None, str | None, str, float, float, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One record about one run, decoded. For an `otlp.traces` record, one Event per run
-    its spans name (rec empty)."""
+    its spans name (rec empty). A tuple: a batch makes one per record."""
 
     stream: str
     seq: int
