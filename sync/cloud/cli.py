@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
-from sync.cloud.ingest import IngestWorker
 from sync.cloud.store import CloudStoreError, SqlCloudStore
+from sync.cloud.wiring import store_of, worker
+
+__all__ = ["build_parser", "main", "manual", "store_of", "worker"]
 
 EXPIRES = ("the device refuses it after this long (90s, 15m, 1h, 2d; default 24h): it"
            " answers 'expired' and does nothing")
@@ -26,49 +28,6 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def store_of(cfg: CloudConfig) -> SqlCloudStore:
-    return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
-
-
-def load_tools(cfg: CloudConfig, entries: Any = None, table: str = "tools") -> dict[str, Any]:
-    """Import the `"module:function"` entries; one that cannot be imported is a config error
-    (exit 78, naming the key), not a traceback that systemd would restart forever."""
-    import importlib
-
-    from sync.config_reader import ConfigIssue
-    out, issues = {}, []
-    for name, entry in cfg.tools if entries is None else entries:
-        module, _, attr = entry.partition(":")
-        try:
-            out[name] = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            issues.append(ConfigIssue(f"{table}.{name}", f"cannot be imported ({exc}); install"
-                                      " its module where the service runs", entry))
-    if issues:
-        raise CloudConfigError(cfg.path, issues)
-    return out
-
-
-def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
-    """An ingest worker; the [tools] modules are imported only where `tools` is not given
-    (by `run`, the one command that executes remote tools)."""
-    if "tools" not in kw:
-        kw["tools"] = load_tools(cfg)
-        kw.setdefault("handoffs", load_tools(cfg, [
-            (n, e) for n, e in cfg.handoffs if not e.startswith("workflow:")], "handoffs"))
-    if cfg.signing_key:
-        from sync.signing import Sealer, load_private_key
-        kw.setdefault("sealer", Sealer(load_private_key(cfg.signing_key)))
-    if cfg.device_keys or cfg.require_device_keys:
-        from sync.cloud.device_keys import DeviceKeys
-        kw.setdefault("uplink", DeviceKeys(cfg.device_keys, required=cfg.require_device_keys))
-    return IngestWorker(store, host=cfg.host, port=cfg.port, prefix=cfg.topic_prefix,
-                        group=cfg.group, protocol=cfg.protocol, tls_ca=cfg.tls_ca,
-                        tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, username=cfg.username,
-                        password=cfg.password, otlp_endpoint=cfg.otlp_endpoint,
-                        collections=cfg.collections, **kw)
 
 
 def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
@@ -147,11 +106,10 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 return _fail(args, f"--patch: must be a JSON object (got {args.patch})", 64)
     if args.command == "start" and args.device is None:
         return cmd_fleet_start(cfg, args, cargs)
+    if args.command in ("approve", "reject"):  # naming the gate the cloud saw
+        from sync.cloud.decide_cli import cmd_decide
+        return cmd_decide(cfg, args, cargs.get("patch"))
     store = store_of(cfg)
-    if args.command in ("approve", "reject"):
-        seen = store.last_approval(args.device, args.run_id)
-        if seen is not None:
-            cargs["approval_id"] = seen  # the gate the cloud answers, as it last saw it
     return _deliver(cfg, store, args, lambda sender: sender.send_command(
         args.device, args.command, cargs, wait_s=10, expires_in_s=args.expires_in))
 
@@ -402,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--expires-in", type=duration, help=EXPIRES)
         if name == "approve":
             s.add_argument("--patch", help="JSON object merged into the run's context")
+        if name != "cancel":
+            s.add_argument("--approval", type=int, help="the approval id to answer (default:"
+                           " the one the cloud sees pending on the run)")
     s = sub.add_parser("doc", parents=[common],
                        help="a device's replicated document: `doc get|set COLLECTION/KEY`")
     s.add_argument("action", choices=("get", "set"))
@@ -426,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
+    from sync.cloud import export, views_cli
+    for view in (views_cli, export):  # the fleet's projection: runs, approvals, trace, ...
+        view.register(sub, common)
     return p
 
 
@@ -438,10 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
-    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
-               "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
+    handler = getattr(args, "handler", None) or {
+        "run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
+        "groups": cmd_groups}.get(args.command, cmd_send)
+    from sync.cloud import decide_cli, views_cli
     try:
         return handler(cfg, args)
+    except views_cli.ERRORS + decide_cli.ERRORS as exc:
+        return _fail(args, str(exc), getattr(exc, "exit_code", 1))
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
     except CloudStoreError as exc:

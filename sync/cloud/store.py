@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sync.chunks import DEFAULT_MAX_RECORD_BYTES
 from sync.cloud import schema
 from sync.cloud.batches import Stored, store_batch
+from sync.cloud.projection import project
 from sync.envelope import Batch
 
 TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
@@ -67,9 +68,11 @@ class CloudStore(Protocol):
 class SqlCloudStore:
     """One implementation for both engines; only the dialect differs."""
 
-    def __init__(self, url: str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(self, url: str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 projection: bool = True) -> None:
         self.url = url
         self.max_record_bytes = max_record_bytes
+        self.projection = projection  # keep the fleet's projection with each batch
         self._lock = threading.Lock()
         self._epochs: set[tuple[str, str]] = set()  # stored already: not written again
         self._touched: dict[str, float] = {}  # device -> when this store last wrote last_seen
@@ -147,6 +150,8 @@ class SqlCloudStore:
             if touch:
                 self._touch(c, batch.device, now)
             stored = store_batch(self, c, batch, now, new_epoch=not known)
+            if self.projection:  # the fleet's view of runs, in the batch's transaction
+                project(self, c, batch.device, batch.epoch, batch.stream, stored.new)
         self._epochs.add((batch.device, batch.epoch))
         if touch:
             self._touched[batch.device] = now
@@ -251,22 +256,6 @@ class SqlCloudStore:
                                  " epoch = ? AND stream = ? ORDER BY seq",
                               (device, epoch, stream)).fetchall()
         return [(int(s), k, bytes(p)) for s, k, p in rows]
-
-    def last_approval(self, device: str, run_id: str) -> int | None:
-        """The latest approval the device asked for on this run, as the cloud has seen it."""
-        import msgpack
-        with self.tx() as c:
-            rows = self._exec(c, "SELECT payload FROM records WHERE device = ? AND stream ="
-                                 " 'control' AND kind = 'approval.requested' ORDER BY"
-                                 " received_at DESC, seq DESC", (device,)).fetchall()
-        for (payload,) in rows:
-            try:
-                rec = msgpack.unpackb(bytes(payload), raw=False)
-            except (ValueError, msgpack.UnpackException):
-                continue
-            if rec.get("run_id") == run_id:
-                return int(rec["approval_id"])
-        return None
 
     def quarantined(self) -> list[dict[str, Any]]:
         with self.tx() as c:
