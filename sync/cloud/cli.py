@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
+    from sync.cloud.console.cli import add_console_parser
+    add_console_parser(sub, common)
     return p
 
 
@@ -438,8 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
-    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
-               "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
+    from sync.cloud.console.cli import cmd_console
+    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
+               "groups": cmd_groups, "console": cmd_console}.get(args.command, cmd_send)
     try:
         return handler(cfg, args)
     except CloudConfigError as exc:
