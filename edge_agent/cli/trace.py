@@ -9,6 +9,7 @@ from edge_agent.cli.context import CliError, Context
 from edge_agent.engine import queries as q
 from edge_agent.engine.journal import scope_matches
 from edge_agent.engine.records import loads
+from sync.trace_render import render_trace
 
 
 def build_trace(store: Any, run_id: str) -> dict[str, Any]:
@@ -53,39 +54,6 @@ def build_trace(store: Any, run_id: str) -> dict[str, Any]:
     return {"run_id": run.run_id, "workflow": run.workflow,
             "version": run.summary()["version"], "status": run.status,
             "trace_id": run.trace_id, "error": run.error, "steps": nodes}
-
-
-def render_trace(t: dict[str, Any]) -> str:
-    version = f" version {t['version']}" if t.get("version") else ""
-    lines = [f"run {t['run_id']} ({t['workflow']}{version}) {t['status']}  trace {t['trace_id']}"]
-    for i, s in enumerate(t["steps"]):
-        last = i == len(t["steps"]) - 1
-        branch = "└─" if last else "├─"
-        reason = f"  {s['error_kind']}: {s['error']}" if s["error"] else ""
-        retry = f" attempt {s['attempt']}" if s["attempt"] > 1 or s["status"] == "failed" else ""
-        lines.append(f"{branch} {s['node']}{retry} [{s['status']}] {s['duration_ms']}ms{reason}")
-        pad = "   " if last else "│  "
-        for j, c in enumerate(s["children"]):
-            twig = "└─" if j == len(s["children"]) - 1 else "├─"
-            if "tool" in c:
-                text = f"tool {c['tool']} {c['status']}" + (f": {c['error']}" if c["error"]
-                                                            else "")
-            elif "model_turn" in c:
-                m = c["summary"]
-                text = (f"model {m.get('model', '?')} {c['model_turn']} -> {m.get('tool')}"
-                        + (f" ({m.get('completion_tokens')} tokens, "
-                           f"{m.get('tokens_per_s')} tok/s, ttft "
-                           f"{1000 * (m.get('ttft_s') or 0):.0f} ms)" if m.get('model') else ""))
-            elif "cloud_run" in c:
-                text = (f"handed to {c['to']}: cloud run {c['cloud_run']} on "
-                        f"{c['worker'] or '?'} {'ok' if c['ok'] else 'failed'}")
-            else:
-                text = (f"approval ({c['approval']}) {c['decision']} by {c['by'] or '-'}"
-                        f" from {c['origin'] or '-'}" + (f": {c['note']}" if c["note"] else ""))
-            lines.append(f"{pad}{twig} {text}")
-    if t["error"]:
-        lines.append(f"error: {t['error']}")
-    return "\n".join(lines)
 
 
 def cmd_trace(ctx: Context, args: argparse.Namespace) -> int:

@@ -73,9 +73,41 @@ _V2 = {
         "ALTER TABLE streams ADD PRIMARY KEY (device, epoch, stream)",
     ) + _V2_COMMON,
 }
+# The fleet's projection (sync/cloud/projection.py): one row per device run, the events of
+# each run that a trace shows, the spans devices sent, and what the projection skipped.
+_V3 = (
+    """CREATE TABLE fleet_runs (device TEXT NOT NULL, epoch TEXT NOT NULL,
+        run_id TEXT NOT NULL, workflow TEXT, version TEXT, origin TEXT, status TEXT,
+        node TEXT, error TEXT, queued_at DOUBLE PRECISION, started_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION,
+        steps INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0,
+        head TEXT NOT NULL DEFAULT '', gates TEXT NOT NULL DEFAULT '{{}}',
+        approval_id BIGINT, approval_node TEXT, approval_visit INTEGER,
+        approval_kind TEXT, approval_prompt TEXT, approval_at DOUBLE PRECISION,
+        approval_expires_at DOUBLE PRECISION, PRIMARY KEY (device, epoch, run_id))""",
+    "CREATE INDEX fleet_runs_updated ON fleet_runs (updated_at)",
+    "CREATE INDEX fleet_runs_status ON fleet_runs (status, updated_at)",
+    "CREATE INDEX fleet_runs_run ON fleet_runs (run_id)",
+    """CREATE INDEX fleet_runs_pending ON fleet_runs (approval_at)
+        WHERE approval_id IS NOT NULL""",
+    """CREATE TABLE fleet_events (device TEXT NOT NULL, epoch TEXT NOT NULL,
+        stream TEXT NOT NULL, seq BIGINT NOT NULL, run_id TEXT NOT NULL, kind TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL, data TEXT NOT NULL,
+        PRIMARY KEY (device, epoch, stream, seq))""",
+    "CREATE INDEX fleet_events_run ON fleet_events (device, run_id, ts)",
+    """CREATE TABLE fleet_spans (device TEXT NOT NULL, trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL, parent_id TEXT, run_id TEXT, name TEXT NOT NULL,
+        start_s DOUBLE PRECISION NOT NULL, end_s DOUBLE PRECISION NOT NULL,
+        attrs TEXT NOT NULL, PRIMARY KEY (device, trace_id, span_id))""",
+    "CREATE INDEX fleet_spans_run ON fleet_spans (device, run_id)",
+    """CREATE TABLE fleet_skips (device TEXT NOT NULL, reason TEXT NOT NULL,
+        count BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (device, reason))""",
+    "CREATE INDEX records_received ON records (received_at)",
+    "UPDATE schema_version SET version = 3",
+)
 MIGRATIONS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
-    d: [(1, _V1), (2, _V2[d])] for d in ("sqlite", "postgresql")}
-LATEST = 2
+    d: [(1, _V1), (2, _V2[d]), (3, _V3)] for d in ("sqlite", "postgresql")}
+LATEST = 3
 
 
 def current_version(tables: set[str], version_row: Any) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sync.chunks import DEFAULT_MAX_RECORD_BYTES
 from sync.cloud import schema
 from sync.cloud.batches import Stored, store_batch
+from sync.cloud.projection import project
 from sync.envelope import Batch
 
 TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
@@ -67,9 +68,11 @@ class CloudStore(Protocol):
 class SqlCloudStore:
     """One implementation for both engines; only the dialect differs."""
 
-    def __init__(self, url: str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(self, url: str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 projection: bool = True) -> None:
         self.url = url
         self.max_record_bytes = max_record_bytes
+        self.projection = projection  # keep the fleet's projection with each batch
         self._lock = threading.Lock()
         self._epochs: set[tuple[str, str]] = set()  # stored already: not written again
         self._touched: dict[str, float] = {}  # device -> when this store last wrote last_seen
@@ -147,6 +150,8 @@ class SqlCloudStore:
             if touch:
                 self._touch(c, batch.device, now)
             stored = store_batch(self, c, batch, now, new_epoch=not known)
+            if self.projection:  # the fleet's view of runs, in the batch's transaction
+                project(self, c, batch.device, batch.epoch, batch.stream, stored.new)
         self._epochs.add((batch.device, batch.epoch))
         if touch:
             self._touched[batch.device] = now
