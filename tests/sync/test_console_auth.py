@@ -31,9 +31,9 @@ class Decisions:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    def __call__(self, **kw: Any) -> str:
+    def __call__(self, **kw: Any) -> dict[str, Any]:
         self.sent.append(kw)
-        return "sent"
+        return {"command_id": f"c{len(self.sent)}", "state": "sent"}
 
 
 @pytest.fixture
@@ -148,7 +148,8 @@ def test_operator_decides_through_the_shared_action(console: tuple[TestClient, D
     assert decisions.sent == [{"device": "press-7", "run_id": "r1", "approval_id": 3,
                                "approve": True, "note": "ok", "patch": {"lot": 4},
                                "by": "ana"}]
-    assert "approved approval 3 of run r1 on press-7" in client.get("/approvals").text
+    assert "approved approval 3 of run r1 on press-7: command c1 sent" in \
+        client.get("/approvals").text
     # a patch must be a JSON object, as on the CLI
     r = client.post("/approvals/decide", data={**DECISION, "patch": "[1]", "csrf": csrf})
     assert r.status_code == 400 and "must be a JSON object" in r.text

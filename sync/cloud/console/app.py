@@ -7,24 +7,27 @@ few seconds, so pages update without a reload and without a JavaScript build.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.templating import Jinja2Templates
 
 from sync.cloud.console import auth, formats
 from sync.cloud.console.auth import Refused
 from sync.cloud.console.fleet import Fleet
 from sync.cloud.console.tokens import Holder, TokenFile
+from sync.cloud.decisions import DecisionError
 
 FRAGMENT = "x-console-fragment"
 SESSION_S = 12 * 3600
@@ -37,8 +40,10 @@ class Console:
         self.fleet = fleet
         self.tokens = tokens
         self.poll_s = poll_s
-        self.templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
-        formats.install(self.templates.env)
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+            autoescape=True, undefined=jinja2.ChainableUndefined)
+        formats.install(self.templates)
 
     def render(self, request: Request, name: str, holder: Holder | None,
                status: int = 200, **context: Any) -> Response:
@@ -50,7 +55,13 @@ class Console:
                "flash": request.session.pop("flash", None), "path": request.url.path,
                "status_code": status,
                **context}
-        response = self.templates.TemplateResponse(request, name, ctx, status_code=status)
+        template = self.templates.get_template(name)
+        live = template.render({**ctx, "request": request, "fragment": True})
+        digest = hashlib.sha256(live.encode()).hexdigest()[:16]
+        body = live if fragment else template.render({**ctx, "request": request,
+                                                      "digest": digest})
+        response = HTMLResponse(body, status_code=status)
+        response.headers["X-Fragment-Digest"] = digest
         response.headers["Content-Security-Policy"] = (
             f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'self' "
             "'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
@@ -123,10 +134,12 @@ class Console:
                 raise Refused(400, f"patch: not valid JSON ({exc})") from None
             if not isinstance(patch, dict):
                 raise Refused(400, f"patch: must be a JSON object (got {form['patch']})")
-        from starlette.concurrency import run_in_threadpool
-        outcome = await run_in_threadpool(
-            self.fleet.decide, device=device, run_id=run_id, approval_id=approval_id,
-            approve=approve, note=form.get("note") or None, patch=patch, by=holder.name)
+        try:
+            outcome = await run_in_threadpool(
+                self.fleet.decide, device=device, run_id=run_id, approval_id=approval_id,
+                approve=approve, note=form.get("note") or None, patch=patch, by=holder.name)
+        except DecisionError as exc:
+            raise Refused(409, str(exc)) from None
         request.session["flash"] = outcome
         back = form.get("back", "/approvals")
         return RedirectResponse(back if back.startswith("/") and not back.startswith("//")

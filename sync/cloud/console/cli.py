@@ -90,5 +90,7 @@ def _token(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    from sync.cloud.cli import _fail as fail
-    return fail(args, message, code)
+    """An error on stderr, as every cloud command writes it (JSON under --json)."""
+    text = json.dumps({"error": message, "exit_code": code}) if args.json else message
+    print(text, file=sys.stderr)
+    return code

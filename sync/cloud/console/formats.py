@@ -34,6 +34,21 @@ def span(seconds: Any) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} m"
 
 
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(text: str, name: str) -> float:
+    """`90`, `90s`, `15m`, `1h`, `2d` as seconds; ValueError naming the field otherwise."""
+    num, unit = (text[:-1], UNITS[text[-1]]) if text[-1:] in UNITS else (text, 1)
+    try:
+        value = float(num) * unit
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name}: a duration like 90s, 15m, 1h, 2d (got {text!r})")
+    return value
+
+
 def limit(text: str | None) -> int:
     try:
         return max(1, min(MAX_LIMIT, int(text or 100)))
@@ -41,5 +56,15 @@ def limit(text: str | None) -> int:
         return 100
 
 
+def child(c: Any) -> str:
+    """A trace step's child (tool call, model turn, approval, hand-off, conflict) in the
+    words `edge-agent trace` prints."""
+    from sync.trace_render import _child
+    try:
+        return _child(c)
+    except (KeyError, TypeError):
+        return str(c)
+
+
 def install(env: Any) -> None:
-    env.filters.update(iso=iso, ago=ago, span=span)
+    env.filters.update(iso=iso, ago=ago, span=span, child=child)

@@ -1,9 +1,9 @@
-"""Serve the console: the store, a sender for the commands, uvicorn, until a signal."""
+"""Serve the console: the store, the CLI's decide, uvicorn, until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 from typing import Any
 
 from sync.cloud.console.settings import ConsoleSettings
@@ -38,23 +38,17 @@ def serve(cfg: Any, settings: ConsoleSettings) -> int:
     tokens = token_file(cfg, settings)
     import uvicorn
 
-    from sync.cloud.cli import store_of, worker
     from sync.cloud.console.app import Console
     from sync.cloud.console.fleet import Fleet
     from sync.cloud.decisions import decide
+    from sync.cloud.store import SqlCloudStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    store = store_of(cfg)
-    sender = worker(cfg, store, worker_id=f"console-{time.time_ns()}", tools={}, listen=False)
+    store = SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
     try:
-        sender.client.connect_async(cfg.host, cfg.port, keepalive=30)  # retried by paho
-        sender.client.loop_start()
-
-        def send(**kw: Any) -> Any:
-            return decide(cfg, store, sender, **kw)
-
-        fleet = Fleet(store, send, groups=dict(cfg.groups))
+        # the CLI's own action: each decision a signed command through a short-lived client
+        fleet = Fleet(store, functools.partial(decide, cfg, store), groups=cfg.groups)
         app = Console(fleet, tokens).app(https_only=settings.tls)
         if settings.insecure:
             log.warning("console.insecure = true: no login, every visitor is an operator;"
@@ -65,7 +59,5 @@ def serve(cfg: Any, settings: ConsoleSettings) -> int:
             proxy_headers=False, server_header=False))
         server.run()
     finally:
-        sender.client.disconnect()
-        sender.client.loop_stop()
         store.close()
     return 0
