@@ -15,6 +15,7 @@ from sync.cloud import views
 from sync.cloud.console.formats import seconds
 from sync.cloud.views import ViewError
 
+SHOWN = 200  # approvals on one page, oldest first
 Decide = Callable[..., dict[str, Any]]  # decisions.decide with cfg and store bound
 
 
@@ -52,7 +53,9 @@ class Fleet:
                 "run": views.run(self.store, device, run_id)}
 
     def approvals(self) -> dict[str, Any]:
-        return {"approvals": views.approvals(self.store)}
+        """The oldest SHOWN pending approvals (a page of 50,000 rows helps nobody)."""
+        pending = views.approvals(self.store)
+        return {"approvals": pending[:SHOWN], "more": max(0, len(pending) - SHOWN)}
 
     def conflicts(self) -> dict[str, Any]:
         return {"conflicts": views.conflicts(self.store)}
