@@ -6,7 +6,7 @@ Every error carries its own retryability so callers never guess from the type.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class EdgeAgentError(Exception):
@@ -81,3 +81,19 @@ class NoPendingApproval(EdgeAgentError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"run {run_id!r} has no pending approval")
+
+
+class StaleCommand(EdgeAgentError):
+    """A command names a gate the run no longer waits at. `answer` goes back to the cloud
+    in the command's result: the reason and what is pending now (None: nothing)."""
+
+    def __init__(self, run_id: str, named: dict[str, Any], pending: dict[str, Any] | None
+                 ) -> None:
+        self.run_id = run_id
+        self.answer = {"reason": "stale", "named": named, "pending": pending}
+        now = ("nothing is pending" if pending is None else
+               f"it waits at approval {pending['approval_id']} ({pending['node']} visit "
+               f"{pending['visit']})")
+        super().__init__(f"stale: the command names approval {named.get('approval_id')} "
+                         f"({named.get('node')} visit {named.get('visit')}) of run {run_id!r};"
+                         f" {now}")

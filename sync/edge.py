@@ -314,6 +314,9 @@ class EdgeSync:
                 conn.execute("ROLLBACK TO handler")
                 conn.execute("RELEASE handler")
                 result = {"ok": False, "error": str(exc)[:500]}
+                answer = getattr(exc, "answer", None)  # a refusal that says why (`stale`)
+                if isinstance(answer, dict):
+                    result.update(answer)
             packed = msgpack.packb({"id": cmd.id, "type": cmd.type, **result}, default=str)
             conn.execute("INSERT INTO inbox (id, kind, received_at, result) VALUES (?,?,?,?)",
                          (cmd.id, cmd.type, time.time(), packed))

@@ -125,7 +125,8 @@ class DaemonSync:
             return remote_decision(write, str(a["run_id"]), approve=cmd.type == "approve",
                                    by=str(a.get("by") or "cloud"), note=a.get("note"),
                                    patch=a.get("patch"), rule=rule,
-                                   approval_id=a.get("approval_id"))
+                                   approval_id=a.get("approval_id"), node=a.get("node"),
+                                   visit=a.get("visit"))
         if cmd.type == "cancel":
             run = request_cancel(write, str(a["run_id"]), by=str(a.get("by") or "cloud"))
             return {"run_id": run.run_id, "status": run.status}

@@ -18,7 +18,7 @@ from typing import Any
 from edge_agent.engine import queries as q
 from edge_agent.engine.control import Write, decide_approval, emit
 from edge_agent.engine.records import TERMINAL
-from edge_agent.errors import NoPendingApproval, RunNotFound
+from edge_agent.errors import NoPendingApproval, RunNotFound, StaleCommand
 from sync.dbapi import Connection
 
 log = logging.getLogger(__name__)
@@ -26,23 +26,35 @@ log = logging.getLogger(__name__)
 
 def remote_decision(write: Write, run_id: str, *, approve: bool, by: str,
                     note: str | None = None, patch: Any = None, approval_id: int | None = None,
-                    rule: str = "reject_wins") -> dict[str, Any]:
-    """Apply a decision from the cloud. `approval_id` names the gate the cloud saw; without
-    it, the run's pending gate."""
+                    rule: str = "reject_wins", node: str | None = None,
+                    visit: int | None = None) -> dict[str, Any]:
+    """Apply a decision from the cloud. `approval_id` (with the gate's `node` and `visit`,
+    when the cloud knows them) names the gate the cloud saw; without it, the run's pending
+    gate. A decision naming a gate other than the one pending is refused (StaleCommand,
+    carrying what is pending now): it never answers a gate nobody saw."""
     cloud = "approved" if approve else "rejected"
 
     def tx(conn: Connection) -> dict[str, Any]:
-        if q.get_run(conn, run_id) is None:
+        run = q.get_run(conn, run_id)
+        if run is None:
             raise RunNotFound(run_id)
         pending = q.pending_approval(conn, run_id)
-        if pending is not None and approval_id in (None, pending["id"]):
+        now_at = None if pending is None else {
+            "approval_id": pending["id"], "node": pending["node"],
+            "visit": run.visit(pending["node"]), "prompt": pending["prompt"]}
+        named = {"approval_id": approval_id, "node": node, "visit": visit}
+        if now_at is not None and (approval_id is None or (
+                approval_id == now_at["approval_id"] and node in (None, now_at["node"])
+                and visit in (None, now_at["visit"]))):
             return decide_approval(lambda fn: fn(conn), run_id, approve=approve, by=by,
                                    origin="cloud", note=note, patch=patch)
         rows = q.list_approvals(conn, pending_only=False, run_id=run_id)
         local = next((a for a in reversed(rows) if a["status"] in ("approved", "rejected")
                       and a["origin"] != "cloud"
                       and approval_id in (None, a["id"])), None)
-        if local is None:
+        if local is None or (local["status"] == cloud and now_at is not None):
+            if now_at is not None:  # a gate nobody named waits: never answer it
+                raise StaleCommand(run_id, named, now_at)
             raise NoPendingApproval(run_id)
         if local["status"] == cloud:
             return {"run_id": run_id, "approval_id": local["id"], "decision": cloud,

@@ -37,8 +37,9 @@ class Outcomes:
             q.update_run(c, run.run_id, now, node_state={**state, "approval_id": aid})
             self.e.remember(c, run.run_id)  # the next step sees the approval, not an older row
             self.e.emit(c, "control", "approval.requested", {
-                "run_id": run.run_id, "approval_id": aid, "node": node.name, "kind": kind,
-                "prompt": prompt, "timeout_at": timeout_at, "ts": now})
+                "run_id": run.run_id, "approval_id": aid, "node": node.name,
+                "visit": run.visit(node.name), "kind": kind, "prompt": prompt,
+                "timeout_at": timeout_at, "ts": now})
             return aid
         aid = self.e.write(tx, run.run_id)
         if timeout_at is not None:
@@ -69,6 +70,7 @@ class Outcomes:
                                  node_state={**run.node_state, "approval_id": new})
                 self.e.emit(c, "control", "approval.requested", {
                     "run_id": appr["run_id"], "approval_id": new, "node": appr["node"],
+                    "visit": run.visit(appr["node"]) if run is not None else None,
                     "kind": "escalation", "prompt": appr["prompt"], "ts": now})
         self.e.write(tx)
 

@@ -16,7 +16,9 @@ from typing import Any
 
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.store import CloudStoreError, SqlCloudStore
-from sync.cloud.workers import store_of, worker
+from sync.cloud.wiring import store_of, worker
+
+__all__ = ["build_parser", "main", "manual", "store_of", "worker"]
 
 EXPIRES = ("the device refuses it after this long (90s, 15m, 1h, 2d; default 24h): it"
            " answers 'expired' and does nothing")
@@ -104,11 +106,10 @@ def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 return _fail(args, f"--patch: must be a JSON object (got {args.patch})", 64)
     if args.command == "start" and args.device is None:
         return cmd_fleet_start(cfg, args, cargs)
+    if args.command in ("approve", "reject"):  # naming the gate the cloud saw
+        from sync.cloud.decide_cli import cmd_decide
+        return cmd_decide(cfg, args, cargs.get("patch"))
     store = store_of(cfg)
-    if args.command in ("approve", "reject"):
-        seen = store.last_approval(args.device, args.run_id)
-        if seen is not None:
-            cargs["approval_id"] = seen  # the gate the cloud answers, as it last saw it
     return _deliver(cfg, store, args, lambda sender: sender.send_command(
         args.device, args.command, cargs, wait_s=10, expires_in_s=args.expires_in))
 
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--expires-in", type=duration, help=EXPIRES)
         if name == "approve":
             s.add_argument("--patch", help="JSON object merged into the run's context")
+        if name != "cancel":
+            s.add_argument("--approval", type=int, help="the approval id to answer (default:"
+                           " the one the cloud sees pending on the run)")
     s = sub.add_parser("doc", parents=[common],
                        help="a device's replicated document: `doc get|set COLLECTION/KEY`")
     s.add_argument("action", choices=("get", "set"))
@@ -383,8 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
-    from sync.cloud.console.cli import add_console_parser
-    add_console_parser(sub, common)
+    from sync.cloud import export, views_cli
+    from sync.cloud.console import cli as console
+    for view in (views_cli, export, console):  # the fleet's projection: runs, approvals, ...
+        view.register(sub, common)
     return p
 
 
@@ -397,11 +403,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
-    from sync.cloud.console.cli import cmd_console
-    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
-               "groups": cmd_groups, "console": cmd_console}.get(args.command, cmd_send)
+    handler = getattr(args, "handler", None) or {
+        "run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
+        "groups": cmd_groups}.get(args.command, cmd_send)
+    from sync.cloud import decide_cli, views_cli
     try:
         return handler(cfg, args)
+    except views_cli.ERRORS + decide_cli.ERRORS as exc:
+        return _fail(args, str(exc), getattr(exc, "exit_code", 1))
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
     except CloudStoreError as exc:

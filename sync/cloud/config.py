@@ -44,6 +44,7 @@ class CloudConfig:
     otlp_endpoint: str | None = None
     workers: int = 1
     max_record_bytes: int = 16 << 20  # larger records are kept as stubs (size and digest)
+    projection: bool = True  # keep the fleet's projection of runs with each batch
     tools: tuple[tuple[str, str], ...] = ()  # remote tools: (name, "module:function")
     handoffs: tuple[tuple[str, str], ...] = ()  # handed-off steps: (name, "module:function")
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name -> devices
@@ -155,6 +156,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
     max_record = store.raw("max_record_bytes", 16 << 20)
     if not isinstance(max_record, int) or isinstance(max_record, bool) or max_record < 1024:
         store.error("max_record_bytes", "must be an integer >= 1024", max_record)
+    projection: bool = store.boolean("projection", True)
     endpoint = otlp.raw("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
         otlp.error("endpoint", "must start with http:// or https://", endpoint)
@@ -187,6 +189,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        tls_cert=rel(tls.get("cert")), tls_key=rel(tls.get("key")),
                        username=username, password=password,
                        otlp_endpoint=endpoint, workers=workers, max_record_bytes=max_record,
+                       projection=projection,
                        tools=tuple(sorted(tools.items())), collections=collections,
                        handoffs=tuple(sorted(handoffs.items())),
                        groups=groups,

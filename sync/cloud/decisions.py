@@ -76,7 +76,7 @@ def decide(cfg: Any, store: Any, device: str, run_id: str, approval_id: int | No
 def send(cfg: Any, store: Any, device: str, ctype: str, args: dict[str, Any], *,
          expires_in_s: float | None = None) -> str:
     """Record and publish one command through a short-lived client (never subscribed)."""
-    from sync.cloud.workers import worker
+    from sync.cloud.wiring import worker
     sender = worker(cfg, store, worker_id=f"cli-{time.time_ns()}", tools={}, listen=False)
     try:
         sender.client.connect(cfg.host, cfg.port, keepalive=30)

@@ -266,7 +266,7 @@ def project(store: Any, c: Any, device: str, epoch: str, stream: str,
     if got.events:
         rows = [(device, epoch, e.stream, e.seq, e.run_id, e.kind, e.ts, e.data())
                 for e in got.events]
-        c.executemany(store._sql(
+        _many(store, c, (
             "INSERT INTO fleet_events (device, epoch, stream, seq, run_id, kind, ts, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"), rows)
     lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
@@ -291,8 +291,16 @@ def project(store: Any, c: Any, device: str, epoch: str, stream: str,
     return got.skipped
 
 
+def _many(store: Any, c: Any, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    cur = c.cursor()  # both drivers' executemany lives on a cursor
+    try:
+        cur.executemany(store._sql(sql), rows)
+    finally:
+        cur.close()
+
+
 def _store_spans(store: Any, c: Any, device: str, spans: list[tuple[Any, ...]]) -> None:
-    c.executemany(store._sql(
+    _many(store, c, (
         "INSERT INTO fleet_spans (device, trace_id, span_id, parent_id, run_id, name, start_s,"
         " end_s, attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, trace_id,"
         " span_id) DO UPDATE SET parent_id = excluded.parent_id, run_id ="

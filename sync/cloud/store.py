@@ -257,22 +257,6 @@ class SqlCloudStore:
                               (device, epoch, stream)).fetchall()
         return [(int(s), k, bytes(p)) for s, k, p in rows]
 
-    def last_approval(self, device: str, run_id: str) -> int | None:
-        """The latest approval the device asked for on this run, as the cloud has seen it."""
-        import msgpack
-        with self.tx() as c:
-            rows = self._exec(c, "SELECT payload FROM records WHERE device = ? AND stream ="
-                                 " 'control' AND kind = 'approval.requested' ORDER BY"
-                                 " received_at DESC, seq DESC", (device,)).fetchall()
-        for (payload,) in rows:
-            try:
-                rec = msgpack.unpackb(bytes(payload), raw=False)
-            except (ValueError, msgpack.UnpackException):
-                continue
-            if rec.get("run_id") == run_id:
-                return int(rec["approval_id"])
-        return None
-
     def quarantined(self) -> list[dict[str, Any]]:
         with self.tx() as c:
             rows = self._exec(c, "SELECT device, topic, reason, detail FROM quarantine"

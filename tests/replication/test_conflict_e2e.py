@@ -57,6 +57,9 @@ def test_offline_conflicting_decisions_converge(tmp_path: Path, broker: Broker) 
         until(lambda: all(cli_json(cfg, "runs", "show", r)["status"] == "waiting_approval"
                           for r in (a, b)))
         until(lambda: cli_json(cfg, "status")["sync"]["connected"])
+        until(lambda: all(r in subprocess.run(  # the cloud has seen both gates
+            [CLOUD, "approvals", "--config", str(cloud_cfg)], capture_output=True, text=True,
+            timeout=30).stdout for r in (a, b)))
         proxy.open = False  # the device goes offline
         proxy.cut()
         until(lambda: not cli_json(cfg, "status")["sync"]["connected"])

@@ -65,7 +65,8 @@ def test_a_broker_that_cannot_be_reached_is_an_error_not_a_traceback(tmp_path: P
                    '[store]\nurl = "sqlite:///cloud.db"\n[groups]\nline-a = ["d1", "d2"]\n')
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root}
-    for words in (["approve", "--device", "d1", "r1"], ["start", "w", "--group", "line-a"]):
+    for words in (["approve", "--device", "d1", "r1", "--approval", "1"],
+                  ["start", "w", "--group", "line-a"]):
         r = subprocess.run([sys.executable, "-m", "sync.cloud.cli", *words, "--config",
                             str(cfg), "--json"], capture_output=True, text=True, env=env,
                            timeout=60)

@@ -87,9 +87,9 @@ def test_device_to_cloud_and_back(tmp_path: Path) -> None:
         assert started["state"] == "confirmed"
         run_id = started["result"]["result"]["run_id"]
         deadline = time.time() + 20
-        while cli_json(device_cfg, "runs", "show", run_id)["status"] != "waiting_approval":
+        while run_id not in cloud(cloud_cfg, "approvals").stdout:  # the cloud saw the gate
             assert time.time() < deadline
-            time.sleep(0.1)
+            time.sleep(0.2)
         r = cloud(cloud_cfg, "approve", "--device", "press-7", run_id, "--note", "ok from HQ",
                   "--wait")
         assert "confirmed" in r.stdout
@@ -99,9 +99,13 @@ def test_device_to_cloud_and_back(tmp_path: Path) -> None:
         shown = cli_json(device_cfg, "runs", "show", run_id)
         assert shown["context"]["gate"]["origin"] == "cloud"
         assert shown["input"] == {"lot": 3}
-        # a second approve has nothing to answer: the cloud hears why
+        # a second approve has nothing to answer: the cloud sees no gate open and sends
+        # nothing; named explicitly, the device answers why
         again = cloud(cloud_cfg, "approve", "--device", "press-7", run_id, "--wait",
                       check=False)
+        assert again.returncode == 1 and "sees no pending approval" in again.stderr
+        again = cloud(cloud_cfg, "approve", "--device", "press-7", run_id, "--wait",
+                      "--approval", "1", check=False)
         assert again.returncode == 1 and "no pending approval" in again.stdout
         # in sync: nothing pending on the device, the cloud holds every record
         while True:

@@ -13,7 +13,7 @@ from sync.cloud.console.settings import is_loopback, parse_listen
 from sync.cloud.console.tokens import ROLES, TokenError, TokenFile
 
 
-def add_console_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register `console` and `console token ...` on the cloud CLI's subcommands."""
     s = sub.add_parser("console", parents=[common], help="serve the web console (devices,"
                        " runs, traces, approvals, conflicts); `console token` manages logins")
@@ -21,6 +21,7 @@ def add_console_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    "127.0.0.1:8080)")
     s.add_argument("--insecure", action="store_true", help="serve without tokens (loopback"
                    " only; the same as [console] insecure = true)")
+    s.set_defaults(handler=cmd_console)
     tok = s.add_subparsers(dest="console_command", metavar="token")
     t = tok.add_parser("token", help="the tokens that may log in: add, list, revoke")
     act = t.add_subparsers(dest="token_action", required=True, metavar="ACTION")

@@ -7,13 +7,13 @@ Each read returns the context of one template.
 
 from __future__ import annotations
 
-import time
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sync.cloud import views
-from sync.cloud.console.formats import seconds
 from sync.cloud.views import ViewError
+from sync.cloud.views_cli import parse_since
 
 SHOWN = 200  # approvals on one page, oldest first
 Decide = Callable[..., dict[str, Any]]  # decisions.decide with cfg and store bound
@@ -36,12 +36,14 @@ class Fleet:
         out: dict[str, Any] = {"filters": filters, "groups": sorted(self.groups), "runs": [],
                                "error": None}
         try:
-            after = None if since is None else time.time() - seconds(since, "since")
+            after = None if since is None else parse_since(since)
             out["runs"] = views.runs(self.store, device=device, group=group, status=status,
                                      workflow=workflow, since=after, limit=limit,
                                      groups=self.groups)
-        except (ValueError, ViewError) as exc:
-            out["error"] = str(exc)
+        except ArgumentTypeError as exc:
+            out["error"] = f"since: {exc}"
+        except ViewError as exc:
+            out["error"] = str(exc).removeprefix("--")
         return out
 
     def run(self, device: str, run_id: str) -> dict[str, Any]:

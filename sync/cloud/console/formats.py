@@ -34,21 +34,6 @@ def span(seconds: Any) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} m"
 
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def seconds(text: str, name: str) -> float:
-    """`90`, `90s`, `15m`, `1h`, `2d` as seconds; ValueError naming the field otherwise."""
-    num, unit = (text[:-1], UNITS[text[-1]]) if text[-1:] in UNITS else (text, 1)
-    try:
-        value = float(num) * unit
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{name}: a duration like 90s, 15m, 1h, 2d (got {text!r})")
-    return value
-
-
 def limit(text: str | None) -> int:
     try:
         return max(1, min(MAX_LIMIT, int(text or 100)))

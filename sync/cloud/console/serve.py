@@ -41,11 +41,11 @@ def serve(cfg: Any, settings: ConsoleSettings) -> int:
     from sync.cloud.console.app import Console
     from sync.cloud.console.fleet import Fleet
     from sync.cloud.decisions import decide
-    from sync.cloud.store import SqlCloudStore
+    from sync.cloud.wiring import store_of
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    store = SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
+    store = store_of(cfg)
     try:
         # the CLI's own action: each decision a signed command through a short-lived client
         fleet = Fleet(store, functools.partial(decide, cfg, store), groups=cfg.groups)

@@ -1,9 +1,5 @@
-"""The store and the ingest worker a CloudConfig describes: what `run` starts, and the
-short-lived senders of the commands (`approve`, `start`, `doc set`, the console's decisions).
-
-Kept out of the CLI module so that what sends a command (sync.cloud.decisions) never
-imports the command line that calls it.
-"""
+"""Building the cloud's parts from cloud.toml: the store, the [tools] and [handoffs]
+functions, an ingest worker (or a sender: the CLI's short-lived client)."""
 
 from __future__ import annotations
 
@@ -15,7 +11,8 @@ from sync.cloud.store import SqlCloudStore
 
 
 def store_of(cfg: CloudConfig) -> SqlCloudStore:
-    return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
+    return SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes,
+                         projection=cfg.projection)
 
 
 def load_tools(cfg: CloudConfig, entries: Any = None, table: str = "tools") -> dict[str, Any]:
