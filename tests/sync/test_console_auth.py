@@ -193,13 +193,18 @@ def test_insecure_serves_without_login(tmp_path: Path) -> None:
     store = SqlCloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
     decisions = Decisions()
     try:
-        with TestClient(Console(Fleet(store, decisions), None).app()) as client:
+        with TestClient(Console(Fleet(store, decisions), None).app(),
+                        base_url="http://localhost:8080") as client:
             page = client.get("/approvals")
             assert page.status_code == 200 and "insecure (operator)" in page.text
             csrf = CSRF.findall(page.text)[0]
             assert client.post("/approvals/decide", data=DECISION).status_code == 403
             client.post("/approvals/decide", data={**DECISION, "csrf": csrf})
             assert decisions.sent[0]["by"] == "insecure"
+        # reached through another name (DNS rebinding): refused
+        with TestClient(Console(Fleet(store, decisions), None).app(),
+                        base_url="http://attacker.example") as client:
+            assert client.get("/approvals").status_code == 400
     finally:
         store.close()
 

@@ -210,3 +210,7 @@ def test_operator_approves_in_the_browser_and_the_run_completes(
     # its trace, as a tree with timings
     driver.find_element(By.CSS_SELECTOR, f'tr.run[data-run="{run_id}"] a').click()
     until(lambda: "gate" in text_of(driver, "#trace li.step"), timeout=10)
+    assert "approved by ana from cloud: ok from the console" in \
+        text_of(driver, "#trace")
+    driver.save_screenshot(str(tmp_path / "trace-page.png"))
+    shutil.copy(tmp_path / "trace-page.png", ARTIFACTS / "console-trace-page.png")

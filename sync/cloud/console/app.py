@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from sync.cloud.decisions import DecisionError
 
 FRAGMENT = "x-console-fragment"
 SESSION_S = 12 * 3600
+LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]  # Host names an insecure console answers
 
 
 class Console:
@@ -170,7 +172,11 @@ class Console:
         session = Middleware(SessionMiddleware, secret_key=secret or secrets.token_urlsafe(32),
                              session_cookie="console_session", max_age=SESSION_S,
                              same_site="strict", https_only=https_only)
-        app = Starlette(routes=routes, middleware=[session],
+        middleware = [session]
+        if self.tokens is None:  # no login: refuse a page reached through another name
+            # (DNS rebinding would make an outside page same-origin with the console)
+            middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK))
+        app = Starlette(routes=routes, middleware=middleware,
                         exception_handlers={Refused: self.refused})
         return app
 

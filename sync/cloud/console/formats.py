@@ -34,6 +34,15 @@ def span(seconds: Any) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} m"
 
 
+def minutes(seconds: Any) -> str:
+    """An age to the minute: a live page that shows it changes once a minute, not on
+    every poll (its rows, and the buttons in them, stay put under the pointer)."""
+    if not isinstance(seconds, (int, float)):
+        return ""
+    m = int(seconds // 60)
+    return "< 1 m" if m < 1 else span(m * 60.0)
+
+
 def limit(text: str | None) -> int:
     try:
         return max(1, min(MAX_LIMIT, int(text or 100)))
@@ -52,4 +61,4 @@ def child(c: Any) -> str:
 
 
 def install(env: Any) -> None:
-    env.filters.update(iso=iso, ago=ago, span=span, child=child)
+    env.filters.update(iso=iso, ago=ago, span=span, child=child, minutes=minutes)
