@@ -19,6 +19,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("engine on PostgreSQL", "stores", ["-m", "bench.engine_stores"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
+           ("fleet queries", "queries", ["-m", "bench.fleet_queries"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
@@ -97,11 +98,22 @@ def _fleet(r: dict[str, Any]) -> list[Row]:
             ("fleet timeout resends without faults", str(one["timeout_resends"]
                                                          + two["timeout_resends"]),
              "target 0", "")]
+    if "projection" in r:
+        p = r["projection"]
+        rows.append(("fleet, 1 worker, with the runs projection",
+                     _rate(p["on_records_per_s"], "records/s"),
+                     f"without {p['off_records_per_s']:,.0f}/s (target cost <= 10%)",
+                     _ratio(p["on_records_per_s"], p["off_records_per_s"])))
     if "fault" in r:
         f = r["fault"]
         rows.append(("fleet, worker SIGKILL + broker restart", f"{f['lost']} lost, "
                      f"{f['duplicated']} duplicated", "target 0 and 0", ""))
     return rows
+
+
+def _queries(r: dict[str, Any]) -> list[Row]:
+    return [(f"fleet query `{name}`, {r['devices']:,} devices x {r['runs']:,} runs",
+             f"{ms:.1f} ms", "target 100 ms", "") for name, ms in r["median_ms"].items()]
 
 
 def _inference(r: dict[str, Any]) -> list[Row]:
@@ -140,7 +152,8 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
+    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "queries": _queries,
+    "inference": _inference, "grammar": _grammar,
     "hardware": _hardware, "footprint": _footprint}
 
 

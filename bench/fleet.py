@@ -8,7 +8,12 @@ batch of protocol 2 (as a device with 200 pending records does), zstd-compressed
 Records/s = records / (first publish to the last device's final ack). PostgreSQL runs with
 fsync off (the store's own cost, not the disk's).
 
+Each device's records are the checkpoints of runs of 10 steps (msgpack, as a device writes
+them), so the runs projection does its real work; the projection's cost is measured on the
+same fleet into 1 worker with `[store] projection = false` then true, interleaved.
+
 Run: python -m bench.fleet [--devices 1000] [--records 200] [--skip-fault]
+         [--projection-rounds 3] [--projection-only]
 """
 
 from __future__ import annotations
@@ -40,12 +45,14 @@ def fresh_db(pg: Postgres, name: str) -> str:
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-def start_worker(tmp: Path, port: int, url: str, n: int,
-                 threads: int = 1) -> subprocess.Popen[bytes]:
-    """An `edge-agent-cloud run` process with `threads` workers (`[mqtt] workers`)."""
+def start_worker(tmp: Path, port: int, url: str, n: int, threads: int = 1,
+                 projection: bool = True) -> subprocess.Popen[bytes]:
+    """An `edge-agent-cloud run` process with `threads` workers (`[mqtt] workers`), with or
+    without the fleet's projection (`[store] projection`)."""
     cfg = tmp / f"cloud-{n}-{time.monotonic_ns()}.toml"
     cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ngroup = "fleet"\ninsecure = true\n'
-                   f'workers = {threads}\n[store]\nurl = "{url}"\n')
+                   f'workers = {threads}\n[store]\nurl = "{url}"\n'
+                   f'projection = {str(projection).lower()}\n')
     return subprocess.Popen([sys.executable, "-m", "sync.cloud.cli", "run", "--config",
                              str(cfg)], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=open(tmp / f"worker-{n}.log", "ab"))
@@ -122,10 +129,11 @@ def audit(url: str, devices: int, records: int) -> dict[str, int]:
 
 def run(tmp: Path, broker: Broker, pg: Postgres, name: str, workers: int, devices: int,
         records: int, fault: bool = False, threads: int = 1,
-        fault_after_s: float = 0.4) -> dict[str, Any]:
+        fault_after_s: float = 0.4, projection: bool = True) -> dict[str, Any]:
     url = fresh_db(pg, name)
     since = log_size(broker)
-    procs = [start_worker(tmp, broker.port, url, i, threads) for i in range(workers)]
+    procs = [start_worker(tmp, broker.port, url, i, threads, projection)
+             for i in range(workers)]
     try:
         wait_connected(broker, since, workers * threads)
 
@@ -150,11 +158,32 @@ def run(tmp: Path, broker: Broker, pg: Postgres, name: str, workers: int, device
     return {**out, **audit(url, devices, records)}
 
 
+def projection_cost(tmp: Path, broker: Broker, pg: Postgres, devices: int, records: int,
+                    rounds: int) -> dict[str, Any]:
+    """The same fleet into one worker without, then with, the projection, `rounds` times
+    in turn (so drift on a shared machine falls on both); medians of records/s."""
+    import statistics
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(rounds):
+        for on in (False, True):
+            r = run(tmp, broker, pg, f"fleetp{i}{int(on)}", 1, devices, records,
+                    projection=on)
+            assert r["lost"] == 0 and r["duplicated"] == 0, r
+            rates[on].append(r["records_per_s"])
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    return {"rounds": rounds, "on_records_per_s": on, "off_records_per_s": off,
+            "on": rates[True], "off": rates[False], "cost_pct": 100 * (1 - on / off)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--skip-fault", action="store_true")
+    ap.add_argument("--projection-rounds", type=int, default=3,
+                    help="interleaved pairs of 1-worker runs without and with the projection")
+    ap.add_argument("--projection-only", action="store_true",
+                    help="only the projection's cost (the pairs above)")
     a = ap.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -162,11 +191,14 @@ def main() -> None:
         broker = Broker(tmp).start()
         pg = Postgres().start()
         try:
-            results["workers_1"] = run(tmp, broker, pg, "fleet1", 1, a.devices, a.records)
-            results["workers_2"] = run(tmp, broker, pg, "fleet2", 2, a.devices, a.records)
-            results["workers_2_in_1"] = run(tmp, broker, pg, "fleet21", 1, a.devices,
-                                            a.records, threads=2)
-            if not a.skip_fault:
+            if not a.projection_only:
+                results["workers_1"] = run(tmp, broker, pg, "fleet1", 1, a.devices, a.records)
+                results["workers_2"] = run(tmp, broker, pg, "fleet2", 2, a.devices, a.records)
+                results["workers_2_in_1"] = run(tmp, broker, pg, "fleet21", 1, a.devices,
+                                                a.records, threads=2)
+            results["projection"] = projection_cost(tmp, broker, pg, a.devices, a.records,
+                                                    a.projection_rounds)
+            if not a.skip_fault and not a.projection_only:
                 results["fault"] = run(tmp, broker, pg, "fleetf", 2, a.devices, a.records,
                                        fault=True)
         finally:
@@ -181,6 +213,10 @@ def main() -> None:
         if r:
             print(f"{label:28} {r['records_per_s']:10.0f} {r['elapsed_s']:7.1f}s "
                   f"{r['timeout_resends']:8d} {r['lost']:5d} {r['duplicated']:4d}")
+    p = results["projection"]
+    print(f"projection on/off, 1 worker, {p['rounds']} interleaved pairs: "
+          f"{p['on_records_per_s']:,.0f} / {p['off_records_per_s']:,.0f} records/s "
+          f"(median; cost {p['cost_pct']:.1f}%)")
     print(json.dumps(results))
 
 

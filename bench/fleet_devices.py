@@ -21,12 +21,33 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import msgpack
 import paho.mqtt.client as mqtt
 
 from sync.acks import decode_ack
 from sync.envelope import EnvelopeError, WireRecord, batch_digest, encode_batch
 from sync.mqtt import make_client
 from sync.outbox import STREAMS
+
+STEPS_PER_RUN = 10
+
+
+def run_record(device: str, seq: int, records: int) -> WireRecord:
+    """The checkpoint records of runs of STEPS_PER_RUN steps, as a device writes them
+    (msgpack maps): run.started, step.completed ..., run.finished; about 100 bytes each."""
+    run, step = divmod(seq - 1, STEPS_PER_RUN)
+    now = time.time()
+    rec: dict[str, object] = {"run_id": f"{device}-r{run}", "workflow": "bench",
+                              "node": f"n{step}", "ts": now}
+    if step == 0:
+        kind = "run.started"
+    elif step == STEPS_PER_RUN - 1 or seq == records:
+        kind = "run.finished"
+        rec.update(visit=1, attempt=1, status="completed", run_status="completed")
+    else:
+        kind = "step.completed"
+        rec.update(visit=1, attempt=1, status="completed", next=f"n{step + 1}", output=step)
+    return WireRecord(seq, kind, msgpack.packb(rec), now)
 
 
 @dataclass
@@ -75,9 +96,8 @@ class Connection:
     def start(self) -> None:
         for d in self.devices.values():
             for first in range(1, d.records + 1, self.batch):
-                recs = [WireRecord(i, "step.completed", (b"%s step %d ok " % (
-                    d.name.encode(), i) * 8)[:100], time.time())
-                    for i in range(first, min(d.records, first + self.batch - 1) + 1)]
+                recs = [run_record(d.name, i, d.records)
+                        for i in range(first, min(d.records, first + self.batch - 1) + 1)]
                 payload = encode_batch(d.name, "checkpoints", d.acked, recs, epoch=d.epoch,
                                        compress=self.compress)  # floor: nothing dropped
                 with self.lock:

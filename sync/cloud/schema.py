@@ -88,6 +88,7 @@ _V3 = (
     "CREATE INDEX fleet_runs_updated ON fleet_runs (updated_at)",
     "CREATE INDEX fleet_runs_status ON fleet_runs (status, updated_at)",
     "CREATE INDEX fleet_runs_run ON fleet_runs (run_id)",
+    "CREATE INDEX fleet_runs_device ON fleet_runs (device, updated_at)",
     """CREATE INDEX fleet_runs_pending ON fleet_runs (approval_at)
         WHERE approval_id IS NOT NULL""",
     """CREATE TABLE fleet_events (device TEXT NOT NULL, epoch TEXT NOT NULL,
