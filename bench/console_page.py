@@ -1,11 +1,12 @@
 """The console's pages over a large fleet: the runs page must render in under 300 ms.
 
-Fills the projection of a fresh store with DEVICES x RUNS runs (one INSERT ... SELECT over
-generated series, the same SQL on both stores: 1 in 20 failed, 1 in 200 waiting for a
-person, the rest completed or running, spread over the last RUNS x DEVICES / 2 seconds),
-then times each page as the server renders it (the view's query and the template) through
-Starlette's TestClient, logged in as an operator. Prints the median and the slowest of
-REPEAT renders per page, and one JSON line.
+On PostgreSQL the projection is filled with bench.fleet_queries' data (DEVICES x RUNS runs
+with their checkpoint events and spans: one run per device waiting at a gate, 1 in 50
+failed, the rest completed over 30 days); on SQLite (--sqlite, and the test) with one
+INSERT ... SELECT of the same shape. The devices and their epochs are added for the devices
+page. Each page is then timed as the server renders it (the view's query and the template)
+through Starlette's TestClient, logged in as an operator: the median and the slowest of
+REPEAT renders, and one JSON line.
 
 Run: python -m bench.console_page [--devices 1000] [--runs 1000] [--sqlite] [--repeat 20]
 """
@@ -25,43 +26,41 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 BUDGET_MS = 300.0
-PAGES = ("/runs", "/runs?status=failed&since=1h", "/runs?device=dev-7", "/approvals",
-         "/devices")
-STATUS = ("CASE WHEN (r * 31 + d) % 20 = 0 THEN 'failed' WHEN (r * 31 + d) % 200 = 1 THEN"
-          " 'waiting_approval' WHEN (r * 31 + d) % 20 = 2 THEN 'running' ELSE 'completed' END")
+PAGES = ("/runs", "/runs?status=failed&since=1h", "/runs?device=dev-00007", "/approvals",
+         "/devices", "/runs/dev-00007/r-1")
+DEVICES = ("WITH RECURSIVE dd(d) AS (SELECT 0 UNION ALL SELECT d + 1 FROM dd WHERE d < {n})"
+           " INSERT INTO {table} SELECT 'dev-' || substr('0000' || d, length('0000' || d) - 4, 5), {cols} FROM dd")
+RUNS = """WITH RECURSIVE dd(d) AS (SELECT 0 UNION ALL SELECT d + 1 FROM dd WHERE d < {n}),
+    rr(r) AS (SELECT 0 UNION ALL SELECT r + 1 FROM rr WHERE r < {m})
+    INSERT INTO fleet_runs (device, epoch, run_id, workflow, version, origin, status, node,
+        error, queued_at, started_at, updated_at, finished_at, steps, retries, approval_id,
+        approval_node, approval_visit, approval_kind, approval_prompt, approval_at)
+    SELECT 'dev-' || substr('0000' || d, length('0000' || d) - 4, 5), 'e0', 'r-' || r, 'wf-' || (r % 5), 'v1',
+        'local', CASE WHEN r = 0 THEN 'waiting_approval' WHEN r % 50 = 1 THEN 'failed'
+        ELSE 'completed' END, CASE WHEN r = 0 THEN 'gate' END,
+        CASE WHEN r % 50 = 1 THEN 'tool press failed: timeout after 5s' END,
+        {now} - r * 2592 - d - 60, {now} - r * 2592 - d - 50, {now} - r * 2592 - d,
+        CASE WHEN r = 0 THEN NULL ELSE {now} - r * 2592 - d END, 3, r % 3,
+        CASE WHEN r = 0 THEN 1 END, CASE WHEN r = 0 THEN 'gate' END,
+        CASE WHEN r = 0 THEN 1 END, CASE WHEN r = 0 THEN 'approval' END,
+        CASE WHEN r = 0 THEN 'Ship lot ' || d || '?' END, CASE WHEN r = 0 THEN {now} - d END
+    FROM dd, rr"""
 
 
-def gate(value: str) -> str:
-    """A pending approval's column: set on the waiting runs only."""
-    return f"CASE WHEN (r * 31 + d) % 200 = 1 THEN {value} END"
-
-
-def fill(store: Any, devices: int, runs: int, now: float | None = None) -> None:
-    """DEVICES x RUNS rows in fleet_runs, and the devices and their epochs."""
-    now = time.time() if now is None else now
-    series = (f"WITH RECURSIVE dd(d) AS (SELECT 1 UNION ALL SELECT d + 1 FROM dd WHERE"
-              f" d < {devices}), rr(r) AS (SELECT 1 UNION ALL SELECT r + 1 FROM rr WHERE"
-              f" r < {runs}) ")
-    at = f"({now} - (r * {devices} + d) * 0.5)"
-    pending = ", ".join(gate(v) for v in ("1", "'gate'", "1", "'approval'",
-                                          "'Ship lot ' || r || '?'", at))
+def fill(store: Any, devices: int, runs: int) -> None:
+    """DEVICES x RUNS runs in the projection, and the devices with their epochs."""
+    now = time.time()
     with store.tx() as c:
-        c.execute(series + "INSERT INTO devices (device, first_seen, last_seen) SELECT"
-                  f" 'dev-' || d, {now - 86400}, {now} FROM dd")
-        c.execute(series + "INSERT INTO epochs (device, epoch, first_seen, protocol) SELECT"
-                  f" 'dev-' || d, 'e1', {now - 86400}, 2 FROM dd")
-        c.execute(series + "INSERT INTO fleet_runs (device, epoch, run_id, workflow, version,"
-                  " origin, status, node, error, queued_at, started_at, updated_at,"
-                  " finished_at, steps, retries, approval_id, approval_node, approval_visit,"
-                  " approval_kind, approval_prompt, approval_at) SELECT 'dev-' || d, 'e1',"
-                  " 'run-' || d || '-' || r, 'inspect-' || (r % 5), 'v1', 'local', "
-                  f"{STATUS}, 'step-' || (r % 7), CASE WHEN (r * 31 + d) % 20 = 0 THEN 'tool sensor"
-                  f" failed: timeout after 5s' END, {at} - 30, {at} - 29, {at},"
-                  f" CASE WHEN (r * 31 + d) % 20 <> 2 AND (r * 31 + d) % 200 <> 1 THEN {at} END, r % 9,"
-                  f" r % 3, {pending} FROM dd, rr")
-    if store.dialect == "postgresql":
-        with store.tx() as c:
-            c.execute("ANALYZE fleet_runs")
+        c.execute(DEVICES.format(n=devices - 1, table="devices (device, first_seen, last_seen)",
+                                 cols=f"{now - 86400}, {now}"))
+        c.execute(DEVICES.format(n=devices - 1, table="epochs (device, epoch, first_seen,"
+                                 " protocol)", cols=f"'e0', {now - 86400}, 2"))
+        if store.dialect == "sqlite":
+            c.execute(RUNS.format(n=devices - 1, m=runs - 1, now=now))
+            return
+        from bench.fleet_queries import FILL
+        for sql in FILL:
+            c.execute(sql, {"now": now, "devices": devices, "runs": runs})
 
 
 def operator_client(store: Any, tmp: Path) -> Any:
