@@ -153,10 +153,11 @@ def text_of(driver: Any, selector: str) -> str:
         return ""
 
 
-def pending_row(driver: Any, cloud: Cloud, run_id: str) -> Any:
+def pending_row(driver: Any, cloud: Cloud, run_id: str, *, load: bool = True) -> Any:
     """The approvals page's row for the run, once the page's own polling shows it."""
     from selenium.webdriver.common.by import By
-    driver.get(f"http://127.0.0.1:{cloud.port}/approvals")
+    if load:
+        driver.get(f"http://127.0.0.1:{cloud.port}/approvals")
     rows: list[Any] = []
 
     def shown() -> bool:
@@ -170,13 +171,19 @@ def test_operator_approves_in_the_browser_and_the_run_completes(
         fleet: tuple[Cloud, Path, Any], tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     cloud, device_cfg, driver = fleet
-    run_id = cli_json(device_cfg, "start", "gated")["run_id"]
-    until(lambda: cli_json(device_cfg, "runs", "show", run_id)["status"] == "waiting_approval")
-
-    # a viewer sees the approval but cannot send it: the buttons are off, and the server
-    # refuses the form even when the page is tampered with
+    # a viewer has the approvals page open before the run starts: the run's approval
+    # appears there without a reload (the page keeps a mark set before the run began)
     log_in(driver, cloud, "bob")
-    row = pending_row(driver, cloud, run_id)
+    driver.get(f"http://127.0.0.1:{cloud.port}/approvals")
+    assert "Nothing is waiting" in text_of(driver, "#approvals")
+    driver.execute_script("window.notReloaded = true;")
+    run_id = cli_json(device_cfg, "start", "gated")["run_id"]
+    row = pending_row(driver, cloud, run_id, load=False)
+    assert driver.execute_script("return window.notReloaded === true;")
+    assert cli_json(device_cfg, "runs", "show", run_id)["status"] == "waiting_approval"
+
+    # the viewer cannot send it: the buttons are off, and the server refuses the form even
+    # when the page is tampered with
     button = row.find_element(By.CSS_SELECTOR, "button.approve")
     assert not button.is_enabled()
     driver.execute_script("arguments[0].disabled = false;", button)
