@@ -58,13 +58,16 @@ wheel: | python
 deb: | python
 	sh scripts/build-deb.sh $(PYTHON)
 
-# Debian packages the tests and the demo start for real: mosquitto, PostgreSQL, a compiler for llama.cpp.
+# Debian packages the tests and the demo start for real: mosquitto, PostgreSQL, a compiler for
+# llama.cpp, and headless Chromium with its driver for the console's browser test.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
     from sync.cloud import export, views_cli
-    for view in (views_cli, export):  # the fleet's projection: runs, approvals, trace, ...
+    from sync.cloud.console import cli as console
+    for view in (views_cli, export, console):  # the fleet's projection: runs, approvals, ...
         view.register(sub, common)
     return p
 

@@ -1,5 +1,5 @@
 """`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [handoffs], [groups],
-[collections]. Unknown keys are errors;
+[collections], [console]. Unknown keys are errors;
 errors name key and value."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sync.cloud.console.settings import ConsoleSettings, read_console
 from sync.config_reader import ConfigIssue, Table
 from sync.documents import CollectionRules, DocumentError
 
@@ -53,6 +54,7 @@ class CloudConfig:
     require_device_keys: bool = False  # refuse batches from devices without a key
     path: str = ""  # the file it was read from, for errors found later (a [tools] import)
     insecure: bool = False  # unsigned downlink, no client identity: a lab broker only
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)  # the web console
 
 
 def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) -> CloudConfig:
@@ -175,7 +177,9 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                    tls or None)
     topic_prefix, group = mqtt.raw("topic_prefix", "edge"), mqtt.raw("group", "ingest")
     username = mqtt.raw("username")
-    for t in (root, mqtt, store, otlp, signing):  # every key nobody read is unknown
+    console_table = table("console", required=False)
+    console = read_console(console_table, rel)
+    for t in (root, mqtt, store, otlp, signing, console_table):  # every key nobody read is unknown
         t.finish()
     if issues:
         raise CloudConfigError(str(file), issues)
@@ -190,7 +194,8 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        handoffs=tuple(sorted(handoffs.items())),
                        groups=groups,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
-                       require_device_keys=require_device_keys, path=str(file))
+                       require_device_keys=require_device_keys, path=str(file),
+                       console=console)
 
 
 def _signing_key(signing: Table, rel: Callable[[Any], str | None], insecure: bool,
