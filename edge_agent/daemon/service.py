@@ -371,7 +371,11 @@ class Daemon:
             chip.inject(int(req["offset"]), int(req["level"]))
             return {"injected": True}
 
-        handlers = {"status": status, "wake": wake, "sync_now": sync_now}
+        async def reload(req: dict[str, Any]) -> Any:  # `edge-agent config rollback`
+            await self.reload()
+            return {"reloaded": True, "deployed": self.config.deployed}
+
+        handlers = {"status": status, "wake": wake, "sync_now": sync_now, "reload": reload}
         if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":
             handlers["block_loop"] = block_loop
             handlers["gpio_inject"] = gpio_inject

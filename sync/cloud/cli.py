@@ -83,11 +83,13 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
         raise
     for w in workers:
         w.start()
+    stop = threading.Event()
+    from sync.cloud.deploy_cli import start_driver
+    start_driver(cfg, workers[0], stop)  # rollouts: waves, gates, rollbacks
     if cfg.insecure:
         logging.getLogger("edge-agent-cloud").warning(
             "mqtt.insecure = true: %s; for a lab broker only, never a fleet",
             "the broker may be anonymous" if cfg.signing_key else "the downlink is unsigned")
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     logging.getLogger("edge-agent-cloud").info("ingest running: %d worker(s) on %s:%d",
@@ -426,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
+    from sync.cloud.deploy_cli import register
+    register(sub, common, duration)
     return p
 
 
@@ -438,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
+    if args.command in ("deploy", "deployments", "deployment"):
+        from sync.cloud.deploy_cli import run
+        return run(cfg, args, store_of(cfg))
     handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
                "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
     try:

@@ -150,6 +150,8 @@ class IngestWorker:
                     self._remote_tool(device, r.payload)
                 elif r.kind == "handoff.request":
                     self.handoffs.request(device, r.payload)
+                elif r.kind in ("deploy.result", "deploy.health"):
+                    self._deployment(device, r.kind, r.payload)
         if batch.stream in ("traces", "metrics") and self.otlp_endpoint:
             for r in stored.new:
                 if r.kind in ("otlp.traces", "otlp.metrics"):
@@ -209,6 +211,8 @@ class IngestWorker:
         self.store.seen(device, state == "online", status)
         if state == "online":  # results of handed-off steps the device has not confirmed
             self.handoffs.resend(device)
+            from sync.cloud.deployments import device_online
+            device_online(self.store, device)  # type: ignore[arg-type]
 
     def _confirm(self, device: str, payload: bytes) -> None:
         """A result confirms only a command sent to the device whose stream carries it."""
@@ -225,6 +229,16 @@ class IngestWorker:
             self.rejected["foreign_result"] += 1
             log.warning("ingest: %s sent a result for command %s, which waits for no result"
                         " from it", device, cid[:64])
+
+    def _deployment(self, device: str, kind: str, payload: bytes) -> None:
+        """A device's answer to a deployment, or its health while baking."""
+        from sync.cloud import deployments
+        try:
+            (deployments.record_result if kind == "deploy.result"
+             else deployments.record_health)(self.store, device, payload)  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            self.rejected["bad_deploy_record"] += 1
+            log.warning("ingest: unreadable %s from %s: %s", kind, device, exc)
 
     def _remote_tool(self, device: str, payload: bytes) -> None:
         """Run a device's remote tool request, if this worker serves that tool."""

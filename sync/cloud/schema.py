@@ -73,9 +73,24 @@ _V2 = {
         "ALTER TABLE streams ADD PRIMARY KEY (device, epoch, stream)",
     ) + _V2_COMMON,
 }
+# Rollouts (sync/cloud/deployments.py): a deployment, its waves and each device's state.
+_V3 = (
+    """CREATE TABLE deployments (id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL,
+        version TEXT NOT NULL, sha256 TEXT NOT NULL, fragment TEXT NOT NULL,
+        waves TEXT NOT NULL, bake_s DOUBLE PRECISION NOT NULL, abort_if TEXT NOT NULL,
+        min_runs INTEGER NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL, wave INTEGER NOT NULL, wave_started_at DOUBLE PRECISION,
+        reason TEXT, updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE deployment_devices (deployment TEXT NOT NULL, device TEXT NOT NULL,
+        wave INTEGER NOT NULL, state TEXT NOT NULL, sent_at DOUBLE PRECISION,
+        reason TEXT, previous TEXT, health TEXT, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (deployment, device))""",
+    "CREATE INDEX deployment_devices_state ON deployment_devices (state, deployment)",
+    "UPDATE schema_version SET version = 3",
+)
 MIGRATIONS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
-    d: [(1, _V1), (2, _V2[d])] for d in ("sqlite", "postgresql")}
-LATEST = 2
+    d: [(1, _V1), (2, _V2[d]), (3, _V3)] for d in ("sqlite", "postgresql")}
+LATEST = 3
 
 
 def current_version(tables: set[str], version_row: Any) -> int:
