@@ -132,11 +132,11 @@ class DeployedState:
         return entry
 
     def previous(self) -> str | None:
-        """The digest held before the current one (None: the local file)."""
-        history = self.read().get("history", [])
-        if not history:
-            return None
-        prev = history[-1].get("previous")
+        """The digest held before the current one was applied (None: the local file)."""
+        state = self.read()
+        applied = [e for e in state.get("history", []) if e.get("action") == "apply"
+                   and e.get("digest") == state.get("current")]
+        prev = applied[-1].get("previous") if applied else None
         return None if prev in (None, LOCAL) else str(prev)
 
     def _prune(self, state: dict[str, Any]) -> None:

@@ -29,7 +29,14 @@ from typing import Any
 
 import msgpack
 
-from sync.cloud.rollout_rules import RolloutError, check_gate, gate, plan_waves, shown_state
+from sync.cloud.rollout_rules import (
+    DEFAULT_ABORT_IF,
+    RolloutError,
+    check_gate,
+    gate,
+    plan_waves,
+    shown_state,
+)
 from sync.cloud.store import SqlCloudStore, clean
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,7 @@ Send = Callable[[str, str, dict[str, Any], float], None]  # device, command id, 
 
 def create(store: SqlCloudStore, *, fragment: str, devices: Sequence[str],
            version: str | None = None, waves: str = "100%", bake_s: float = 600.0,
-           abort_if: str = "failed_rate > 0.05", min_runs: int = 1,
+           abort_if: str = DEFAULT_ABORT_IF, min_runs: int = 1,
            expires_in_s: float = 7 * 86400, now: float | None = None) -> str:
     """Record a deployment (its first wave goes out at the driver's next tick)."""
     size = len(fragment.encode())

@@ -17,7 +17,7 @@ import cel
 GATE_VARIABLES = ("failed_rate", "started", "failed", "tool_failure_rate", "offline",
                   "rejected", "devices")
 DEFAULT_WAVES = "1,10%,50%,100%"
-DEFAULT_ABORT_IF = "failed_rate > 0.05"
+DEFAULT_ABORT_IF = "failed_rate > 0.05 || rejected > 0"
 
 
 class RolloutError(ValueError):
