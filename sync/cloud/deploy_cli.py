@@ -108,12 +108,11 @@ def _show(args: argparse.Namespace, store: Any) -> int:
 
 def start_driver(cfg: CloudConfig, sender: Any, stop: threading.Event) -> threading.Thread:
     """The wave driver of `edge-agent-cloud run`: its own store connection, sending through
-    one of the process's workers."""
+    one of the process's workers (the command's row is written by the driver's claim)."""
     from sync.cloud.cli import store_of
     store = store_of(cfg)
 
     def send(device: str, cid: str, args: dict[str, Any], ttl: float) -> None:
-        store.add_command(cid, device, "deploy", args)
         sender.send_command(device, "deploy", args, expires_in_s=ttl, resend=cid)
 
     def loop() -> None:

@@ -162,36 +162,42 @@ def _fail(store: SqlCloudStore, dep_id: str, wave: int, reason: str, now: float)
 
 def _send_due(store: SqlCloudStore, send: Send, now: float) -> None:
     """Deploy commands of pending devices (running or completed deployments) and rollbacks,
-    never sent or not answered within RESEND_S; each claimed by one driver first."""
+    never sent or not answered within RESEND_S: claimed by one driver in one transaction
+    (with their rows in `commands`), then published."""
+    due = "(x.sent_at IS NULL OR x.sent_at < ?) AND x.state IN ('pending', 'rollback_pending')"
     with store.tx() as c:
-        due = store._exec(c, "SELECT d.id, d.version, d.sha256, d.fragment, d.bake_s,"
-                             " d.expires_at, x.device, x.state, x.previous, x.sent_at FROM"
-                             " deployment_devices x JOIN deployments d ON d.id = x.deployment"
-                             " WHERE ((x.state = 'pending' AND d.state IN ('running',"
-                             " 'completed')) OR x.state = 'rollback_pending') AND"
-                             " (x.sent_at IS NULL OR x.sent_at < ?)", (now - RESEND_S,)
-                          ).fetchall()
-    for dep_id, version, sha, fragment, bake_s, expires_at, device, state, prev, sent in due:
-        with store.tx() as c:
-            cur = store._exec(c, "UPDATE deployment_devices SET sent_at = ? WHERE"
-                                 " deployment = ? AND device = ? AND state = ? AND"
-                                 " (sent_at IS NULL OR sent_at = ?)",
-                              (now, dep_id, device, state, sent))
-        if not cur.rowcount:
-            continue  # another driver took it
-        if state == "pending":
-            args = {"deployment": dep_id, "action": "apply", "version": version,
-                    "sha256": sha, "fragment": fragment, "bake_s": bake_s}
-            ttl = max(1.0, expires_at - now)
-        else:
-            args = {"deployment": dep_id, "action": "rollback", "digest": sha,
-                    "to": prev or "local"}
-            ttl = 7 * 86400.0
-        cid = f"{'deploy' if state == 'pending' else 'rollback'}-{dep_id}-{device}"
+        claimed = store._exec(
+            c, f"UPDATE deployment_devices SET sent_at = ? WHERE {due.replace('x.', '')} AND"
+               " (deployment, device) IN (SELECT x.deployment, x.device FROM"
+               " deployment_devices x JOIN deployments d ON d.id = x.deployment WHERE"
+               f" {due} AND (x.state = 'rollback_pending' OR d.state IN ('running',"
+               " 'completed'))) RETURNING deployment, device, state, previous",
+            (now, now - RESEND_S, now - RESEND_S)).fetchall()
+        ids = sorted({r[0] for r in claimed})
+        details = {r[0]: r[1:] for r in store._exec(
+            c, "SELECT id, version, sha256, fragment, bake_s, expires_at FROM deployments"
+               f" WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()} if ids else {}
+        out = []
+        for dep_id, device, state, prev in claimed:
+            version, sha, fragment, bake_s, expires_at = details[dep_id]
+            if state == "pending":
+                args = {"deployment": dep_id, "action": "apply", "version": version,
+                        "sha256": sha, "fragment": fragment, "bake_s": bake_s}
+                cid, ttl = f"deploy-{dep_id}-{device}", max(1.0, expires_at - now)
+            else:
+                args = {"deployment": dep_id, "action": "rollback", "digest": sha,
+                        "to": prev or "local"}
+                cid, ttl = f"rollback-{dep_id}-{device}", 7 * 86400.0
+            store._exec(c, "INSERT INTO commands (id, device, type, args, state, created_at)"
+                           " VALUES (?, ?, 'deploy', ?, 'sent', ?) ON CONFLICT (id) DO NOTHING",
+                        (cid, device, json.dumps(args), now))
+            out.append((device, cid, args, ttl))
+    for device, cid, args, ttl in out:
         try:
             send(device, cid, args, ttl)
         except Exception as exc:  # noqa: BLE001 - sent again at the next round
-            log.warning("deployment %s: sending to %s failed: %s", dep_id, device, exc)
+            log.warning("deployment %s: sending to %s failed: %s", args["deployment"],
+                        device, exc)
 
 
 def device_online(store: SqlCloudStore, device: str) -> None:

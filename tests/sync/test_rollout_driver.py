@@ -53,7 +53,7 @@ def test_waves_gates_and_rollback(cloud_url: str) -> None:
         for store in (a, b, a):
             deps.tick(store, sent, now=T0 + 1)
         assert sent.devices() == ["d1"]  # wave 1 once, whoever drives
-        device, cid, args = sent.calls[0]
+        _, cid, args = sent.calls[0]
         assert cid == f"deploy-{dep}-d1" and args["action"] == "apply"
         assert args["fragment"] == FRAGMENT and args["bake_s"] == 10
         answer(a, dep, "d1", previous="local")
@@ -142,7 +142,7 @@ def test_rules() -> None:
         check_gate("failed_rate")
     with pytest.raises(RolloutError, match="--abort-if"):
         check_gate("nope > 1")
-    holds, why, m = gate("failed_rate > 0.5", 1, [
+    holds, _, m = gate("failed_rate > 0.5", 1, [
         {"state": "applied", "health": {"started": 4, "failed": 1, "tool_calls": 10,
                                         "tool_failures": 5}},
         {"state": "pending", "health": None}, {"state": "rejected", "health": None}])
