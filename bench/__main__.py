@@ -19,6 +19,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("engine on PostgreSQL", "stores", ["-m", "bench.engine_stores"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
+           ("rollout to 1,000 devices", "rollout", ["-m", "bench.rollout"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
@@ -104,6 +105,12 @@ def _fleet(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _rollout(r: dict[str, Any]) -> list[Row]:
+    return [(f"rollout, deploy to {r['devices']:,} devices applied (simulated, one wave)",
+             f"{r['deploy_to_all_applied_s']:.1f} s", _rate(r["devices_per_s"], "devices/s"),
+             "")]
+
+
 def _inference(r: dict[str, Any]) -> list[Row]:
     paired = (f"{r['ratio_median']:.2f}x (middle half {r['ratio_p25']:.2f}-"
               f"{r['ratio_p75']:.2f}x, {r['pairs']} pairs)") if "ratio_median" in r else \
@@ -140,7 +147,8 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
+    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "rollout": _rollout,
+    "inference": _inference, "grammar": _grammar,
     "hardware": _hardware, "footprint": _footprint}
 
 
