@@ -85,7 +85,7 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
         w.start()
     stop = threading.Event()
     from sync.cloud.deploy_cli import start_driver
-    start_driver(cfg, workers[0], stop)  # rollouts: waves, gates, rollbacks
+    start_driver(store_of(cfg), workers[0], stop)  # rollouts: waves, gates, rollbacks
     if cfg.insecure:
         logging.getLogger("edge-agent-cloud").warning(
             "mqtt.insecure = true: %s; for a lab broker only, never a fleet",
@@ -444,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, str(exc), exc.exit_code)
     if args.command in ("deploy", "deployments", "deployment"):
         from sync.cloud.deploy_cli import run
-        return run(cfg, args, store_of(cfg))
+        return run(cfg, args, store_of(cfg), _fail)
     handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
                "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
     try:

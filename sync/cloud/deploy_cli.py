@@ -8,6 +8,7 @@ import argparse
 import datetime as dt
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +45,27 @@ def register(sub: Any, common: argparse.ArgumentParser, duration: Any) -> None:
     s.add_argument("id")
 
 
-def run(cfg: CloudConfig, args: argparse.Namespace, store: Any) -> int:
-    from sync.cloud.cli import _fail
+Fail = Callable[[argparse.Namespace, str, int], int]
+
+
+def run(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) -> int:
+    """`fail(args, message, code)` reports an error as every edge-agent-cloud command does."""
     try:
         if args.command == "deploy":
-            return _deploy(cfg, args, store)
+            return _deploy(cfg, args, store, fail)
         if args.command == "deployments":
             return _list(args, store)
         if args.action == "abort":
             if not deps.abort(store, args.id):
-                return _fail(args, f"deployment {args.id} is not running", 1)
+                return fail(args, f"deployment {args.id} is not running", 1)
             _out(args, {"id": args.id, "state": "aborted"}, f"{args.id} aborted")
             return 0
-        return _show(args, store)
+        return _show(args, store, fail)
     finally:
         store.close()
 
 
-def _deploy(cfg: CloudConfig, args: argparse.Namespace, store: Any) -> int:
-    from sync.cloud.cli import _fail
+def _deploy(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) -> int:
     from sync.cloud.fleet import FleetError, select_devices
     try:
         devices = select_devices(cfg.groups, devices=args.devices, group=args.group)
@@ -71,9 +74,9 @@ def _deploy(cfg: CloudConfig, args: argparse.Namespace, store: Any) -> int:
                              waves=args.waves, bake_s=args.bake, abort_if=args.abort_if,
                              min_runs=args.min_runs, expires_in_s=args.expires_in)
     except (FleetError, RolloutError) as exc:
-        return _fail(args, str(exc), exc.exit_code)
+        return fail(args, str(exc), exc.exit_code)
     except (OSError, UnicodeDecodeError) as exc:
-        return _fail(args, f"{args.fragment}: cannot read: {exc}", 66)
+        return fail(args, f"{args.fragment}: cannot read: {exc}", 66)
     d = deps.deployment(store, dep_id)
     assert d is not None
     _out(args, d, f"{dep_id}  version {d['version']}  {len(devices)} device(s) in waves "
@@ -90,11 +93,10 @@ def _list(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, store: Any) -> int:
-    from sync.cloud.cli import _fail
+def _show(args: argparse.Namespace, store: Any, fail: Fail) -> int:
     d = deps.deployment(store, args.id)
     if d is None:
-        return _fail(args, f"no deployment {args.id}", 1)
+        return fail(args, f"no deployment {args.id}", 1)
     head = (f"{d['id']}  version {d['version']}  {d['state']}  wave {d['wave']}/"
             f"{len(d['waves'])}  bake {d['bake_s']:g}s  abort if {d['abort_if']}"
             + (f"\n  {d['reason']}" if d["reason"] else ""))
@@ -106,11 +108,10 @@ def _show(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
-def start_driver(cfg: CloudConfig, sender: Any, stop: threading.Event) -> threading.Thread:
-    """The wave driver of `edge-agent-cloud run`: its own store connection, sending through
-    one of the process's workers (the command's row is written by the driver's claim)."""
-    from sync.cloud.cli import store_of
-    store = store_of(cfg)
+def start_driver(store: Any, sender: Any, stop: threading.Event) -> threading.Thread:
+    """The wave driver of `edge-agent-cloud run`: its own store connection (closed when it
+    stops), sending through one of the process's workers (the command's row is written by
+    the driver's claim)."""
 
     def send(device: str, cid: str, args: dict[str, Any], ttl: float) -> None:
         sender.send_command(device, "deploy", args, expires_in_s=ttl, resend=cid)

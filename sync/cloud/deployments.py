@@ -161,7 +161,8 @@ def _fail(store: SqlCloudStore, dep_id: str, wave: int, reason: str, now: float)
 
 
 def _send_due(store: SqlCloudStore, send: Send, now: float) -> None:
-    """Deploy commands of pending devices (running or completed deployments) and rollbacks,
+    """Deploy commands of pending devices (running or completed deployments not expired) and
+    rollbacks,
     never sent or not answered within RESEND_S: claimed by one driver in one transaction
     (with their rows in `commands`), then published."""
     due = "(x.sent_at IS NULL OR x.sent_at < ?) AND x.state IN ('pending', 'rollback_pending')"
@@ -170,9 +171,9 @@ def _send_due(store: SqlCloudStore, send: Send, now: float) -> None:
             c, f"UPDATE deployment_devices SET sent_at = ? WHERE {due.replace('x.', '')} AND"
                " (deployment, device) IN (SELECT x.deployment, x.device FROM"
                " deployment_devices x JOIN deployments d ON d.id = x.deployment WHERE"
-               f" {due} AND (x.state = 'rollback_pending' OR d.state IN ('running',"
-               " 'completed'))) RETURNING deployment, device, state, previous",
-            (now, now - RESEND_S, now - RESEND_S)).fetchall()
+               f" {due} AND (x.state = 'rollback_pending' OR (d.state IN ('running',"
+               " 'completed') AND d.expires_at > ?))) RETURNING deployment, device, state,"
+               " previous", (now, now - RESEND_S, now - RESEND_S, now)).fetchall()
         ids = sorted({r[0] for r in claimed})
         details = {r[0]: r[1:] for r in store._exec(
             c, "SELECT id, version, sha256, fragment, bake_s, expires_at FROM deployments"

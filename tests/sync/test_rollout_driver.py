@@ -78,6 +78,10 @@ def test_waves_gates_and_rollback(cloud_url: str) -> None:
         deps.tick(a, sent, now=T0 + 30)
         done = deps.deployment(a, dep)
         assert done is not None and done["state"] == "completed", done
+        # d4 never answered: once the deployment has expired it is not sent again
+        deps.device_online(a, "d4")
+        deps.tick(a, sent, now=T0 + 8 * 86400)
+        assert len(sent.calls) == 5
 
         # a failing wave stops the deployment and goes back to what each device held
         bad = deps.create(a, fragment=FRAGMENT + "#2\n", devices=devices, waves="2,100%",

@@ -301,9 +301,13 @@ def test_rollout_waves_gates_rollback_and_refusals(fleet: Fleet, broker: Broker)
         anon.disconnect()
         anon.loop_stop()
     cfg3 = fleet.configs["cell-3"]
-    until(lambda: cli_json(cfg3, "status")["sync"]["downlink"]["rejected"].get("cmd:expired"))
-    rejected = cli_json(cfg3, "status")["sync"]["downlink"]["rejected"]
-    assert rejected.get("cmd:unknown_key") == 1, rejected
+
+    def refused() -> dict[str, int]:  # as the daemon counts them (not read from the file)
+        out: dict[str, int] = cli_json(cfg3, "status")["sync"].get("downlink", {}).get(
+            "rejected", {})
+        return out
+    until(lambda: refused().get("cmd:expired") == 1 and refused().get("cmd:unknown_key") == 1,
+          why=refused)
     assert fleet.history("cell-3") == before
 
     listed = json.loads(cloud(fleet.cfg, "deployments", "--json").stdout)["deployments"]
