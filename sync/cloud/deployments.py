@@ -162,9 +162,8 @@ def _fail(store: SqlCloudStore, dep_id: str, wave: int, reason: str, now: float)
 
 def _send_due(store: SqlCloudStore, send: Send, now: float) -> None:
     """Deploy commands of pending devices (running or completed deployments not expired) and
-    rollbacks,
-    never sent or not answered within RESEND_S: claimed by one driver in one transaction
-    (with their rows in `commands`), then published."""
+    rollbacks, never sent or not answered within RESEND_S: claimed by one driver in one
+    transaction (with their rows in `commands`), then published."""
     due = "(x.sent_at IS NULL OR x.sent_at < ?) AND x.state IN ('pending', 'rollback_pending')"
     with store.tx() as c:
         claimed = store._exec(
