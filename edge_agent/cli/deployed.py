@@ -29,7 +29,7 @@ def cmd_config_rollback(ctx: Context, args: argparse.Namespace) -> int:
     reloaded = ctx.daemon("reload") is not None
     ctx.out({**entry, "reloaded": reloaded},
             f"rolled back to {str(entry['digest'])[:12]} (was {str(entry['previous'])[:12]})"
-            + ("; the daemon reloaded" if reloaded else "; takes effect when the daemon starts"))
+            + ("; the daemon reloads" if reloaded else "; takes effect when the daemon starts"))
     return 0
 
 

@@ -372,8 +372,8 @@ class Daemon:
             return {"injected": True}
 
         async def reload(req: dict[str, Any]) -> Any:  # `edge-agent config rollback`
-            await self.reload()
-            return {"reloaded": True, "deployed": self.config.deployed}
+            self._tasks.append(asyncio.get_running_loop().create_task(self.reload()))
+            return {"reloading": True}  # as on SIGHUP: the log says how it went
 
         handlers = {"status": status, "wake": wake, "sync_now": sync_now, "reload": reload}
         if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":

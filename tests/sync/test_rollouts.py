@@ -7,7 +7,8 @@ during it, one device offline until it has finished), new runs use it while a ru
 at a gate finishes on its old version; a fragment failing `config check` is rejected with
 the reason and changes nothing; a fragment whose workflow fails every run stops after its
 first wave, which rolls back by itself; a fragment naming [device] is refused; forged and
-expired deploy commands are refused.
+expired deploy commands are refused; `edge-agent config rollback` reloads the daemon onto
+the config held before.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,12 +141,27 @@ class Fleet:
         self.configs: dict[str, Path] = {}
         self.daemons: dict[str, DaemonProcess] = {}
         self.ingest: subprocess.Popen[bytes] | None = None
+        self.stop = threading.Event()
+        # read the daemons' sd_notify datagrams as systemd does: a full socket would block
+        # the daemon's STATUS lines, and with them its event loop
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
         for name in DEVICES:
             home = tmp / name
             home.mkdir()
             self.configs[name] = home / "config.toml"
             self.configs[name].write_text(DEVICE.format(id=name, port=broker.port,
                                                         key=self.public))
+
+    def _drain(self) -> None:
+        while not self.stop.wait(0.5):
+            for d in list(self.daemons.values()):
+                if not any(line.startswith("READY=1") for _, line in d.messages):
+                    continue  # its wait_for("READY=1") reads it
+                try:
+                    d.read(0.01)
+                except OSError:
+                    pass  # closed meanwhile
 
     def start_ingest(self) -> None:
         self.ingest = subprocess.Popen([CLOUD, "run", "--config", str(self.cfg)],
@@ -200,6 +217,8 @@ class Fleet:
                 self.ingest.wait()
 
     def close(self) -> None:
+        self.stop.set()
+        self.reader.join(5)
         for d in self.daemons.values():
             d.close()
         self.stop_ingest()
@@ -309,6 +328,11 @@ def test_rollout_waves_gates_rollback_and_refusals(fleet: Fleet, broker: Broker)
     until(lambda: refused().get("cmd:expired") == 1 and refused().get("cmd:unknown_key") == 1,
           why=refused)
     assert fleet.history("cell-3") == before
+
+    # 6. a local rollback: the daemon reloads onto what stamp-1 replaced (the local file)
+    out = cli_json(one, "config", "rollback")
+    assert out["reloaded"] is True and out["digest"] == "local", out
+    until(lambda: "say" in fleet.last_tick("cell-1").get("context", {}))
 
     listed = json.loads(cloud(fleet.cfg, "deployments", "--json").stdout)["deployments"]
     assert [d["state"] for d in listed] == ["failed", "failed", "failed", "completed"]
