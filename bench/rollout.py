@@ -117,7 +117,7 @@ def main() -> int:
                 if applied == len(names):
                     break
                 assert time.time() < deadline, f"{applied} of {len(names)} applied"
-                time.sleep(0.05)
+                time.sleep(0.25)  # each look is a write-locked read of the SQLite store
             took = time.perf_counter() - t0
         finally:
             for s in sims:
