@@ -32,6 +32,7 @@ import msgpack
 from sync.cloud.rollout_rules import (
     DEFAULT_ABORT_IF,
     RolloutError,
+    answered_state,
     check_gate,
     gate,
     plan_waves,
@@ -230,16 +231,9 @@ def record_result(store: SqlCloudStore, device: str, payload: bytes) -> None:
                              " AND x.device = ?", (dep_id, device)).fetchone()
         if row is None:
             return
-        dep_state, mine = row
-        if r.get("action") == "rollback":
-            new = "rolled_back" if status in ("rolled_back", "unchanged") else "rollback_failed"
-        elif status == "applied":
-            # a wave already stopped: a late apply goes straight back
-            new = "rollback_pending" if dep_state == "failed" else "applied"
-        else:
-            new = "rejected"
-        if mine in ("rolled_back",) and new != "rolled_back":
-            return  # a late answer to the deploy after the rollback
+        new = answered_state(row[0], row[1], str(r.get("action") or "apply"), status)
+        if new is None:
+            return
         store._exec(c, "UPDATE deployment_devices SET state = ?, reason = ?, previous ="
                        " coalesce(?, previous), sent_at = CASE WHEN ? = 'rollback_pending'"
                        " THEN NULL ELSE sent_at END, updated_at = ? WHERE deployment = ? AND"

@@ -107,6 +107,19 @@ def _shown(m: Mapping[str, Any]) -> str:
                      for k, v in m.items())
 
 
+def answered_state(deployment: str, mine: str, action: str, status: str) -> str | None:
+    """A device's new state from its `deploy.result` (None: keep the one it has). A late
+    apply of a deployment already stopped goes straight back; a late answer to the deploy
+    never undoes a rollback."""
+    if action == "rollback":
+        return "rolled_back" if status in ("rolled_back", "unchanged") else "rollback_failed"
+    if mine == "rolled_back":
+        return None
+    if status == "applied":
+        return "rollback_pending" if deployment == "failed" else "applied"
+    return "rejected"
+
+
 def shown_state(state: str, health: Mapping[str, Any] | None, online: bool | None) -> str:
     """A device's line in `deployment show`."""
     if state == "pending" and online is False:

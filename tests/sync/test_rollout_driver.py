@@ -12,7 +12,13 @@ import msgpack
 import pytest
 
 from sync.cloud import deployments as deps
-from sync.cloud.rollout_rules import RolloutError, check_gate, gate, plan_waves
+from sync.cloud.rollout_rules import (
+    RolloutError,
+    answered_state,
+    check_gate,
+    gate,
+    plan_waves,
+)
 from sync.cloud.store import SqlCloudStore
 
 FRAGMENT = '[workflows.w]\nstart = "done"\n[workflows.w.nodes.done]\nend = true\n'
@@ -153,3 +159,10 @@ def test_rules() -> None:
     assert holds and m["failed_rate"] == 0.25 and m["tool_failure_rate"] == 0.5
     assert m["offline"] == 1 and m["rejected"] == 1
     assert not gate("offline > 0", 0, [{"state": "pending"}])[0]
+    # a device's answer: a late apply of a stopped deployment goes straight back, and a
+    # late answer to the deploy never undoes its rollback
+    assert answered_state("running", "pending", "apply", "applied") == "applied"
+    assert answered_state("failed", "pending", "apply", "applied") == "rollback_pending"
+    assert answered_state("failed", "rolled_back", "apply", "applied") is None
+    assert answered_state("running", "pending", "apply", "rejected") == "rejected"
+    assert answered_state("failed", "rollback_pending", "rollback", "unchanged") == "rolled_back"
