@@ -142,6 +142,7 @@ class Fleet:
         self.daemons: dict[str, DaemonProcess] = {}
         self.ingest: subprocess.Popen[bytes] | None = None
         self.stop = threading.Event()
+        self.ingest_log = open(tmp / "ingest.log", "ab")  # every ingest process, in turn
         # read the daemons' sd_notify datagrams as systemd does: a full socket would block
         # the daemon's STATUS lines, and with them its event loop
         self.reader = threading.Thread(target=self._drain, daemon=True)
@@ -166,7 +167,7 @@ class Fleet:
     def start_ingest(self) -> None:
         self.ingest = subprocess.Popen([CLOUD, "run", "--config", str(self.cfg)],
                                        cwd=self.tmp, stdout=subprocess.DEVNULL,
-                                       stderr=open(self.tmp / "ingest.log", "ab"))
+                                       stderr=self.ingest_log)
 
     def start(self, *names: str) -> None:
         for name in names:
@@ -222,6 +223,7 @@ class Fleet:
         for d in self.daemons.values():
             d.close()
         self.stop_ingest()
+        self.ingest_log.close()
 
 
 @pytest.fixture
