@@ -20,6 +20,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
            ("fleet queries", "queries", ["-m", "bench.fleet_queries"]),
+           ("rollout to 1,000 devices", "rollout", ["-m", "bench.rollout"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("parallel agents, one model", "batch", ["-m", "bench.inference_batch_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
@@ -118,6 +119,12 @@ def _queries(r: dict[str, Any]) -> list[Row]:
              f"{ms:.1f} ms", "target 100 ms", "") for name, ms in r["median_ms"].items()]
 
 
+def _rollout(r: dict[str, Any]) -> list[Row]:
+    return [(f"rollout, deploy to {r['devices']:,} devices applied (simulated, one wave)",
+             f"{r['deploy_to_all_applied_s']:.1f} s", _rate(r["devices_per_s"], "devices/s"),
+             "")]
+
+
 def _inference(r: dict[str, Any]) -> list[Row]:
     paired = (f"{r['ratio_median']:.2f}x (middle half {r['ratio_p25']:.2f}-"
               f"{r['ratio_p75']:.2f}x, {r['pairs']} pairs)") if "ratio_median" in r else \
@@ -191,8 +198,8 @@ def _otlp(r: dict[str, Any]) -> list[Row]:
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "queries": _queries,
-    "inference": _inference, "batch": _batch, "grammar": _grammar, "hardware": _hardware,
-    "footprint": _footprint, "otlp": _otlp}
+    "rollout": _rollout, "inference": _inference, "batch": _batch, "grammar": _grammar,
+    "hardware": _hardware, "footprint": _footprint, "otlp": _otlp}
 
 
 def main() -> int:

@@ -28,7 +28,8 @@ MAX_SEQ = 2**63 - 1
 MAX_CREATED_AT = 1e11  # seconds since 1970: year 5138
 MAX_CHUNKS = 4096
 MAX_COMMAND_BYTES = 64 << 10
-COMMAND_TYPES = ("approve", "reject", "cancel", "start", "doc_update", "doc_sync", "tool_result")
+COMMAND_TYPES = ("approve", "reject", "cancel", "start", "doc_update", "doc_sync", "tool_result",
+                 "deploy")
 KIND_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -75,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("trace", "a run as a tree: steps, model calls, tool calls, retries, approvals")
     s.add_argument("run_id")
     s = add("config", "configuration commands")
-    csub = s.add_subparsers(dest="config_command", required=True, metavar="check")
+    csub = s.add_subparsers(dest="config_command", required=True,
+                            metavar="check|history|rollback")
     c = csub.add_parser("check", parents=[common], help="validate a config file (exit 78 if bad)")
     c.add_argument("path", nargs="?", help="file to check (default: --config)")
+    csub.add_parser("history", parents=[common], help="deployments applied here, and when")
+    csub.add_parser("rollback", parents=[common], help="return to the config held before the"
+                    " current deployment (the daemon reloads)")
     s = add("tools", "tools: `tools list`, `tools call NAME --args JSON [--dry-run]`")
     tsub = s.add_subparsers(dest="tools_command", required=True, metavar="list|call")
     tsub.add_parser("list", parents=[common], help="declared tools")
@@ -160,6 +164,10 @@ def _dispatch(ctx: Context, args: argparse.Namespace) -> int:
     if cmd == "cloud-run":
         from edge_agent.daemon.cloud_runner import run_cloud
         return run_cloud(args.config, args.cloud_config)
+    if cmd == "config" and args.config_command != "check":
+        from edge_agent.cli import deployed
+        return (deployed.cmd_config_history if args.config_command == "history"
+                else deployed.cmd_config_rollback)(ctx, args)
     if cmd == "config":
         return status.cmd_config_check(ctx, args)
     simple = {"status": status.cmd_status, "start": runs.cmd_start, "runs": runs.cmd_runs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import stat
@@ -57,8 +58,11 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
-                env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the file; raise ConfigError listing every problem."""
+                env: Mapping[str, str] | None = None, *, deployed: bool = True,
+                candidate: dict[str, Any] | None = None) -> Config:
+    """Read and validate the file; raise ConfigError listing every problem. With
+    `deployed`, the fragment the cloud deployed (config/deployed.py) is merged in;
+    `candidate` is a fragment to merge instead (checking a deployment before applying it)."""
     file = config_path(path)
     name = str(file)
     try:
@@ -79,10 +83,34 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise ConfigError(name, [ConfigIssue("", "TOML nested too deeply",
                                              has_value=False)]) from None
     try:
-        return parse_config(data, file.resolve(), os.environ if env is None else env)
+        environ = os.environ if env is None else env
+        cfg = parse_config(copy.deepcopy(data), file.resolve(), environ)
+        if candidate is not None:
+            from edge_agent.config.deployed import merge
+            return parse_config(merge(data, candidate), cfg.path, environ)
+        if deployed and cfg.sync is not None and cfg.sync.remote_config:
+            return _with_deployment(cfg, data, environ)
+        return cfg
     except RecursionError:
         raise ConfigError(name, [ConfigIssue("", "nested too deeply to check",
                                              has_value=False)]) from None
+
+
+def _with_deployment(cfg: Config, data: dict[str, Any], env: Mapping[str, str]) -> Config:
+    """The local config with the current deployment's fragment merged in."""
+    import dataclasses
+
+    from edge_agent.config.deployed import overlay
+    assert cfg.sync is not None
+    try:
+        merged, sha = overlay(data, cfg.device.data_dir, cfg.sync.remote_config)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(cfg.path), [ConfigIssue(
+            "sync.remote_config", f"the deployed config cannot be read ({exc}); `edge-agent"
+            " config rollback` returns to the previous one", has_value=False)]) from exc
+    if sha is None:
+        return cfg
+    return dataclasses.replace(parse_config(merged, cfg.path, env), deployed=sha)
 
 
 def _read_config_file(file: Path) -> bytes:
@@ -341,6 +369,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         cloud_keys=tuple(t.list_of_str("cloud_keys", ()) or ()),
         insecure=t.boolean("insecure", False),
         device_key=_path(t, "device_key", base),
+        remote_config=_remote_config(t),
     )
     _sync_security(t, cfg["cloud_keys"], bool(cfg["insecure"]), tls, cfg["username"])
     prefix = cfg["topic_prefix"]
@@ -350,6 +379,17 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
     if host is None or port is None:
         return None
     return SyncConfig(host=host, port=port, **{k: v for k, v in cfg.items() if v is not None})
+
+
+def _remote_config(t: Table) -> tuple[str, ...]:
+    from edge_agent.config.deployed import REMOTE_TABLES
+    names = t.list_of_str("remote_config", ()) or ()
+    for name in names:
+        if name not in REMOTE_TABLES:
+            t.error("remote_config", "names tables a deployment may replace: "
+                    + ", ".join(REMOTE_TABLES), name)
+            return ()
+    return tuple(dict.fromkeys(names))
 
 
 def _sync_security(t: Table, keys: tuple[str, ...], insecure: bool, tls: TlsConfig | None,

@@ -184,6 +184,7 @@ class SyncConfig:
     cloud_keys: tuple[str, ...] = ()  # pinned public keys that sign the downlink (base64)
     insecure: bool = False  # no pinned key, no client identity: a lab broker only
     device_key: Path | None = None  # seals uplink batches, if the cloud registers its key
+    remote_config: tuple[str, ...] = ()  # tables a signed deployment may replace
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class Config:
     workflows: Mapping[str, WorkflowConfig]
     sync: SyncConfig | None
     telemetry: TelemetryConfig
+    deployed: str | None = None  # SHA-256 of the deployed fragment merged in, if any
 
     @property
     def base_dir(self) -> Path:

@@ -371,7 +371,11 @@ class Daemon:
             chip.inject(int(req["offset"]), int(req["level"]))
             return {"injected": True}
 
-        handlers = {"status": status, "wake": wake, "sync_now": sync_now}
+        async def reload(req: dict[str, Any]) -> Any:  # `edge-agent config rollback`
+            self._tasks.append(asyncio.get_running_loop().create_task(self.reload()))
+            return {"reloading": True}  # as on SIGHUP: the log says how it went
+
+        handlers = {"status": status, "wake": wake, "sync_now": sync_now, "reload": reload}
         if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":
             handlers["block_loop"] = block_loop
             handlers["gpio_inject"] = gpio_inject

@@ -7,8 +7,10 @@ row that makes them exactly-once, then the engine is woken through the event loo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +103,27 @@ class DaemonSync:
                         "downlink messages are verified but the broker may be anonymous"
                         if s.cloud_keys else "downlink messages are taken unsigned")
         self.edge.start()
+        self._health = self.loop.create_task(self._deploy_health(), name="deploy-health")
+
+    async def _deploy_health(self) -> None:
+        """While a deployment bakes, its health goes up on the control stream."""
+        from edge_agent.daemon.deployments import HealthReporter
+        reporter = HealthReporter(self.config.device.data_dir, self.config.device.id)
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                entry = await asyncio.to_thread(reporter.due, time.time())
+                if entry is not None:
+                    healthy = bool(self.edge.healthy)
+                    await asyncio.to_thread(self.daemon.writer.write, functools.partial(
+                        _report, reporter, entry=entry, healthy=healthy))
+                    self.notify()
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("deployment health report failed: %s", exc)
 
     async def shutdown(self) -> None:
+        if getattr(self, "_health", None) is not None:
+            self._health.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self.edge.shutdown)
 
     def _durable(self) -> None:
@@ -149,11 +170,19 @@ class DaemonSync:
             from edge_agent.engine.remote_documents import sync_documents
             return sync_documents(conn, self.config, str(a["collection"]),
                                   list(a["buckets"]), int(a["n"]), list(a["versions"]))
+        if cmd.type == "deploy":
+            from edge_agent.daemon.deployments import handle_deploy
+            return handle_deploy(conn, self.daemon.config, self.config.device.id, dict(a))
         raise ValueError(f"command type {cmd.type!r} is not handled by this device")
 
     def _after(self, cmd: Command, result: dict[str, Any]) -> None:
         engine = self.daemon.engine
         if self.loop is None or engine is None:
+            return
+        if cmd.type == "deploy":  # a new config in force: reloaded as on SIGHUP
+            if (result.get("result") or {}).get("status") in ("applied", "rolled_back"):
+                loop = self.loop
+                loop.call_soon_threadsafe(lambda: loop.create_task(self.daemon.reload()))
             return
         inner = result.get("result") or {}
         if isinstance(inner, dict) and isinstance(inner.get("run"), dict):
@@ -181,6 +210,11 @@ def record_tool_result(conn: sqlite3.Connection, key: str, *, ok: bool, result: 
                   None if ok else str(error or "remote tool failed"),
                   None if ok else "remote_error", time.time(), key))
     return {"run_id": row[0], "key": key}
+
+
+def _report(reporter: Any, conn: sqlite3.Connection, *, entry: dict[str, Any],
+            healthy: bool) -> None:
+    reporter.report(conn, entry, healthy)
 
 
 def make_sync(config: Config, daemon: Any) -> DaemonSync:

@@ -42,11 +42,13 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
         raise
     for w in workers:
         w.start()
+    stop = threading.Event()
+    from sync.cloud.deploy_cli import start_driver
+    start_driver(store_of(cfg), workers[0], stop)  # rollouts: waves, gates, rollbacks
     if cfg.insecure:
         logging.getLogger("edge-agent-cloud").warning(
             "mqtt.insecure = true: %s; for a lab broker only, never a fleet",
             "the broker may be anonymous" if cfg.signing_key else "the downlink is unsigned")
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     logging.getLogger("edge-agent-cloud").info("ingest running: %d worker(s) on %s:%d",
@@ -389,8 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=("init", "show"))
     from sync.cloud import export, views_cli
     from sync.cloud.console import cli as console
+    from sync.cloud.deploy_cli import register as register_deploy
     for view in (views_cli, export, console):  # the fleet's projection: runs, approvals, ...
         view.register(sub, common)
+    register_deploy(sub, common, duration)  # rollouts: deploy, deployments, deployment
     return p
 
 
@@ -403,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
+    if args.command in ("deploy", "deployments", "deployment"):
+        from sync.cloud.deploy_cli import run
+        return run(cfg, args, store_of(cfg), _fail)
     handler = getattr(args, "handler", None) or {
         "run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
         "groups": cmd_groups}.get(args.command, cmd_send)

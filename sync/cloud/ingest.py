@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Kinds that act only when the control stream carries them (sync/PROTOCOL.md, section 2)
 CONTROL_KINDS = frozenset({"cmd.result", "tool.request", "handoff.request", "doc.version",
-                           "doc.summary"})
+                           "doc.summary", "deploy.result", "deploy.health"})
 
 MAX_STATUS_BYTES = 4096
 
@@ -155,6 +155,8 @@ class IngestWorker:
                     self._remote_tool(device, r.payload)
                 elif r.kind == "handoff.request":
                     self.handoffs.request(device, r.payload)
+                elif r.kind in ("deploy.result", "deploy.health"):
+                    self._deployment(device, r.kind, r.payload)
         else:
             for r in stored.new:
                 if r.kind in CONTROL_KINDS:  # stored, never acted on; shown to operators
@@ -220,6 +222,8 @@ class IngestWorker:
         self.store.seen(device, state == "online", status)
         if state == "online":  # results of handed-off steps the device has not confirmed
             self.handoffs.resend(device)
+            from sync.cloud.deployments import device_online
+            device_online(self.store, device)  # type: ignore[arg-type]
 
     def _confirm(self, device: str, payload: bytes) -> None:
         """A result confirms only a command sent to the device whose stream carries it."""
@@ -236,6 +240,16 @@ class IngestWorker:
             self.rejected["foreign_result"] += 1
             log.warning("ingest: %s sent a result for command %s, which waits for no result"
                         " from it", device, cid[:64])
+
+    def _deployment(self, device: str, kind: str, payload: bytes) -> None:
+        """A device's answer to a deployment, or its health while baking."""
+        from sync.cloud import deployments
+        try:
+            (deployments.record_result if kind == "deploy.result"
+             else deployments.record_health)(self.store, device, payload)  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            self.rejected["bad_deploy_record"] += 1
+            log.warning("ingest: unreadable %s from %s: %s", kind, device, exc)
 
     def _remote_tool(self, device: str, payload: bytes) -> None:
         """Run a device's remote tool request, if this worker serves that tool."""

@@ -95,9 +95,24 @@ _V3 = (
         count BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (device, reason))""",
     "UPDATE schema_version SET version = 3",
 )
+# Rollouts (sync/cloud/deployments.py): a deployment, its waves and each device's state.
+_V4 = (
+    """CREATE TABLE deployments (id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL,
+        version TEXT NOT NULL, sha256 TEXT NOT NULL, fragment TEXT NOT NULL,
+        waves TEXT NOT NULL, bake_s DOUBLE PRECISION NOT NULL, abort_if TEXT NOT NULL,
+        min_runs INTEGER NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL, wave INTEGER NOT NULL, wave_started_at DOUBLE PRECISION,
+        reason TEXT, updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE deployment_devices (deployment TEXT NOT NULL, device TEXT NOT NULL,
+        wave INTEGER NOT NULL, state TEXT NOT NULL, sent_at DOUBLE PRECISION,
+        reason TEXT, previous TEXT, health TEXT, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (deployment, device))""",
+    "CREATE INDEX deployment_devices_state ON deployment_devices (state, deployment)",
+    "UPDATE schema_version SET version = 4",
+)
 MIGRATIONS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
-    d: [(1, _V1), (2, _V2[d]), (3, _V3)] for d in ("sqlite", "postgresql")}
-LATEST = 3
+    d: [(1, _V1), (2, _V2[d]), (3, _V3), (4, _V4)] for d in ("sqlite", "postgresql")}
+LATEST = 4
 
 
 def current_version(tables: set[str], version_row: Any) -> int:

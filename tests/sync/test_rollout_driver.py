@@ -1,0 +1,168 @@
+"""The rollout driver on both fleet stores, without a broker: two drivers over one store
+never both take a step (each command goes out once), a wave waits its bake and goes on
+only while its gate holds, "no runs yet" is not healthy unless min_runs is 0, a failing
+wave's devices are told to go back to the digest they held, a reconnecting device is sent
+what it has not answered. And the pure rules: waves from their spec, the gate's checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from sync.cloud import deployments as deps
+from sync.cloud.rollout_rules import (
+    RolloutError,
+    answered_state,
+    check_gate,
+    gate,
+    plan_waves,
+)
+from sync.cloud.store import SqlCloudStore
+
+FRAGMENT = '[workflows.w]\nstart = "done"\n[workflows.w.nodes.done]\nend = true\n'
+T0 = 1_800_000_000.0
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, device: str, cid: str, args: dict[str, Any], ttl: float) -> None:
+        assert ttl > 0
+        self.calls.append((device, cid, args))
+
+    def devices(self) -> list[str]:
+        return [d for d, _, _ in self.calls]
+
+
+def answer(store: SqlCloudStore, dep: str, device: str, status: str = "applied",
+           action: str = "apply", **kw: Any) -> None:
+    deps.record_result(store, device, msgpack.packb(
+        {"deployment": dep, "device": device, "action": action, "status": status, **kw}))
+
+
+def health(store: SqlCloudStore, dep: str, device: str, started: int, failed: int) -> None:
+    deps.record_health(store, device, msgpack.packb(
+        {"deployment": dep, "device": device, "started": started, "failed": failed,
+         "tool_calls": 0, "tool_failures": 0, "sync_healthy": True, "at": T0}))
+
+
+def test_waves_gates_and_rollback(cloud_url: str) -> None:
+    a, b = SqlCloudStore(cloud_url), SqlCloudStore(cloud_url)  # two ingest processes
+    try:
+        devices = ["d1", "d2", "d3", "d4"]
+        dep = deps.create(a, fragment=FRAGMENT, devices=devices, version="v2",
+                          waves="1,100%", bake_s=10, now=T0)
+        sent = Sent()
+        for store in (a, b, a):
+            deps.tick(store, sent, now=T0 + 1)
+        assert sent.devices() == ["d1"]  # wave 1 once, whoever drives
+        _, cid, args = sent.calls[0]
+        assert cid == f"deploy-{dep}-d1" and args["action"] == "apply"
+        assert args["fragment"] == FRAGMENT and args["bake_s"] == 10
+        answer(a, dep, "d1", previous="local")
+        health(a, dep, "d1", started=0, failed=0)
+        deps.tick(b, sent, now=T0 + 5)
+        assert len(sent.calls) == 1  # baking
+        health(a, dep, "d1", started=3, failed=0)
+        deps.tick(b, sent, now=T0 + 12)
+        deps.tick(a, sent, now=T0 + 12)
+        assert sorted(sent.devices()[1:]) == ["d2", "d3", "d4"]
+        shown = deps.deployment(a, dep)
+        assert shown is not None and shown["wave"] == 2
+        assert [d["shown"] for d in shown["devices"]] == ["healthy", "pending", "pending",
+                                                           "pending"]
+        # d4 reconnects without having answered: sent again at the next tick
+        deps.device_online(a, "d4")
+        deps.tick(a, sent, now=T0 + 13)
+        assert sent.devices()[-1] == "d4" and len(sent.calls) == 5
+        for d in ("d2", "d3"):
+            answer(a, dep, d)
+            health(a, dep, d, started=2, failed=0)
+        deps.tick(a, sent, now=T0 + 30)
+        done = deps.deployment(a, dep)
+        assert done is not None and done["state"] == "completed", done
+        # d4 never answered: once the deployment has expired it is not sent again
+        deps.device_online(a, "d4")
+        deps.tick(a, sent, now=T0 + 8 * 86400)
+        assert len(sent.calls) == 5
+
+        # a failing wave stops the deployment and goes back to what each device held
+        bad = deps.create(a, fragment=FRAGMENT + "#2\n", devices=devices, waves="2,100%",
+                          bake_s=10, now=T0 + 40)
+        sent = Sent()
+        deps.tick(a, sent, now=T0 + 41)
+        answer(a, bad, "d1", previous=done["sha256"])
+        answer(a, bad, "d2", status="rejected", reasons=["tools.x: unknown key"])
+        health(a, bad, "d1", started=4, failed=4)
+        deps.tick(b, sent, now=T0 + 52)
+        deps.tick(a, sent, now=T0 + 52)
+        failed = deps.deployment(a, bad)
+        assert failed is not None and failed["state"] == "failed"
+        assert "failed_rate" in failed["reason"]
+        rollbacks = [c for c in sent.calls if c[2]["action"] == "rollback"]
+        assert [(d, x["to"], x["digest"]) for d, _, x in rollbacks] == [
+            ("d1", done["sha256"], failed["sha256"])]
+        answer(a, bad, "d1", status="rolled_back", action="rollback")
+        states = {d["device"]: (d["state"], d["reason"]) for d in deps.deployment(a, bad)[
+            "devices"]}  # type: ignore[index]
+        assert states == {"d1": ("rolled_back", None),
+                          "d2": ("rejected", "tools.x: unknown key"),
+                          "d3": ("waiting", None), "d4": ("waiting", None)}
+        assert [d["state"] for d in deps.deployments(b)] == ["failed", "completed"]
+        assert not deps.abort(a, bad)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_no_runs_is_not_healthy_unless_min_runs_is_0_and_abort(cloud_url: str) -> None:
+    store = SqlCloudStore(cloud_url)
+    try:
+        quiet = deps.create(store, fragment=FRAGMENT, devices=["d1"], bake_s=1, now=T0)
+        zero = deps.create(store, fragment=FRAGMENT, devices=["d2"], bake_s=1, min_runs=0,
+                           now=T0)
+        stopped = deps.create(store, fragment=FRAGMENT, devices=["d3", "d4"], waves="1,2",
+                              bake_s=1, now=T0)
+        sent = Sent()
+        deps.tick(store, sent, now=T0 + 0.5)
+        for dep, device in ((quiet, "d1"), (zero, "d2"), (stopped, "d3")):
+            answer(store, dep, device)
+        assert deps.abort(store, stopped)
+        deps.tick(store, sent, now=T0 + 2)
+        states = {d["id"]: d["state"] for d in deps.deployments(store)}
+        assert states == {quiet: "failed", zero: "completed", stopped: "aborted"}
+        assert "fewer than --min-runs 1" in deps.deployment(store, quiet)["reason"]  # type: ignore[index]
+        assert "d4" not in [d for d, _, _ in sent.calls]  # nothing more after an abort
+    finally:
+        store.close()
+
+
+def test_rules() -> None:
+    assert plan_waves("1,10%,50%,100%", 40) == [1, 4, 20, 40]
+    assert plan_waves("1,40%,100%", 5) == [1, 2, 5]
+    assert plan_waves("10%", 3) == [1, 3]  # the last wave always takes everyone
+    assert plan_waves("5,2", 3) == [3]
+    for bad in ("0", "x", "150%", ""):
+        with pytest.raises(RolloutError, match="--waves"):
+            plan_waves(bad, 3)
+    with pytest.raises(RolloutError, match="boolean"):
+        check_gate("failed_rate")
+    with pytest.raises(RolloutError, match="--abort-if"):
+        check_gate("nope > 1")
+    holds, _, m = gate("failed_rate > 0.5", 1, [
+        {"state": "applied", "health": {"started": 4, "failed": 1, "tool_calls": 10,
+                                        "tool_failures": 5}},
+        {"state": "pending", "health": None}, {"state": "rejected", "health": None}])
+    assert holds and m["failed_rate"] == 0.25 and m["tool_failure_rate"] == 0.5
+    assert m["offline"] == 1 and m["rejected"] == 1
+    assert not gate("offline > 0", 0, [{"state": "pending"}])[0]
+    # a device's answer: a late apply of a stopped deployment goes straight back, and a
+    # late answer to the deploy never undoes its rollback
+    assert answered_state("running", "pending", "apply", "applied") == "applied"
+    assert answered_state("failed", "pending", "apply", "applied") == "rollback_pending"
+    assert answered_state("failed", "rolled_back", "apply", "applied") is None
+    assert answered_state("running", "pending", "apply", "rejected") == "rejected"
+    assert answered_state("failed", "rollback_pending", "rollback", "unchanged") == "rolled_back"
