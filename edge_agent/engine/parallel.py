@@ -3,7 +3,9 @@
 Each finished branch is committed (a step row and the node's `done` map) as it finishes, so
 a restart re-runs only the branches that had not finished. A cancelled branch is recorded as
 cancelled, never as a result; a tool call it had in flight still records its own outcome in
-the journal, because the side effect may have happened.
+the journal, because the side effect may have happened. A branch's call of unknown outcome
+(an intent without a result, an agent's included) is answered by the branch's on_unknown
+(`transitions.branch_unknown`): by default the join waits while a person is asked.
 """
 
 from __future__ import annotations
