@@ -18,6 +18,15 @@ from sync.dbapi import Connection
 log = logging.getLogger(__name__)
 
 
+def set_call_status(c: Connection, status: str, key: str, attempt: int, now: float, *,
+                    result: Any = None) -> None:
+    """A journal row answered without a result of the tool's own: by a person (`confirmed`
+    with `result`, `assumed_failed`) or by the node's on_unknown (`unknown`)."""
+    c.execute("UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
+              " AND attempt = ?", (status, None if result is None else dumps(result), now, key,
+                                   attempt))
+
+
 class Outcomes:
     def __init__(self, driver: Driver) -> None:
         self.e = driver
@@ -135,13 +144,16 @@ class Outcomes:
         return False
 
     def _mark_unknown(self, run: Run, step_node: str, key: str, attempt: int, tool: str,
-                      on_unknown: str, status: str, cause: str | None = None) -> Tx:
-        """The journal row's new status, and an `interrupted` step that shows it."""
+                      on_unknown: str, status: str, cause: str | None = None,
+                      visit: int | None = None) -> Tx:
+        """The journal row's new status, and an `interrupted` step that shows it (a branch's
+        step: at the visit of its parallel node)."""
+        visit = run.visit(step_node) if visit is None else visit
+
         def tx(c: Connection) -> None:
             now = self.e.clock()
-            c.execute("UPDATE tool_calls SET status = ?, finished_at = ? WHERE idem_key = ?"
-                      " AND attempt = ?", (status, now, key, attempt))
-            q.insert_step(c, run_id=run.run_id, node=step_node, visit=run.visit(step_node),
+            set_call_status(c, status, key, attempt, now)
+            q.insert_step(c, run_id=run.run_id, node=step_node, visit=visit,
                           attempt=attempt, status="interrupted",
                           error=f"{cause or f'the process stopped during {tool}'}; on_unknown"
                           f" = {on_unknown}",
@@ -150,18 +162,25 @@ class Outcomes:
 
     def ask_unknown(self, run: Run, node: NodeConfig, state: dict[str, Any], *, key: str,
                     attempt: int, tool: str, args: Any, step_node: str | None = None,
-                    cause: str | None = None, target: str = "the device") -> None:
-        """Open an approval asking whether an interrupted non-idempotent call took effect."""
+                    cause: str | None = None, target: str = "the device",
+                    rerun_branch: str | None = None) -> None:
+        """Open an approval asking whether an interrupted non-idempotent call took effect.
+        `step_node`: the branch of parallel node `node` that made the call; `rerun_branch`:
+        that branch, when it is an agent that runs again from its start if the answer is
+        that the call did not take effect (see `transitions.call_decided`)."""
         why = (f"{tool} failed after its request may have reached {target} ({cause})"
                if cause else "The daemon stopped after starting it and before its result was "
                "recorded")
         prompt = (f"Did {tool}({dumps(args)}) take effect? {why}. Approve = it did (the run "
                   "continues); reject = it did not (the step is retried).")
-        self.open_approval(run, node, {**state, "unknown_key": key, "unknown_attempt": attempt},
-                           kind="unknown_outcome", prompt=prompt,
+        asked = {**state, "unknown_key": key, "unknown_attempt": attempt}
+        if rerun_branch is not None:
+            asked["rerun_branch"] = rerun_branch
+        self.open_approval(run, node, asked, kind="unknown_outcome", prompt=prompt,
                            context={"tool": tool, "args": args, "key": key},
                            extra=self._mark_unknown(run, step_node or node.name, key, attempt,
-                                                    tool, "escalate", "unknown", cause=cause))
+                                                    tool, "escalate", "unknown", cause=cause,
+                                                    visit=run.visit(node.name)))
 
     def decided(self, run: Run, node: NodeConfig, state: dict[str, Any],
                 policy: RetryPolicy) -> bool:
@@ -176,10 +195,8 @@ class Outcomes:
         mark: Tx | None = None
         if d.mark is not None:
             status, key, call_attempt, result = d.mark
-            mark = lambda c: c.execute(  # noqa: E731
-                "UPDATE tool_calls SET status = ?, result = ?, finished_at = ? WHERE idem_key = ?"
-                " AND attempt = ?", (status, None if result is None else dumps(result),
-                                     self.e.clock(), key, call_attempt))
+            mark = lambda c: set_call_status(  # noqa: E731
+                c, status, key, call_attempt, self.e.clock(), result=result)
         if d.action == "wait":
             if d.status is not None:
                 self.e.set_state(run, state, status=d.status)

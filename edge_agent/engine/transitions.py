@@ -18,6 +18,8 @@ a run's course is in this file:
 - `call_error`: how a tool call's exception is classified.
 - `gate_decided`, `call_decided`: what a person's answer leads to (an approval node's
   decision; the answer to an escalation or to an unknown outcome).
+- `join_outcome`, `branch_scope`, `branch_unknown`: a parallel node's join, where a
+  branch's calls are journaled, and what a branch's call of unknown outcome leads to.
 """
 
 from __future__ import annotations
@@ -319,8 +321,8 @@ def call_decided(run: Run, node: NodeConfig, state: Mapping[str, Any],
         return Decided("wait", status=None if run.status == WAITING else WAITING)
     approved = appr["status"] == "approved"
     attempt = int(state.get("attempt", 1))
-    rest = {k: v for k, v in state.items()
-            if k not in ("approval_id", "unknown_key", "unknown_attempt", "retry_at")}
+    rest = {k: v for k, v in state.items() if k not in (
+        "approval_id", "unknown_key", "unknown_attempt", "rerun_branch", "retry_at")}
     if appr["kind"] == "unknown_outcome":
         result = {"outcome": "confirmed", "by": appr["decided_by"]} if approved else None
         mark = ("confirmed" if approved else "assumed_failed", state["unknown_key"],
@@ -332,8 +334,15 @@ def call_decided(run: Run, node: NodeConfig, state: Mapping[str, Any],
             # "it did not take effect": the step is retried (an agent in a fresh scope),
             # without spending an attempt on it
             rest.update(attempt=attempt + 1, budget_base=int(state.get("budget_base", 0)) + 1)
+        rerun = state.get("rerun_branch")
+        if node.kind == "parallel" and not approved and rerun:
+            # an agent branch runs again from its start, in a fresh scope (as an agent node)
+            runs = dict(state.get("attempts") or {})
+            runs[rerun] = int(runs.get(rerun, 1)) + 1
+            rest["attempts"] = runs
         # approved agent: replays, finding the call confirmed; parallel: re-runs the
-        # unfinished branches, which find the call confirmed or retry it
+        # unfinished branches: an agent finds the call confirmed (or starts again, as
+        # above), a tool branch finds it confirmed or makes it again under its next key
         return Decided("resume", state=rest, mark=mark)
     if not approved:
         return Decided("finish", status=FAILED, message=(
@@ -345,3 +354,48 @@ def call_decided(run: Run, node: NodeConfig, state: Mapping[str, Any],
                        attempt=attempt, step_status="skipped")
     rest.update(attempt=attempt + 1, budget_base=attempt)
     return Decided("resume", state=rest)
+
+
+# parallel branches -------------------------------------------------------------------------------
+def join_outcome(node: NodeConfig, done: Mapping[str, Mapping[str, Any]]) -> bool | None:
+    """A parallel node's join over its finished branches: True (joined), False (cannot
+    succeed any more), None (undecided yet: it waits on the branches not in `done`, and on
+    a person when one of them has a call of unknown outcome)."""
+    total = len(node.branches)
+    ok = sum(1 for r in done.values() if r["ok"])
+    failed = len(done) - ok
+    if node.join == "all":
+        return False if failed else (True if ok == total else None)
+    # "any" is any success, as "first_success": a failed branch alone never joins
+    need = 1 if node.join in ("any", "first_success") else int(node.quorum or total)
+    if ok >= need:
+        return True
+    return False if total - failed < need else None
+
+
+def branch_scope(node: str, branch: str, visit: int, attempt: int = 1) -> str:
+    """Where a branch's calls are journaled: `parallel/branch#visit`. An agent branch that
+    runs again (a person said its interrupted call did not take effect) starts afresh in
+    `parallel/branch#visit.attempt.0`, the scope shape of an agent node's attempt."""
+    scope = f"{node}/{branch}#{visit}"
+    return scope if attempt <= 1 else f"{scope}.{attempt}.0"
+
+
+def branch_unknown(on_unknown: str, *, tool: str, key: str, call_attempt: int, args: Any,
+                   attempt: int, rerun: bool) -> dict[str, Any]:
+    """A branch's call whose outcome is unknown (an intent without a result: the process
+    stopped during it, or an error said the request may have reached the device), by the
+    branch's `on_unknown`, as for a node of its own: "escalate" leaves the branch unknown
+    (the parallel node asks a person while its join waits on it; `rerun`: the branch is an
+    agent, which runs again from its start if the person says the call did not take
+    effect); "fail" and "assume_failed" fail the branch (the join decides) and mark its
+    journal row `unknown` or `assumed_failed`. The branch's result, with `attempt` the
+    branch's run for its step row. (A tool branch retries an assumed failure within its
+    own policy; an agent branch has no retries of its own.)"""
+    if on_unknown == "escalate":
+        return {"ok": False, "unknown": True, "key": key, "call_attempt": call_attempt,
+                "tool": tool, "args": args, "attempt": attempt, "rerun": rerun}
+    status, why = (("unknown", " (on_unknown = fail)") if on_unknown == "fail" else
+                   ("assumed_failed", "; assumed failed"))
+    return {"ok": False, "error": f"outcome of {tool} unknown{why}", "kind": "unknown_outcome",
+            "attempt": attempt, "mark": [status, key, call_attempt]}
