@@ -1,4 +1,5 @@
-"""The console's ASGI application: one route per view, the approve/reject action, login.
+"""The console's ASGI application: one route per view, the approve/reject and abort
+actions, login.
 
 Pages are rendered on the server (Jinja2). A page's live part is also served alone when
 the request carries `X-Console-Fragment: 1`; a few lines of inline script fetch it every
@@ -13,6 +14,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from starlette.applications import Starlette
@@ -147,6 +149,17 @@ class Console:
         return RedirectResponse(back if back.startswith("/") and not back.startswith("//")
                                 else "/approvals", status_code=303)
 
+    async def abort(self, request: Request) -> Response:
+        """Stop a running deployment: the same function as `deployment abort ID`."""
+        holder = self.who(request)
+        await auth.check_csrf(request)
+        auth.require_operator(holder)
+        dep_id = request.path_params["dep_id"]
+        if not await run_in_threadpool(self.fleet.abort, dep_id, holder.name):
+            raise Refused(409, f"deployment {dep_id} is not running")
+        request.session["flash"] = f"aborted deployment {dep_id}: no further wave goes out"
+        return RedirectResponse(f"/deployments/{quote(dep_id, safe='')}", status_code=303)
+
     def app(self, *, secret: str | None = None, https_only: bool = False) -> Starlette:
         f = self.fleet
 
@@ -167,6 +180,10 @@ class Console:
                 r.path_params["device"], r.path_params["run_id"]))),
             Route("/approvals", self.page("approvals.html", lambda r: f.approvals())),
             Route("/approvals/decide", self.decide, methods=["POST"]),
+            Route("/deployments", self.page("deployments.html", lambda r: f.deployments())),
+            Route("/deployments/{dep_id}", self.page("deployment.html", lambda r: f.deployment(
+                r.path_params["dep_id"]))),
+            Route("/deployments/{dep_id}/abort", self.abort, methods=["POST"]),
             Route("/conflicts", self.page("conflicts.html", lambda r: f.conflicts())),
         ]
         session = Middleware(SessionMiddleware, secret_key=secret or secrets.token_urlsafe(32),

@@ -1,20 +1,25 @@
 """What the console shows and does, over the same library as the CLI.
 
-Reads go to sync.cloud.views (the projection the CLI lists); approve and reject go to
-sync.cloud.decisions.decide, the one function behind `edge-agent-cloud approve|reject`.
-Each read returns the context of one template.
+Reads go to sync.cloud.views (the projection the CLI lists) and sync.cloud.deployments;
+approve and reject go to sync.cloud.decisions.decide, the one function behind
+`edge-agent-cloud approve|reject`, and abort to sync.cloud.deployments.abort, the one behind
+`edge-agent-cloud deployment abort`. Each read returns the context of one template.
 """
 
 from __future__ import annotations
 
+import logging
 from argparse import ArgumentTypeError
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from sync.cloud import deployments as deps
 from sync.cloud import views
+from sync.cloud.console.rollouts import waves
 from sync.cloud.views import ViewError
 from sync.cloud.views_cli import parse_since
 
+log = logging.getLogger(__name__)
 SHOWN = 200  # approvals on one page, oldest first
 Decide = Callable[..., dict[str, Any]]  # decisions.decide with cfg and store bound
 
@@ -61,6 +66,20 @@ class Fleet:
 
     def conflicts(self) -> dict[str, Any]:
         return {"conflicts": views.conflicts(self.store)}
+
+    def deployments(self) -> dict[str, Any]:
+        return {"deployments": deps.deployments(self.store)}
+
+    def deployment(self, dep_id: str) -> dict[str, Any]:
+        d = deps.deployment(self.store, dep_id)
+        return {"dep_id": dep_id, "deployment": d, "waves": [] if d is None else waves(d)}
+
+    def abort(self, dep_id: str, by: str) -> bool:
+        """Stop a running deployment, as `deployment abort ID` does; False if not running."""
+        stopped = deps.abort(self.store, dep_id)
+        if stopped:
+            log.info("deployment %s aborted by %s from the console", dep_id, by)
+        return stopped
 
     def decide(self, *, device: str, run_id: str, approval_id: int, approve: bool,
                note: str | None, patch: dict[str, Any] | None, by: str) -> str:
