@@ -3,7 +3,8 @@ Selenium, against a real broker, the cloud ingest, the console and a device daem
 
 An operator logs in, finds the pending approval of a run started on the device (its id is
 not given to the browser), approves it by clicking, and the run completes on the device. A
-viewer's approve is refused by the server. A screenshot of the runs page is kept with the
+viewer's approve is refused by the server. A deployment started from the CLI shows the device's
+answer on its page. Screenshots of the runs, trace and deployment pages are kept with the
 test's files and copied to test-artifacts/ (gitignored)."""
 
 from __future__ import annotations
@@ -221,3 +222,17 @@ def test_operator_approves_in_the_browser_and_the_run_completes(
         text_of(driver, "#trace")
     driver.save_screenshot(str(tmp_path / "trace-page.png"))
     shutil.copy(tmp_path / "trace-page.png", ARTIFACTS / "console-trace-page.png")
+
+    # a deployment started from the CLI: its page shows the device's answer without a
+    # reload (this device takes no remote config, so it rejects it, saying why)
+    fragment = tmp_path / "stamp.toml"
+    fragment.write_text('[workflows.stamp]\nstart = "done"\n[workflows.stamp.nodes.done]\n'
+                        'end = true\n')
+    dep_id = cloud.cli("deploy", str(fragment), "--devices", "press-7", "--waves", "100%",
+                       "--bake", "1s").split()[0]
+    driver.get(f"http://127.0.0.1:{cloud.port}/deployments/{dep_id}")
+    until(lambda: text_of(driver, 'tr.device[data-device="press-7"] td.state') == "rejected",
+          timeout=30, every=0.5)
+    assert "remote_config" in text_of(driver, 'tr.device[data-device="press-7"] td.reason')
+    driver.save_screenshot(str(tmp_path / "deployment-page.png"))
+    shutil.copy(tmp_path / "deployment-page.png", ARTIFACTS / "console-deployment-page.png")

@@ -16,7 +16,8 @@ from sync.cloud.console.tokens import ROLES, TokenError, TokenFile
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register `console` and `console token ...` on the cloud CLI's subcommands."""
     s = sub.add_parser("console", parents=[common], help="serve the web console (devices,"
-                       " runs, traces, approvals, conflicts); `console token` manages logins")
+                       " runs, traces, approvals, deployments, conflicts); `console token` manages"
+                       " logins")
     s.add_argument("--listen", help="HOST:PORT (default: [console] listen, else "
                    "127.0.0.1:8080)")
     s.add_argument("--insecure", action="store_true", help="serve without tokens (loopback"
