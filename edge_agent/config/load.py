@@ -340,6 +340,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         cloud_keys=tuple(t.list_of_str("cloud_keys", ()) or ()),
         insecure=t.boolean("insecure", False),
         device_key=_path(t, "device_key", base),
+        max_clock_skew_s=t.number("max_clock_skew_s", 300.0, min=0.0, max=86400.0),
     )
     _sync_security(t, cfg["cloud_keys"], bool(cfg["insecure"]), tls, cfg["username"])
     prefix = cfg["topic_prefix"]

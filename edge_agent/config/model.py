@@ -183,6 +183,7 @@ class SyncConfig:
     cloud_keys: tuple[str, ...] = ()  # pinned public keys that sign the downlink (base64)
     insecure: bool = False  # no pinned key, no client identity: a lab broker only
     device_key: Path | None = None  # seals uplink batches, if the cloud registers its key
+    max_clock_skew_s: float = 300.0  # a signed command issued further ahead is refused
 
 
 @dataclass(frozen=True)

@@ -74,15 +74,20 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
 def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    stores = [store_of(cfg) for _ in range(cfg.workers)]
+    from sync.cloud.sweep import Sweeper
+    from sync.cloud.work import Work
+    stores = [store_of(cfg) for _ in range(cfg.workers + 1)]  # the last: the sweep's
+    work = Work(cfg.limits)  # bounded pools, shared by the workers
     try:
-        workers = [worker(cfg, s) for s in stores]
+        workers = [worker(cfg, s, work=work) for s in stores[:-1]]
     except CloudConfigError:
         for s in stores:
             s.close()
         raise
     for w in workers:
         w.start()
+    sweeper = Sweeper(stores[-1], work, f"{os.uname().nodename}:{os.getpid()}")
+    sweeper.start()
     if cfg.insecure:
         logging.getLogger("edge-agent-cloud").warning(
             "mqtt.insecure = true: %s; for a lab broker only, never a fleet",
@@ -93,25 +98,29 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.getLogger("edge-agent-cloud").info("ingest running: %d worker(s) on %s:%d",
                                                len(workers), cfg.host, cfg.port)
     stop.wait()
+    sweeper.shutdown()
     for w in workers:
         w.shutdown()
+    work.shutdown()
     for s in stores:
         s.close()
     return 0
 
 
 def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    from sync.cloud.sweep import read_stats
     store = store_of(cfg)
     try:
         devices = store.devices()
+        work = read_stats(store)
     finally:
         store.close()
-    out = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
+    out: dict[str, Any] = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
                         "first_seen": _iso(d["first_seen"]),
                         "epochs": [{**e, "first_seen": _iso(e["first_seen"])}
                                    for e in d["epochs"]],
                         "resets": [{**r, "at": _iso(r["at"])} for r in d["resets"]]}
-                       for d in devices]}
+                       for d in devices], "work": work}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -253,12 +262,15 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
             deadline = time.time() + args.timeout
             while time.time() < deadline:
                 c = store.command(cid)
-                if c and c["state"] != "sent":
+                if c and c["state"] not in ("sent", "queued"):
                     print(json.dumps(c) if args.json else f"{c['state']}: {c['result']}")
                     return 0 if c["state"] == "confirmed" else 1
                 time.sleep(0.2)
+            c = store.command(cid) or {}
+            where = ("queued until the device first connects" if c.get("state") == "queued"
+                     else "the command waits in its session")
             return _fail(args, f"no confirmation within {args.timeout:g}s (the device may be "
-                         "offline; the command waits in its session)", 2)
+                         f"offline; {where}; edge-agent-cloud commands shows it)", 2)
         return 0
     finally:
         sender.client.disconnect()
@@ -426,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
+    from sync.cloud.commands_cli import add_parser as add_commands
+    add_commands(sub, common)
     return p
 
 
@@ -438,8 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_cloud_config(args.config, need_key=args.command != "keys")
     except CloudConfigError as exc:
         return _fail(args, str(exc), exc.exit_code)
-    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc,
-               "keys": cmd_keys, "groups": cmd_groups}.get(args.command, cmd_send)
+    from sync.cloud.commands_cli import cmd_commands
+    handler = {"run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
+               "groups": cmd_groups, "commands": cmd_commands}.get(args.command, cmd_send)
     try:
         return handler(cfg, args)
     except CloudConfigError as exc:

@@ -1,5 +1,5 @@
 """`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [handoffs], [groups],
-[collections]. Unknown keys are errors;
+[collections], [limits]. Unknown keys are errors;
 errors name key and value."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sync.cloud.work import Limits
 from sync.config_reader import ConfigIssue, Table
 from sync.documents import CollectionRules, DocumentError
 
@@ -52,6 +53,7 @@ class CloudConfig:
     require_device_keys: bool = False  # refuse batches from devices without a key
     path: str = ""  # the file it was read from, for errors found later (a [tools] import)
     insecure: bool = False  # unsigned downlink, no client identity: a lab broker only
+    limits: Limits = field(default_factory=Limits)  # the bounded pools of remote work
 
 
 def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) -> CloudConfig:
@@ -77,6 +79,8 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
 
     mqtt, store = table("mqtt"), table("store")
     otlp, signing = table("otlp", required=False), table("signing", required=False)
+    limits_t = table("limits", required=False)
+    limits = _limits(limits_t)
     host, port = "", 0
     broker = mqtt.raw("broker")
     m = re.match(r"^([^:\s]+):(\d{1,5})$", str(broker if broker is not None else ""))
@@ -173,7 +177,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                    tls or None)
     topic_prefix, group = mqtt.raw("topic_prefix", "edge"), mqtt.raw("group", "ingest")
     username = mqtt.raw("username")
-    for t in (root, mqtt, store, otlp, signing):  # every key nobody read is unknown
+    for t in (root, mqtt, store, otlp, signing, limits_t):  # every key nobody read is unknown
         t.finish()
     if issues:
         raise CloudConfigError(str(file), issues)
@@ -187,7 +191,19 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        handoffs=tuple(sorted(handoffs.items())),
                        groups=groups,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
-                       require_device_keys=require_device_keys, path=str(file))
+                       require_device_keys=require_device_keys, path=str(file),
+                       limits=limits)
+
+
+def _limits(t: Table) -> Limits:
+    """`[limits]`: the sizes of the pools that run remote tools and hand-offs."""
+    d = Limits()
+    return Limits(handoff_workers=t.integer("handoff_workers", d.handoff_workers, min=1,
+                                            max=256),
+                  tool_workers=t.integer("tool_workers", d.tool_workers, min=1, max=256),
+                  per_device_in_flight=t.integer("per_device_in_flight",
+                                                 d.per_device_in_flight, min=1, max=1024),
+                  max_queued=t.integer("max_queued", d.max_queued, min=1, max=100_000))
 
 
 def _signing_key(signing: Table, rel: Callable[[Any], str | None], insecure: bool,

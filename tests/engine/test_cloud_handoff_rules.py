@@ -27,14 +27,13 @@ KEY = "handoff/k1"
 
 @pytest.mark.parametrize("request_status,finished,holds,action", [
     ("requested", False, True, "apply"),
-    ("requested", False, None, "apply"),  # an older cloud sends no version
     ("requested", False, False, "late"),  # the device took the lease back meanwhile
     ("requested", True, True, "late"),  # the run ended (cancelled) meanwhile
     ("timed_out", False, False, "late"),
     ("ok", False, True, "duplicate"),
     ("error", False, False, "duplicate"),
 ])
-def test_decide_result(request_status: str, finished: bool, holds: bool | None,
+def test_decide_result(request_status: str, finished: bool, holds: bool,
                        action: str) -> None:
     assert decide_result(request=request_status, run_finished=finished,
                          cloud_holds=holds) == action
