@@ -19,6 +19,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("engine on PostgreSQL", "stores", ["-m", "bench.engine_stores"]),
            ("sync throughput", "sync", ["-m", "bench.sync_throughput"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
+           ("one device floods the cloud", "flood", ["-m", "bench.cloud_flood"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
            ("hardware tools", "hardware", ["-m", "bench.hardware_tools"]),
@@ -104,6 +105,18 @@ def _fleet(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _flood(r: dict[str, Any]) -> list[Row]:
+    s = r["spread"]
+    return [(f"{s['requests']:,} hand-off requests in {s['spread_s']:g} s: another device's "
+             f"{s['records']:,}-record sync", f"{s['sync_during_flood_s']:.2f} s",
+             f"alone {s['sync_alone_s']:.2f} s (target 2x)", f"{s['ratio']:.2f}x"),
+            ("the flood: cloud threads, RSS (peak)", f"{s['peak_threads']}, "
+             f"{s['peak_rss_mib']:.0f} MiB", f"idle {s['idle_threads']}, "
+             f"{s['idle_rss_mib']:.0f} MiB", ""),
+            ("the flood: answered busy", f"{s['answers'].get('busy', 0):,}",
+             f"run {s['answers'].get('ran', 0):,}", "")]
+
+
 def _inference(r: dict[str, Any]) -> list[Row]:
     paired = (f"{r['ratio_median']:.2f}x (middle half {r['ratio_p25']:.2f}-"
               f"{r['ratio_p75']:.2f}x, {r['pairs']} pairs)") if "ratio_median" in r else \
@@ -140,7 +153,7 @@ def _footprint(r: dict[str, Any]) -> list[Row]:
 
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "inference": _inference, "grammar": _grammar,
+    "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "flood": _flood, "inference": _inference, "grammar": _grammar,
     "hardware": _hardware, "footprint": _footprint}
 
 

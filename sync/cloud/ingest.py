@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from sync.cloud.device_keys import DeviceKeys
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.handoffs import HandoffServer, busy_answer
 from sync.cloud.store import CloudStore
-from sync.cloud.work import Work
+from sync.cloud.work import FairQueue, Work
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.envelope import (
     Batch,
@@ -88,15 +87,17 @@ class IngestWorker:
         self.conflicts = 0  # records resent under a seq the store holds with other content
         self.stubs = 0
         self.connected = threading.Event()
-        # bounded: a full queue holds up the client's network thread, so the broker holds
+        # bounded, and served round-robin by device: a device that sends much waits behind
+        # itself; a full queue holds up the client's network thread, so the broker holds
         # (and in the end drops) what comes faster than it is stored; devices resend it
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=MAX_QUEUED)
+        self._queue: FairQueue[mqtt.MQTTMessage] = FairQueue(MAX_QUEUED)
         self._thread = threading.Thread(target=self._work, name="ingest", daemon=True)
         self.client = make_client(worker_id or f"ingest-{uuid.uuid4().hex[:8]}",
                                   protocol=protocol, tls_ca=tls_ca, tls_cert=tls_cert,
                                   tls_key=tls_key, username=username, password=password)
         self.client.on_connect = self._on_connect
-        self.client.on_message = lambda c, u, msg: self._queue.put(msg)
+        self.client.on_message = lambda c, u, msg: self._queue.put(
+            device_of(msg.topic, self.prefix) or "", msg)
         self.client.on_disconnect = lambda *a: self.connected.clear()
 
     def start(self) -> None:
@@ -105,7 +106,7 @@ class IngestWorker:
         self._thread.start()
 
     def shutdown(self) -> None:
-        self._queue.put(None)
+        self._queue.close()
         self._thread.join(5)
         if self._own_work:
             self.work.shutdown()

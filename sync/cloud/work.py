@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 BUSY = "busy"  # the error of a request the cloud refused unrun; the device may ask again
 
 
@@ -117,6 +118,53 @@ class WorkPool:
             t.join(wait_s / max(1, len(self._threads)))
 
 
+class FairQueue(Generic[T]):
+    """A bounded queue served round-robin by key (the device): one item of each waiting
+    device in turn, so a device that sends much waits behind itself, not others behind it.
+    `put` blocks while `maxsize` items wait (the MQTT client's thread then holds the broker
+    back); `get` returns None once closed and empty."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._queues: OrderedDict[str, deque[T]] = OrderedDict()
+        self._size = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, key: str, item: T) -> None:
+        with self._cond:
+            while self._size >= self.maxsize and not self._closed:
+                self._cond.wait()
+            self._queues.setdefault(key, deque()).append(item)
+            self._size += 1
+            self._cond.notify_all()
+
+    def get(self) -> T | None:
+        with self._cond:
+            while not self._size and not self._closed:
+                self._cond.wait()
+            if not self._size:
+                return None
+            key, waiting = next(iter(self._queues.items()))
+            item = waiting.popleft()
+            if waiting:
+                self._queues.move_to_end(key)  # its next item after everyone else's
+            else:
+                del self._queues[key]
+            self._size -= 1
+            self._cond.notify_all()
+            return item
+
+    def qsize(self) -> int:
+        with self._cond:
+            return self._size
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 class Work:
     """The pools of one ingest process, shared by its workers."""
 
@@ -154,4 +202,4 @@ def merge_stats(many: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["BUSY", "Limits", "Work", "WorkPool", "merge_stats"]
+__all__ = ["BUSY", "FairQueue", "Limits", "Work", "WorkPool", "merge_stats"]

@@ -90,3 +90,25 @@ def test_a_result_after_the_device_took_the_lease_back_is_a_conflict(tmp_path: P
     assert [(s["status"], s["output"]) for s in steps] == [("conflict", {"v": 1})]
     lease = store.read(lambda c: lease_replica(c, "dev").read(LEASES, rid))
     assert set(lease.siblings) == {"state"}  # both versions kept: `edge-agent conflicts`
+
+
+def test_a_result_without_the_lease_version_is_refused(tmp_path: Path) -> None:
+    """Issue 26, observation 4: the clock guard is never skipped; a result with no version
+    used to be applied as if the cloud held the lease."""
+    store, rid, cloud = _handed_off(tmp_path)
+    answer = {k: v for k, v in _answer(cloud, rid).items() if k != "version"}
+    with pytest.raises(ValueError, match="without the lease's version"):
+        store.write(lambda c: apply_handoff_result(c, "dev", answer))
+    assert store.read(lambda c: q.journal_get(c, KEY, 1))["status"] == "requested"
+    assert store.read(lambda c: q.steps(c, rid)) == []
+
+
+def test_a_busy_answer_closes_the_request_unrun(tmp_path: Path) -> None:
+    """Issue 26, observation 1: the cloud refused the request unrun; the step is closed
+    with error kind `busy` (its handler takes the fallback or asks again), once."""
+    store, _, _ = _handed_off(tmp_path)
+    busy = {"key": KEY, "ok": False, "busy": True, "error": "busy: the cloud runs as many"}
+    assert store.write(lambda c: apply_handoff_result(c, "dev", busy))["busy"]
+    row = store.read(lambda c: q.journal_get(c, KEY, 1))
+    assert (row["status"], row["error_kind"]) == ("error", "busy")
+    assert store.write(lambda c: apply_handoff_result(c, "dev", busy))["duplicate"]

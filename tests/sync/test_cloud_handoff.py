@@ -44,7 +44,8 @@ end = true
 """
 
 
-def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db") -> Path:
+def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db",
+          limits: str = "") -> Path:
     cfg = tmp / "config.toml"
     cfg.write_text(CONFIG.format(port=port, timeout=timeout))
     script = tmp / "local_review.sh"
@@ -52,7 +53,7 @@ def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db
     script.chmod(0o755)
     (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n'
                                     f'[store]\nurl = "{store}"\n[handoffs]\n'
-                                    f'reviewer = "cloud_tools:review"\n')
+                                    f'reviewer = "cloud_tools:review"\n[limits]\n{limits}\n')
     return cfg
 
 
@@ -181,6 +182,65 @@ def test_an_outage_longer_than_the_timeout_takes_the_fallback_and_records_the_la
         late = [s for s in run["steps"] if s["status"] == "conflict"]
         assert len(late) == 1 and late[0]["output"]["by"] == "cloud-reviewer"
         assert run["output"]["local"]["json"]["by"] == "local"  # not applied
+    finally:
+        d.close()
+        stop(cloud)
+
+
+def test_a_result_later_than_the_timeout_keeps_both_lease_versions_with_the_link_up(
+        tmp_path: Path, broker: Broker) -> None:
+    """Issue 26, observation 4: the device takes the step back at timeout_s and its lease
+    version reaches the cloud before the cloud's result; the cloud writes its result on
+    the request's lease version, so the two stay siblings and `edge-agent conflicts` lists
+    them (it used to write on top of the device's take-back, hiding the conflict)."""
+    cfg = setup(tmp_path, broker.port, timeout=2)
+    cloud = start_cloud(tmp_path)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        rid = cli_json(cfg, "start", "inspect", "--input",
+                       '{"id": "r4", "doc": "paint", "delay": 5}')["run_id"]
+        run = wait(cfg, rid, {"completed", "failed"}, timeout=20)
+        assert run["status"] == "completed" and run["output"]["local"]["json"]["by"] == "local"
+        deadline = time.time() + 30
+        while not (conflicts := cli_json(cfg, "conflicts")["conflicts"]):
+            assert time.time() < deadline, "no conflict listed"
+            time.sleep(0.3)
+        assert conflicts[0]["key"] == f"runs.lease/{rid}"
+        states = sorted(str(s["value"].get("state")) for s in conflicts[0]["siblings"])
+        assert states == ["done", "fallback"]
+        late = [s for s in cli_json(cfg, "runs", "show", rid)["steps"]
+                if s["status"] == "conflict"]
+        assert len(late) == 1 and late[0]["output"]["by"] == "cloud-reviewer"
+    finally:
+        d.close()
+        stop(cloud)
+
+
+def test_a_busy_cloud_answers_at_once_and_the_device_takes_its_fallback(
+        tmp_path: Path, broker: Broker) -> None:
+    """Issue 26, observation 1: over its share of the cloud's hand-off pool a request is
+    answered `busy` at once (not run, not queued), and the device takes its fallback then,
+    not at timeout_s."""
+    cfg = setup(tmp_path, broker.port, timeout=60, limits="per_device_in_flight = 1")
+    cloud = start_cloud(tmp_path)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        first = cli_json(cfg, "start", "inspect", "--input",
+                         '{"id": "b1", "doc": "a", "delay": 4}')["run_id"]
+        wait_file(tmp_path / "reviews.log")  # the cloud runs the first one
+        began = time.time()
+        second = cli_json(cfg, "start", "inspect", "--input",
+                          '{"id": "b2", "doc": "b", "delay": 4}')["run_id"]
+        run = wait(cfg, second, {"completed", "failed"}, timeout=30)
+        assert run["status"] == "completed", run
+        assert run["output"]["local"]["json"]["by"] == "local"
+        assert "busy" in steps_of(run, "review")[0]["output"]["error"]
+        assert time.time() - began < 20  # answered at once, not at timeout_s (60 s)
+        run = wait(cfg, first, {"completed", "failed"}, timeout=30)
+        assert run["output"]["review"]["by"] == "cloud-reviewer", run
+        assert (tmp_path / "reviews.log").read_text().split() == ["b1"]  # b2 never ran
     finally:
         d.close()
         stop(cloud)
