@@ -4,6 +4,7 @@ timeout takes the local fallback, and the late cloud result becomes a conflict."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,15 @@ input = "input"
 timeout_s = {timeout}
 fallback = "local"
 next = "done"
+[workflows.strict]
+start = "review"
+[workflows.strict.nodes.review]
+handoff = "cloud:reviewer"
+input = "input"
+timeout_s = 40
+next = "done"
+[workflows.strict.nodes.done]
+end = true
 [workflows.inspect.nodes.local]
 tool = "local_review"
 next = "done"
@@ -88,6 +98,16 @@ def wait_file(path: Path, lines: int = 1, timeout: float = 30) -> None:
     while not (path.exists() and len(path.read_text().splitlines()) >= lines):
         assert time.time() < deadline, f"{path} has fewer than {lines} line(s)"
         time.sleep(0.1)
+
+
+def busy_answers(tmp: Path) -> int:
+    """The cloud's `busy` answers to cell-1, from `edge-agent-cloud status --json` (its
+    counters are written every second)."""
+    time.sleep(1.5)
+    r = subprocess.run([CLOUD, "status", "--json", "--config", str(tmp / "cloud.toml")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp, check=True)
+    work = json.loads(r.stdout)["work"]["handoffs"]
+    return int(work["devices"].get("cell-1", {}).get("busy", 0))
 
 
 def steps_of(run: dict, node: str) -> list[dict]:
@@ -241,6 +261,32 @@ def test_a_busy_cloud_answers_at_once_and_the_device_takes_its_fallback(
         run = wait(cfg, first, {"completed", "failed"}, timeout=30)
         assert run["output"]["review"]["by"] == "cloud-reviewer", run
         assert (tmp_path / "reviews.log").read_text().split() == ["b1"]  # b2 never ran
+        assert busy_answers(tmp_path) == 1
+    finally:
+        d.close()
+        stop(cloud)
+
+
+def test_a_busy_cloud_is_asked_again_by_a_step_without_fallback(tmp_path: Path,
+                                                                broker: Broker) -> None:
+    """Without a fallback a `busy` answer is a refusal to retry: the device asks again after
+    a backoff (within timeout_s) and the cloud runs it once it has room."""
+    cfg = setup(tmp_path, broker.port, timeout=60, limits="per_device_in_flight = 1")
+    cloud = start_cloud(tmp_path)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        first = cli_json(cfg, "start", "strict", "--input",
+                         '{"id": "s1", "doc": "a", "delay": 3}')["run_id"]
+        wait_file(tmp_path / "reviews.log")
+        second = cli_json(cfg, "start", "strict", "--input",
+                          '{"id": "s2", "doc": "b", "delay": 0}')["run_id"]
+        for rid in (first, second):
+            run = wait(cfg, rid, {"completed", "failed"}, timeout=40)
+            assert run["status"] == "completed", run
+            assert run["output"]["review"]["by"] == "cloud-reviewer", run
+        assert sorted((tmp_path / "reviews.log").read_text().split()) == ["s1", "s2"]
+        assert busy_answers(tmp_path) >= 1  # s2 was refused before it ran
     finally:
         d.close()
         stop(cloud)
