@@ -135,6 +135,11 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 print(f"{'':20} database reset at {r['at']}, epoch {r['from']} to {r['to']}")
     if not out["devices"]:
         print("(no devices yet)")
+    for pool, name in (("handoffs", "hand-offs"), ("tools", "remote tools")):
+        w = work.get(pool)
+        if w:
+            print(f"{name}: {w['in_flight']} in flight, {w['busy']} answered busy"
+                  f" ({w['workers']} worker(s))")
     return 0
 
 

@@ -7,17 +7,15 @@ processes and daemons, both store backends."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.broker import Broker
-from support.daemon import DaemonProcess, cli_json, until
+from support.daemon import cli_json, until
+from support.fleetrig import cloud, cloud_service, device
 from support.syncrig import device_db, edge, ingest
 
 from sync.cloud.commands import Commands, NewCommand
@@ -28,34 +26,6 @@ from sync.cloud.work import Work
 from sync.signing import Opener, Sealer, public_key_text
 
 KEY = Ed25519PrivateKey.generate()
-CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
-HELLO = """
-[device]
-id = "{id}"
-data_dir = "data"
-runtime_dir = "run"
-[sync]
-broker = "127.0.0.1:{port}"
-insecure = true
-ack_timeout_s = 2
-[workflows.hello]
-start = "done"
-[workflows.hello.nodes.done]
-end = true
-output = "input"
-"""
-
-
-def cloud(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLOUD, *args, "--config", str(cfg)], capture_output=True,
-                          text=True, timeout=60, check=False)
-
-
-def device(tmp: Path, name: str, port: int) -> tuple[Path, DaemonProcess]:
-    """A daemon with a `hello` workflow, not started."""
-    (tmp / name).mkdir()
-    (tmp / name / "config.toml").write_text(HELLO.format(id=name, port=port))
-    return tmp / name / "config.toml", DaemonProcess(tmp / name / "config.toml", tmp / name)
 
 
 def commands(cfg: Path, *args: str) -> list[dict[str, Any]]:
@@ -76,30 +46,28 @@ def test_a_device_never_seen_gets_what_was_queued_unless_it_expired(tmp_path: Pa
     ccfg = tmp_path / "cloud.toml"
     ccfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
                     '[store]\nurl = "sqlite:///cloud.db"\n[groups]\nlate = ["cell-late"]\n')
-    ingest_proc = subprocess.Popen([CLOUD, "run", "--config", str(ccfg)], cwd=tmp_path,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (late_cfg, late), (gone_cfg, gone) = device(tmp_path, "cell-late", broker.port), \
         device(tmp_path, "cell-gone", broker.port)
-    try:
-        r = cloud(ccfg, "start", "hello", "--group", "late", "--input", '{"n": 7}')
-        assert r.returncode == 0 and r.stdout.split()[:2] == ["cell-late", "queued"], r
-        r = cloud(ccfg, "start", "hello", "--device", "cell-gone", "--expires-in", "2s")
-        assert r.returncode == 0, r.stderr
-        assert state_of(ccfg, "cell-late") == "queued"
-        until(lambda: state_of(ccfg, "cell-gone") == "expired", 10)  # the sweep, at expiry
-        assert [c["state"] for c in commands(ccfg, "--state", "queued")] == ["queued"]
-        late.start(), gone.start()
-        late.wait_for("READY=1"), gone.wait_for("READY=1")
-        until(lambda: state_of(ccfg, "cell-late") == "confirmed", 20)
-        run_id = commands(ccfg, "--device", "cell-late")[0]["result"]["result"]["run_id"]
-        until(lambda: cli_json(late_cfg, "runs", "show", run_id)["status"] == "completed", 20)
-        time.sleep(1.0)
-        assert cli_json(gone_cfg, "runs")["runs"] == []  # expired: never delivered
-        assert state_of(ccfg, "cell-gone") == "expired"
-    finally:
-        late.close(), gone.close()
-        ingest_proc.send_signal(signal.SIGTERM)
-        ingest_proc.wait(10)
+    with cloud_service(ccfg):
+        try:
+            r = cloud(ccfg, "start", "hello", "--group", "late", "--input", '{"n": 7}')
+            assert r.returncode == 0 and r.stdout.split()[:2] == ["cell-late", "queued"], r
+            r = cloud(ccfg, "start", "hello", "--device", "cell-gone", "--expires-in", "2s")
+            assert r.returncode == 0, r.stderr
+            assert state_of(ccfg, "cell-late") == "queued"
+            until(lambda: state_of(ccfg, "cell-gone") == "expired", 10)  # the sweep
+            assert [c["state"] for c in commands(ccfg, "--state", "queued")] == ["queued"]
+            late.start(), gone.start()
+            late.wait_for("READY=1"), gone.wait_for("READY=1")
+            until(lambda: state_of(ccfg, "cell-late") == "confirmed", 20)
+            run_id = commands(ccfg, "--device", "cell-late")[0]["result"]["result"]["run_id"]
+            until(lambda: cli_json(late_cfg, "runs", "show", run_id)["status"] == "completed",
+                  20)
+            time.sleep(1.0)
+            assert cli_json(gone_cfg, "runs")["runs"] == []  # expired: never delivered
+            assert state_of(ccfg, "cell-gone") == "expired"
+        finally:
+            late.close(), gone.close()
 
 
 def test_a_command_to_an_offline_device_is_marked_expired_at_its_expiry(
@@ -109,26 +77,24 @@ def test_a_command_to_an_offline_device_is_marked_expired_at_its_expiry(
     ccfg = tmp_path / "cloud.toml"
     ccfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ninsecure = true\n'
                     '[store]\nurl = "sqlite:///cloud.db"\n')
-    ingest_proc = subprocess.Popen([CLOUD, "run", "--config", str(ccfg)], cwd=tmp_path,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = tmp_path / "device.db"
     device_db(db)
     e = edge(db, broker.port, "cell-off", handler=lambda c, cmd: {})
-    try:
-        e.start()
-        until(lambda: e.connected, 10)
-        until(lambda: bool(json.loads(cloud(ccfg, "status", "--json").stdout)["devices"]), 10)
-        e.shutdown()  # offline from now on
-        r = cloud(ccfg, "approve", "--device", "cell-off", "r1", "--expires-in", "2s")
-        assert r.returncode == 0, r.stderr
-        assert state_of(ccfg, "cell-off") == "sent"
-        began = time.time()
-        until(lambda: state_of(ccfg, "cell-off") == "expired", 10)
-        assert time.time() - began < 5  # at its expiry (the sweep runs every second)
-    finally:
-        e.shutdown()
-        ingest_proc.send_signal(signal.SIGTERM)
-        ingest_proc.wait(10)
+    with cloud_service(ccfg):
+        try:
+            e.start()
+            until(lambda: e.connected, 10)
+            until(lambda: bool(json.loads(cloud(ccfg, "status", "--json").stdout)["devices"]),
+                  10)
+            e.shutdown()  # offline from now on
+            r = cloud(ccfg, "approve", "--device", "cell-off", "r1", "--expires-in", "2s")
+            assert r.returncode == 0, r.stderr
+            assert state_of(ccfg, "cell-off") == "sent"
+            began = time.time()
+            until(lambda: state_of(ccfg, "cell-off") == "expired", 10)
+            assert time.time() - began < 5  # at its expiry (the sweep runs every second)
+        finally:
+            e.shutdown()
 
 
 def test_a_command_issued_far_ahead_of_the_device_clock_is_refused(tmp_path: Path,
