@@ -35,7 +35,7 @@ from sync.cloud.device_keys import DeviceKeys
 from sync.cloud.docs import CloudDocs, decode_summaries
 from sync.cloud.handoffs import HandoffServer, busy_answer
 from sync.cloud.store import CloudStore
-from sync.cloud.work import FairQueue, Work
+from sync.cloud.work import FairQueue, Limits, Work
 from sync.documents import CollectionRules, DocumentError, Version
 from sync.envelope import (
     Batch,
@@ -64,7 +64,7 @@ class IngestWorker:
                  collections: Mapping[str, CollectionRules] | None = None,
                  sealer: Sealer | None = None, uplink: DeviceKeys | None = None,
                  listen: bool = True, handoffs: Mapping[str, Any] | None = None,
-                 work: Work | None = None) -> None:
+                 work: Work | None = None, limits: Limits | None = None) -> None:
         self.store = store
         # False: a sender only (the CLI): it must never join the shared subscription, where
         # the broker would hand it batches that nobody processes
@@ -78,7 +78,8 @@ class IngestWorker:
         self.otlp_endpoint = otlp_endpoint
         self.tools = dict(tools or {})  # remote tools the cloud executes: name -> callable
         self._own_work = work is None
-        self.work = work or Work()  # the process's bounded pools, shared by its workers
+        # the process's bounded pools, shared by its workers (its own, of `limits`, if none)
+        self.work = work or Work(limits)
         self.handoffs = HandoffServer(self, handoffs or {}, worker_id or "cloud",
                                       pool=self.work.handoffs)
         self.host, self.port = host, port
