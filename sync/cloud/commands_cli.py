@@ -26,8 +26,8 @@ def _iso(ts: float | None) -> str | None:
 
 
 def cmd_commands(cfg: Any, args: argparse.Namespace) -> int:
-    from sync.cloud.cli import store_of
-    store = store_of(cfg)
+    from sync.cloud.store import SqlCloudStore
+    store = SqlCloudStore(cfg.store_url, max_record_bytes=cfg.max_record_bytes)
     try:
         rows = Commands(store).listing(args.device, args.state, max(1, args.limit))
     finally:
