@@ -21,6 +21,7 @@ BENCHES = [("durable steps", "engine", ["-m", "bench.engine_steps"]),
            ("fleet into PostgreSQL", "fleet", ["-m", "bench.fleet"]),
            ("fleet queries", "queries", ["-m", "bench.fleet_queries"]),
            ("rollout to 1,000 devices", "rollout", ["-m", "bench.rollout"]),
+           ("one device floods the cloud", "flood", ["-m", "bench.cloud_flood"]),
            ("inference", "inference", ["-m", "bench.inference_bench"]),
            ("parallel agents, one model", "batch", ["-m", "bench.inference_batch_bench"]),
            ("grammar keywords", "grammar", ["-m", "bench.inference_grammar_keywords"]),
@@ -125,6 +126,18 @@ def _rollout(r: dict[str, Any]) -> list[Row]:
              "")]
 
 
+def _flood(r: dict[str, Any]) -> list[Row]:
+    s = r["spread"]
+    return [(f"{s['requests']:,} hand-off requests in {s['spread_s']:g} s: another device's "
+             f"{s['records']:,}-record sync", f"{s['sync_during_flood_s']:.2f} s",
+             f"alone {s['sync_alone_s']:.2f} s (target 2x)", f"{s['ratio']:.2f}x"),
+            ("the flood: cloud threads, RSS (peak)", f"{s['peak_threads']}, "
+             f"{s['peak_rss_mib']:.0f} MiB", f"idle {s['idle_threads']}, "
+             f"{s['idle_rss_mib']:.0f} MiB", ""),
+            ("the flood: answered busy", f"{s['answers'].get('busy', 0):,}",
+             f"run {s['answers'].get('ran', 0):,}", "")]
+
+
 def _inference(r: dict[str, Any]) -> list[Row]:
     paired = (f"{r['ratio_median']:.2f}x (middle half {r['ratio_p25']:.2f}-"
               f"{r['ratio_p75']:.2f}x, {r['pairs']} pairs)") if "ratio_median" in r else \
@@ -198,8 +211,8 @@ def _otlp(r: dict[str, Any]) -> list[Row]:
 
 SUMMARY: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine": _engine, "stores": _stores, "sync": _sync, "fleet": _fleet, "queries": _queries,
-    "rollout": _rollout, "inference": _inference, "batch": _batch, "grammar": _grammar,
-    "hardware": _hardware, "footprint": _footprint, "otlp": _otlp}
+    "rollout": _rollout, "flood": _flood, "inference": _inference, "batch": _batch,
+    "grammar": _grammar, "hardware": _hardware, "footprint": _footprint, "otlp": _otlp}
 
 
 def main() -> int:

@@ -291,12 +291,17 @@ class EdgeSync:
         if props.get("traceparent"):
             cmd = Command(cmd.id, cmd.type, {**cmd.args, "traceparent": props["traceparent"]},
                           cmd.ts)
-        expired = sealed is not None and self.opener is not None and \
-            sealed.expired(self.opener.clock())
-        if expired:  # answered "expired", applied never
-            self.stats.rejected["cmd:expired"] += 1
-            log.warning("rejected a command: %s (%s) expired before it arrived", cmd.id,
-                        cmd.type)
+        refusal = None  # answered with it, applied never (and never later: the inbox)
+        if sealed is not None and self.opener is not None:
+            now = self.opener.clock()
+            if sealed.expired(now):
+                refusal = SealError("expired")
+            elif self.opener.too_early(sealed, now):
+                refusal = SealError("future", f"issued {sealed.ahead_s(now):.0f}s ahead of"
+                                    f" this device's clock (limit {self.opener.max_skew_s:g}s)")
+        if refusal is not None:
+            self.stats.rejected[f"cmd:{refusal.reason}"] += 1
+            log.warning("rejected a command: %s (%s): %s", cmd.id, cmd.type, refusal)
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("SELECT 1 FROM inbox WHERE id = ?", (cmd.id,)).fetchone():
@@ -305,8 +310,8 @@ class EdgeSync:
                 return
             try:
                 conn.execute("SAVEPOINT handler")
-                if expired:
-                    raise SealError("expired")
+                if refusal is not None:
+                    raise refusal
                 result: dict[str, Any] = {"ok": True, "result": self.handler(conn, cmd)
                                           if self.handler else None}
                 conn.execute("RELEASE handler")

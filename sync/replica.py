@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from sync.antientropy import Summary, summarize
-from sync.clocks import HybridClock, Stamp, increment
+from sync.clocks import HybridClock, Stamp, increment, merge, vc
 from sync.dbapi import Connection
 from sync.documents import (
     BUILTIN,
@@ -139,6 +139,21 @@ class Replica:
             fields[name] = FieldState(value, stamp)
         version = Version(collection, key, fields,
                           increment(frontier_clock(frontier), self.node), delete)
+        self._store(version, frontier)
+        return version
+
+    def write_on(self, base: Version, changes: Mapping[str, Any]) -> Version:
+        """A write made on top of `base` alone (and this replica's own earlier writes), not
+        of everything seen since: a reply to `base`. A version another node wrote after
+        `base` meanwhile stays concurrent with it, so both are kept as siblings."""
+        frontier = self.store.get(base.collection, base.key)
+        stamp = self.clock.now()
+        fields = dict(base.fields)
+        for name, value in changes.items():
+            fields[name] = FieldState(value, stamp)
+        mine = vc({self.node: frontier_clock(frontier).get(self.node, 0)})
+        version = Version(base.collection, base.key, fields,
+                          increment(merge(base.clock, mine), self.node), False)
         self._store(version, frontier)
         return version
 

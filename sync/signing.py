@@ -35,6 +35,9 @@ DOMAIN = "edge-agent/downlink/1"  # cloud -> device
 UPLINK_DOMAIN = "edge-agent/uplink/1"  # device -> cloud, with optional device keys
 DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
+# how far ahead of the opener's clock an issued-at may be; the device sets its own
+# ([sync] max_clock_skew_s); unbounded by default, where the clock guards nothing (uplink)
+DEFAULT_MAX_SKEW_S = float("inf")
 UPLINK_TTL_S = 7 * 24 * 3600  # a batch may wait in a session for days; resends are re-sealed
 MAX_SEALED_BYTES = 80 << 10  # a command's limit (64 KiB) and room for the seal
 KEY_ID_BYTES = 8
@@ -43,7 +46,8 @@ Clock = Callable[[], float]
 
 class SealError(EnvelopeError):
     """A downlink message a device must not act on. `reason` is one of: unsigned, bad_seal,
-    unknown_key, bad_signature, wrong_device, expired, replayed, mismatch."""
+    unknown_key, bad_signature, wrong_device, expired, future (issued too far ahead of the
+    clock), replayed, mismatch."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class Sealed:
 
     def expired(self, now: float) -> bool:
         return int(now * 1000) > self.expires_at_ms
+
+    def ahead_s(self, now: float) -> float:
+        """How far its issued-at is ahead of the clock `now` (negative: behind)."""
+        return self.issued_at_ms / 1000 - now
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
@@ -167,9 +175,11 @@ class Opener:
     def __init__(self, device: str, public_keys: Sequence[str | Ed25519PublicKey], *,
                  clock: Clock = time.time, guard: ReplayGuard | None = None,
                  domain: str = DOMAIN, replay: bool = True,
-                 max_bytes: int = MAX_SEALED_BYTES) -> None:
+                 max_bytes: int = MAX_SEALED_BYTES,
+                 max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
         """`replay=False` where a repeat is harmless and expected (uplink batches: the
-        cloud stores each record once whatever arrives twice)."""
+        cloud stores each record once whatever arrives twice). `max_skew_s`: a message
+        issued further ahead of this clock is refused ("future")."""
         if not public_keys:
             raise ValueError("a device pins at least one cloud key")
         keys = [parse_public_key(k) if isinstance(k, str) else k for k in public_keys]
@@ -178,6 +188,7 @@ class Opener:
         self.clock = clock
         self.guard = guard or ReplayGuard()
         self.domain, self.replay, self.max_bytes = domain, replay, max_bytes
+        self.max_skew_s = max_skew_s
 
     def open(self, payload: bytes, *, types: Collection[str] | None = None,
              allow_expired: bool = False) -> Sealed:
@@ -189,12 +200,20 @@ class Opener:
         if types is not None and sealed.type not in types:
             raise SealError("mismatch", f"a {sealed.type[:32]!r} message on this topic")
         now = self.clock()
+        if self.too_early(sealed, now) and not allow_expired:
+            raise SealError("future", f"message {sealed.id[:64]} issued"
+                            f" {sealed.ahead_s(now):.0f}s ahead of this clock")
         if sealed.expired(now) and not allow_expired:
             raise SealError("expired", f"message {sealed.id[:64]} expired "
                             f"{now - sealed.expires_at_ms / 1000:.0f}s ago")
         if self.replay and self.guard.seen(sealed.id, sealed.expires_at_ms, int(now * 1000)):
             raise SealError("replayed", f"message {sealed.id[:64]} was already received")
         return sealed
+
+    def too_early(self, sealed: Sealed, now: float | None = None) -> bool:
+        """Issued more than `max_skew_s` ahead of this clock: a signing clock far off, or a
+        message made to be replayed later."""
+        return sealed.ahead_s(self.clock() if now is None else now) > self.max_skew_s
 
     def _verify(self, payload: bytes) -> Sealed:
         if len(payload) > self.max_bytes:

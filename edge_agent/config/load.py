@@ -370,6 +370,7 @@ def _sync(root: Table, base: Path) -> SyncConfig | None:
         insecure=t.boolean("insecure", False),
         device_key=_path(t, "device_key", base),
         remote_config=_remote_config(t),
+        max_clock_skew_s=t.number("max_clock_skew_s", 300.0, min=0.0, max=86400.0),
     )
     _sync_security(t, cfg["cloud_keys"], bool(cfg["insecure"]), tls, cfg["username"])
     prefix = cfg["topic_prefix"]

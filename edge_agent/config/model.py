@@ -185,6 +185,7 @@ class SyncConfig:
     insecure: bool = False  # no pinned key, no client identity: a lab broker only
     device_key: Path | None = None  # seals uplink batches, if the cloud registers its key
     remote_config: tuple[str, ...] = ()  # tables a signed deployment may replace
+    max_clock_skew_s: float = 300.0  # a signed command issued further ahead is refused
 
 
 @dataclass(frozen=True)

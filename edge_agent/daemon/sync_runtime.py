@@ -41,7 +41,8 @@ class DaemonSync:
         opener = None
         if s.cloud_keys:  # every downlink message must open with a pinned key
             from sync.signing import Opener
-            opener = Opener(config.device.id, list(s.cloud_keys))
+            opener = Opener(config.device.id, list(s.cloud_keys),
+                            max_skew_s=s.max_clock_skew_s)
         uplink = None
         if s.device_key is not None:  # batches sealed by the device's own key
             from sync.signing import UPLINK_DOMAIN, UPLINK_TTL_S, Sealer, load_private_key
@@ -161,7 +162,8 @@ class DaemonSync:
             return apply_handoff_result(conn, self.config.device.id, dict(a))
         if cmd.type == "tool_result":
             return record_tool_result(conn, str(a["key"]), ok=bool(a.get("ok", True)),
-                                      result=a.get("result"), error=a.get("error"))
+                                      result=a.get("result"), error=a.get("error"),
+                                      busy=a.get("busy") is True)
         if cmd.type == "doc_update":
             from edge_agent.engine.remote_documents import apply_remote
             from sync.documents import Version
@@ -192,8 +194,10 @@ class DaemonSync:
 
 
 def record_tool_result(conn: sqlite3.Connection, key: str, *, ok: bool, result: Any,
-                       error: Any) -> dict[str, Any]:
-    """The cloud's answer to a remote tool request; the waiting run is woken after commit."""
+                       error: Any, busy: bool = False) -> dict[str, Any]:
+    """The cloud's answer to a remote tool request; the waiting run is woken after commit.
+    `busy`: the cloud refused it unrun (error kind `busy`: the step takes the tool's
+    fallback, or retries by its policy)."""
     import json
     import time
     row = conn.execute("SELECT run_id, status FROM tool_calls WHERE idem_key = ? ORDER BY"
@@ -208,7 +212,7 @@ def record_tool_result(conn: sqlite3.Connection, key: str, *, ok: bool, result: 
                  " finished_at = ? WHERE idem_key = ? AND status = 'requested'",
                  ("ok" if ok else "error", json.dumps(result) if ok else None,
                   None if ok else str(error or "remote tool failed"),
-                  None if ok else "remote_error", time.time(), key))
+                  None if ok else "busy" if busy else "remote_error", time.time(), key))
     return {"run_id": row[0], "key": key}
 
 

@@ -14,12 +14,17 @@ key = run id, every field merged `manual`), guarded by the document's vector clo
 3. While the step is out, the device's run only waits (durably: a restart waits for the
    rest of the timeout, not a new one). A result whose request is still `requested` is
    applied: the node's output is the cloud's result and the run goes on.
-4. A step the cloud reports failed takes the node's `fallback` (or fails the run).
+4. A step the cloud reports failed takes the node's `fallback` (or fails the run). A request
+   the cloud refused unrun (`busy`: its hand-off pool, or this device's share of it, was
+   full) takes the fallback at once; without one the device asks again after a backoff
+   (2, 4, 8 ... 30 s) until `timeout_s` from the first request has passed.
    At `timeout_s` the device takes the lease back, `{owner: "device", state: "fallback"}`,
    written without having seen the cloud's version, and goes to the node's `fallback`.
    A cloud result arriving after that is *recorded, not applied*: its version is concurrent
-   with the device's, so the lease document keeps both as siblings (`edge-agent
-   conflicts`), and the run gets a `conflict` step carrying the late result.
+   with the device's (the cloud writes it on top of the request's lease version alone), so
+   the lease document keeps both as siblings (`edge-agent conflicts`), and the run gets a
+   `conflict` step carrying the late result. A result without a lease version is refused:
+   without it the clock guard could not decide.
 
 Exactly one side advances the run: the device never advances while the lease names the
 cloud, and it takes a cloud result only while its own request is open.
@@ -84,12 +89,16 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
     timeout = float(node.timeout_s or 60.0)
     now = e.clock()
     if state.get("handoff_key") != key:
+        retry_at = float(state.get("handoff_retry_at") or 0)
+        if now < retry_at:  # the cloud was busy: ask again then
+            return retry_at
         try:
             value = evaluate(node.input, run.context) if node.input else run.context["input"]
         except ExpressionError as exc:
             e.finish(run.run_id, FAILED, error=f"{node.name}: {exc}")
             return False
-        due = now + timeout
+        until = float(state.get("handoff_until") or now + timeout)  # from the first request
+        due = min(now + timeout, until)
         parent = traceparent(run, key)
 
         def request(c: Connection) -> None:
@@ -106,7 +115,7 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
                 "traceparent": parent, "timeout_at": due, "ts": now,
                 "lease": lease.encode()})
         e.set_state(run, {**state, "attempt": attempt, "handoff_key": key,
-                          "handoff_due": due}, extra=request)
+                          "handoff_due": due, "handoff_until": until}, extra=request)
         log.info("handed step %s to the cloud (%s) for up to %gs", node.name, target,
                  timeout)
         return due
@@ -117,16 +126,26 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
         return e.advance(run, node, output=row["result"], next_node=node.next,
                          attempt=attempt, started_at=row["started_at"], extra=release)
     failed = row is not None and row["status"] == "error"
+    busy = failed and row is not None and row["error_kind"] == "busy"
     due = float(state.get("handoff_due", now))
     if now < due and not failed:
         return due
-    reason = (f"the cloud's {target} failed: {row['error']}" if failed and row is not None
+    if busy and not node.fallback:
+        again = now + min(30.0, 2.0 ** attempt)
+        if again < float(state.get("handoff_until") or due):
+            log.info("step %s: the cloud is busy; asking again in %.0fs", node.name,
+                     again - now)
+            e.set_state(run, {**state, "attempt": attempt + 1, "handoff_retry_at": again})
+            return again
+    reason = ("the cloud was busy and did not run it" if busy
+              else f"the cloud's {target} failed: {row['error']}" if failed and row is not None
               else f"no result from the cloud within {timeout:g}s")
 
     def take_back(c: Connection) -> None:
         c.execute("UPDATE tool_calls SET status = 'timed_out', finished_at = ? WHERE"
                   " idem_key = ? AND attempt = ? AND status = 'requested'", (now, key, attempt))
-        if not failed:  # a failed step came back with the lease already
+        if not failed or busy:  # a failed step came back with the lease already; a busy
+            # cloud never took it
             write_lease(c, device, run.run_id, {"owner": "device", "state": "fallback"})
     if node.fallback:
         log.warning("step %s: %s; taking the fallback %s", node.name, reason, node.fallback)
@@ -137,16 +156,16 @@ def run_cloud_handoff(e: Driver, run: Run, wf: WorkflowConfig, node: NodeConfig
     return False
 
 
-def decide_result(*, request: str, run_finished: bool, cloud_holds: bool | None) -> str:
+def decide_result(*, request: str, run_finished: bool, cloud_holds: bool) -> str:
     """What a cloud result does to the device: `apply` it as the node's output, ignore a
     `duplicate` (a resent command), or record it as `late` (a conflict, never applied).
 
     `request`: the journal status of the device's request; `cloud_holds`: whether the cloud's
-    lease version dominates every version of the lease the device holds (None: the result
-    carried no version, from an older cloud)."""
+    lease version dominates every version of the lease the device holds (a result without
+    a version is refused before this is asked)."""
     if request in ("ok", "error"):
         return "duplicate"
-    if request != "requested" or run_finished or cloud_holds is False:
+    if request != "requested" or run_finished or not cloud_holds:
         return "late"
     return "apply"
 
@@ -164,15 +183,17 @@ def apply_handoff_result(conn: Connection, device: str,
         raise ValueError(f"no handed-off step {key!r} on this device")
     run_id, scope, status = row[0], row[1], row[2]
     ok = bool(args.get("ok", True))
+    if not ok and args.get("busy") is True:
+        return _refused(conn, run_id, key, status, str(args.get("error") or "busy"))
     result = args.get("result")
     if ok and not isinstance(result, dict):
         raise ValueError("a handoff result is a JSON object")
-    cloud_holds: bool | None = None
-    if args.get("version") is not None:
-        version = Version.decode(args["version"])
-        replica = lease_replica(conn, device)
-        replica.apply(version)
-        cloud_holds = replica.frontier(LEASES, run_id) == (version,)
+    if args.get("version") is None:  # the clock guard is never skipped
+        raise ValueError("a handoff result without the lease's version is refused")
+    version = Version.decode(args["version"])
+    replica = lease_replica(conn, device)
+    replica.apply(version)
+    cloud_holds = replica.frontier(LEASES, run_id) == (version,)
     run = q.get_run(conn, run_id)
     node = str(scope).partition("#")[0]
     visit = run.visit(node) if run is not None else 1
@@ -209,6 +230,19 @@ def apply_handoff_result(conn: Connection, device: str,
                                                "local": status, "ts": now})
     log.warning("run %s: %s", run_id, detail)
     return {"run_id": run_id, "key": key, "applied": False, "conflict": True}
+
+
+def _refused(conn: Connection, run_id: str, key: str, status: str,
+             error: str) -> dict[str, Any]:
+    """The cloud refused the request unrun (`busy`): the step's handler takes the fallback
+    or asks again. Only an open request is closed by it; the lease the cloud never took is
+    taken back by the handler."""
+    if status != "requested":
+        return {"run_id": run_id, "key": key, "applied": False, "duplicate": True}
+    conn.execute("UPDATE tool_calls SET status = 'error', error = ?, error_kind = 'busy',"
+                 " finished_at = ? WHERE idem_key = ? AND status = 'requested'",
+                 (error[:500], time.time(), key))
+    return {"run_id": run_id, "key": key, "applied": False, "busy": True}
 
 
 __all__ = ["LEASES", "PREFIX", "apply_handoff_result", "decide_result", "run_cloud_handoff",

@@ -115,7 +115,9 @@ class NodeRunner:
         """Ask the cloud; wait durably for its `tool_result`; time out to the fallback.
         Without a fallback, a non-idempotent call that timed out is an unknown outcome (the
         cloud may have run it, its answer lost), answered by `on_unknown`; asking again
-        could run it twice. The cloud does not start a request past its `timeout_at`."""
+        could run it twice. The cloud does not start a request past its `timeout_at`. A
+        request the cloud refused unrun (`busy`) takes the fallback at once, or fails
+        retryably (the node's retry policy asks again)."""
         now = self.e.clock()
         if state.get("remote_key") != key:
             due = now + tool.timeout_s
@@ -135,13 +137,16 @@ class NodeRunner:
         if row is not None and row["status"] == "ok":
             return self.e.advance(run, node, output=row["result"], next_node=node.next,
                                   attempt=attempt, started_at=row["started_at"])
-        if row is not None and row["status"] == "error":
+        busy = row is not None and row["status"] == "error" and row["error_kind"] == "busy"
+        if row is not None and row["status"] == "error" and not (busy and tool.fallback):
             rest = {k: v for k, v in state.items() if k not in ("remote_key", "remote_due")}
+            # busy: the cloud refused it unrun, so asking again (by the node's retry policy)
+            # cannot run it twice
             return self.out.failed(run, node, rest, policy, attempt,
                                 error=row["error"] or "remote tool failed",
-                                kind=row["error_kind"] or "failed", retryable=False)
+                                kind=row["error_kind"] or "failed", retryable=busy)
         due = float(state.get("remote_due", now))
-        if now < due:
+        if now < due and not busy:
             return due
         rest = {k: v for k, v in state.items() if k not in ("remote_key", "remote_due")}
 

@@ -33,15 +33,20 @@ def _iso(ts: float | None) -> str | None:
 def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    stores = [store_of(cfg) for _ in range(cfg.workers)]
+    from sync.cloud.sweep import Sweeper
+    from sync.cloud.work import Work
+    stores = [store_of(cfg) for _ in range(cfg.workers + 1)]  # the last: the sweep's
+    work = Work(cfg.limits)  # bounded pools, shared by the workers
     try:
-        workers = [worker(cfg, s) for s in stores]
+        workers = [worker(cfg, s, work=work) for s in stores[:-1]]
     except CloudConfigError:
         for s in stores:
             s.close()
         raise
     for w in workers:
         w.start()
+    sweeper = Sweeper(stores[-1], work, f"{os.uname().nodename}:{os.getpid()}")
+    sweeper.start()
     stop = threading.Event()
     from sync.cloud.deploy_cli import start_driver
     start_driver(store_of(cfg), workers[0], stop)  # rollouts: waves, gates, rollbacks
@@ -54,25 +59,29 @@ def cmd_run(cfg: CloudConfig, args: argparse.Namespace) -> int:
     logging.getLogger("edge-agent-cloud").info("ingest running: %d worker(s) on %s:%d",
                                                len(workers), cfg.host, cfg.port)
     stop.wait()
+    sweeper.shutdown()
     for w in workers:
         w.shutdown()
+    work.shutdown()
     for s in stores:
         s.close()
     return 0
 
 
 def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
+    from sync.cloud.sweep import read_stats
     store = store_of(cfg)
     try:
         devices = store.devices()
+        work = read_stats(store)
     finally:
         store.close()
-    out = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
+    out: dict[str, Any] = {"devices": [{**d, "last_seen": _iso(d["last_seen"]),
                         "first_seen": _iso(d["first_seen"]),
                         "epochs": [{**e, "first_seen": _iso(e["first_seen"])}
                                    for e in d["epochs"]],
                         "resets": [{**r, "at": _iso(r["at"])} for r in d["resets"]]}
-                       for d in devices]}
+                       for d in devices], "work": work}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -87,6 +96,11 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
                 print(f"{'':20} database reset at {r['at']}, epoch {r['from']} to {r['to']}")
     if not out["devices"]:
         print("(no devices yet)")
+    for pool, name in (("handoffs", "hand-offs"), ("tools", "remote tools")):
+        w = work.get(pool)
+        if w:
+            print(f"{name}: {w['in_flight']} in flight, {w['busy']} answered busy"
+                  f" ({w['workers']} worker(s))")
     return 0
 
 
@@ -213,12 +227,15 @@ def _deliver(cfg: CloudConfig, store: SqlCloudStore, args: argparse.Namespace,
             deadline = time.time() + args.timeout
             while time.time() < deadline:
                 c = store.command(cid)
-                if c and c["state"] != "sent":
+                if c and c["state"] not in ("sent", "queued"):
                     print(json.dumps(c) if args.json else f"{c['state']}: {c['result']}")
                     return 0 if c["state"] == "confirmed" else 1
                 time.sleep(0.2)
+            c = store.command(cid) or {}
+            where = ("queued until the device first connects" if c.get("state") == "queued"
+                     else "the command waits in its session")
             return _fail(args, f"no confirmation within {args.timeout:g}s (the device may be "
-                         "offline; the command waits in its session)", 2)
+                         f"offline; {where}; edge-agent-cloud commands shows it)", 2)
         return 0
     finally:
         sender.client.disconnect()
@@ -395,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     for view in (views_cli, export, console):  # the fleet's projection: runs, approvals, ...
         view.register(sub, common)
     register_deploy(sub, common, duration)  # rollouts: deploy, deployments, deployment
+    from sync.cloud.commands_cli import add_parser as add_commands
+    add_commands(sub, common)
     return p
 
 
@@ -410,9 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("deploy", "deployments", "deployment"):
         from sync.cloud.deploy_cli import run
         return run(cfg, args, store_of(cfg), _fail)
+    from sync.cloud.commands_cli import cmd_commands
     handler = getattr(args, "handler", None) or {
         "run": cmd_run, "status": cmd_status, "doc": cmd_doc, "keys": cmd_keys,
-        "groups": cmd_groups}.get(args.command, cmd_send)
+        "groups": cmd_groups, "commands": cmd_commands}.get(args.command, cmd_send)
     from sync.cloud import decide_cli, views_cli
     try:
         return handler(cfg, args)

@@ -1,5 +1,5 @@
 """`cloud.toml`: [mqtt], [store], [signing], [otlp], [tools], [handoffs], [groups],
-[collections], [console]. Unknown keys are errors;
+[collections], [console], [limits]. Unknown keys are errors;
 errors name key and value."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sync.cloud.console.settings import ConsoleSettings, read_console
+from sync.cloud.work import Limits
 from sync.config_reader import ConfigIssue, Table
 from sync.documents import CollectionRules, DocumentError
 
@@ -55,6 +56,7 @@ class CloudConfig:
     path: str = ""  # the file it was read from, for errors found later (a [tools] import)
     insecure: bool = False  # unsigned downlink, no client identity: a lab broker only
     console: ConsoleSettings = field(default_factory=ConsoleSettings)  # the web console
+    limits: Limits = field(default_factory=Limits)  # the bounded pools of remote work
 
 
 def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) -> CloudConfig:
@@ -80,6 +82,8 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
 
     mqtt, store = table("mqtt"), table("store")
     otlp, signing = table("otlp", required=False), table("signing", required=False)
+    limits_t = table("limits", required=False)
+    limits = _limits(limits_t)
     host, port = "", 0
     broker = mqtt.raw("broker")
     m = re.match(r"^([^:\s]+):(\d{1,5})$", str(broker if broker is not None else ""))
@@ -179,7 +183,7 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
     username = mqtt.raw("username")
     console_table = table("console", required=False)
     console = read_console(console_table, rel)
-    for t in (root, mqtt, store, otlp, signing, console_table):  # every key nobody read is unknown
+    for t in (root, mqtt, store, otlp, signing, console_table, limits_t):  # every key nobody read is unknown
         t.finish()
     if issues:
         raise CloudConfigError(str(file), issues)
@@ -195,7 +199,19 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
                        groups=groups,
                        signing_key=signing_key, insecure=insecure, device_keys=device_keys,
                        require_device_keys=require_device_keys, path=str(file),
-                       console=console)
+                       console=console, limits=limits)
+
+
+
+def _limits(t: Table) -> Limits:
+    """`[limits]`: the sizes of the pools that run remote tools and hand-offs."""
+    d = Limits()
+    return Limits(handoff_workers=t.integer("handoff_workers", d.handoff_workers, min=1,
+                                            max=256),
+                  tool_workers=t.integer("tool_workers", d.tool_workers, min=1, max=256),
+                  per_device_in_flight=t.integer("per_device_in_flight",
+                                                 d.per_device_in_flight, min=1, max=1024),
+                  max_queued=t.integer("max_queued", d.max_queued, min=1, max=100_000))
 
 
 def _signing_key(signing: Table, rel: Callable[[Any], str | None], insecure: bool,

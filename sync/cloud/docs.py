@@ -93,6 +93,13 @@ class CloudDocs:
         with self.store.tx() as c:
             return self._replica(c, device).write(collection, key, changes)
 
+    def write_on(self, device: str, base: Version, changes: Mapping[str, Any]) -> Version:
+        """A cloud reply to the device's version `base` (Replica.write_on)."""
+        with self.store.tx() as c:
+            r = self._replica(c, device)
+            r.apply(base)
+            return r.write_on(base, changes)
+
     def read(self, device: str, collection: str, key: str) -> Resolved | None:
         with self.store.tx() as c:
             return self._replica(c, device).read(collection, key)

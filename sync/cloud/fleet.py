@@ -42,7 +42,7 @@ class Started:
 
     device: str
     command_id: str | None
-    state: str  # sent | confirmed | failed | unconfirmed | error
+    state: str  # queued | sent | confirmed | failed | expired | unconfirmed | error
     result: Any = None
 
     def line(self) -> str:
@@ -67,7 +67,9 @@ def start_on(devices: Sequence[str], send: Callable[[str], str],
     out = []
     for device in devices:
         try:
-            out.append(Started(device, send(device), "sent"))
+            cid = send(device)
+            known = lookup(cid)  # queued: a device never seen gets it when it connects
+            out.append(Started(device, cid, str(known["state"]) if known else "sent"))
         except Exception as exc:  # noqa: BLE001 - one device's failure is its own line
             out.append(Started(device, None, "error", str(exc)))
     if not wait:
@@ -77,14 +79,16 @@ def start_on(devices: Sequence[str], send: Callable[[str], str],
     while waiting and time.time() < deadline:
         for s in list(waiting):
             c = lookup(str(s.command_id))
-            if c and c["state"] != "sent":
+            if c and c["state"] not in ("sent", "queued"):
                 s.state, s.result = c["state"], c["result"]
                 waiting.remove(s)
         if waiting:
             time.sleep(0.2)
     for s in waiting:
+        where = ("it is queued until the device first connects" if s.state == "queued"
+                 else "the command waits in its session")
         s.state = "unconfirmed"
-        s.result = f"no confirmation within {timeout:g}s (the command waits in its session)"
+        s.result = f"no confirmation within {timeout:g}s ({where})"
     return out
 
 
@@ -92,7 +96,7 @@ def exit_code(results: Sequence[Started]) -> int:
     """0 when every device took it (or it was sent, without --wait); 1 when one failed;
     2 when one did not answer in time."""
     states = {s.state for s in results}
-    if states & {"failed", "error"}:
+    if states & {"failed", "error", "expired"}:
         return 1
     return 2 if "unconfirmed" in states else 0
 

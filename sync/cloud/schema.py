@@ -110,9 +110,23 @@ _V4 = (
     "CREATE INDEX deployment_devices_state ON deployment_devices (state, deployment)",
     "UPDATE schema_version SET version = 4",
 )
+# Command life: when a command expires, when it was (last) published; commands written
+# before this migration expire 24 h after they were made (the default then). The counters of
+# each ingest process's bounded executors, for `status`.
+_V5 = (
+    "ALTER TABLE commands ADD COLUMN expires_at DOUBLE PRECISION",
+    "ALTER TABLE commands ADD COLUMN sent_at DOUBLE PRECISION",
+    "UPDATE commands SET expires_at = created_at + 86400 WHERE expires_at IS NULL",
+    "UPDATE commands SET sent_at = created_at WHERE sent_at IS NULL",
+    "CREATE INDEX commands_by_state ON commands (state, expires_at)",
+    "CREATE INDEX commands_by_device ON commands (device, state)",
+    """CREATE TABLE work_stats (process TEXT PRIMARY KEY, stats TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL)""",
+    "UPDATE schema_version SET version = 5",
+)
 MIGRATIONS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
-    d: [(1, _V1), (2, _V2[d]), (3, _V3), (4, _V4)] for d in ("sqlite", "postgresql")}
-LATEST = 4
+    d: [(1, _V1), (2, _V2[d]), (3, _V3), (4, _V4), (5, _V5)] for d in ("sqlite", "postgresql")}
+LATEST = 5
 
 
 def current_version(tables: set[str], version_row: Any) -> int:

@@ -47,7 +47,8 @@ class CloudStore(Protocol):
 
     def seen(self, device: str, online: bool | None, status: Any = None) -> None: ...
 
-    def add_command(self, cid: str, device: str, ctype: str, args: Any) -> None: ...
+    def add_command(self, cid: str, device: str, ctype: str, args: Any,
+                    expires_at: float | None = None) -> str: ...
 
     def confirm_command(self, cid: str, device: str, result: Any) -> bool: ...
 
@@ -183,21 +184,20 @@ class SqlCloudStore:
                 self._exec(c, "UPDATE devices SET online = ?, status = ? WHERE device = ?",
                            (online, json.dumps(status), device))
 
-    def add_command(self, cid: str, device: str, ctype: str, args: Any) -> None:
-        with self.tx() as c:
-            self._exec(c, "INSERT INTO commands (id, device, type, args, state, created_at)"
-                          " VALUES (?, ?, ?, ?, 'sent', ?) ON CONFLICT (id) DO NOTHING",
-                       (cid, device, ctype, json.dumps(args), time.time()))
+    def add_command(self, cid: str, device: str, ctype: str, args: Any,
+                    expires_at: float | None = None) -> str:
+        """Record a command; its state: `sent`, or `queued` for a device never seen
+        (sync/cloud/commands.py)."""
+        from sync.cloud.commands import Commands, NewCommand
+        now = time.time()
+        return Commands(self).add([NewCommand(cid, device, ctype, args, expires_at or
+                                              now + 86400)], now)[cid]
 
     def confirm_command(self, cid: str, device: str, result: Any) -> bool:
-        """Confirm a command sent to `device` (the one whose stream carried the result);
-        False when there is no such command waiting for that device."""
-        with self.tx() as c:
-            cur = self._exec(c, "UPDATE commands SET state = ?, confirmed_at = ?, result = ?"
-                                " WHERE id = ? AND device = ? AND state = 'sent'",
-                             ("confirmed" if result.get("ok") else "failed", time.time(),
-                              json.dumps(result, default=str), cid, device))
-            return bool(cur.rowcount)
+        """Record a device's result for a command sent to `device` (the one whose stream
+        carried it); False when no such command waits for a result from that device."""
+        from sync.cloud.commands import Commands
+        return Commands(self).answer(device, [(cid, result)])[0]
 
     def unconfirmed_commands(self, device: str, ctype: str) -> list[tuple[str, Any]]:
         """(id, args) of the commands of a type sent to `device` and not yet confirmed."""

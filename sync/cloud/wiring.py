@@ -47,6 +47,8 @@ def worker(cfg: CloudConfig, store: SqlCloudStore, **kw: Any) -> IngestWorker:
     if cfg.device_keys or cfg.require_device_keys:
         from sync.cloud.device_keys import DeviceKeys
         kw.setdefault("uplink", DeviceKeys(cfg.device_keys, required=cfg.require_device_keys))
+    if "work" not in kw:  # pools of its own, sized by [limits] (`run` shares one set)
+        kw["limits"] = cfg.limits
     return IngestWorker(store, host=cfg.host, port=cfg.port, prefix=cfg.topic_prefix,
                         group=cfg.group, protocol=cfg.protocol, tls_ca=cfg.tls_ca,
                         tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, username=cfg.username,

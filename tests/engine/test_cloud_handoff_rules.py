@@ -27,14 +27,13 @@ KEY = "handoff/k1"
 
 @pytest.mark.parametrize("request_status,finished,holds,action", [
     ("requested", False, True, "apply"),
-    ("requested", False, None, "apply"),  # an older cloud sends no version
     ("requested", False, False, "late"),  # the device took the lease back meanwhile
     ("requested", True, True, "late"),  # the run ended (cancelled) meanwhile
     ("timed_out", False, False, "late"),
     ("ok", False, True, "duplicate"),
     ("error", False, False, "duplicate"),
 ])
-def test_decide_result(request_status: str, finished: bool, holds: bool | None,
+def test_decide_result(request_status: str, finished: bool, holds: bool,
                        action: str) -> None:
     assert decide_result(request=request_status, run_finished=finished,
                          cloud_holds=holds) == action
@@ -106,3 +105,25 @@ def test_a_result_over_a_lease_the_device_moved_on_is_a_conflict(tmp_path: Path)
     assert store.read(lambda c: q.journal_get(c, KEY, 1))["status"] == "requested"
     steps = store.read(lambda c: q.steps(c, rid))
     assert [(s["status"], s["error_kind"]) for s in steps] == [("conflict", "handoff_late")]
+
+
+def test_a_result_without_the_lease_version_is_refused(tmp_path: Path) -> None:
+    """Issue 26, observation 4: the clock guard is never skipped; a result with no version
+    used to be applied as if the cloud held the lease."""
+    store, rid, cloud = _handed_off(tmp_path)
+    answer = {k: v for k, v in _answer(cloud, rid).items() if k != "version"}
+    with pytest.raises(ValueError, match="without the lease's version"):
+        store.write(lambda c: apply_handoff_result(c, "dev", answer))
+    assert store.read(lambda c: q.journal_get(c, KEY, 1))["status"] == "requested"
+    assert store.read(lambda c: q.steps(c, rid)) == []
+
+
+def test_a_busy_answer_closes_the_request_unrun(tmp_path: Path) -> None:
+    """Issue 26, observation 1: the cloud refused the request unrun; the step is closed
+    with error kind `busy` (its handler takes the fallback or asks again), once."""
+    store, _, _ = _handed_off(tmp_path)
+    busy = {"key": KEY, "ok": False, "busy": True, "error": "busy: the cloud runs as many"}
+    assert store.write(lambda c: apply_handoff_result(c, "dev", busy))["busy"]
+    row = store.read(lambda c: q.journal_get(c, KEY, 1))
+    assert (row["status"], row["error_kind"]) == ("error", "busy")
+    assert store.write(lambda c: apply_handoff_result(c, "dev", busy))["duplicate"]

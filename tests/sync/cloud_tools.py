@@ -18,3 +18,10 @@ def review(input: dict, context: dict) -> dict:
     if input.get("fail"):
         raise RuntimeError("the reviewer cannot read this document")
     return {"verdict": "approved", "by": "cloud-reviewer", "doc": input.get("doc")}
+
+
+def slow_price(part: str) -> dict:
+    """A remote tool that takes its time (the cloud's tool pool stays busy with it)."""
+    import time
+    time.sleep(3)
+    return {"part": part, "eur": 13.0}

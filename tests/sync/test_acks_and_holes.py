@@ -98,6 +98,7 @@ def test_a_result_confirms_only_a_command_sent_to_its_device(cloud_url: str) -> 
     """Observation 5."""
     c = Acks(cloud_url)
     try:
+        c.store.seen("dev-a", True, {"state": "online"})  # known: its command is sent
         c.store.add_command("cmd-1", "dev-a", "approve", {"run_id": "r"})
         result = msgpack.packb({"id": "cmd-1", "type": "approve", "ok": True})
         forged = [WireRecord(1, "cmd.result", result, 1.7e9)]

@@ -4,6 +4,7 @@ timeout takes the local fallback, and the late cloud result becomes a conflict."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,15 @@ input = "input"
 timeout_s = {timeout}
 fallback = "local"
 next = "done"
+[workflows.strict]
+start = "review"
+[workflows.strict.nodes.review]
+handoff = "cloud:reviewer"
+input = "input"
+timeout_s = 40
+next = "done"
+[workflows.strict.nodes.done]
+end = true
 [workflows.inspect.nodes.local]
 tool = "local_review"
 next = "done"
@@ -44,7 +54,8 @@ end = true
 """
 
 
-def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db") -> Path:
+def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db",
+          limits: str = "") -> Path:
     cfg = tmp / "config.toml"
     cfg.write_text(CONFIG.format(port=port, timeout=timeout))
     script = tmp / "local_review.sh"
@@ -52,7 +63,7 @@ def setup(tmp: Path, port: int, timeout: float, store: str = "sqlite:///cloud.db
     script.chmod(0o755)
     (tmp / "cloud.toml").write_text(f'[mqtt]\nbroker = "127.0.0.1:{port}"\ninsecure = true\n'
                                     f'[store]\nurl = "{store}"\n[handoffs]\n'
-                                    f'reviewer = "cloud_tools:review"\n')
+                                    f'reviewer = "cloud_tools:review"\n[limits]\n{limits}\n')
     return cfg
 
 
@@ -87,6 +98,16 @@ def wait_file(path: Path, lines: int = 1, timeout: float = 30) -> None:
     while not (path.exists() and len(path.read_text().splitlines()) >= lines):
         assert time.time() < deadline, f"{path} has fewer than {lines} line(s)"
         time.sleep(0.1)
+
+
+def busy_answers(tmp: Path) -> int:
+    """The cloud's `busy` answers to cell-1, from `edge-agent-cloud status --json` (its
+    counters are written every second)."""
+    time.sleep(1.5)
+    r = subprocess.run([CLOUD, "status", "--json", "--config", str(tmp / "cloud.toml")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp, check=True)
+    work = json.loads(r.stdout)["work"]["handoffs"]
+    return int(work["devices"].get("cell-1", {}).get("busy", 0))
 
 
 def steps_of(run: dict, node: str) -> list[dict]:
@@ -181,6 +202,91 @@ def test_an_outage_longer_than_the_timeout_takes_the_fallback_and_records_the_la
         late = [s for s in run["steps"] if s["status"] == "conflict"]
         assert len(late) == 1 and late[0]["output"]["by"] == "cloud-reviewer"
         assert run["output"]["local"]["json"]["by"] == "local"  # not applied
+    finally:
+        d.close()
+        stop(cloud)
+
+
+def test_a_result_later_than_the_timeout_keeps_both_lease_versions_with_the_link_up(
+        tmp_path: Path, broker: Broker) -> None:
+    """Issue 26, observation 4: the device takes the step back at timeout_s and its lease
+    version reaches the cloud before the cloud's result; the cloud writes its result on
+    the request's lease version, so the two stay siblings and `edge-agent conflicts` lists
+    them (it used to write on top of the device's take-back, hiding the conflict)."""
+    cfg = setup(tmp_path, broker.port, timeout=2)
+    cloud = start_cloud(tmp_path)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        rid = cli_json(cfg, "start", "inspect", "--input",
+                       '{"id": "r4", "doc": "paint", "delay": 5}')["run_id"]
+        run = wait(cfg, rid, {"completed", "failed"}, timeout=20)
+        assert run["status"] == "completed" and run["output"]["local"]["json"]["by"] == "local"
+        deadline = time.time() + 30
+        while not (conflicts := cli_json(cfg, "conflicts")["conflicts"]):
+            assert time.time() < deadline, "no conflict listed"
+            time.sleep(0.3)
+        assert conflicts[0]["key"] == f"runs.lease/{rid}"
+        states = sorted(str(s["value"].get("state")) for s in conflicts[0]["siblings"])
+        assert states == ["done", "fallback"]
+        late = [s for s in cli_json(cfg, "runs", "show", rid)["steps"]
+                if s["status"] == "conflict"]
+        assert len(late) == 1 and late[0]["output"]["by"] == "cloud-reviewer"
+    finally:
+        d.close()
+        stop(cloud)
+
+
+def test_a_busy_cloud_answers_at_once_and_the_device_takes_its_fallback(
+        tmp_path: Path, broker: Broker) -> None:
+    """Issue 26, observation 1: over its share of the cloud's hand-off pool a request is
+    answered `busy` at once (not run, not queued), and the device takes its fallback then,
+    not at timeout_s."""
+    cfg = setup(tmp_path, broker.port, timeout=60, limits="per_device_in_flight = 1")
+    cloud = start_cloud(tmp_path)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        first = cli_json(cfg, "start", "inspect", "--input",
+                         '{"id": "b1", "doc": "a", "delay": 4}')["run_id"]
+        wait_file(tmp_path / "reviews.log")  # the cloud runs the first one
+        began = time.time()
+        second = cli_json(cfg, "start", "inspect", "--input",
+                          '{"id": "b2", "doc": "b", "delay": 4}')["run_id"]
+        run = wait(cfg, second, {"completed", "failed"}, timeout=30)
+        assert run["status"] == "completed", run
+        assert run["output"]["local"]["json"]["by"] == "local"
+        assert "busy" in steps_of(run, "review")[0]["output"]["error"]
+        assert time.time() - began < 20  # answered at once, not at timeout_s (60 s)
+        run = wait(cfg, first, {"completed", "failed"}, timeout=30)
+        assert run["output"]["review"]["by"] == "cloud-reviewer", run
+        assert (tmp_path / "reviews.log").read_text().split() == ["b1"]  # b2 never ran
+        assert busy_answers(tmp_path) == 1
+    finally:
+        d.close()
+        stop(cloud)
+
+
+def test_a_busy_cloud_is_asked_again_by_a_step_without_fallback(tmp_path: Path,
+                                                                broker: Broker) -> None:
+    """Without a fallback a `busy` answer is a refusal to retry: the device asks again after
+    a backoff (within timeout_s) and the cloud runs it once it has room."""
+    cfg = setup(tmp_path, broker.port, timeout=60, limits="per_device_in_flight = 1")
+    cloud = start_cloud(tmp_path)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        first = cli_json(cfg, "start", "strict", "--input",
+                         '{"id": "s1", "doc": "a", "delay": 3}')["run_id"]
+        wait_file(tmp_path / "reviews.log")
+        second = cli_json(cfg, "start", "strict", "--input",
+                          '{"id": "s2", "doc": "b", "delay": 0}')["run_id"]
+        for rid in (first, second):
+            run = wait(cfg, rid, {"completed", "failed"}, timeout=40)
+            assert run["status"] == "completed", run
+            assert run["output"]["review"]["by"] == "cloud-reviewer", run
+        assert sorted((tmp_path / "reviews.log").read_text().split()) == ["s1", "s2"]
+        assert busy_answers(tmp_path) >= 1  # s2 was refused before it ran
     finally:
         d.close()
         stop(cloud)

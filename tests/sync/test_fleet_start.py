@@ -6,35 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from support.broker import Broker
-from support.daemon import DaemonProcess, cli_json
-
-CLOUD = str(Path(sys.executable).parent / "edge-agent-cloud")
-DEVICE = """
-[device]
-id = "{id}"
-data_dir = "data"
-runtime_dir = "run"
-[sync]
-broker = "127.0.0.1:{port}"
-insecure = true
-ack_timeout_s = 2
-[workflows.hello]
-start = "done"
-[workflows.hello.nodes.done]
-end = true
-output = "input"
-"""
-
-
-def cloud(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLOUD, *args, "--config", str(cfg)], capture_output=True, check=False,
-                          text=True, timeout=60)
+from support.daemon import cli_json
+from support.fleetrig import CLOUD, cloud, device
 
 
 def cloud_config(tmp: Path, port: int) -> Path:
@@ -43,14 +21,6 @@ def cloud_config(tmp: Path, port: int) -> Path:
                    '[store]\nurl = "sqlite:///cloud.db"\n'
                    '[groups]\nline-a = ["cell-a", "cell-b"]\nwith-ghost = ["cell-a", "ghost"]\n')
     return cfg
-
-
-def device(tmp: Path, name: str, port: int) -> tuple[Path, DaemonProcess]:
-    home = tmp / name
-    home.mkdir()
-    cfg = home / "config.toml"
-    cfg.write_text(DEVICE.format(id=name, port=port))
-    return cfg, DaemonProcess(cfg, home)
 
 
 def test_start_on_a_group_and_on_a_list(tmp_path: Path, broker: Broker) -> None:

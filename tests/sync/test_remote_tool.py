@@ -149,3 +149,68 @@ def test_a_non_idempotent_call_without_an_answer_is_never_sent_twice_unasked(
         if ingest is not None:
             ingest.send_signal(signal.SIGTERM)
             ingest.wait(10)
+
+
+def test_a_busy_cloud_answers_at_once_and_the_tool_falls_back(tmp_path: Path,
+                                                             broker: Broker) -> None:
+    """Issue 26, observation 2: a request over the device's share of the cloud's tool pool
+    is answered `busy` at once (not run, not queued behind the others): the step takes the
+    tool's fallback then, not at timeout_s."""
+    cfg = setup(tmp_path, broker.port, timeout=60, fallback=True)
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text(cloud_toml.read_text().replace("cloud_tools:price",
+                                                         "cloud_tools:slow_price")
+                          + "[limits]\nper_device_in_flight = 1\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_toml)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        first = cli_json(cfg, "start", "quote", "--input", '{"part": "bolt"}')["run_id"]
+        time.sleep(1.0)  # its request holds the device's one place
+        began = time.time()
+        second = cli_json(cfg, "start", "quote", "--input", '{"part": "nut"}')["run_id"]
+        run = wait(cfg, second, {"completed", "failed"})
+        assert time.time() - began < 15  # at once, not at timeout_s (60 s)
+        assert run["output"]["fallback"] == "cached_price", run
+        assert wait(cfg, first, {"completed"})["output"] == {"part": "bolt", "eur": 13.0}
+    finally:
+        d.close()
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(10)
+
+
+def test_a_busy_answer_without_fallback_is_retried_by_the_node_policy(
+        tmp_path: Path, broker: Broker) -> None:
+    """Without a fallback a `busy` answer fails the step retryably (the cloud did not run
+    it, so asking again cannot run it twice): the node's retry asks again and the cloud
+    answers once it has room."""
+    cfg = setup(tmp_path, broker.port, timeout=60, fallback=False)
+    cfg.write_text(cfg.read_text().replace(
+        'args_from = { part = "input.part" }\n',
+        'args_from = { part = "input.part" }\n'
+        'retry = { max_attempts = 5, initial_delay_s = 2, multiplier = 1, jitter = 0 }\n'))
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text(cloud_toml.read_text().replace("cloud_tools:price",
+                                                         "cloud_tools:slow_price")
+                          + "[limits]\nper_device_in_flight = 1\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_toml)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = DaemonProcess(cfg, tmp_path).start()
+    try:
+        d.wait_for("READY=1")
+        first = cli_json(cfg, "start", "quote", "--input", '{"part": "bolt"}')["run_id"]
+        time.sleep(1.0)
+        second = cli_json(cfg, "start", "quote", "--input", '{"part": "nut"}')["run_id"]
+        run = wait(cfg, second, {"completed", "failed"})
+        assert run["output"] == {"part": "nut", "eur": 13.0}, run
+        assert any(s["error_kind"] == "busy" for s in run["steps"]), run["steps"]
+        assert wait(cfg, first, {"completed"})["output"] == {"part": "bolt", "eur": 13.0}
+    finally:
+        d.close()
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(10)

@@ -183,7 +183,7 @@ def test_an_approval_that_expired_while_offline_does_nothing(tmp_path: Path, bro
         if protocol == "5":
             assert store.command(late)["state"] == "sent"  # dropped by the broker, never seen
         else:
-            until(lambda: (store.command(late) or {}).get("state") == "failed", 10)
+            until(lambda: (store.command(late) or {}).get("state") == "expired", 10)
             assert store.command(late)["result"]["error"] == "expired"
             assert e.stats.rejected["cmd:expired"] == 1
     finally:
