@@ -259,7 +259,13 @@ def test_effects_ride_only_on_the_control_stream(cloud_url: str) -> None:
     ran: list[str] = []
     c.worker.tools["echo"] = lambda **kw: ran.append("tool") or kw
     c.worker.handoffs.handoffs["reviewer"] = lambda **kw: ran.append("handoff") or {}
+    def settle() -> None:  # the pools' tasks (a tool, a hand-off) have run
+        deadline = time.time() + 10
+        while not (c.worker.work.tools.idle() and c.worker.work.handoffs.idle()):
+            assert time.time() < deadline, "the pools did not finish their tasks"
+            time.sleep(0.02)
     try:
+        c.store.seen("d1", True, {"state": "online"})  # known: its command is sent
         c.store.add_command("cmd-1", "d1", "approve", {"run_id": "r"})
         lease = Replica("d1", MemoryDocStore()).write("runs.lease", "r", {"owner": "cloud"})
         effects = [
@@ -273,17 +279,14 @@ def test_effects_ride_only_on_the_control_stream(cloud_url: str) -> None:
         assert ack.watermark == 3  # stored: the stream goes on
         assert [k for _, k, _ in c.store.records("d1", "traces")] == [k for k, _ in effects]
         assert c.store.command("cmd-1")["state"] == "sent"
-        assert ran == [] and c.worker.handoffs.threads == []
+        assert ran == [] and c.worker.work.tools.done == c.worker.work.handoffs.done == 0
         assert c.worker.rejected["wrong_stream"] == 3
         assert [q["reason"] for q in c.store.quarantined()] == ["wrong_stream"] * 3
         c.handle("d1", encode_batch("d1", "traces", 0, records, epoch=EP))  # a resend
         assert c.worker.rejected["wrong_stream"] == 3  # counted once per record
         c.handle("d1", encode_batch("d1", "control", 0, records, epoch=EP))
-        for t in c.worker.handoffs.threads:
-            t.join(5)
+        settle()
         assert c.store.command("cmd-1")["state"] == "confirmed"
         assert sorted(ran) == ["handoff", "tool"]
     finally:
-        for t in c.worker.handoffs.threads:
-            t.join(5)
         c.close()

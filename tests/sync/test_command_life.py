@@ -87,7 +87,8 @@ def test_a_command_to_an_offline_device_is_marked_expired_at_its_expiry(
             until(lambda: bool(json.loads(cloud(ccfg, "status", "--json").stdout)["devices"]),
                   10)
             e.shutdown()  # offline from now on
-            r = cloud(ccfg, "approve", "--device", "cell-off", "r1", "--expires-in", "2s")
+            r = cloud(ccfg, "approve", "--device", "cell-off", "r1", "--approval", "1",
+                      "--expires-in", "2s")  # names the gate: the cloud has not seen it
             assert r.returncode == 0, r.stderr
             assert state_of(ccfg, "cell-off") == "sent"
             began = time.time()

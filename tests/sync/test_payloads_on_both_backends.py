@@ -119,7 +119,9 @@ def test_every_payload_is_stored_or_quarantined_alike_on_both_backends(
 
     try:
         check()
-        assert seen["stored"] > 100 and len(seen) > 8, seen  # both paths well exercised
+        # both paths well exercised (an effect kind off the control stream is stored and
+        # also quarantined `wrong_stream`: it counts as stored)
+        assert seen["stored"] + seen["wrong_stream"] > 100 and len(seen) > 8, seen
         # the named cases of the issue, explicitly
         for i, (row, reason) in enumerate([
                 ([1, "k", b"x", float("nan")], "bad_created_at"),
