@@ -398,4 +398,4 @@ def run_daemon(config_path: str | None) -> int:
         return DataDirUnusable.exit_code
     except StoreError as exc:
         log.error("%s", exc)
-        return StoreError.exit_code
+        return exc.exit_code
