@@ -328,10 +328,14 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 
 def cmd_install_service(args: argparse.Namespace) -> int:
     from sync.cloud.install import install_service, uninstall_service
-    if args.command == "uninstall-service":
-        done = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
-    else:
-        done = install_service(root=args.root, reload=not args.no_reload, man_page=manual())
+    from sync.install_root import InstallRootError
+    try:
+        if args.command == "uninstall-service":
+            done = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
+        else:
+            done = install_service(root=args.root, reload=not args.no_reload, man_page=manual())
+    except InstallRootError as exc:
+        return _fail(args, f"edge-agent-cloud: {exc}", exc.exit_code)
     print(json.dumps({"done": done}) if args.json else "\n".join(done))
     return 0
 
