@@ -23,7 +23,7 @@ from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
 from edge_agent.store.merge import Prepared
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
-from sync.dbapi import Connection, redact
+from sync.dbapi import Connection, redact, scrub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,7 +138,7 @@ class PgStore:
 
     def translate(self, exc: Exception) -> StoreError:
         """psycopg's error as ours, naming the database (its password redacted)."""
-        return StoreError(f"{self.path}: {str(exc).strip() or type(exc).__name__}")
+        return StoreError(f"{self.path}: {scrub(str(exc).strip(), self.url) or type(exc).__name__}")
 
     # connections -----------------------------------------------------------------------------
     def _open(self) -> PgConnection:
@@ -146,7 +146,8 @@ class PgStore:
         try:
             raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.path}: cannot connect: {str(exc).strip()}") from exc
+            raise StoreError(f"{self.path}: cannot connect: {scrub(str(exc).strip(), self.url)}"
+                             ) from None
         conn = PgConnection(raw)
         with self._lock:
             self._conns.append(conn)

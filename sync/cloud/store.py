@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sync.chunks import DEFAULT_MAX_RECORD_BYTES
 from sync.cloud import schema
 from sync.cloud.batches import Stored, store_batch
+from sync.dbapi import redact, scrub
 from sync.envelope import Batch
 
 TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
@@ -93,11 +94,12 @@ class SqlCloudStore:
             try:
                 self.conn = psycopg.connect(url, autocommit=True)
             except psycopg.Error as exc:
-                raise CloudStoreError(f"store.url: cannot connect: {exc}") from exc
+                raise CloudStoreError(f"store.url: cannot connect: {scrub(str(exc), url)}"
+                                      ) from None
             blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
         else:
             raise CloudStoreError(f"store url must be sqlite:///PATH or postgresql://..."
-                                  f" (got {url!r})")
+                                  f" (got {redact(url)!r})")
         self._migrate(blob, serial)
 
     def _migrate(self, blob: str, serial: str) -> None:
