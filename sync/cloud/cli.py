@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sync.cloud.arguments import ArgumentProblem, check_arguments
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.ingest import IngestWorker
 from sync.cloud.store import CloudStoreError, SqlCloudStore
@@ -435,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
+    try:
+        check_arguments(args)
+    except ArgumentProblem as exc:
+        return _fail(args, f"edge-agent-cloud: {exc}", exc.exit_code)
     if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:
