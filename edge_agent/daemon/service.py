@@ -387,6 +387,12 @@ def run_daemon(config_path: str | None) -> int:
         return ConfigError.exit_code
     t = config.telemetry
     setup_logging(t.log_format, t.log_level, t.levels)
+    return run_engine(config)
+
+
+def run_engine(config: Config) -> int:
+    """Run the daemon on `config` to its end: its exit status, with the README's codes for
+    what stops it at start (75 another holds the data directory or database, 73, 74)."""
     from edge_agent.daemon.lock import AlreadyRunning, DataDirUnusable
     try:
         return asyncio.run(Daemon(config).run())
