@@ -131,8 +131,10 @@ class PgStore:
         self._conns: list[PgConnection] = []
         self._lock = threading.Lock()
         self.schema_version = max((v for v, _ in migrations), default=0)
-        if readonly:
-            self.read(self._check_version)
+        self._migrations = migrations
+        self._fresh = False
+        if readonly:  # a database nothing has migrated yet reads as an empty one
+            self._fresh = self.read(self._check_version) == 0
         else:
             self._migrate(migrations)
 
@@ -237,9 +239,28 @@ class PgStore:
     def read(self, fn: Callable[[Connection], T]) -> T:
         import psycopg
         try:
+            if self._fresh:
+                return self._read_fresh(fn)
             return fn(self.conn)
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
+
+    def _read_fresh(self, fn: Callable[[Connection], T]) -> T:
+        """Read a database nothing has migrated yet (the engine never ran on it) as the
+        empty one it is: the tables are made inside a transaction that is rolled back, so a
+        read-only command writes nothing, and once someone migrated it reads it plainly."""
+        conn = self.conn
+        if self._check_version(conn) > 0:
+            self._fresh = False
+            return fn(conn)
+        conn.execute("BEGIN")
+        try:
+            for _, statements in sorted(self._migrations, key=lambda m: m[0]):
+                for sql in statements:
+                    conn.execute(sql)
+            return fn(conn)
+        finally:
+            conn.execute("ROLLBACK")
 
     # migrations ------------------------------------------------------------------------------
     def _check_version(self, conn: Connection) -> int:
