@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.render import table, when
-from edge_agent.engine import decide_approval, migrate_run, queue_run, request_cancel
+from edge_agent.engine import decide_approval, migrate_run, queue_run, request_cancel, versions
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import STATUSES
 
@@ -159,6 +159,20 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_in_daemon(ctx: Context, run_id: str, to_version: str,
+                       mapping: dict[str, str]) -> dict[str, Any]:
+    from edge_agent.daemon.control_socket import request
+    try:
+        answer = request(ctx.socket, "migrate", timeout=30.0, run_id=run_id,
+                         to_version=to_version, map=mapping)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CliError(f"runs migrate: the daemon did not answer ({exc}); nothing moved", 75
+                       ) from None
+    if "error" in answer:
+        raise CliError(str(answer["error"]), int(answer["exit_code"]))
+    return dict(answer["moved"])
+
+
 def _migrate(ctx: Context, run_id: str, to_version: str | None, pairs: list[str]) -> int:
     """Move a run to another version of its workflow: checked in one transaction."""
     if not to_version:
@@ -169,16 +183,24 @@ def _migrate(ctx: Context, run_id: str, to_version: str | None, pairs: list[str]
         if not sep or not old or not new:
             raise CliError(f"--map: must be OLD=NEW (got {pair!r})", 64)
         mapping[old] = new
-    # a run in the middle of a step moves only while no daemon is driving it
+    # a run in the middle of a step moves only while no daemon is driving it: with the
+    # daemon up, the daemon moves it, holding the run (a queued run's first step may be in
+    # flight before anything of it is committed)
     from edge_agent.daemon.lock import lock_holder
-    daemon_down = ctx.daemon("status") is None and not lock_holder(ctx.config.device.data_dir)
+    daemon_up = ctx.daemon("status") is not None
+    daemon_down = not daemon_up and not lock_holder(ctx.config.device.data_dir)
     store = ctx.store(write=True)
     try:
         run = store.read(lambda c: q.get_run(c, run_id))
         current = ctx.config.workflows.get(run.workflow) if run is not None else None
-        result = store.write(lambda c: migrate_run(
-            c, run_id, to_version=to_version, mapping=mapping, current=current,
-            allow_running=daemon_down))
+        if daemon_up:
+            if current is not None:  # the version this config names, known to the daemon
+                store.write(lambda c: versions.register(c, current))
+            result = _migrate_in_daemon(ctx, run_id, to_version, mapping)
+        else:
+            result = store.write(lambda c: migrate_run(
+                c, run_id, to_version=to_version, mapping=mapping, current=current,
+                allow_running=daemon_down))
     finally:
         store.close()
     _poke(ctx, run_id)

@@ -26,7 +26,7 @@ from edge_agent.daemon.runtime import build_agent_runner, build_tools, close_too
 from edge_agent.daemon.triggers import EdgeTrigger, stop_all
 from edge_agent.engine import Engine, queue_run
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError, StoreError
+from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.store.backend import Database, Writer
 from edge_agent.store.opening import open_database, writer_for
 from edge_agent.store.postgres import DatabaseInUse, PgStore
@@ -354,6 +354,21 @@ class Daemon:
             self.engine.wake(req.get("run_id"))
             return {"woken": req.get("run_id") or "all"}
 
+        async def migrate(req: dict[str, Any]) -> Any:
+            """`runs migrate` with the daemon up: committed while the engine holds the run
+            (refused while a step of it is in flight). Versions come from the database,
+            where the CLI registered its config's before asking."""
+            from edge_agent.engine import VersionError, migrate_run
+            assert self.engine is not None
+            run_id, to_version = str(req["run_id"]), str(req["to_version"])
+            mapping = {str(k): str(v) for k, v in dict(req.get("map") or {}).items()}
+            try:
+                return {"moved": await self.engine.while_held(run_id, lambda c: migrate_run(
+                    c, run_id, to_version=to_version, mapping=mapping, current=None,
+                    by=str(req.get("by") or "local")))}
+            except (VersionError, EdgeAgentError) as exc:
+                return {"error": str(exc), "exit_code": int(getattr(exc, "exit_code", 1))}
+
         async def sync_now(req: dict[str, Any]) -> Any:
             if self.sync is None:
                 raise RuntimeError("sync is not configured ([sync] table missing)")
@@ -371,7 +386,7 @@ class Daemon:
             chip.inject(int(req["offset"]), int(req["level"]))
             return {"injected": True}
 
-        handlers = {"status": status, "wake": wake, "sync_now": sync_now}
+        handlers = {"status": status, "wake": wake, "sync_now": sync_now, "migrate": migrate}
         if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":
             handlers["block_loop"] = block_loop
             handlers["gpio_inject"] = gpio_inject
