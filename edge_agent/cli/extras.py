@@ -111,8 +111,11 @@ def cmd_conflicts(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
-    from edge_agent.inference.testmodel import make_test_model
-    path = make_test_model(args.path)
+    from edge_agent.inference.testmodel import MissingExtra, make_test_model
+    try:
+        path = make_test_model(args.path)
+    except MissingExtra as exc:
+        return ctx.fail(str(exc), exc.exit_code)
     ctx.out({"path": str(path)}, f"wrote test model {path}")
     return 0
 

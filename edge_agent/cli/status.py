@@ -12,7 +12,7 @@ from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.metrics import kinds
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
-from edge_agent.config.model_files import check_model_files
+from edge_agent.config.model_files import check_model_files, model_warnings, unavailable_models
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
@@ -58,6 +58,8 @@ def collect_status(ctx: Context) -> dict[str, Any]:
     data["approvals_pending"] = pending
     data["conflicts"] = conflicts
     data["models"] = sorted(ctx.config.models)
+    data["models_unavailable"] = (live or {}).get("models_unavailable",
+                                                  unavailable_models(ctx.config))
     data["last_hour"] = one_line(summary) if summary is not None else None
     return data
 
@@ -109,9 +111,15 @@ def render_status(data: dict[str, Any]) -> str:
         streams,
         f"runs      {runs}",
         (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
-         f"models {', '.join(data['models']) or 'none'}"),
+         f"models {_models(data)}"),
         f"last hour {data.get('last_hour') or 'nothing yet'}   (edge-agent metrics for more)",
     ])
+
+
+def _models(data: dict[str, Any]) -> str:
+    gone = data.get("models_unavailable") or {}
+    return ", ".join(f"{m} (UNAVAILABLE: {gone[m]})" if m in gone else m
+                     for m in data["models"]) or "none"
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -146,8 +154,10 @@ def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
            f"without its node: `edge-agent runs migrate {r['run_id']} --to-version "
            f"{r['new_version']} --map {r['node']}=NODE` moves it")
         for r in changed]
-    ctx.out({"ok": True, "path": str(config_path(path)), "runs_on_changed_workflows": changed},
-            "\n".join(lines))
+    warnings = model_warnings(cfg)
+    lines += [f"warning: {w}" for w in warnings]
+    ctx.out({"ok": True, "path": str(config_path(path)), "runs_on_changed_workflows": changed,
+             "warnings": warnings}, "\n".join(lines))
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import Config, load_config
+from edge_agent.config.model_files import model_warnings, unavailable_models
 from edge_agent.daemon.control_socket import ControlServer
 from edge_agent.daemon.lock import DataDirLock
 from edge_agent.daemon.notify import SystemdNotifier, watchdog_interval
@@ -73,6 +74,8 @@ class Daemon:
 
     async def _run(self) -> int:
         cfg = self.config
+        for warning in model_warnings(cfg):
+            log.warning("%s", warning)
         self.store = open_database(cfg.database, synchronous=cfg.device.synchronous)
         if isinstance(self.store, PgStore):  # the data-dir lock guards a SQLite file only
             self.store.hold_engine_lock()
@@ -347,7 +350,9 @@ class Daemon:
                     "version": __version__, "config": str(self.config.path),
                     "active": self.engine.active if self.engine else 0,
                     "sync": sync_status(self.store, self.sync) if self.store else None,
-                    "models": sorted(self.config.models), "status_line": self.status_line()}
+                    "models": sorted(self.config.models),
+                    "models_unavailable": unavailable_models(self.config),
+                    "status_line": self.status_line()}
 
         async def wake(req: dict[str, Any]) -> Any:
             assert self.engine is not None

@@ -89,7 +89,11 @@ class SqlCloudStore:
                 raise CloudStoreError(f"store.url: cannot open {path!r}: {exc}") from exc
             blob, serial = "BLOB", "INTEGER PRIMARY KEY"
         elif url.startswith(("postgresql://", "postgres://")):
-            import psycopg
+            try:
+                import psycopg
+            except ImportError:  # the `cloud` extra; a config the service cannot serve: 78
+                raise CloudStoreError("store.url: a postgresql:// store needs psycopg: "
+                                      "install edge-agent[cloud]") from None
             self.dialect = "postgresql"
             try:
                 self.conn = psycopg.connect(url, autocommit=True)
