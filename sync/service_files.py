@@ -19,6 +19,8 @@ from sync.install_root import InstallRoot
 _SHIPPED_BIN = "/usr/local/bin/"
 # ProtectHome=yes hides these trees from the service: an entry point below them needs read-only.
 _HOME_TREES = ("/home/", "/root/", "/run/user/")
+# PrivateTmp=yes gives the service empty ones of its own: an entry point below them is gone.
+_TMP_TREES = ("/tmp/", "/var/tmp/")
 
 
 def shipped_units() -> Path:
@@ -85,6 +87,22 @@ def render_unit(text: str, exe: Path, command: str) -> str:
     return text
 
 
+def private_tmp_warnings(exe: Path, svc: ServiceFiles) -> list[str]:
+    """A warning when ExecStart lies below /tmp or /var/tmp, which the unit's PrivateTmp=yes
+    replaces with empty directories: the service could not start."""
+    unit = (svc.source / f"{svc.name}.service").read_text()
+    if "PrivateTmp=yes" not in unit:
+        return []
+    for path in dict.fromkeys((str(exe), str(exe.resolve()))):
+        tree = next((t for t in _TMP_TREES if path.startswith(t)), None)
+        if tree is not None:
+            return [f"warning: ExecStart {path} is below {tree.rstrip('/')}, which the unit's "
+                    "PrivateTmp=yes hides from the service: it would not start. Install "
+                    f"{svc.command} outside /tmp and /var/tmp (a virtualenv in /opt, or pip "
+                    "into /usr/local) and run install-service from there"]
+    return []
+
+
 def install(svc: ServiceFiles, root: str = "/", reload: bool = True,
             man_page: str | None = None) -> list[str]:
     """Copy the files below `root`, and `man_page` (roff: the CLI writes it from its parser)
@@ -105,6 +123,7 @@ def install(svc: ServiceFiles, root: str = "/", reload: bool = True,
     if str(exe).startswith(_HOME_TREES):
         done.append(f"note: {exe} is below a home directory; the unit reads it with "
                     "ProtectHome=read-only (install into /opt or /usr for full hardening)")
+    done += private_tmp_warnings(exe, svc)
     config = svc.config_path.lstrip("/")
     if base.exists(config):
         done.append(f"kept existing {base.path(config)}")

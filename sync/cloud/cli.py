@@ -351,10 +351,12 @@ def _version() -> str:
 
 def manual() -> str:
     """edge-agent-cloud(1), written from the parser."""
+    from sync.cloud.exit_codes import EXIT_CODES
     from sync.manpage import render
     return render(
         build_parser(), version=_version(),
         summary="fleet ingest: devices' MQTT streams into a database, commands back",
+        exit_status=EXIT_CODES,
         files=[("/etc/edge-agent-cloud/cloud.toml",
                 "the config (root:edge-agent-cloud 0640)"),
                ("/var/lib/edge-agent-cloud/", "the ingest's state (SQLite store)")],
