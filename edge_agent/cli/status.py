@@ -89,8 +89,9 @@ def render_status(data: dict[str, Any]) -> str:
     if not s["configured"]:
         sync = "not configured (offline: the outbox keeps everything within its bounds)"
     else:
-        sync = paint(f"{'connected' if s['connected'] else 'disconnected'} to {s['broker']}",
-                     s["connected"]) + f", last sync {s['last_sync'] or 'never'}"
+        sync = paint(f"connected to {s['broker']}" if s["connected"] else
+                     f"disconnected from {s['broker']}", s["connected"]) \
+            + f", last sync {s['last_sync'] or 'never'}"
         down = s.get("downlink")
         if down:  # the live daemon's word on what it verified and refused
             refused = ", ".join(f"{k} {v}" for k, v in sorted(down["rejected"].items()))
@@ -103,7 +104,9 @@ def render_status(data: dict[str, Any]) -> str:
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",
          v["acked_seq"], v["dropped"]] for n, v in s["streams"].items()])
     runs = ", ".join(f"{k} {v}" for k, v in sorted(data["runs"].items())) or "none"
-    in_sync = s["configured"] and all(v["pending"] == 0 for v in s["streams"].values())
+    # in sync: the cloud acked everything there is, which it never did before a first sync
+    in_sync = s["configured"] and s["last_sync"] is not None and all(
+        v["pending"] == 0 for v in s["streams"].values())
     return "\n".join([
         f"device    {data['device_id']}   config {d['config']}",
         f"daemon    {daemon}",
