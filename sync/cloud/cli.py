@@ -119,7 +119,7 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
     for d in out["devices"]:
         streams = ", ".join(f"{s} {v['received_seq']}" for s, v in d["streams"].items())
         print(f"{d['device_id']:20} {'online' if d['online'] else 'offline':8} "
-              f"last seen {d['last_seen']}  epoch {d['epoch'] or '(protocol 1)'}  {streams}")
+              f"last seen {d['last_seen']}  {_epoch(d)}  {streams}")
         for r in d["resets"]:
             if r["upgrade"]:
                 print(f"{'':20} upgraded to protocol 2 at {r['at']}, epoch {r['to']}")
@@ -128,6 +128,12 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
     if not out["devices"]:
         print("(no devices yet)")
     return 0
+
+
+def _epoch(d: dict[str, Any]) -> str:
+    if d["epoch"] is None:
+        return f"no epoch yet (nothing stored; {d['quarantined']} quarantined)"
+    return f"epoch {d['epoch'] or '(protocol 1)'}"
 
 
 def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:

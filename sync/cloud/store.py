@@ -227,11 +227,14 @@ class SqlCloudStore:
                                     ).fetchall()
             epochs = self._exec(c, "SELECT device, epoch, first_seen, protocol FROM epochs"
                                    " ORDER BY first_seen, epoch").fetchall()
+            held = dict(self._exec(c, "SELECT device, count(*) FROM quarantine WHERE device"
+                                      " IS NOT NULL GROUP BY device").fetchall())
         out = []
         for device, online, first, last in devs:
             mine = [{"epoch": e, "first_seen": f, "protocol": int(p)}
                     for d, e, f, p in epochs if d == device]
-            current = mine[-1]["epoch"] if mine else ""
+            # None: nothing of the device stored yet (not protocol 1's epoch "")
+            current = mine[-1]["epoch"] if mine else None
             streams_now = {s: {"received_seq": int(r), "acked_seq": int(a),
                                "lag_s": None if lc is None else max(0.0, time.time() - lc),
                                "conflicts": int(cf), "stubs": int(st)}
@@ -241,7 +244,8 @@ class SqlCloudStore:
                        "upgrade": a["epoch"] == ""} for a, b in itertools.pairwise(mine)]
             out.append({"device_id": device, "online": bool(online), "first_seen": first,
                         "last_seen": last, "epoch": current, "streams": streams_now,
-                        "epochs": mine, "resets": resets})
+                        "epochs": mine, "resets": resets,
+                        "quarantined": int(held.get(device, 0))})
         return out
 
     def records(self, device: str, stream: str,
