@@ -58,6 +58,8 @@ def test_large_records_travel_in_chunks_and_the_largest_as_stubs(tmp_path: Path,
             "kind": "step.finished", "size": 5_000_000,
             "sha256": hashlib.sha256(too_big).hexdigest()}
         assert e.stats.chunks >= 20 and e.stats.stubbed == 1 and e.healthy
+        # both sides count the stub the device made (the cloud counted only its own)
+        assert store.devices()[0]["streams"]["checkpoints"]["stubs"] == 1
         # the control stream is alive: a command is applied and its result confirmed
         deadline = time.monotonic() + 10
         while not worker.connected.is_set():
