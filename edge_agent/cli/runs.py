@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from edge_agent.cli.context import CliError, Context
@@ -11,43 +10,18 @@ from edge_agent.cli.render import table, when
 from edge_agent.engine import decide_approval, migrate_run, queue_run, request_cancel, versions
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import STATUSES
-
-MAX_JSON_DEPTH = 64
+from sync.json_arguments import JsonArgumentError, parse_json_argument
 
 
 def _json_arg(text: str | None, name: str) -> Any:
-    """A JSON argument as data the store can keep: UTF-8 text, nested at most
-    MAX_JSON_DEPTH levels; anything else is a usage error (64)."""
+    """A JSON argument as data the store can keep (sync.json_arguments); anything else is a
+    usage error (64)."""
     if text is None:
         return None
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CliError(f"{name}: not valid UTF-8 text (a lone surrogate at position "
-                       f"{exc.start})", 64) from None
-    depth = deepest = 0
-    in_string = escaped = False
-    for c in text:  # a cheap bound before the recursive parser runs
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    if deepest > MAX_JSON_DEPTH:
-        raise CliError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", 64)
-    try:
-        value = json.loads(text)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")  # "\ud800" escapes too
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{name}: not valid JSON ({exc.msg} at column {exc.colno})", 64) from None
-    except UnicodeEncodeError:
-        raise CliError(f"{name}: holds a lone surrogate (\\udXXX), which is not text",
-                       64) from None
-    return value
+        return parse_json_argument(name, text)
+    except JsonArgumentError as exc:
+        raise CliError(str(exc), 64) from None
 
 
 def _poke(ctx: Context, run_id: str) -> bool:

@@ -9,14 +9,13 @@ here (exit 64), or a data error (exit 65) for JSON too large to travel as one co
 from __future__ import annotations
 
 import argparse
-import json
 import re
 
 from sync.envelope import MAX_COMMAND_BYTES
+from sync.json_arguments import JsonArgumentError, check_text, parse_json_argument
 
 # a device id names MQTT topics: the device's own config rule ([device] id)
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_JSON_DEPTH = 64
 # what a command's JSON argument may take, leaving room for the envelope and the seal
 MAX_JSON_ARGUMENT_BYTES = MAX_COMMAND_BYTES - 4096
 JSON_OPTIONS = ("input", "patch", "value")
@@ -33,10 +32,9 @@ class ArgumentProblem(Exception):
 
 def _text(name: str, value: str) -> None:
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ArgumentProblem(f"{name}: not valid UTF-8 text (a lone surrogate at position "
-                              f"{exc.start})") from None
+        check_text(name, value)
+    except JsonArgumentError as exc:
+        raise ArgumentProblem(str(exc)) from None
 
 
 def _device(name: str, value: str) -> None:
@@ -46,39 +44,16 @@ def _device(name: str, value: str) -> None:
                               f"(got {shown!r})")
 
 
-def _depth(text: str) -> int:
-    depth = deepest = 0
-    in_string = escaped = False
-    for c in text:  # a cheap bound before the recursive parser runs
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    return deepest
-
-
 def _json(name: str, text: str) -> None:
-    size = len(text.encode("utf-8"))
+    size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_JSON_ARGUMENT_BYTES:
         raise ArgumentProblem(f"{name}: {size} bytes, more than one command carries "
                               f"({MAX_JSON_ARGUMENT_BYTES} bytes); put large data where the "
                               "device can fetch it and pass its name", exit_code=65)
-    if _depth(text) > MAX_JSON_DEPTH:
-        raise ArgumentProblem(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        value = json.loads(text)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")  # "\ud800" escapes too
-    except json.JSONDecodeError as exc:
-        raise ArgumentProblem(f"{name}: not valid JSON ({exc.msg} at column {exc.colno})"
-                              ) from None
-    except UnicodeEncodeError:
-        raise ArgumentProblem(f"{name}: holds a lone surrogate (\\udXXX), which is not text"
-                              ) from None
+        parse_json_argument(name, text)
+    except JsonArgumentError as exc:
+        raise ArgumentProblem(str(exc)) from None
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -11,21 +11,9 @@ from pathlib import Path
 
 from support.postgres import Postgres, fresh_pg_url
 
-GATED = """
-[device]
-id = "cloud"
-data_dir = "data"
-runtime_dir = "run"
-database = "URL"
+from .conftest import GATED as DEVICE_GATED
 
-[workflows.gated]
-start = "gate"
-[workflows.gated.nodes.gate]
-approval = { prompt = "Proceed?" }
-next = "done"
-[workflows.gated.nodes.done]
-end = true
-"""
+GATED = DEVICE_GATED.replace('runtime_dir = "run"', 'runtime_dir = "run"\ndatabase = "URL"')
 
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
