@@ -1,11 +1,13 @@
 """Run a fixed argv (never a shell) with arguments substituted into declared positions.
 
-Placeholders like `{part}` may only stand inside argv elements after the first; a value
-always stays one argument, whatever it contains, so no value can add arguments, commands or
-choose the program. One argument can still *be* an option or a path to elsewhere: a value
-that would begin an argument with `-` (before any literal `--` in argv) or that holds a
-`..` path component is refused, unless its name is in `free_values` (the tool kind puts
-there the parameters whose schema pins their values down: `enum`, `const`, `pattern`).
+Placeholders like `{part}` may only stand inside argv elements after the first (`{{` and
+`}}` are a literal brace); a value always stays one argument, whatever it contains, so no
+value can add arguments, commands or choose the program. One argument can still *be* an
+option or a path to elsewhere, so each argument is checked as it results: one that a value
+begins with `-` (before any literal `--` in argv) or with `/`, or in which values put a `..`
+path component, is refused, unless the values involved are in `free_values` (the tool kind
+puts there the parameters whose schema pins their values down: `enum`, `const`, `pattern`).
+A list or object value is refused: only scalars stand in an argument.
 
 Output is read as it comes. At the size limit or the timeout the whole tree is killed: the
 process group, and every descendant that left it (`setsid`) while its parent still lived.
@@ -101,17 +103,24 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _leading_placeholders(argv: Sequence[str]) -> set[str]:
-    """Placeholders that begin an argument before any literal `--` (where a leading `-`
-    would make the value an option)."""
-    names: set[str] = set()
-    for part in argv[1:]:
-        if part == "--":
-            break
-        first = next(iter(_FORMATTER.parse(part)), None)
-        if first is not None and first[0] == "" and first[1]:
-            names.add(first[1])
-    return names
+def _climbs(text: str) -> int:
+    """How many `..` path components `text` holds."""
+    return text.replace("\\", "/").split("/").count("..")
+
+
+def _refuse(message: str) -> HardwareError:
+    return HardwareError(message, kind="invalid_args")
+
+
+def _scalar(name: str, value: Any) -> str:
+    """A value as it stands in an argument: a string as it is, a number or boolean as JSON;
+    a list or object is refused (its JSON would be one argument nobody declared)."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    raise _refuse(f"{name}: a {type(value).__name__} cannot stand in an argument; only a "
+                  "string, number, boolean or null can")
 
 
 class CommandRunner:
@@ -129,32 +138,60 @@ class CommandRunner:
         self.env = dict(env or {})
         self.names = placeholders(argv)
         self.free_values = free_values
-        self._leading = _leading_placeholders(self.argv)
 
     def render(self, args: Mapping[str, Any]) -> list[str]:
-        """The argv with values filled in; strings as they are, anything else as JSON."""
+        """The argv with values filled in; strings as they are, other scalars as JSON.
+        Each argument is checked as it results, not value by value."""
         missing = self.names - set(args)
         if missing:
-            raise HardwareError(f"missing arguments for argv: {', '.join(sorted(missing))}",
-                                kind="invalid_args")
-        values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}
-        for name in sorted(self.names - self.free_values):
-            value = values[name]
-            if name in self._leading and value.startswith("-"):
-                raise HardwareError(f"{name}: {value[:40]!r} would be read as an option (a value "
-                                    "may begin with '-' only after '--' in argv, or where the "
-                                    "parameter's schema allows it)", kind="invalid_args")
-            if ".." in value.replace("\\", "/").split("/"):
-                raise HardwareError(f"{name}: {value[:40]!r} climbs out of its folder ('..'); "
-                                    "refused unless the parameter's schema allows it",
-                                    kind="invalid_args")
-        argv = [part.format(**values) for part in self.argv]
+            raise _refuse(f"missing arguments for argv: {', '.join(sorted(missing))}")
+        values = {k: _scalar(k, args[k]) for k in sorted(self.names)}
+        argv = [self.argv[0]]
+        options_ended = False
+        for part in self.argv[1:]:
+            argv.append(self._fill(part, values, options_ended))
+            options_ended = options_ended or part == "--"
         if any("\0" in part for part in argv):
-            raise HardwareError("arguments must not contain NUL bytes", kind="invalid_args")
+            raise _refuse("arguments must not contain NUL bytes")
         exe = argv[0]
         if "/" in exe and not os.path.isabs(exe):
             argv[0] = str((self.cwd / exe).resolve())
         return argv
+
+    def _fill(self, part: str, values: Mapping[str, str], options_ended: bool) -> str:
+        """One argument: its placeholders filled, then refused if a value (not the
+        operator's literal text) made it an option, an absolute path, or one that climbs."""
+        pieces = list(_FORMATTER.parse(part))
+        text: list[str] = []
+        literal: list[str] = []  # the template with each placeholder as a plain name
+        lead: str | None = None  # the placeholder whose value begins the argument
+        started = False
+        for lit, field, _, _ in pieces:
+            text.append(lit)
+            literal.append(lit)
+            started = started or bool(lit)
+            if field is not None:
+                text.append(values[field])
+                literal.append("x")
+                if not started and values[field]:
+                    lead, started = field, True
+        arg = "".join(text)
+        guarded = [f for _, f, _, _ in pieces if f is not None and f not in self.free_values]
+        if not guarded:
+            return arg
+        shown = f"{part!r} would be {arg[:60]!r}"
+        if lead is not None and lead not in self.free_values:
+            if arg.startswith("-") and not options_ended:
+                raise _refuse(f"{lead}: {shown}, read as an option (a value may begin an "
+                              "argument with '-' only after '--' in argv, or where the "
+                              "parameter's schema allows it)")
+            if arg.startswith("/"):
+                raise _refuse(f"{lead}: {shown}, an absolute path (write the folder in argv, "
+                              "as in 'parts/{name}', or pin the value down in the schema)")
+        if _climbs(arg) > _climbs("".join(literal)):
+            raise _refuse(f"{', '.join(guarded)}: {shown}, which climbs out of its folder "
+                          "('..'); refused unless the parameter's schema allows it")
+        return arg
 
     def run(self, args: Mapping[str, Any], *, idempotency_key: str | None = None
             ) -> dict[str, Any]:

@@ -43,7 +43,16 @@ sed 's|/usr/local/bin/edge-agent |/opt/edge-agent/bin/edge-agent |' "$SYS/edge-a
 cp "$SYS/edge-agent.sysusers.conf" "$STAGE/usr/lib/sysusers.d/edge-agent.conf"
 cp "$SYS/edge-agent.tmpfiles.conf" "$STAGE/usr/lib/tmpfiles.d/edge-agent.conf"
 cp "$SYS/edge-agent.example.toml" "$STAGE/usr/share/doc/edge-agent/examples/config.toml"
-PYTHONPATH="$ROOT" "$PY" scripts/manpages.py "$STAGE/build-man" >/dev/null
+# the man page comes from the CLI's parser, which needs the project's dependencies: write it
+# with a scratch virtualenv made from the wheels just gathered (offline), not with "$PY",
+# which may be a bare interpreter (the Makefile's)
+MANVENV="$ROOT/build/deb/manvenv"
+rm -rf "$MANVENV"
+"$PY" -m venv "$MANVENV"
+"$MANVENV/bin/pip" install -q --disable-pip-version-check --no-index \
+    --find-links "$STAGE/usr/share/edge-agent/wheels" "edge-agent[gpio]"
+"$MANVENV/bin/python" scripts/manpages.py "$STAGE/build-man" >/dev/null
+rm -rf "$MANVENV"
 gzip -9n -c "$STAGE/build-man/edge-agent.1" > "$STAGE/usr/share/man/man1/edge-agent.1.gz"
 rm -rf "$STAGE/build-man"
 find "$STAGE" -type d -exec chmod 755 {} +

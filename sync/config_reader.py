@@ -5,6 +5,7 @@ found, and every key nobody read is reported as unknown."""
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 _MISSING = object()
+# the longest duration any `*_s` key takes: 366 days
+MAX_DURATION_S = 366 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,11 @@ class Table:
 
     def number(self, name: str, default: Any = None, *, required: bool = False,
               min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> Any:
+        """A finite number in [min, max]. A duration (a key ending in `_s`) is also at most
+        MAX_DURATION_S: a larger one passes a float check and then breaks every use (a
+        deadline of 1e308 s overflows to infinity where it becomes milliseconds)."""
+        if name.endswith("_s"):
+            max = MAX_DURATION_S if max is None else builtins.min(max, MAX_DURATION_S)
         value = self._get(name, (int, float), "a number", default, required)
         if name in self.data and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)

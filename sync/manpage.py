@@ -64,9 +64,10 @@ def _subcommands(parser: argparse.ArgumentParser,
 
 def render(parser: argparse.ArgumentParser, *, summary: str, version: str,
            files: Sequence[tuple[str, str]] = (), environment: Sequence[tuple[str, str]] = (),
-           see_also: Sequence[str] = (), date: dt.date | None = None) -> str:
+           see_also: Sequence[str] = (), exit_status: Sequence[tuple[int, str]] = (),
+           date: dt.date | None = None) -> str:
     """The page: NAME, SYNOPSIS, DESCRIPTION, OPTIONS, COMMANDS, then the optional
-    ENVIRONMENT, FILES and SEE ALSO."""
+    EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO."""
     prog = parser.prog
     if date is None:  # reproducible builds pin the date
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -94,6 +95,10 @@ def render(parser: argparse.ArgumentParser, *, summary: str, version: str,
                             if a.option_strings and tuple(a.option_strings) not in top)
             if opts:
                 lines += [".RS"] + opts + [".RE"]
+    if exit_status:
+        lines.append(".SH EXIT STATUS")
+        for code, text in exit_status:
+            lines += [".TP", f"\\fB{code}\\fR", _roff(text.replace("`", ""))]
     if environment:
         lines.append(".SH ENVIRONMENT")
         for name, text in environment:

@@ -11,12 +11,16 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from sync.install_root import InstallRoot
 
 # Where the shipped units point; replaced by the entry point actually installed.
 _SHIPPED_BIN = "/usr/local/bin/"
 # ProtectHome=yes hides these trees from the service: an entry point below them needs read-only.
 _HOME_TREES = ("/home/", "/root/", "/run/user/")
+# PrivateTmp=yes gives the service empty ones of its own: an entry point below them is gone.
+_TMP_TREES = ("/tmp/", "/var/tmp/")
 
 
 def shipped_units() -> Path:
@@ -83,42 +87,53 @@ def render_unit(text: str, exe: Path, command: str) -> str:
     return text
 
 
+def private_tmp_warnings(exe: Path, svc: ServiceFiles) -> list[str]:
+    """A warning when ExecStart lies below /tmp or /var/tmp, which the unit's PrivateTmp=yes
+    replaces with empty directories: the service could not start."""
+    unit = (svc.source / f"{svc.name}.service").read_text()
+    if "PrivateTmp=yes" not in unit:
+        return []
+    for path in dict.fromkeys((str(exe), str(exe.resolve()))):
+        tree = next((t for t in _TMP_TREES if path.startswith(t)), None)
+        if tree is not None:
+            return [f"warning: ExecStart {path} is below {tree.rstrip('/')}, which the unit's "
+                    "PrivateTmp=yes hides from the service: it would not start. Install "
+                    f"{svc.command} outside /tmp and /var/tmp (a virtualenv in /opt, or pip "
+                    "into /usr/local) and run install-service from there"]
+    return []
+
+
 def install(svc: ServiceFiles, root: str = "/", reload: bool = True,
             man_page: str | None = None) -> list[str]:
     """Copy the files below `root`, and `man_page` (roff: the CLI writes it from its parser)
-    as COMMAND(1); never overwrite an existing config. Returns what it did."""
-    base = Path(root)
+    as COMMAND(1); never overwrite an existing config. Returns what it did. Nothing is
+    written through a link inside `root` (InstallRootError names it)."""
+    base = InstallRoot(root, create=True)
     done: list[str] = []
     exe = entry_point(svc.command)
     for src, dst in svc.files():
-        target = base / dst
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = (svc.source / src).read_text()
         if src.endswith(".service"):
             text = render_unit(text, exe, svc.command)
-        target.write_text(text)
-        target.chmod(0o644)
-        done.append(f"installed {target}")
+        base.write(dst, text.encode())
+        done.append(f"installed {base.path(dst)}")
     if man_page is not None and svc.owns_man_page:
-        page = base / svc.man_page
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(man_page)
-        page.chmod(0o644)
-        done.append(f"installed {page}")
+        base.write(svc.man_page, man_page.encode())
+        done.append(f"installed {base.path(svc.man_page)}")
     if str(exe).startswith(_HOME_TREES):
         done.append(f"note: {exe} is below a home directory; the unit reads it with "
                     "ProtectHome=read-only (install into /opt or /usr for full hardening)")
-    config = base / svc.config_path.lstrip("/")
-    if config.exists():
-        done.append(f"kept existing {config}")
+    done += private_tmp_warnings(exe, svc)
+    config = svc.config_path.lstrip("/")
+    if base.exists(config):
+        done.append(f"kept existing {base.path(config)}")
     else:
-        config.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(svc.source / svc.config_example, config)
-        done.append(f"installed example config {config} (edit it)")
+        base.write(config, (svc.source / svc.config_example).read_bytes(), 0o640)
+        done.append(f"installed example config {base.path(config)} (edit it)")
     if reload and root == "/":
         done += _run_system_tools()
-    done.append(_give_to_group(config, svc.name, base=base))
-    done.append(_give_to_group(config.parent, svc.name, mode=0o750, base=base))
+    done.append(_give_to_group(base, config, svc.name))
+    done.append(_give_to_group(base, str(PurePosixPath(config).parent), svc.name, mode=0o750))
     return done
 
 
@@ -127,7 +142,7 @@ def uninstall(svc: ServiceFiles, root: str = "/", reload: bool = True,
     """Stop and disable the unit (on the running system), remove what `install` wrote.
     The config and the state directory stay unless `purge`; the user and group always stay
     (files they own may outlive the package, and a reused id would inherit them)."""
-    base = Path(root)
+    base = InstallRoot(root, create=False)
     done: list[str] = []
     live = reload and root == "/"
     if live and shutil.which("systemctl"):
@@ -136,20 +151,17 @@ def uninstall(svc: ServiceFiles, root: str = "/", reload: bool = True,
         done.append(f"ran systemctl disable --now {svc.name}: "
                     f"{'ok' if r.returncode == 0 else r.stderr.strip()}")
     for _, dst in svc.files() + ([("", svc.man_page)] if svc.owns_man_page else []):
-        target = base / dst
-        if target.exists() or target.is_symlink():
-            target.unlink()
-            done.append(f"removed {target}")
-    config_dir = (base / svc.config_path.lstrip("/")).parent
-    state = base / svc.state_dir
-    for kept in (config_dir, state):
-        if not kept.exists():
+        if base.remove(dst):
+            done.append(f"removed {base.path(dst)}")
+    config_dir = str(PurePosixPath(svc.config_path.lstrip("/")).parent)
+    for kept in (config_dir, svc.state_dir):
+        if not base.exists(kept):
             continue
         if purge:
-            shutil.rmtree(kept)
-            done.append(f"purged {kept}")
+            base.purge(kept)
+            done.append(f"purged {base.path(kept)}")
         else:
-            done.append(f"kept {kept} (--purge removes it)")
+            done.append(f"kept {base.path(kept)} (--purge removes it)")
     done.append(f"kept user and group {svc.name}")
     if live and shutil.which("systemctl"):
         r = subprocess.run(["systemctl", "daemon-reload"], check=False, capture_output=True, text=True)
@@ -174,15 +186,15 @@ def _gid(group: str, base: Path) -> int | None:
         return None
 
 
-def _give_to_group(path: Path, group: str, mode: int = 0o640, base: Path = Path("/")) -> str:
+def _give_to_group(base: InstallRoot, rel: str, group: str, mode: int = 0o640) -> str:
     """root:GROUP with `mode`, so the service user can read what root wrote."""
-    path.chmod(mode)
-    gid = _gid(group, base)
+    path = base.path(rel)
+    gid = _gid(group, base.base)
+    base.set_owner_mode(rel, mode, gid if gid is not None and os.geteuid() == 0 else None)
     if gid is None:
         return (f"{path} is mode {mode:o}; group {group} does not exist yet (systemd-tmpfiles "
                 f"gives it to root:{group} when the package's snippets are applied)")
     if os.geteuid() == 0:
-        os.chown(path, 0, gid)
         return f"{path} is root:{group} {mode:o}"
     return f"{path} is mode {mode:o}; run as root to give it to group {group}"
 

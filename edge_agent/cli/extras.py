@@ -111,8 +111,11 @@ def cmd_conflicts(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
-    from edge_agent.inference.testmodel import make_test_model
-    path = make_test_model(args.path)
+    from edge_agent.inference.testmodel import MissingExtra, make_test_model
+    try:
+        path = make_test_model(args.path)
+    except MissingExtra as exc:
+        return ctx.fail(str(exc), exc.exit_code)
     ctx.out({"path": str(path)}, f"wrote test model {path}")
     return 0
 
@@ -120,12 +123,16 @@ def cmd_model(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_install_service(ctx: Context, args: argparse.Namespace,
                         man_page: str | None = None) -> int:
     from edge_agent.daemon.install import install_service, uninstall_service
-    if args.command == "uninstall-service":
-        steps = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge,
-                                  cloud_runner=args.cloud_runner)
-        ctx.out({"removed": steps}, "\n".join(steps))
-        return 0
-    steps = install_service(root=args.root, reload=not args.no_reload, man_page=man_page,
-                            cloud_runner=args.cloud_runner)
+    from sync.install_root import InstallRootError
+    try:
+        if args.command == "uninstall-service":
+            steps = uninstall_service(root=args.root, reload=not args.no_reload,
+                                      purge=args.purge, cloud_runner=args.cloud_runner)
+            ctx.out({"removed": steps}, "\n".join(steps))
+            return 0
+        steps = install_service(root=args.root, reload=not args.no_reload, man_page=man_page,
+                                cloud_runner=args.cloud_runner)
+    except InstallRootError as exc:
+        return ctx.fail(str(exc), exc.exit_code)
     ctx.out({"installed": steps}, "\n".join(steps))
     return 0

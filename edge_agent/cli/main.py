@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from edge_agent import __version__
 from edge_agent.cli import db
 from edge_agent.cli.context import CliError, Context, parse_args
+from edge_agent.cli.exit_codes import EXIT_CODES
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 
@@ -123,7 +124,7 @@ def manual() -> str:
     from sync.manpage import render
     return render(
         build_parser(), version=__version__,
-        summary="durable agentic workflows on an edge device",
+        summary="durable agentic workflows on an edge device", exit_status=EXIT_CODES,
         environment=[
             ("EDGE_AGENT_CONFIG", "the config file when --config is not given"),
             ("EDGE_AGENT_DATA_DIR", "where the database lives (the unit sets /var/lib/edge-agent)"),

@@ -3,51 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.render import table, when
-from edge_agent.engine import decide_approval, migrate_run, queue_run, request_cancel
+from edge_agent.engine import decide_approval, migrate_run, queue_run, request_cancel, versions
 from edge_agent.engine import queries as q
 from edge_agent.engine.records import STATUSES
-
-MAX_JSON_DEPTH = 64
+from sync.json_arguments import JsonArgumentError, parse_json_argument
 
 
 def _json_arg(text: str | None, name: str) -> Any:
-    """A JSON argument as data the store can keep: UTF-8 text, nested at most
-    MAX_JSON_DEPTH levels; anything else is a usage error (64)."""
+    """A JSON argument as data the store can keep (sync.json_arguments); anything else is a
+    usage error (64)."""
     if text is None:
         return None
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CliError(f"{name}: not valid UTF-8 text (a lone surrogate at position "
-                       f"{exc.start})", 64) from None
-    depth = deepest = 0
-    in_string = escaped = False
-    for c in text:  # a cheap bound before the recursive parser runs
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    if deepest > MAX_JSON_DEPTH:
-        raise CliError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", 64)
-    try:
-        value = json.loads(text)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")  # "\ud800" escapes too
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{name}: not valid JSON ({exc.msg} at column {exc.colno})", 64) from None
-    except UnicodeEncodeError:
-        raise CliError(f"{name}: holds a lone surrogate (\\udXXX), which is not text",
-                       64) from None
-    return value
+        return parse_json_argument(name, text)
+    except JsonArgumentError as exc:
+        raise CliError(str(exc), 64) from None
 
 
 def _poke(ctx: Context, run_id: str) -> bool:
@@ -159,6 +133,20 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_in_daemon(ctx: Context, run_id: str, to_version: str,
+                       mapping: dict[str, str]) -> dict[str, Any]:
+    from edge_agent.daemon.control_socket import request
+    try:
+        answer = request(ctx.socket, "migrate", timeout=30.0, run_id=run_id,
+                         to_version=to_version, map=mapping)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CliError(f"runs migrate: the daemon did not answer ({exc}); nothing moved", 75
+                       ) from None
+    if "error" in answer:
+        raise CliError(str(answer["error"]), int(answer["exit_code"]))
+    return dict(answer["moved"])
+
+
 def _migrate(ctx: Context, run_id: str, to_version: str | None, pairs: list[str]) -> int:
     """Move a run to another version of its workflow: checked in one transaction."""
     if not to_version:
@@ -169,16 +157,24 @@ def _migrate(ctx: Context, run_id: str, to_version: str | None, pairs: list[str]
         if not sep or not old or not new:
             raise CliError(f"--map: must be OLD=NEW (got {pair!r})", 64)
         mapping[old] = new
-    # a run in the middle of a step moves only while no daemon is driving it
+    # a run in the middle of a step moves only while no daemon is driving it: with the
+    # daemon up, the daemon moves it, holding the run (a queued run's first step may be in
+    # flight before anything of it is committed)
     from edge_agent.daemon.lock import lock_holder
-    daemon_down = ctx.daemon("status") is None and not lock_holder(ctx.config.device.data_dir)
+    daemon_up = ctx.daemon("status") is not None
+    daemon_down = not daemon_up and not lock_holder(ctx.config.device.data_dir)
     store = ctx.store(write=True)
     try:
         run = store.read(lambda c: q.get_run(c, run_id))
         current = ctx.config.workflows.get(run.workflow) if run is not None else None
-        result = store.write(lambda c: migrate_run(
-            c, run_id, to_version=to_version, mapping=mapping, current=current,
-            allow_running=daemon_down))
+        if daemon_up:
+            if current is not None:  # the version this config names, known to the daemon
+                store.write(lambda c: versions.register(c, current))
+            result = _migrate_in_daemon(ctx, run_id, to_version, mapping)
+        else:
+            result = store.write(lambda c: migrate_run(
+                c, run_id, to_version=to_version, mapping=mapping, current=current,
+                allow_running=daemon_down))
     finally:
         store.close()
     _poke(ctx, run_id)

@@ -12,7 +12,7 @@ from edge_agent.cli.context import CliError, Context
 from edge_agent.cli.metrics import kinds
 from edge_agent.cli.render import table
 from edge_agent.config import config_path, load_config
-from edge_agent.config.model_files import check_model_files
+from edge_agent.config.model_files import check_model_files, model_warnings, unavailable_models
 from edge_agent.config.model_memory import check_model_memory, model_memory, render_kv
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
@@ -60,6 +60,8 @@ def collect_status(ctx: Context) -> dict[str, Any]:
     data["conflicts"] = conflicts
     data["models"] = sorted(ctx.config.models)
     data["kv_cache"] = model_memory(ctx.config)
+    data["models_unavailable"] = (live or {}).get("models_unavailable",
+                                                  unavailable_models(ctx.config))
     data["last_hour"] = one_line(summary) if summary is not None else None
     return data
 
@@ -89,8 +91,9 @@ def render_status(data: dict[str, Any]) -> str:
     if not s["configured"]:
         sync = "not configured (offline: the outbox keeps everything within its bounds)"
     else:
-        sync = paint(f"{'connected' if s['connected'] else 'disconnected'} to {s['broker']}",
-                     s["connected"]) + f", last sync {s['last_sync'] or 'never'}"
+        sync = paint(f"connected to {s['broker']}" if s["connected"] else
+                     f"disconnected from {s['broker']}", s["connected"]) \
+            + f", last sync {s['last_sync'] or 'never'}"
         down = s.get("downlink")
         if down:  # the live daemon's word on what it verified and refused
             refused = ", ".join(f"{k} {v}" for k, v in sorted(down["rejected"].items()))
@@ -103,7 +106,9 @@ def render_status(data: dict[str, Any]) -> str:
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",
          v["acked_seq"], v["dropped"]] for n, v in s["streams"].items()])
     runs = ", ".join(f"{k} {v}" for k, v in sorted(data["runs"].items())) or "none"
-    in_sync = s["configured"] and all(v["pending"] == 0 for v in s["streams"].values())
+    # in sync: the cloud acked everything there is, which it never did before a first sync
+    in_sync = s["configured"] and s["last_sync"] is not None and all(
+        v["pending"] == 0 for v in s["streams"].values())
     return "\n".join([
         f"device    {data['device_id']}   config {d['config']}",
         f"daemon    {daemon}",
@@ -111,10 +116,16 @@ def render_status(data: dict[str, Any]) -> str:
         streams,
         f"runs      {runs}",
         (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
-         f"models {', '.join(data['models']) or 'none'}"),
+         f"models {_models(data)}"),
         f"kv cache  {render_kv(data.get('kv_cache') or [])}",
         f"last hour {data.get('last_hour') or 'nothing yet'}   (edge-agent metrics for more)",
     ])
+
+
+def _models(data: dict[str, Any]) -> str:
+    gone = data.get("models_unavailable") or {}
+    return ", ".join(f"{m} (UNAVAILABLE: {gone[m]})" if m in gone else m
+                     for m in data["models"]) or "none"
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -149,8 +160,10 @@ def cmd_config_check(ctx: Context, args: argparse.Namespace) -> int:
            f"without its node: `edge-agent runs migrate {r['run_id']} --to-version "
            f"{r['new_version']} --map {r['node']}=NODE` moves it")
         for r in changed]
-    ctx.out({"ok": True, "path": str(config_path(path)), "runs_on_changed_workflows": changed},
-            "\n".join(lines))
+    warnings = model_warnings(cfg)
+    lines += [f"warning: {w}" for w in warnings]
+    ctx.out({"ok": True, "path": str(config_path(path)), "runs_on_changed_workflows": changed,
+             "warnings": warnings}, "\n".join(lines))
     return 0
 
 

@@ -92,13 +92,15 @@ def check_expression(source: str, visible: set[str], *, maps: AbstractSet[str] =
         kind = _static_type(_argument(source, m.end() - 1), maps)
         if kind in ("map", "list", "bool", "null"):
             problems.append(f"string() of a {kind} is not supported by the evaluator")
+    if not problems and not program.variables():
+        try:  # a constant: what it gives (or how it fails) is known now
+            value = program.execute({})
+        except (ValueError, RuntimeError, TypeError, KeyError, ArithmeticError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return [f"fails whatever the run holds: {reason}"]
     if condition and not problems:
         text = source.strip()
         if not program.variables():
-            try:
-                value = program.execute({})
-            except (ValueError, RuntimeError, TypeError, KeyError) as exc:
-                return [f"fails whatever the run holds: {str(exc).splitlines()[0]}"]
             if not isinstance(value, bool):
                 problems.append(f"a condition must give a boolean, this gives "
                                 f"{type(value).__name__} {value!r}")

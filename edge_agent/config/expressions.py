@@ -79,7 +79,7 @@ def evaluate(source: str, context: Mapping[str, Any]) -> Any:
     program = compile_expression(source)
     try:
         return program.execute(dict(context))
-    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+    except (ValueError, RuntimeError, TypeError, KeyError, ArithmeticError) as exc:
         raise ExpressionError(source, str(exc).splitlines()[0] if str(exc) else
                               type(exc).__name__) from exc
 

@@ -7,6 +7,7 @@ missing or truncated model before a run needs it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 
@@ -48,3 +49,20 @@ def check_model_files(config: Config) -> list[ConfigIssue]:
         elif len(head) < 8:
             issues.append(ConfigIssue(key, "is a truncated GGUF file", str(path)))
     return issues
+
+
+def unavailable_models(config: Config) -> dict[str, str]:
+    """Local models this installation cannot run, each with why and what to install: a
+    llama model needs llama-cpp-python (the `llm` extra). Without it the daemon still starts
+    (a remote fallback may stand in), so this is a warning at check and start, and status
+    shows the model unavailable."""
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return {}
+    return {name: "llama-cpp-python is not installed: install edge-agent[llm]"
+            for name, model in sorted(config.models.items()) if model.kind == "llama"}
+
+
+def model_warnings(config: Config) -> list[str]:
+    """One line per unavailable model, naming its key, the model and the missing extra."""
+    return [f"model.{name}: local model {name!r} is unavailable, {why}"
+            for name, why in unavailable_models(config).items()]

@@ -17,7 +17,6 @@ edge_agent (and of llama.cpp) and leaves `workflow:` handoffs to this command.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import string
 import threading
@@ -127,7 +126,7 @@ def handoff_targets(config: Config, entries: Any, stopping: threading.Event
 
 def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
     """The engine on `config_path`; with `cloud_config_path`, its ingest workers too."""
-    from edge_agent.daemon.service import Daemon
+    from edge_agent.daemon.service import run_engine
     from edge_agent.telemetry.logs import setup_logging
     try:
         config = load_config(config_path)
@@ -136,6 +135,12 @@ def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
         return ConfigError.exit_code
     t = config.telemetry
     setup_logging(t.log_format, t.log_level, t.levels)
+    from edge_agent.daemon.lock import lock_holder
+    holder = None if config.device.database else lock_holder(config.device.data_dir)
+    if holder is not None:  # before any ingest worker starts beside the one running
+        log.error("another edge-agent (pid %s) holds %s", holder if holder > 0 else "unknown",
+                  config.device.data_dir / "edge-agent.lock")
+        return 75  # EX_TEMPFAIL, as `edge-agent run`
     stopping = threading.Event()
     workers: list[Any] = []
     stores: list[Any] = []
@@ -157,7 +162,7 @@ def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
         log.info("cloud runner: %d ingest worker(s) on %s:%d, handoffs %s", len(workers),
                  cloud.host, cloud.port, ", ".join(sorted(handoffs)) or "none")
     try:
-        return asyncio.run(Daemon(config).run())
+        return run_engine(config)
     finally:
         stopping.set()
         for w in workers:

@@ -19,6 +19,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import Config, load_config
+from edge_agent.config.model_files import model_warnings, unavailable_models
 from edge_agent.daemon.control_socket import ControlServer
 from edge_agent.daemon.lock import DataDirLock
 from edge_agent.daemon.notify import SystemdNotifier, watchdog_interval
@@ -26,7 +27,7 @@ from edge_agent.daemon.runtime import build_agent_runner, build_tools, close_too
 from edge_agent.daemon.triggers import EdgeTrigger, stop_all
 from edge_agent.engine import Engine, queue_run
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError, StoreError
+from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.store.backend import Database, Writer
 from edge_agent.store.opening import open_database, writer_for
 from edge_agent.store.postgres import DatabaseInUse, PgStore
@@ -73,6 +74,8 @@ class Daemon:
 
     async def _run(self) -> int:
         cfg = self.config
+        for warning in model_warnings(cfg):
+            log.warning("%s", warning)
         self.store = open_database(cfg.database, synchronous=cfg.device.synchronous)
         if isinstance(self.store, PgStore):  # the data-dir lock guards a SQLite file only
             self.store.hold_engine_lock()
@@ -347,12 +350,29 @@ class Daemon:
                     "version": __version__, "config": str(self.config.path),
                     "active": self.engine.active if self.engine else 0,
                     "sync": sync_status(self.store, self.sync) if self.store else None,
-                    "models": sorted(self.config.models), "status_line": self.status_line()}
+                    "models": sorted(self.config.models),
+                    "models_unavailable": unavailable_models(self.config),
+                    "status_line": self.status_line()}
 
         async def wake(req: dict[str, Any]) -> Any:
             assert self.engine is not None
             self.engine.wake(req.get("run_id"))
             return {"woken": req.get("run_id") or "all"}
+
+        async def migrate(req: dict[str, Any]) -> Any:
+            """`runs migrate` with the daemon up: committed while the engine holds the run
+            (refused while a step of it is in flight). Versions come from the database,
+            where the CLI registered its config's before asking."""
+            from edge_agent.engine import VersionError, migrate_run
+            assert self.engine is not None
+            run_id, to_version = str(req["run_id"]), str(req["to_version"])
+            mapping = {str(k): str(v) for k, v in dict(req.get("map") or {}).items()}
+            try:
+                return {"moved": await self.engine.while_held(run_id, lambda c: migrate_run(
+                    c, run_id, to_version=to_version, mapping=mapping, current=None,
+                    by=str(req.get("by") or "local")))}
+            except (VersionError, EdgeAgentError) as exc:
+                return {"error": str(exc), "exit_code": int(getattr(exc, "exit_code", 1))}
 
         async def sync_now(req: dict[str, Any]) -> Any:
             if self.sync is None:
@@ -375,7 +395,8 @@ class Daemon:
             self._tasks.append(asyncio.get_running_loop().create_task(self.reload()))
             return {"reloading": True}  # as on SIGHUP: the log says how it went
 
-        handlers = {"status": status, "wake": wake, "sync_now": sync_now, "reload": reload}
+        handlers = {"status": status, "wake": wake, "sync_now": sync_now, "reload": reload,
+                    "migrate": migrate}
         if os.environ.get("EDGE_AGENT_TEST_HOOKS") == "1":
             handlers["block_loop"] = block_loop
             handlers["gpio_inject"] = gpio_inject
@@ -391,6 +412,12 @@ def run_daemon(config_path: str | None) -> int:
         return ConfigError.exit_code
     t = config.telemetry
     setup_logging(t.log_format, t.log_level, t.levels)
+    return run_engine(config)
+
+
+def run_engine(config: Config) -> int:
+    """Run the daemon on `config` to its end: its exit status, with the README's codes for
+    what stops it at start (75 another holds the data directory or database, 73, 74)."""
     from edge_agent.daemon.lock import AlreadyRunning, DataDirUnusable
     try:
         return asyncio.run(Daemon(config).run())
@@ -402,4 +429,4 @@ def run_daemon(config_path: str | None) -> int:
         return DataDirUnusable.exit_code
     except StoreError as exc:
         log.error("%s", exc)
-        return StoreError.exit_code
+        return exc.exit_code

@@ -110,6 +110,17 @@ class VersionError(WorkflowError):
     """A run cannot be moved to the version asked for; the message says why."""
 
 
+class RunBusy(VersionError):
+    """A step of the run is in flight in the daemon: try again once it waits."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} has a step in flight: move it while it waits (at an "
+                         "approval, or sleeping before a retry), or with the daemon stopped; "
+                         "try again", run_id=None)
+
+
 def _resolve(conn: Connection, workflow: str, wanted: str,
              current: WorkflowConfig | None) -> str:
     known = versions.stored(conn, workflow)

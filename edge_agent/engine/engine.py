@@ -27,7 +27,7 @@ from edge_agent.engine import queries as q
 from edge_agent.engine import transitions, versions
 from edge_agent.engine.bindings import AgentRunner, ToolBinding
 from edge_agent.engine.catalog import Catalog
-from edge_agent.engine.control import emit, pack
+from edge_agent.engine.control import RunBusy, emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
@@ -87,6 +87,7 @@ class Engine:
                                               thread_name_prefix="branch")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._driving: dict[str, Future[Any]] = {}
+        self._held: set[str] = set()  # runs no step may start on (see while_held)
         self._again: set[str] = set()
         self._sleepers: dict[str, asyncio.TimerHandle] = {}
         self._fresh: dict[str, Run] = {}
@@ -169,6 +170,8 @@ class Engine:
         if run_id is None:
             self._loop.create_task(self._wake_changed())
             return
+        if run_id in self._held:
+            return  # woken when it is let go
         sleeper = self._sleepers.pop(run_id, None)
         if sleeper is not None:
             sleeper.cancel()
@@ -182,6 +185,20 @@ class Engine:
         fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._driven, run_id, f))
         ctx = contextvars.copy_context()
         self.sched.submit(lambda: ctx.run(self._drive, run_id, fut))
+
+    async def while_held(self, run_id: str, fn: Tx) -> Any:
+        """Commit `fn` holding the run: refused (RunBusy) while a step of it is in flight
+        (a queued run's first step runs before its start is committed, so only the engine
+        knows), and no step of it starts until `fn` has committed. Call from the loop."""
+        current = self._driving.get(run_id)
+        if current is not None and not current.done():
+            raise RunBusy(run_id)
+        self._held.add(run_id)
+        try:
+            return await self._in_pool(lambda: self.writer.write(fn))
+        finally:
+            self._held.discard(run_id)
+            self.wake(run_id)
 
     def _driven(self, run_id: str, fut: Future[Any]) -> None:
         if self._driving.get(run_id) is fut:

@@ -277,7 +277,7 @@ class NodeRunner:
                                      timeout_s=spec.timeout_s)
             return False
         appr = self.e.read(lambda c: q.get_approval(c, state["approval_id"]))
-        return self.out.do(run, node, transitions.gate_decided(node, appr), state)
+        return self.out.do(run, node, transitions.gate_decided(node, appr, run.context), state)
 
     # parallel ---------------------------------------------------------------------------------
     def _parallel(self, run: Run, wf: WorkflowConfig, node: NodeConfig) -> bool:

@@ -293,15 +293,20 @@ class Decided(NamedTuple):
     mark: tuple[str, str, int, Any] | None = None
 
 
-def gate_decided(node: NodeConfig, appr: Mapping[str, Any] | None) -> Decided:
+def gate_decided(node: NodeConfig, appr: Mapping[str, Any] | None,
+                 context: Mapping[str, Any] | None = None) -> Decided:
     """An approval node's decision: approved goes on (the answer's patch merged into the
-    context), rejected goes to `on_reject` or cancels the run."""
+    context; a declared `patch_keys` key the answer left out, and the context does not hold
+    yet, is null, so an expression after the gate reads null rather than failing the run on
+    an undefined variable), rejected goes to `on_reject` or cancels the run."""
     if appr is None or appr["status"] == "pending":
         return Decided("wait")
     decision = {"decision": appr["status"], "by": appr["decided_by"],
                 "origin": appr["origin"], "note": appr["note"]}
     if appr["status"] == "approved":
-        patch = appr["patch"] if isinstance(appr["patch"], dict) else None
+        given = appr["patch"] if isinstance(appr["patch"], dict) else {}
+        keys = node.approval.patch_keys if node.approval is not None else ()
+        patch = {**{k: None for k in keys if k not in (context or {})}, **given} or None
         return Decided("advance", output=decision, next_node=node.next, patch=patch,
                        started_at=appr["created_at"])
     if node.on_reject:

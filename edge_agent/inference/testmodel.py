@@ -8,14 +8,22 @@ what can come out. Written with the `gguf` package, no download.
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+class MissingExtra(ImportError):
+    """A command needs a package of an extra that is not installed."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        super().__init__(f"{what} needs the {package} package: install edge-agent[{extra}]")
+
 
 # SentencePiece token types
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
@@ -40,7 +48,11 @@ def vocabulary() -> tuple[list[bytes], list[float], list[int]]:
 
 def make_test_model(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_ff: int = 128, n_ctx: int = 4096, seed: int = 0) -> Path:
-    import gguf
+    try:  # the `llm` extra's gguf, which brings numpy; not core dependencies
+        import gguf
+        import numpy as np
+    except ImportError as exc:
+        raise MissingExtra("make-test-model", "gguf", "llm") from exc
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +60,7 @@ def make_test_model(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_h
     n_vocab = len(tokens)
     rng = np.random.default_rng(seed)
 
-    def w(*shape: int) -> np.ndarray:
+    def w(*shape: int) -> Any:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
     writer = gguf.GGUFWriter(str(out), "llama")

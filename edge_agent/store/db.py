@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_agent.errors import SchemaTooNew, StoreError, StoreFull
-from edge_agent.store.files import SERVICE_GROUP, create_db_file
+from edge_agent.store.files import SERVICE_GROUP, check_data_dir, check_db_files, create_db_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,10 +53,14 @@ class Store:
             migrations = MIGRATIONS
         self.schema_version = max((v for v, _ in migrations), default=0)
         if readonly:
+            check_data_dir(Path(self.path).parent, writing=False)
+            check_db_files(Path(self.path))
             self._check_version(self.conn)
         else:
             try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+                check_data_dir(Path(self.path).parent, writing=True)
+                check_db_files(Path(self.path))
                 create_db_file(Path(self.path), service_group)
             except OSError as exc:
                 raise StoreError(f"{self.path}: cannot create the database: "

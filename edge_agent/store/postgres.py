@@ -23,7 +23,7 @@ from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
 from edge_agent.store.merge import Prepared
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
-from sync.dbapi import Connection, redact
+from sync.dbapi import Connection, redact, scrub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,14 +131,16 @@ class PgStore:
         self._conns: list[PgConnection] = []
         self._lock = threading.Lock()
         self.schema_version = max((v for v, _ in migrations), default=0)
-        if readonly:
-            self.read(self._check_version)
+        self._migrations = migrations
+        self._fresh = False
+        if readonly:  # a database nothing has migrated yet reads as an empty one
+            self._fresh = self.read(self._check_version) == 0
         else:
             self._migrate(migrations)
 
     def translate(self, exc: Exception) -> StoreError:
         """psycopg's error as ours, naming the database (its password redacted)."""
-        return StoreError(f"{self.path}: {str(exc).strip() or type(exc).__name__}")
+        return StoreError(f"{self.path}: {scrub(str(exc).strip(), self.url) or type(exc).__name__}")
 
     # connections -----------------------------------------------------------------------------
     def _open(self) -> PgConnection:
@@ -146,7 +148,8 @@ class PgStore:
         try:
             raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.path}: cannot connect: {str(exc).strip()}") from exc
+            raise StoreError(f"{self.path}: cannot connect: {scrub(str(exc).strip(), self.url)}"
+                             ) from None
         conn = PgConnection(raw)
         with self._lock:
             self._conns.append(conn)
@@ -236,9 +239,28 @@ class PgStore:
     def read(self, fn: Callable[[Connection], T]) -> T:
         import psycopg
         try:
+            if self._fresh:
+                return self._read_fresh(fn)
             return fn(self.conn)
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
+
+    def _read_fresh(self, fn: Callable[[Connection], T]) -> T:
+        """Read a database nothing has migrated yet (the engine never ran on it) as the
+        empty one it is: the tables are made inside a transaction that is rolled back, so a
+        read-only command writes nothing, and once someone migrated it reads it plainly."""
+        conn = self.conn
+        if self._check_version(conn) > 0:
+            self._fresh = False
+            return fn(conn)
+        conn.execute("BEGIN")
+        try:
+            for _, statements in sorted(self._migrations, key=lambda m: m[0]):
+                for sql in statements:
+                    conn.execute(sql)
+            return fn(conn)
+        finally:
+            conn.execute("ROLLBACK")
 
     # migrations ------------------------------------------------------------------------------
     def _check_version(self, conn: Connection) -> int:

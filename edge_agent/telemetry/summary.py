@@ -157,7 +157,11 @@ def parse_duration(text: str) -> float:
     text = text.strip().lower()
     scale = units.get(text[-1:])
     number = text[:-1] if scale else text
-    value = float(number) * (scale or 1)
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a positive duration like 15m, 1h or 7d (got {text!r})")
+        raise ValueError("must be a positive duration: a number of seconds, or a number with "
+                         f"s, m, h, d or w, like 90s, 15m, 1h, 7d or 2w (got {text!r})")
     return value

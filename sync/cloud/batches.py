@@ -42,15 +42,16 @@ def store_batch(store: Any, c: Any, batch: Batch, now: float, *,
     received = int(x(c, "INSERT INTO streams (device, epoch, stream) VALUES (?, ?, ?) ON"
                         " CONFLICT (device, epoch, stream) DO UPDATE SET received_seq ="
                         " streams.received_seq RETURNING received_seq", key).fetchone()[0])
-    records, stubs, bad = list(batch.records), 0, ""
+    records, bad = list(batch.records), ""
     if batch.chunk is not None:
-        records, stubs, bad = _chunk(store, c, batch, received)
+        records, bad = _chunk(store, c, batch, received)
     else:
         for i, r in enumerate(records):
             if len(r.payload) > store.max_record_bytes:
                 records[i] = stub_of(r)
-                stubs += 1
     conflicts, new = _insert(store, c, batch, records, now) if records else (0, set())
+    # every stub newly stored counts once, the cloud's own and the device's alike
+    stubs = sum(1 for r in records if r.kind == STUB_KIND and r.seq in new)
     floor = batch.floor if batch.version >= 2 else 0  # protocol 1's `after` is not trusted
     wm = _walk(store, c, key, received, floor, {r.seq for r in records})
     if wm != received or conflicts or stubs:
@@ -61,18 +62,18 @@ def store_batch(store: Any, c: Any, batch: Batch, now: float, *,
     return Stored(wm, conflicts, stubs, bad, tuple(r for r in records if r.seq in new))
 
 
-def _chunk(store: Any, c: Any, batch: Batch, received: int) -> tuple[list[WireRecord], int, str]:
+def _chunk(store: Any, c: Any, batch: Batch, received: int) -> tuple[list[WireRecord], str]:
     """Keep one piece; when the record is complete (or too large to keep), the record."""
     x, ch, r = store._exec, batch.chunk, batch.records[0]
     assert ch is not None
     key = (batch.device, batch.epoch, batch.stream, r.seq)
     if r.seq <= received:
-        return [], 0, ""  # the record is stored already
+        return [], ""  # the record is stored already
     if ch.size > store.max_record_bytes:
         x(c, "DELETE FROM chunks WHERE device = ? AND epoch = ? AND stream = ? AND seq = ?",
           key)
         return [WireRecord(r.seq, STUB_KIND, stub(r.kind, ch.size, ch.sha256),
-                           r.created_at)], 1, ""
+                           r.created_at)], ""
     x(c, "INSERT INTO chunks (device, epoch, stream, seq, idx, count, size, sha256, kind,"
          " created_at, piece) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device,"
          " epoch, stream, seq, idx) DO UPDATE SET count = excluded.count, size ="
@@ -83,13 +84,13 @@ def _chunk(store: Any, c: Any, batch: Batch, received: int) -> tuple[list[WireRe
                 " AND seq = ? AND count = ? AND size = ? AND sha256 = ? ORDER BY idx",
              (*key, ch.count, ch.size, ch.sha256)).fetchall()
     if len(rows) < ch.count:
-        return [], 0, ""
+        return [], ""
     x(c, "DELETE FROM chunks WHERE device = ? AND epoch = ? AND stream = ? AND seq = ?", key)
     try:
         data = assemble(ch, [bytes(p) for _, p in rows])
     except EnvelopeError as exc:
-        return [], 0, str(exc)  # pieces dropped: the device resends the record's chunks
-    return [WireRecord(r.seq, r.kind, data, r.created_at)], 0, ""
+        return [], str(exc)  # pieces dropped: the device resends the record's chunks
+    return [WireRecord(r.seq, r.kind, data, r.created_at)], ""
 
 
 def _insert(store: Any, c: Any, batch: Batch, records: list[WireRecord],

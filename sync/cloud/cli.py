@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sync.cloud.arguments import ArgumentProblem, check_arguments
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.store import CloudStoreError, SqlCloudStore
 from sync.cloud.wiring import store_of, worker
@@ -88,7 +89,7 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
     for d in out["devices"]:
         streams = ", ".join(f"{s} {v['received_seq']}" for s, v in d["streams"].items())
         print(f"{d['device_id']:20} {'online' if d['online'] else 'offline':8} "
-              f"last seen {d['last_seen']}  epoch {d['epoch'] or '(protocol 1)'}  {streams}")
+              f"last seen {d['last_seen']}  {_epoch(d)}  {streams}")
         for r in d["resets"]:
             if r["upgrade"]:
                 print(f"{'':20} upgraded to protocol 2 at {r['at']}, epoch {r['to']}")
@@ -102,6 +103,12 @@ def cmd_status(cfg: CloudConfig, args: argparse.Namespace) -> int:
             print(f"{name}: {w['in_flight']} in flight, {w['busy']} answered busy"
                   f" ({w['workers']} worker(s))")
     return 0
+
+
+def _epoch(d: dict[str, Any]) -> str:
+    if d["epoch"] is None:
+        return f"no epoch yet (nothing stored; {d['quarantined']} quarantined)"
+    return f"epoch {d['epoch'] or '(protocol 1)'}"
 
 
 def cmd_send(cfg: CloudConfig, args: argparse.Namespace) -> int:
@@ -305,10 +312,14 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 
 def cmd_install_service(args: argparse.Namespace) -> int:
     from sync.cloud.install import install_service, uninstall_service
-    if args.command == "uninstall-service":
-        done = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
-    else:
-        done = install_service(root=args.root, reload=not args.no_reload, man_page=manual())
+    from sync.install_root import InstallRootError
+    try:
+        if args.command == "uninstall-service":
+            done = uninstall_service(root=args.root, reload=not args.no_reload, purge=args.purge)
+        else:
+            done = install_service(root=args.root, reload=not args.no_reload, man_page=manual())
+    except InstallRootError as exc:
+        return _fail(args, f"edge-agent-cloud: {exc}", exc.exit_code)
     print(json.dumps({"done": done}) if args.json else "\n".join(done))
     return 0
 
@@ -323,10 +334,12 @@ def _version() -> str:
 
 def manual() -> str:
     """edge-agent-cloud(1), written from the parser."""
+    from sync.cloud.exit_codes import EXIT_CODES
     from sync.manpage import render
     return render(
         build_parser(), version=_version(),
         summary="fleet ingest: devices' MQTT streams into a database, commands back",
+        exit_status=EXIT_CODES,
         files=[("/etc/edge-agent-cloud/cloud.toml",
                 "the config (root:edge-agent-cloud 0640)"),
                ("/var/lib/edge-agent-cloud/", "the ingest's state (SQLite store)")],
@@ -419,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
+    try:
+        check_arguments(args)
+    except ArgumentProblem as exc:
+        return _fail(args, f"edge-agent-cloud: {exc}", exc.exit_code)
     if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from sync.cloud.console.settings import ConsoleSettings, read_console
 from sync.cloud.work import Limits
 from sync.config_reader import ConfigIssue, Table
+from sync.dbapi import redact
 from sync.documents import CollectionRules, DocumentError
 
 
@@ -94,7 +95,8 @@ def load_cloud_config(path: str | os.PathLike[str], *, need_key: bool = True) ->
     url = store.raw("url")
     if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://",
                                                        "postgres://")):
-        store.error("url", "must be sqlite:///PATH or postgresql://...", url)
+        store.error("url", "must be sqlite:///PATH or postgresql://...",
+                    redact(url) if isinstance(url, str) else url)
     elif url.startswith("sqlite:///"):
         given = url
         path = Path(url[len("sqlite:///"):])

@@ -22,6 +22,7 @@ from sync.chunks import DEFAULT_MAX_RECORD_BYTES
 from sync.cloud import schema
 from sync.cloud.batches import Stored, store_batch
 from sync.cloud.projection import project
+from sync.dbapi import redact, scrub
 from sync.envelope import Batch
 
 TOUCH_EVERY_S = 1.0  # a device's last_seen is written at most this often per store
@@ -92,16 +93,21 @@ class SqlCloudStore:
                 raise CloudStoreError(f"store.url: cannot open {path!r}: {exc}") from exc
             blob, serial = "BLOB", "INTEGER PRIMARY KEY"
         elif url.startswith(("postgresql://", "postgres://")):
-            import psycopg
+            try:
+                import psycopg
+            except ImportError:  # the `cloud` extra; a config the service cannot serve: 78
+                raise CloudStoreError("store.url: a postgresql:// store needs psycopg: "
+                                      "install edge-agent[cloud]") from None
             self.dialect = "postgresql"
             try:
                 self.conn = psycopg.connect(url, autocommit=True)
             except psycopg.Error as exc:
-                raise CloudStoreError(f"store.url: cannot connect: {exc}") from exc
+                raise CloudStoreError(f"store.url: cannot connect: {scrub(str(exc), url)}"
+                                      ) from None
             blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
         else:
             raise CloudStoreError(f"store url must be sqlite:///PATH or postgresql://..."
-                                  f" (got {url!r})")
+                                  f" (got {redact(url)!r})")
         self._migrate(blob, serial)
 
     def _migrate(self, blob: str, serial: str) -> None:
@@ -226,11 +232,14 @@ class SqlCloudStore:
                                     ).fetchall()
             epochs = self._exec(c, "SELECT device, epoch, first_seen, protocol FROM epochs"
                                    " ORDER BY first_seen, epoch").fetchall()
+            held = dict(self._exec(c, "SELECT device, count(*) FROM quarantine WHERE device"
+                                      " IS NOT NULL GROUP BY device").fetchall())
         out = []
         for device, online, first, last in devs:
             mine = [{"epoch": e, "first_seen": f, "protocol": int(p)}
                     for d, e, f, p in epochs if d == device]
-            current = mine[-1]["epoch"] if mine else ""
+            # None: nothing of the device stored yet (not protocol 1's epoch "")
+            current = mine[-1]["epoch"] if mine else None
             streams_now = {s: {"received_seq": int(r), "acked_seq": int(a),
                                "lag_s": None if lc is None else max(0.0, time.time() - lc),
                                "conflicts": int(cf), "stubs": int(st)}
@@ -240,7 +249,8 @@ class SqlCloudStore:
                        "upgrade": a["epoch"] == ""} for a, b in itertools.pairwise(mine)]
             out.append({"device_id": device, "online": bool(online), "first_seen": first,
                         "last_seen": last, "epoch": current, "streams": streams_now,
-                        "epochs": mine, "resets": resets})
+                        "epochs": mine, "resets": resets,
+                        "quarantined": int(held.get(device, 0))})
         return out
 
     def records(self, device: str, stream: str,

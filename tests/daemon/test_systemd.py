@@ -147,6 +147,7 @@ def test_config_is_given_to_the_service_group(tmp_path: Path) -> None:
     import grp
     import os
 
+    from sync.install_root import InstallRoot
     from sync.service_files import _give_to_group
     if os.geteuid() != 0:
         pytest.skip("chown to another group needs root")
@@ -154,7 +155,7 @@ def test_config_is_given_to_the_service_group(tmp_path: Path) -> None:
     f.write_text("")
     f.chmod(0o600)
     group = grp.getgrgid(os.getgid()).gr_name
-    _give_to_group(f, group)
+    _give_to_group(InstallRoot("/", create=False), str(f), group)
     st = f.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, os.getgid(), 0o640)
 

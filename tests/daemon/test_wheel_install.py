@@ -230,3 +230,78 @@ def test_core_install_runs_a_workflow_with_sync(venv: Path, tmp_path: Path) -> N
         broker.kill()
     assert "Traceback" not in daemon.log.read_text(), daemon.output()
     assert "Traceback" not in ingest_log.read_text(), ingest_log.read_text()
+
+
+MODEL_CONFIG = """
+[device]
+id = "core-2"
+data_dir = "data"
+runtime_dir = "run"
+[model.small]
+path = "small.gguf"
+[agents.helper]
+model = "small"
+[workflows.w]
+start = "ask"
+[workflows.w.nodes.ask]
+agent = "helper"
+next = "done"
+[workflows.w.nodes.done]
+end = true
+"""
+WARNING = ("model.small: local model 'small' is unavailable, llama-cpp-python is not "
+           "installed: install edge-agent[llm]")
+
+
+def test_core_install_names_the_extra_a_command_needs(venv: Path, tmp_path: Path) -> None:
+    """Core only: make-test-model says to install edge-agent[llm] (numpy and gguf come
+    with it), the cloud's status on PostgreSQL says edge-agent[cloud], the demo module
+    imports without the dev extra's trustme; never a traceback."""
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=CLEAN,
+                              cwd=tmp_path, check=False)
+    r = run(str(venv / "bin/edge-agent"), "model", "make-test-model", "m.gguf")
+    assert r.returncode == 69 and "install edge-agent[llm]" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "m.gguf").exists()
+    (tmp_path / "cloud.toml").write_text('[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n'
+                                         '[store]\nurl = "postgresql://fleet@127.0.0.1:1/f"\n')
+    for extra in ([], ["--json"]):
+        r = run(str(venv / "bin/edge-agent-cloud"), "status", "--config", "cloud.toml", *extra)
+        assert r.returncode == 78 and "install edge-agent[cloud]" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = run(str(venv / "bin/python"), "-c", "import edge_agent.demo")
+    assert r.returncode == 0, r.stderr
+
+
+def test_core_install_warns_of_a_local_model_it_cannot_run(venv: Path, tmp_path: Path) -> None:
+    """A configured local model without llama-cpp-python: `config check` and the daemon's
+    start warn, naming the model and the extra; status shows the model unavailable."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(MODEL_CONFIG)
+    (tmp_path / "small.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
+    exe = str(venv / "bin/edge-agent")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args, "--config", str(cfg)], capture_output=True,
+                              text=True, timeout=60, env=CLEAN, cwd=tmp_path, check=False)
+    r = cli("config", "check")
+    assert r.returncode == 0 and f"warning: {WARNING}" in r.stdout, r.stdout + r.stderr
+    assert json.loads(cli("config", "check", "--json").stdout)["warnings"] == [WARNING]
+    def shows_unavailable() -> None:
+        status = json.loads(cli("status", "--json").stdout)
+        assert status["models"] == ["small"]
+        assert "install edge-agent[llm]" in status["models_unavailable"]["small"], status
+        assert "small (UNAVAILABLE: llama-cpp-python" in cli("status").stdout
+    shows_unavailable()  # read from the database, the daemon down
+    daemon = DaemonProcess(cfg, tmp_path, argv=[exe, "run", "--config", str(cfg)],
+                           cwd=tmp_path)
+    daemon.env = {k: v for k, v in daemon.env.items() if k != "PYTHONPATH"}
+    try:
+        daemon.start()
+        daemon.wait_for("READY=1")
+        assert WARNING in daemon.output()
+        shows_unavailable()  # the daemon's word
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc is not None and daemon.proc.wait(30) == 0, daemon.output()
+    finally:
+        daemon.close()

@@ -152,7 +152,8 @@ def test_command_timeout_after_start_is_unknown_and_parallel_branches_too(
     node and in a parallel branch alike; a program that cannot start is a plain failure."""
     stamp = tmp_path / "stamp.py"
     stamp.write_text("import sys, time\nopen(sys.argv[1], 'a').write('x')\ntime.sleep(30)\n")
-    params = {"type": "object", "properties": {"mark": {"type": "string"}}}
+    # an absolute path as a value: the schema's pattern is the operator's explicit consent
+    params = {"type": "object", "properties": {"mark": {"type": "string", "pattern": "^/"}}}
     slow = build_tool("slow", "command", description="", params=params, result_schema=None,
                       idempotent=False, timeout_s=0.5, base_dir=tmp_path,
                       options={"argv": [sys.executable, str(stamp), "{mark}"]})
@@ -166,7 +167,7 @@ def test_command_timeout_after_start_is_unknown_and_parallel_branches_too(
     par = (Workflow("par").parallel("p", ["b1"], next="done")
            .tool("b1", "slow", args={"mark": str(tmp_path / "m2")})
            .end("done").build(tools=tools))
-    gone = (Workflow("gone").tool("a", "missing", args={"mark": "x"}, next="done")
+    gone = (Workflow("gone").tool("a", "missing", args={"mark": "/x"}, next="done")
             .end("done").build(tools=tools))
     no_retry = RetryPolicy(max_attempts=1)
     h = Harness(db_path, {"one": one, "par": par, "gone": gone},

@@ -96,6 +96,14 @@ BAD = [
     ("tool unknown kind", MINIMAL + '[tools.t]\nkind = "laser"\n', ["tools.t.kind", "'laser'"]),
     ("tool timeout zero", MINIMAL + '[tools.t]\nkind = "command"\nargv = ["true"]\n'
      'timeout_s = 0\n', ["tools.t.timeout_s: must be > 0 (got 0)"]),
+    ("tool timeout beyond any use", MINIMAL + '[tools.t]\nkind = "command"\nargv = ["true"]\n'
+     'timeout_s = 1e308\n', ["tools.t.timeout_s: must be <= 31622400"]),
+    ("approval timeout beyond any use", MINIMAL + '[workflows.w]\nstart = "g"\n'
+     '[workflows.w.nodes.g]\napproval = { prompt = "ok?", timeout_s = 1e308 }\nnext = "e"\n'
+     '[workflows.w.nodes.e]\nend = true\n',
+     ["workflows.w.nodes.g.approval.timeout_s: must be <= 31622400"]),
+    ("drain timeout beyond any use", MINIMAL.replace('[device]', '[device]\ndrain_timeout_s = 1e300'),
+     ["device.drain_timeout_s: must be <= 31622400"]),
     ("tool bad params schema", MINIMAL + '[tools.t]\nkind = "command"\nargv = ["true"]\n'
      'params = { type = "objekt" }\n', ["tools.t.params: is not a valid JSON Schema"]),
     ("tool params no grammar can honour", MINIMAL + '[tools.t]\nkind = "command"\n'

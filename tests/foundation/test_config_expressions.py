@@ -129,6 +129,34 @@ def test_a_huge_flat_expression_is_exit_78_naming_the_key(tmp_path: Path) -> Non
     assert "longer than 4096 characters" in r.stdout
 
 
+@pytest.mark.parametrize("kw, key, reason", [
+    ({"when": "1 / 0 > 0"}, "check.branch[0].when", "division by zero"),
+    ({"when": "1 % 0 == 0"}, "check.branch[0].when", "modulo by zero"),
+    ({"when": "9223372036854775807 + 1 > 0"}, "check.branch[0].when", "overflow"),
+    ({"arg": "string(1 / 0)"}, "last.args_from.part", "division by zero"),
+    ({"arg": "string(-9223372036854775807 - 2)"}, "last.args_from.part", "overflow"),
+])
+@pytest.mark.parametrize("command", [["config", "check"], ["run"]])
+def test_constant_arithmetic_errors_are_exit_78_naming_the_key(
+        tmp_path: Path, kw: dict[str, str], key: str, reason: str, command: list[str]) -> None:
+    """They were a traceback and exit 1 at `config check` and at start (systemd restarted
+    the daemon forever)."""
+    path = config(tmp_path, **kw)
+    r = subprocess.run([sys.executable, "-m", "edge_agent", *command, "--config", str(path)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 78, out[-2000:]
+    assert f"workflows.w.nodes.{key}: fails whatever the run holds" in out and reason in out, out
+    assert "Traceback" not in out
+
+
+def test_arithmetic_errors_at_run_time_are_expression_errors() -> None:
+    from edge_agent.config.expressions import evaluate
+    for source in ("input.x / 0", "input.x % 0", "input.x + 9223372036854775807"):
+        with pytest.raises(ExpressionError):
+            evaluate(source, {"input": {"x": 1}})
+
+
 @pytest.mark.parametrize("what", ["missing", "not gguf", "directory"])
 def test_a_model_file_that_cannot_load_fails_config_check(tmp_path: Path, what: str) -> None:
     path = config(tmp_path)

@@ -3,6 +3,7 @@ And arguments that stay data. Real pty device, real processes, a real TCP peer."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -187,6 +188,43 @@ def test_a_path_that_climbs_out_is_refused(tmp_path: Path, value: str) -> None:
     assert info.value.kind == "invalid_args" and ".." in str(info.value)
     (tmp_path / "parts" / "a..b").write_text("ok")
     assert tool.call({"part": "a..b"}, idempotency_key="k")["stdout"] == "ok"
+
+
+@pytest.mark.parametrize("argv, values, says", [
+    (["touch", "{a}{b}"], {"a": "", "b": "--version"}, "option"),  # the argument, not each value
+    (["touch", "{a}{b}"], {"a": "-", "b": "-help"}, "option"),
+    (["touch", "{part}"], {"part": "/etc/cron.d/x"}, "absolute path"),
+    (["touch", "--", "{part}"], {"part": "/etc/cron.d/x"}, "absolute path"),
+    (["touch", "{a}{b}"], {"a": "", "b": "/tmp/x"}, "absolute path"),
+    (["touch", "parts/{a}{b}"], {"a": ".", "b": "."}, "climbs"),
+    (["touch", "parts/{a}/{b}"], {"a": "..", "b": "x"}, "climbs"),
+    (["touch", "{part}"], {"part": ["--version"]}, "cannot stand in an argument"),
+    (["touch", "{part}"], {"part": {"a": "--help"}}, "cannot stand in an argument"),
+])
+def test_the_resulting_argument_is_checked_and_values_are_scalars(
+        tmp_path: Path, argv: list[str], values: dict[str, Any], says: str) -> None:
+    params = {"type": "object"}
+    tool = command(tmp_path, argv, params)
+    with pytest.raises(ToolError) as info:
+        tool.call(values, idempotency_key="k")
+    assert info.value.kind == "invalid_args" and says in str(info.value), str(info.value)
+    assert os.listdir(tmp_path) == []  # touch never ran
+
+
+def test_literal_text_in_argv_is_the_operators_choice(tmp_path: Path) -> None:
+    tool = command(tmp_path, [echo(tmp_path), "/dev/{port}", "../logs/{part}", "-n{part}"],
+                   {"type": "object"})
+    out = tool.call({"port": "ttyUSB0", "part": "A7"}, idempotency_key="k")
+    assert out["stdout"].strip() == '["/dev/ttyUSB0", "../logs/A7", "-nA7"]'
+
+
+def test_a_literal_brace_and_a_json_string_in_argv(tmp_path: Path) -> None:
+    """As the README writes it: a brace in argv is doubled."""
+    tool = command(tmp_path, [echo(tmp_path), '{{"by": 1}}', "{{{part}}}", "a}}b{{"],
+                   {"type": "object"})
+    out = tool.call({"part": "x"}, idempotency_key="k")
+    assert json.loads(out["stdout"]) == ['{"by": 1}', "{x}", "a}b{"]
+    assert check_tool_options("command", {"argv": ["echo", '{"by": 1}']}, tmp_path) != []
 
 
 def test_max_output_bytes_has_a_ceiling(tmp_path: Path) -> None:

@@ -128,3 +128,17 @@ def test_unreadable_documents_are_counted_and_the_batch_still_lands(
     assert worker.rejected["bad_document"] == 3
     assert [s for s, _, _ in store.records("dev-a", "control")] == [1, 2, 3, 4]
     assert worker.docs.read("dev-a", "kv", "k").value == {"value": 1}
+
+
+def test_a_device_with_only_quarantined_batches_has_no_epoch_yet(store: SqlCloudStore) -> None:
+    """It was shown as "epoch (protocol 1)": the empty epoch protocol 1 devices have."""
+    store.seen("d3", True, {"state": "online"})
+    for _ in range(2):
+        store.quarantine(device="d3", topic="edge/d3/up", reason="bad_signature", detail="x",
+                         payload=b"\x00")
+    dev = store.devices()[0]
+    assert dev["epoch"] is None and dev["quarantined"] == 2 and dev["streams"] == {}
+    from sync.cloud.cli import _epoch
+    assert _epoch(dev) == "no epoch yet (nothing stored; 2 quarantined)"
+    store.store_batch(batch(0, range(1, 3), device="d3"))  # protocol 1: epoch ""
+    assert _epoch(store.devices()[0]) == "epoch (protocol 1)"

@@ -58,6 +58,8 @@ def test_large_records_travel_in_chunks_and_the_largest_as_stubs(tmp_path: Path,
             "kind": "step.finished", "size": 5_000_000,
             "sha256": hashlib.sha256(too_big).hexdigest()}
         assert e.stats.chunks >= 20 and e.stats.stubbed == 1 and e.healthy
+        # both sides count the stub the device made (the cloud counted only its own)
+        assert store.devices()[0]["streams"]["checkpoints"]["stubs"] == 1
         # the control stream is alive: a command is applied and its result confirmed
         deadline = time.monotonic() + 10
         while not worker.connected.is_set():
@@ -181,4 +183,41 @@ def test_chunks_of_a_new_layout_replace_the_old(cloud_url: str) -> None:
         assert send(4000) == 1  # a late resend changes nothing
         assert store.quarantined() == []
     finally:
+        store.close()
+
+
+def test_a_chunked_record_that_fails_its_digest_is_sent_again(
+        tmp_path: Path, broker: Broker, monkeypatch: Any) -> None:
+    """PROTOCOL.md 4 and 7: pieces that do not make the record are quarantined `bad_chunk`
+    and dropped, the chunk message is acked with the watermark unchanged, and the device,
+    every batch answered but its pointer still, sends the record's chunks again; the
+    record is then stored whole and the stream goes on."""
+    import sync.cloud.batches as batches
+    from sync.envelope import EnvelopeError
+    real, failed = batches.assemble, []
+
+    def corrupt_once(chunk: Any, pieces: list[bytes]) -> bytes:
+        if not failed:  # a piece damaged on the way, once
+            failed.append(chunk)
+            raise EnvelopeError("bad_chunk", "pieces do not match the record's digest")
+        return real(chunk, pieces)
+    monkeypatch.setattr(batches, "assemble", corrupt_once)
+    db = tmp_path / "device.db"
+    device_db(db)
+    big = os.urandom(700_000)
+    put(db, "checkpoints", "run.finished", big)
+    put(db, "checkpoints", "step.finished", b"after")
+    worker, store = ingest(f"sqlite:///{tmp_path / 'cloud.db'}", broker.port)
+    e = edge(db, broker.port, batch_max_bytes=200_000, ack_timeout_s=1.0)
+    worker.start()
+    e.start()
+    try:
+        wait_synced(db, 60)
+        assert failed, "the damaged record never reached the cloud"
+        held = {s: (k, p) for s, k, p in store.records("dev-a", "checkpoints")}
+        assert held == {1: ("run.finished", big), 2: ("step.finished", b"after")}
+        assert [q["reason"] for q in store.quarantined()] == ["bad_chunk"]
+    finally:
+        e.shutdown()
+        worker.shutdown()
         store.close()
