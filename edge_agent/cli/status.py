@@ -16,7 +16,7 @@ from edge_agent.config.model_files import check_model_files
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.store.opening import open_database
 from edge_agent.telemetry.summary import collect, one_line
 
@@ -39,20 +39,26 @@ def collect_status(ctx: Context) -> dict[str, Any]:
                 "broker": (f"{ctx.config.sync.host}:{ctx.config.sync.port}"
                            if ctx.config.sync else None),
                 "last_sync": None, "healthy": None, "last_error": None, "streams": {}}
+    data["store"] = (live or {}).get("store") or {"state": "ok", "last_error": None}
+    counts, pending, conflicts, summary = {}, 0, 0, None
     if ctx.config.device.database or ctx.config.db_path.exists():
-        store = ctx.store()
         try:
-            counts = store.read(q.count_by_status)
-            pending = len(store.read(lambda c: q.list_approvals(c, pending_only=True)))
-            if not sync["streams"]:
-                sync["streams"] = outbox_streams(store)
-            conflicts = _conflicts(store)
-            summary = store.read(lambda c: collect(c, since=time.time() - 3600,
-                                                   kinds=kinds(ctx)))
-        finally:
-            store.close()
-    else:
-        counts, pending, conflicts, summary = {}, 0, 0, None
+            store = ctx.store()
+        except StoreError as exc:  # the database does not answer: said, not a traceback
+            data["store"] = {**data["store"], "reachable": False, "error": str(exc)}
+        else:
+            try:
+                counts = store.read(q.count_by_status)
+                pending = len(store.read(lambda c: q.list_approvals(c, pending_only=True)))
+                if not sync["streams"]:
+                    sync["streams"] = outbox_streams(store)
+                conflicts = _conflicts(store)
+                summary = store.read(lambda c: collect(c, since=time.time() - 3600,
+                                                       kinds=kinds(ctx)))
+            except StoreError as exc:
+                data["store"] = {**data["store"], "reachable": False, "error": str(exc)}
+            finally:
+                store.close()
     data["sync"] = sync
     data["runs"] = counts
     data["approvals_pending"] = pending
@@ -101,12 +107,18 @@ def render_status(data: dict[str, Any]) -> str:
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",
          v["acked_seq"], v["dropped"]] for n, v in s["streams"].items()])
     runs = ", ".join(f"{k} {v}" for k, v in sorted(data["runs"].items())) or "none"
+    st = data.get("store") or {}
+    store = "ok" if st.get("state", "ok") == "ok" else f"retrying ({st.get('last_error')})"
+    if st.get("reachable") is False:
+        store += f"; not reachable from here: {st.get('error')}"
+    store = paint(store, store == "ok")
     in_sync = s["configured"] and all(v["pending"] == 0 for v in s["streams"].values())
     return "\n".join([
         f"device    {data['device_id']}   config {d['config']}",
         f"daemon    {daemon}",
         f"sync      {sync}" + (paint("  [in sync]", True) if in_sync else ""),
         streams,
+        f"store     {store}",
         f"runs      {runs}",
         (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
          f"models {', '.join(data['models']) or 'none'}"),

@@ -36,6 +36,7 @@ from edge_agent.telemetry.logs import bind
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
 SPAN_INTERVAL_S = 0.5
+STATUS_WAIT_S = 2.0  # how long `status` waits for the store's figures
 
 
 class Daemon:
@@ -73,7 +74,8 @@ class Daemon:
 
     async def _run(self) -> int:
         cfg = self.config
-        self.store = open_database(cfg.database, synchronous=cfg.device.synchronous)
+        self.store = open_database(cfg.database, synchronous=cfg.device.synchronous,
+                                   retry=True)
         if isinstance(self.store, PgStore):  # the data-dir lock guards a SQLite file only
             self.store.hold_engine_lock()
         self.writer = writer_for(self.store)
@@ -217,7 +219,7 @@ class Daemon:
         self._start_edge_triggers(loop)
         log.info("reloaded %d tools, %d agents, %d workflows", len(tools), len(new.agents),
                  len(new.workflows))
-        self.notifier.status(self.status_line())
+        self.notifier.status(await asyncio.to_thread(self.status_line))
 
     # background loops -------------------------------------------------------------------------
     async def _watch_external(self) -> None:
@@ -263,7 +265,12 @@ class Daemon:
         last = time.monotonic()
         while True:
             await asyncio.sleep(min(5.0, interval))
-            self.notifier.status(self.status_line())
+            try:
+                line = await asyncio.wait_for(asyncio.to_thread(self.status_line),
+                                              STATUS_WAIT_S)
+            except Exception:  # noqa: BLE001 - said below; the loop goes on
+                line = f"store {self.writer.health.line() if self.writer else 'closed'}"
+            self.notifier.status(line)
             if time.monotonic() - last >= interval:
                 last = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(
@@ -298,8 +305,11 @@ class Daemon:
                 await asyncio.wait_for(asyncio.wrap_future(
                     self.writer.submit(lambda c: c.execute("SELECT 1"))), interval)
             except Exception as exc:  # noqa: BLE001 - no ping is the signal
-                log.error("watchdog: store cannot commit: %s", exc)
-                continue
+                if self.writer.health.state != "retrying":
+                    log.error("watchdog: store cannot commit: %s", exc)
+                    continue
+                # the store is waiting out a transient error (`status` says which): a
+                # restart would not bring the database back sooner, so the pings go on
             self.notifier.watchdog()
 
     def _start_edge_triggers(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -338,16 +348,25 @@ class Daemon:
         cloud = ("cloud not configured" if self.sync is None else
                  "cloud connected" if self.sync.connected else "cloud offline")
         waiting = counts.get("waiting_approval", 0)
+        store = "" if self.writer is None or self.writer.health.state == "ok" else \
+            f", store {self.writer.health.line()}"
         return (f"{self.engine.active} runs active, {waiting} waiting approval, "
-                f"outbox {pending} pending, {cloud}")
+                f"outbox {pending} pending, {cloud}{store}")
 
     def _handlers(self) -> dict[str, Any]:
         async def status(req: dict[str, Any]) -> Any:
-            return {"pid": os.getpid(), "uptime_s": time.time() - self.started_at,
-                    "version": __version__, "config": str(self.config.path),
-                    "active": self.engine.active if self.engine else 0,
-                    "sync": sync_status(self.store, self.sync) if self.store else None,
-                    "models": sorted(self.config.models), "status_line": self.status_line()}
+            out = {"pid": os.getpid(), "uptime_s": time.time() - self.started_at,
+                   "version": __version__, "config": str(self.config.path),
+                   "active": self.engine.active if self.engine else 0,
+                   "store": self.writer.health.as_dict() if self.writer else None,
+                   "models": sorted(self.config.models)}
+            try:  # off the loop, and not waited for while the store is retrying
+                sync, line = await asyncio.wait_for(asyncio.to_thread(
+                    lambda: (sync_status(self.store, self.sync) if self.store else None,
+                             self.status_line())), STATUS_WAIT_S)
+            except Exception as exc:  # noqa: BLE001 - a status answers whatever happens
+                sync, line = None, f"store unavailable: {exc or type(exc).__name__}"
+            return {**out, "sync": sync, "status_line": line}
 
         async def wake(req: dict[str, Any]) -> Any:
             assert self.engine is not None

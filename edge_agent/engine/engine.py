@@ -33,6 +33,7 @@ from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.engine.timeouts import ApprovalTimeouts
+from edge_agent.errors import StoreError
 from edge_agent.store import Prepared
 from edge_agent.store.backend import Database, Writer
 from edge_agent.telemetry.logs import current as log_ids
@@ -232,6 +233,11 @@ class Engine:
             except Exception as exc:  # a bug fails one run, not the daemon
                 outcome = None
                 with log_context(run_id=run_id, device_id=self.device_id):
+                    if isinstance(exc, StoreError) and getattr(exc, "retryable", False):
+                        # the store stopped waiting out a transient error (it is closing):
+                        # the run stays where its last commit left it, and resumes there
+                        log.warning("run %s paused: %s", run_id, exc)
+                        return
                     log.exception("run %s failed inside the engine", run_id)
                     self.finish(run_id, FAILED, error=f"engine error: {exc}")
         finally:
