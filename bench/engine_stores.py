@@ -1,12 +1,14 @@
 """The engine on each of its stores: durable steps per second on PostgreSQL (the cloud
 runner's) against raw PostgreSQL commits, with the SQLite store on the same workload beside.
 
-Run: .venv/bin/python -m bench.engine_stores [--rounds N] [--runs N]
+Run: .venv/bin/python -m bench.engine_stores [--rounds N] [--runs N] [--no-dbos]
 Each round measures everything once, in turn (interleaved); figures are medians over the
 rounds with their spread (min-max). PostgreSQL runs a throwaway cluster at its durable
 default (fsync on, synchronous_commit on); SQLite is the device's store in WAL mode with
 synchronous=FULL. The workload: runs of five idempotent no-op tool steps, one run at a
-time, then 16 at once.
+time, then 16 at once; beside them raw PostgreSQL single-row commits at the same
+concurrencies (one connection each), and DBOS Transact running the same five-step workflow
+on a database of the same cluster (its own virtualenv, `bench/peers/dbos_pg_steps.py`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.postgres import Postgres, fresh_pg_url
 
-from bench.engine_steps import Noop
+from bench.engine_steps import PEERS, Noop, peer
 from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding, queue_run
 from edge_agent.engine.graph import Workflow, tool_config
@@ -33,16 +37,33 @@ from edge_agent.store.opening import open_database, writer_for
 STEPS = 5
 
 
-def raw_pg_commits(url: str, n: int) -> float:
-    """One INSERT per transaction, committed: what a durable step cannot beat."""
+def raw_pg_commits(url: str, n: int, concurrency: int = 1) -> float:
+    """One INSERT per transaction, committed, from `concurrency` connections at once: what a
+    durable step cannot beat (PostgreSQL shares WAL flushes between concurrent commits)."""
     import psycopg
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("CREATE TABLE IF NOT EXISTS raw (id BIGSERIAL PRIMARY KEY, v TEXT)")
-        start = time.perf_counter()
-        for i in range(n):
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(concurrency)]
+    share = n // concurrency
+
+    def commit(c: Any) -> None:
+        for i in range(share):
             with c.transaction():
                 c.execute("INSERT INTO raw (v) VALUES (%s)", (str(i),))
-        return n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(commit, conns))
+    rate = share * concurrency / (time.perf_counter() - start)
+    for c in conns:
+        c.close()
+    return rate
+
+
+def dbos_on_pg(url: str, runs: int, concurrency: int) -> float | None:
+    """DBOS Transact on PostgreSQL in its own virtualenv (None when it cannot be built)."""
+    if "dbos_pg" not in PEERS:
+        PEERS["dbos_pg"] = PEERS["dbos"] + ["psycopg[binary]"]
+    return peer("dbos_pg", url, runs, STEPS, str(concurrency))
 
 
 async def engine_steps(target: str, runs: int, concurrency: int) -> float:
@@ -73,12 +94,37 @@ async def engine_steps(target: str, runs: int, concurrency: int) -> float:
     return rate
 
 
-def one_round(pg: Postgres, tmp: Path, i: int, runs: int) -> dict[str, float]:
-    out = {"raw_pg": raw_pg_commits(fresh_pg_url(pg), runs * STEPS)}
+def round_trips_per_step(url: str, runs: int, concurrency: int) -> float:
+    """Statements sent to PostgreSQL per step (each `execute` is one round trip), counted
+    on a run of its own, off the clock."""
+    from edge_agent.store.postgres import PgConnection
+    count = [0]
+    real, real_many = PgConnection.execute, PgConnection.executemany
+
+    def execute(self: PgConnection, *a: Any) -> Any:
+        count[0] += 1
+        return real(self, *a)
+
+    def executemany(self: PgConnection, *a: Any) -> Any:
+        count[0] += 1
+        return real_many(self, *a)
+    PgConnection.execute, PgConnection.executemany = execute, executemany  # type: ignore[method-assign]
+    try:
+        asyncio.run(engine_steps(url, runs, concurrency))
+    finally:
+        PgConnection.execute, PgConnection.executemany = real, real_many  # type: ignore[method-assign]
+    return count[0] / (runs * STEPS)
+
+
+def one_round(pg: Postgres, tmp: Path, i: int, runs: int, dbos: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name, conc in (("seq", 1), ("16", 16)):
+        out[f"raw_pg_{name}"] = raw_pg_commits(fresh_pg_url(pg), runs * STEPS, conc)
         out[f"pg_{name}"] = asyncio.run(engine_steps(fresh_pg_url(pg), runs, conc))
         out[f"sqlite_{name}"] = asyncio.run(engine_steps(str(tmp / f"r{i}-{name}.db"), runs,
                                                          conc))
+        if dbos:
+            out[f"dbos_pg_{name}"] = dbos_on_pg(fresh_pg_url(pg), runs, conc)
     return out
 
 
@@ -86,30 +132,50 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--no-dbos", action="store_true", help="leave the DBOS peer out")
     a = ap.parse_args()
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
         pg = Postgres(fsync=True).start()
         try:
             for i in range(a.rounds):
-                rounds.append(one_round(pg, Path(d), i, a.runs))
+                rounds.append(one_round(pg, Path(d), i, a.runs, not a.no_dbos))
         finally:
             pg.stop()
     result: dict[str, Any] = {}
     for key in rounds[0]:
-        values = [r[key] for r in rounds]
+        values = [r[key] for r in rounds if r[key] is not None]
+        if not values:
+            continue  # a peer that could not be built: said on stderr
         result[key] = statistics.median(values)
         result[f"{key}_spread"] = [min(values), max(values)]
     result["rounds"] = a.rounds
+    result["cores"] = os.cpu_count()
+    with tempfile.TemporaryDirectory():
+        pg = Postgres(fsync=True).start()
+        try:
+            for name, conc in (("seq", 1), ("16", 16)):
+                result[f"pg_round_trips_per_step_{name}"] = round_trips_per_step(
+                    fresh_pg_url(pg), min(a.runs, 50), conc)
+        finally:
+            pg.stop()
     print(f"engine stores: {a.runs} runs x {STEPS} steps, {a.rounds} interleaved rounds "
-          "(median, min-max)")
-    for key, label in (("raw_pg", "raw PostgreSQL commits"),
+          f"(median, min-max), {os.cpu_count()} cores, PostgreSQL fsync on")
+    for key, label in (("raw_pg_seq", "raw PostgreSQL commits, 1 connection"),
+                       ("raw_pg_16", "raw PostgreSQL commits, 16 connections"),
                        ("pg_seq", "engine on PostgreSQL, one run at a time"),
                        ("pg_16", "engine on PostgreSQL, 16 runs at once"),
+                       ("dbos_pg_seq", "DBOS on PostgreSQL, one workflow at a time"),
+                       ("dbos_pg_16", "DBOS on PostgreSQL, 16 workflows at once"),
                        ("sqlite_seq", "engine on SQLite FULL, one run at a time"),
                        ("sqlite_16", "engine on SQLite FULL, 16 runs at once")):
+        if key not in result:
+            continue
         lo, hi = result[f"{key}_spread"]
         print(f"  {label:44s} {result[key]:8,.0f}/s  ({lo:,.0f}-{hi:,.0f})")
+    print("  statements (round trips) per step on PostgreSQL: "
+          f"{result['pg_round_trips_per_step_seq']:.2f} one run at a time, "
+          f"{result['pg_round_trips_per_step_16']:.2f} with 16 at once")
     print(json.dumps(result))
 
 
