@@ -6,7 +6,8 @@ Each round measures everything once, in turn (interleaved); figures are medians 
 rounds with their spread (min-max). PostgreSQL runs a throwaway cluster at its durable
 default (fsync on, synchronous_commit on); SQLite is the device's store in WAL mode with
 synchronous=FULL. The workload: runs of five idempotent no-op tool steps, one run at a
-time, then 16 at once; beside them raw PostgreSQL single-row commits at the same
+time, then 16 at once, then 1, 2 and 4 runner processes sharing one database (run leases),
+16 runs in flight in each; beside them raw PostgreSQL single-row commits at the same
 concurrencies (one connection each), and DBOS Transact running the same five-step workflow
 on a database of the same cluster (its own virtualenv, `bench/peers/dbos_pg_steps.py`).
 """
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +35,10 @@ from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding, queue_run
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.store.opening import open_database, writer_for
+from edge_agent.store.postgres import PgStore
 
 STEPS = 5
+RUNNERS = (1, 2, 4)  # runner processes on one database, 16 runs in flight each
 
 
 def raw_pg_commits(url: str, n: int, concurrency: int = 1) -> float:
@@ -66,7 +70,10 @@ def dbos_on_pg(url: str, runs: int, concurrency: int) -> float | None:
     return peer("dbos_pg", url, runs, STEPS, str(concurrency))
 
 
-async def engine_steps(target: str, runs: int, concurrency: int) -> float:
+async def engine_steps(target: str, runs: int, concurrency: int, *, shared: bool = False,
+                       start_at: float | None = None) -> float:
+    """Steps/s of `runs` runs, `concurrency` at a time; `shared`: as one of several runners
+    on the database (run leases), starting at `start_at` (time.time()) with the others."""
     wf = Workflow("bench")
     for i in range(STEPS):
         wf.tool(f"s{i}", "noop", next=f"s{i + 1}" if i + 1 < STEPS else "done")
@@ -74,10 +81,17 @@ async def engine_steps(target: str, runs: int, concurrency: int) -> float:
     workflows = {"bench": wf.build(tools={"noop": tool_config("noop")})}
     store = open_database(target)
     writer = writer_for(store)
+    leases = None
+    if shared:
+        from edge_agent.store.pg_leases import RunLeases, runner_id
+        assert isinstance(store, PgStore)
+        leases = RunLeases(store, runner_id("bench")).start()
     engine = Engine(store=store, writer=writer, workflows=workflows,
-                    tools={"noop": ToolBinding(Noop(True), retry=RetryPolicy())})
+                    tools={"noop": ToolBinding(Noop(True), retry=RetryPolicy())}, leases=leases)
     await engine.start()
     left = [runs]
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
     start = time.perf_counter()
 
     async def worker() -> None:
@@ -89,9 +103,31 @@ async def engine_steps(target: str, runs: int, concurrency: int) -> float:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     rate = runs * STEPS / (time.perf_counter() - start)
     await engine.shutdown()
+    if leases is not None:
+        leases.close()
     writer.shutdown()
     store.close()
     return rate
+
+
+def runners_steps(url: str, runners: int, runs: int) -> float:
+    """Steps/s of `runners` runner processes on one database, 16 runs in flight in each:
+    all the steps over the time from their common start to the last one's end."""
+    start_at = time.time() + 3.0 + runners  # every process started and connected by then
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.engine_stores", "--runner", url,
+                               "--runs", str(runs), "--start-at", str(start_at)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(runners)]
+    ends = []
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        ends.append(json.loads(out.strip().splitlines()[-1])["end"])
+    return float(runners * runs * STEPS / (max(ends) - start_at))
+
+
+def one_runner(url: str, runs: int, start_at: float) -> None:
+    """One runner process of `runners_steps`: prints when it ended."""
+    asyncio.run(engine_steps(url, runs, 16, shared=True, start_at=start_at))
+    print(json.dumps({"end": time.time()}))
 
 
 def round_trips_per_step(url: str, runs: int, concurrency: int) -> float:
@@ -125,6 +161,8 @@ def one_round(pg: Postgres, tmp: Path, i: int, runs: int, dbos: bool) -> dict[st
                                                          conc))
         if dbos:
             out[f"dbos_pg_{name}"] = dbos_on_pg(fresh_pg_url(pg), runs, conc)
+    for n in RUNNERS:
+        out[f"runners_{n}"] = runners_steps(fresh_pg_url(pg), n, runs)
     return out
 
 
@@ -133,7 +171,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--no-dbos", action="store_true", help="leave the DBOS peer out")
+    ap.add_argument("--runner", help=argparse.SUPPRESS)  # one process of runners_steps
+    ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.runner:
+        one_runner(a.runner, a.runs, a.start_at)
+        return
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
         pg = Postgres(fsync=True).start()
@@ -167,6 +210,9 @@ def main() -> None:
                        ("pg_16", "engine on PostgreSQL, 16 runs at once"),
                        ("dbos_pg_seq", "DBOS on PostgreSQL, one workflow at a time"),
                        ("dbos_pg_16", "DBOS on PostgreSQL, 16 workflows at once"),
+                       ("runners_1", "1 runner process, 16 runs in flight"),
+                       ("runners_2", "2 runner processes, 16 runs in flight each"),
+                       ("runners_4", "4 runner processes, 16 runs in flight each"),
                        ("sqlite_seq", "engine on SQLite FULL, one run at a time"),
                        ("sqlite_16", "engine on SQLite FULL, 16 runs at once")):
         if key not in result:

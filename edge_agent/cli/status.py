@@ -40,6 +40,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
                            if ctx.config.sync else None),
                 "last_sync": None, "healthy": None, "last_error": None, "streams": {}}
     data["store"] = (live or {}).get("store") or {"state": "ok", "last_error": None}
+    data["runner"] = (live or {}).get("runner")  # its id among runners sharing a database
     counts, pending, conflicts, summary = {}, 0, 0, None
     if ctx.config.device.database or ctx.config.db_path.exists():
         try:
@@ -112,6 +113,8 @@ def render_status(data: dict[str, Any]) -> str:
     if st.get("reachable") is False:
         store += f"; not reachable from here: {st.get('error')}"
     store = paint(store, store == "ok")
+    if data.get("runner"):
+        store += f"   runner {data['runner']}"
     in_sync = s["configured"] and all(v["pending"] == 0 for v in s["streams"].values())
     return "\n".join([
         f"device    {data['device_id']}   config {d['config']}",

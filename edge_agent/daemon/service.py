@@ -29,7 +29,7 @@ from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError, StoreError
 from edge_agent.store.backend import Database, Writer
 from edge_agent.store.opening import open_database, writer_for
-from edge_agent.store.postgres import DatabaseInUse, PgStore
+from edge_agent.store.postgres import PgStore
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
 
@@ -50,6 +50,7 @@ class Daemon:
         self.store: Database | None = None
         self.writer: Writer | None = None
         self.engine: Engine | None = None
+        self.leases: Any = None  # RunLeases, when runners share a PostgreSQL database
         self.sync: Any = None
         self.control: ControlServer | None = None
         self.tools: dict[str, Any] = {}
@@ -76,8 +77,11 @@ class Daemon:
         cfg = self.config
         self.store = open_database(cfg.database, synchronous=cfg.device.synchronous,
                                    retry=True)
-        if isinstance(self.store, PgStore):  # the data-dir lock guards a SQLite file only
-            self.store.hold_engine_lock()
+        if isinstance(self.store, PgStore):  # runners share the database, run by run
+            from edge_agent.store.pg_leases import RunLeases, lease_seconds, runner_id
+            self.leases = RunLeases(self.store, runner_id(cfg.device.id),
+                                    lease_seconds(os.environ)).start()
+            log.info("runner %s on %s", self.leases.owner, self.store.path)
         self.writer = writer_for(self.store)
         self.tools = build_tools(cfg, self.store)
         self.sync = self._build_sync()
@@ -85,7 +89,7 @@ class Daemon:
         self.engine = Engine(store=self.store, writer=self.writer, workflows=cfg.workflows,
                              tools=self.tools, agent_runner=build_agent_runner(cfg, self.tools),
                              notify=self._outbox_changed, outbox_limits=limits,
-                             device_id=cfg.device.id)
+                             device_id=cfg.device.id, leases=self.leases)
         await self.engine.start()
         if self.sync is not None:
             await self.sync.start()
@@ -166,6 +170,8 @@ class Daemon:
             await self.control.shutdown()
         if self.engine:
             await self.engine.shutdown(timeout=self.config.device.drain_timeout_s)
+        if self.leases is not None:  # handed back: other runners take over at once
+            await asyncio.get_running_loop().run_in_executor(None, self.leases.close)
         if self.writer:
             self._record_spans()  # the last steps' spans go out with the final flush
         if self.sync is not None:
@@ -359,6 +365,7 @@ class Daemon:
                    "version": __version__, "config": str(self.config.path),
                    "active": self.engine.active if self.engine else 0,
                    "store": self.writer.health.as_dict() if self.writer else None,
+                   "runner": self.leases.owner if self.leases is not None else None,
                    "models": sorted(self.config.models)}
             try:  # off the loop, and not waited for while the store is retrying
                 sync, line = await asyncio.wait_for(asyncio.to_thread(
@@ -409,9 +416,12 @@ def run_daemon(config_path: str | None) -> int:
     from edge_agent.daemon.lock import AlreadyRunning, DataDirUnusable
     try:
         return asyncio.run(Daemon(config).run())
-    except (AlreadyRunning, DatabaseInUse) as exc:
+    except AlreadyRunning as exc:
         log.error("%s", exc)
         return 75  # EX_TEMPFAIL
+    except ConfigError as exc:  # found once running (the environment's settings)
+        log.error("%s", exc)
+        return ConfigError.exit_code
     except DataDirUnusable as exc:
         log.error("%s", exc)
         return DataDirUnusable.exit_code

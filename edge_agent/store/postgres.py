@@ -2,11 +2,13 @@
 
 The engine's SQL is written once, with `?` placeholders (`sync.dbapi`); each connection
 here is wrapped so that it takes that SQL and hands back rows that index by position and
-by name, as `sqlite3.Row` does. Writers are serialized the way SQLite's BEGIN IMMEDIATE
-serializes them: each write transaction first takes one transaction-scoped advisory lock,
-so the engine's rules see the same one-writer database on both backends (and a CLI in
-another process waits its turn). PostgreSQL makes each COMMIT durable before it returns
-(`synchronous_commit` on, its default), so `PgWriter.durable()` has nothing left to do.
+by name, as `sqlite3.Row` does. Several runners may share the database (`pg_leases`): the
+writes of a run's steps (`RunScoped`) are serialized per run by the lock on the run's lease
+row; every other write transaction (the CLI's commands, telemetry watermarks, workflow
+versions, a hand-off's child run) first takes one transaction-scoped advisory lock, so the
+rules that read then write see one writer at a time, as under SQLite's BEGIN IMMEDIATE.
+PostgreSQL makes each COMMIT durable before it returns (`synchronous_commit` on, its
+default), so `PgWriter.durable()` has nothing left to do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, TypeVar
 from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
 from edge_agent.store.health import Backoff, StoreHealth
+from edge_agent.store.leases import LeaseLost, RunScoped
 from edge_agent.store.merge import Prepared
 from edge_agent.store.pg_errors import CommitUnknown, StoreTransient, connection_lost, transient
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
@@ -30,19 +33,7 @@ from sync.dbapi import Connection, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-WRITE_LOCK = 0x65646765  # the advisory lock every write transaction takes first
-ENGINE_LOCK = 0x656E6731  # held for its life by the one engine that drives this database's runs
-
-
-class DatabaseInUse(StoreError):
-    """Another engine drives the runs of this database (the data-dir lock's analogue)."""
-
-    exit_code = 75  # EX_TEMPFAIL, as a second daemon on one data directory
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        super().__init__(f"another edge-agent engine holds {where} (one engine per database:"
-                         " give each cloud runner its own)")
+WRITE_LOCK = 0x65646765  # the advisory lock of every write that is not a run's step
 Migration = tuple[int, Sequence[str]]
 
 
@@ -146,6 +137,8 @@ class PgStore:
     def translate(self, exc: Exception) -> StoreError:
         """psycopg's error as ours, naming the database (its password redacted); a transient
         one (`pg_errors.transient`) as `StoreTransient`."""
+        if getattr(exc, "sqlstate", None) == "EA001":
+            return LeaseLost(self.path, str(exc).strip())
         reason = transient(exc)
         if reason is not None:
             return StoreTransient(self.path, reason)
@@ -226,17 +219,6 @@ class PgStore:
         return self.read(lambda c: c.execute("SELECT pg_current_wal_insert_lsn()::text")
                          .fetchone()[0])
 
-    def hold_engine_lock(self) -> None:
-        """Claim this database for the engine of this process, until `close()`: a session
-        advisory lock on a connection of its own, dropped by PostgreSQL when the process
-        dies, so a SIGKILLed runner does not keep the next one out."""
-        conn = self._open()
-        if not conn.execute(f"SELECT pg_try_advisory_lock({ENGINE_LOCK})").fetchone()[0]:
-            with self._lock:
-                self._conns.remove(conn)
-            conn.close()
-            raise DatabaseInUse(self.path)
-
     def close(self) -> None:
         self._closing = True  # a wait for the database ends with its error
         with self._lock:
@@ -248,8 +230,9 @@ class PgStore:
 
     # transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[PgConnection]:
-        """A write transaction (one writer at a time); nested calls become savepoints."""
+    def atomic(self, lock: bool = True) -> Iterator[PgConnection]:
+        """A write transaction (with `lock`, one such writer at a time); nested calls become
+        savepoints."""
         import psycopg
         conn = self.conn
         depth = self._local.depth
@@ -258,7 +241,8 @@ class PgStore:
         try:
             if depth == 0:  # one round trip: simple query protocol, two statements
                 cur = conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}),"
-                                   " pg_current_xact_id()::text")
+                                   " pg_current_xact_id()::text" if lock else
+                                   "BEGIN; SELECT 1, pg_current_xact_id()::text")
                 cur.nextset()
                 xid = cur.fetchone()[1]  # asked about if the COMMIT's answer is lost
             else:
@@ -291,7 +275,7 @@ class PgStore:
                     raise CommitUnknown(xid, self.translate(exc)) from exc
             raise self.translate(exc) from exc
 
-    def transaction(self, fn: WriteFn) -> Any:
+    def transaction(self, fn: WriteFn, lock: bool = True) -> Any:
         """fn in one transaction, PostgreSQL's errors translated. When the connection is lost
         during COMMIT, a patient store asks the server (once it answers) whether that
         transaction committed, and hands back fn's value if it did: a write is never made
@@ -299,7 +283,7 @@ class PgStore:
         import psycopg
         value: Any = None
         try:
-            with self.atomic() as conn:
+            with self.atomic(lock) as conn:
                 value = fn(conn)
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
@@ -322,7 +306,7 @@ class PgStore:
     def write(self, fn: WriteFn) -> Any:
         """Run fn inside one transaction, translating PostgreSQL's errors (a transient one
         waited out while the store is patient)."""
-        return self.patiently(lambda: self.transaction(fn))
+        return self.patiently(lambda: self.transaction(fn, not isinstance(fn, RunScoped)))
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         import psycopg
@@ -451,7 +435,8 @@ class PgWriter:
         backoff: Backoff | None = None
         while True:
             try:
-                outcomes = store.transaction(lambda conn: self._body(batch, conn))
+                outcomes = store.transaction(lambda conn: self._body(batch, conn), lock=not all(
+                    isinstance(w.fn, RunScoped) for w in batch))
             except StoreTransient as exc:
                 if store.patient:
                     backoff = backoff or Backoff()
@@ -486,7 +471,8 @@ class PgWriter:
         store = self._store
         outcomes: list[tuple[bool, Any]] = []
         for w in batch:
-            if len(batch) == 1 or isinstance(w.fn, Prepared):
+            inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
+            if len(batch) == 1 or isinstance(inner, Prepared):
                 outcomes.append((True, w.fn(conn)))  # a failure: each alone, above
                 continue
             try:
@@ -515,4 +501,4 @@ class PgWriter:
         self._pool.shutdown(wait=True)
 
 
-__all__ = ["DatabaseInUse", "PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]
+__all__ = ["PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]

@@ -10,9 +10,7 @@ import contextlib
 import errno
 import os
 import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,67 +18,14 @@ from typing import Any
 import pytest
 from support.daemon import DaemonProcess, cli_json, until
 from support.postgres import Postgres, bindir
-
-RUNS = 24
-NODES = ("a", "b", "c")
-CONFIG = """
-[device]
-id = "runner"
-data_dir = "{data_dir}"
-runtime_dir = "rt"
-{database}
-[tools.mark]
-kind = "command"
-argv = ["./mark.sh"]
-params = {{ type = "object", properties = {{}} }}
-
-[workflows.job]
-start = "a"
-[workflows.job.nodes.a]
-tool = "mark"
-next = "b"
-[workflows.job.nodes.b]
-tool = "mark"
-next = "c"
-[workflows.job.nodes.c]
-tool = "mark"
-next = "done"
-[workflows.job.nodes.done]
-end = true
-"""
-
-
-def setup(tmp: Path, *, database: str | None = None, data_dir: str = "data") -> Path:
-    cfg = tmp / "runner.toml"
-    cfg.write_text(CONFIG.format(data_dir=data_dir, database=(
-        f'database = "{database}"\n' if database else "")))
-    script = tmp / "mark.sh"  # not idempotent: a second call would be a second line
-    script.write_text('#!/bin/sh\necho "$EDGE_AGENT_IDEMPOTENCY_KEY" >> ledger\nsleep 0.05\n'
-                      'echo \'{"marked": true}\'\n')
-    script.chmod(0o755)
-    return cfg
-
-
-def start_runner(tmp: Path, cfg: Path, command: str) -> DaemonProcess:
-    r = DaemonProcess(cfg, tmp, argv=[sys.executable, "-m", "edge_agent", command,
-                                      "--config", str(cfg)], cwd=tmp).start()
-    r.wait_for("READY=1", timeout=90)
-    return r
-
-
-def queue_runs(cfg: Path, n: int) -> list[str]:
-    """Written straight into the database (the runner's watch picks them up)."""
-    from edge_agent.config import load_config
-    from edge_agent.engine import queue_run
-    from edge_agent.store.opening import open_database
-    config = load_config(cfg)
-    db = open_database(config.database)
-    try:
-        return [db.write(lambda c: queue_run(lambda fn: fn(c), workflow="job", input={"n": i},
-                                             workflows=config.workflows))
-                for i in range(n)]
-    finally:
-        db.close()
+from support.runners import (
+    RUNS,
+    all_completed,
+    assert_each_call_once,
+    queue_runs,
+    setup,
+    start_runner,
+)
 
 
 def store_state(cfg: Path) -> dict[str, Any]:
@@ -99,32 +44,6 @@ def wait_retrying(cfg: Path, r: DaemonProcess, words: str, timeout: float = 60) 
         return st["state"] == "retrying" and words in (st["last_error"] or "")
     until(retrying, timeout=timeout, every=0.3, why=lambda: (seen[-3:], r.output()))
     return str(seen[-1]["last_error"])
-
-
-def all_completed(cfg: Path, rids: list[str], r: DaemonProcess, timeout: float = 60) -> None:
-    from edge_agent.config import load_config
-    from edge_agent.engine import queries as q
-    from edge_agent.store.opening import open_database
-    config = load_config(cfg)
-    counts: dict[str, int] = {}
-
-    def done() -> bool:
-        nonlocal counts
-        db = open_database(config.database, readonly=True)
-        try:
-            counts = db.read(q.count_by_status)
-        finally:
-            db.close()
-        assert not set(counts) - {"queued", "running", "completed"}, (counts, r.output())
-        return counts.get("completed", 0) == len(rids)
-    until(done, timeout=timeout, every=0.5, why=lambda: (counts, r.output()))
-
-
-def assert_each_call_once(tmp: Path, n: int) -> None:
-    lines = Counter((tmp / "ledger").read_text().split())
-    twice = {k: v for k, v in lines.items() if v > 1}
-    assert not twice, twice
-    assert len(lines) == n * len(NODES), len(lines)
 
 
 @contextlib.contextmanager
