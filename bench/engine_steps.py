@@ -109,7 +109,7 @@ async def ours(path: Path, runs: int, k: int, sync: str, concurrency: int,
     return steps / elapsed, commits / steps, syncs / steps
 
 
-def peer(name: str, path: Path, runs: int, k: int) -> float | None:
+def peer(name: str, path: Path | str, runs: int, k: int, *extra: str) -> float | None:
     venv = ROOT / ".bench-venvs" / name
     py = venv / "bin" / "python"
     if not py.exists():
@@ -119,7 +119,7 @@ def peer(name: str, path: Path, runs: int, k: int) -> float | None:
         if r.returncode != 0:
             return None
     r = subprocess.run([str(py), str(ROOT / "bench" / "peers" / f"{name}_steps.py"), str(path),
-                        str(runs), str(k)], capture_output=True, text=True, timeout=900)
+                        str(runs), str(k), *extra], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         print(f"{name} failed: {r.stderr[-800:]}", file=sys.stderr)
         return None

@@ -17,7 +17,7 @@ from edge_agent.config.model_memory import check_model_memory, model_memory, ren
 from edge_agent.daemon.lock import lock_holder
 from edge_agent.daemon.runtime import outbox_streams
 from edge_agent.engine import queries as q
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.store.opening import open_database
 from edge_agent.telemetry.summary import collect, one_line
 
@@ -40,20 +40,27 @@ def collect_status(ctx: Context) -> dict[str, Any]:
                 "broker": (f"{ctx.config.sync.host}:{ctx.config.sync.port}"
                            if ctx.config.sync else None),
                 "last_sync": None, "healthy": None, "last_error": None, "streams": {}}
+    data["store"] = (live or {}).get("store") or {"state": "ok", "last_error": None}
+    data["runner"] = (live or {}).get("runner")  # its id among runners sharing a database
+    counts, pending, conflicts, summary = {}, 0, 0, None
     if ctx.config.device.database or ctx.config.db_path.exists():
-        store = ctx.store()
         try:
-            counts = store.read(q.count_by_status)
-            pending = len(store.read(lambda c: q.list_approvals(c, pending_only=True)))
-            if not sync["streams"]:
-                sync["streams"] = outbox_streams(store)
-            conflicts = _conflicts(store)
-            summary = store.read(lambda c: collect(c, since=time.time() - 3600,
-                                                   kinds=kinds(ctx)))
-        finally:
-            store.close()
-    else:
-        counts, pending, conflicts, summary = {}, 0, 0, None
+            store = ctx.store()
+        except StoreError as exc:  # the database does not answer: said, not a traceback
+            data["store"] = {**data["store"], "reachable": False, "error": str(exc)}
+        else:
+            try:
+                counts = store.read(q.count_by_status)
+                pending = len(store.read(lambda c: q.list_approvals(c, pending_only=True)))
+                if not sync["streams"]:
+                    sync["streams"] = outbox_streams(store)
+                conflicts = _conflicts(store)
+                summary = store.read(lambda c: collect(c, since=time.time() - 3600,
+                                                       kinds=kinds(ctx)))
+            except StoreError as exc:
+                data["store"] = {**data["store"], "reachable": False, "error": str(exc)}
+            finally:
+                store.close()
     data["sync"] = sync
     data["runs"] = counts
     data["approvals_pending"] = pending
@@ -106,6 +113,13 @@ def render_status(data: dict[str, Any]) -> str:
          "-" if v["oldest_pending_age_s"] is None else f"{v['oldest_pending_age_s']:.0f}s",
          v["acked_seq"], v["dropped"]] for n, v in s["streams"].items()])
     runs = ", ".join(f"{k} {v}" for k, v in sorted(data["runs"].items())) or "none"
+    st = data.get("store") or {}
+    store = "ok" if st.get("state", "ok") == "ok" else f"retrying ({st.get('last_error')})"
+    if st.get("reachable") is False:
+        store += f"; not reachable from here: {st.get('error')}"
+    store = paint(store, store == "ok")
+    if data.get("runner"):
+        store += f"   runner {data['runner']}"
     # in sync: the cloud acked everything there is, which it never did before a first sync
     in_sync = s["configured"] and s["last_sync"] is not None and all(
         v["pending"] == 0 for v in s["streams"].values())
@@ -114,6 +128,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"daemon    {daemon}",
         f"sync      {sync}" + (paint("  [in sync]", True) if in_sync else ""),
         streams,
+        f"store     {store}",
         f"runs      {runs}",
         (f"approvals {data['approvals_pending']} pending   conflicts {data['conflicts']}   "
          f"models {_models(data)}"),

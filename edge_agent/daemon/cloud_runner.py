@@ -73,7 +73,8 @@ class WorkflowTarget:
                  request: dict[str, Any]) -> Any:
         rid = child_run_id(str(request["key"]))
         trace_id, parent_span = _trace_parent(request.get("traceparent"))
-        store = open_database(self.config.database, synchronous=self.config.device.synchronous)
+        store = open_database(self.config.database, synchronous=self.config.device.synchronous,
+                              retry=True)
         try:
             def start(conn: Any) -> str:
                 run_id = queue_run(lambda fn: fn(conn), workflow=self.workflow,

@@ -30,13 +30,14 @@ from edge_agent.engine import queries as q
 from edge_agent.errors import ConfigError, EdgeAgentError, StoreError
 from edge_agent.store.backend import Database, Writer
 from edge_agent.store.opening import open_database, writer_for
-from edge_agent.store.postgres import DatabaseInUse, PgStore
+from edge_agent.store.postgres import PgStore
 from edge_agent.telemetry.export import OtlpHttpExporter
 from edge_agent.telemetry.logs import bind
 
 log = logging.getLogger(__name__)
 EXTERNAL_POLL_S = 0.25
 SPAN_INTERVAL_S = 0.5
+STATUS_WAIT_S = 2.0  # how long `status` waits for the store's figures
 
 
 class Daemon:
@@ -50,6 +51,7 @@ class Daemon:
         self.store: Database | None = None
         self.writer: Writer | None = None
         self.engine: Engine | None = None
+        self.leases: Any = None  # RunLeases, when runners share a PostgreSQL database
         self.sync: Any = None
         self.control: ControlServer | None = None
         self.tools: dict[str, Any] = {}
@@ -76,9 +78,13 @@ class Daemon:
         cfg = self.config
         for warning in model_warnings(cfg):
             log.warning("%s", warning)
-        self.store = open_database(cfg.database, synchronous=cfg.device.synchronous)
-        if isinstance(self.store, PgStore):  # the data-dir lock guards a SQLite file only
-            self.store.hold_engine_lock()
+        self.store = open_database(cfg.database, synchronous=cfg.device.synchronous,
+                                   retry=True)
+        if isinstance(self.store, PgStore):  # runners share the database, run by run
+            from edge_agent.store.pg_leases import RunLeases, lease_seconds, runner_id
+            self.leases = RunLeases(self.store, runner_id(cfg.device.id),
+                                    lease_seconds(os.environ)).start()
+            log.info("runner %s on %s", self.leases.owner, self.store.path)
         self.writer = writer_for(self.store)
         self.tools = build_tools(cfg, self.store)
         self.sync = self._build_sync()
@@ -86,7 +92,7 @@ class Daemon:
         self.engine = Engine(store=self.store, writer=self.writer, workflows=cfg.workflows,
                              tools=self.tools, agent_runner=build_agent_runner(cfg, self.tools),
                              notify=self._outbox_changed, outbox_limits=limits,
-                             device_id=cfg.device.id)
+                             device_id=cfg.device.id, leases=self.leases)
         await self.engine.start()
         if self.sync is not None:
             await self.sync.start()
@@ -167,6 +173,8 @@ class Daemon:
             await self.control.shutdown()
         if self.engine:
             await self.engine.shutdown(timeout=self.config.device.drain_timeout_s)
+        if self.leases is not None:  # handed back: other runners take over at once
+            await asyncio.get_running_loop().run_in_executor(None, self.leases.close)
         if self.writer:
             self._record_spans()  # the last steps' spans go out with the final flush
         if self.sync is not None:
@@ -220,7 +228,7 @@ class Daemon:
         self._start_edge_triggers(loop)
         log.info("reloaded %d tools, %d agents, %d workflows", len(tools), len(new.agents),
                  len(new.workflows))
-        self.notifier.status(self.status_line())
+        self.notifier.status(await asyncio.to_thread(self.status_line))
 
     # background loops -------------------------------------------------------------------------
     async def _watch_external(self) -> None:
@@ -266,7 +274,12 @@ class Daemon:
         last = time.monotonic()
         while True:
             await asyncio.sleep(min(5.0, interval))
-            self.notifier.status(self.status_line())
+            try:
+                line = await asyncio.wait_for(asyncio.to_thread(self.status_line),
+                                              STATUS_WAIT_S)
+            except Exception:  # noqa: BLE001 - said below; the loop goes on
+                line = f"store {self.writer.health.line() if self.writer else 'closed'}"
+            self.notifier.status(line)
             if time.monotonic() - last >= interval:
                 last = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(
@@ -301,8 +314,11 @@ class Daemon:
                 await asyncio.wait_for(asyncio.wrap_future(
                     self.writer.submit(lambda c: c.execute("SELECT 1"))), interval)
             except Exception as exc:  # noqa: BLE001 - no ping is the signal
-                log.error("watchdog: store cannot commit: %s", exc)
-                continue
+                if self.writer.health.state != "retrying":
+                    log.error("watchdog: store cannot commit: %s", exc)
+                    continue
+                # the store is waiting out a transient error (`status` says which): a
+                # restart would not bring the database back sooner, so the pings go on
             self.notifier.watchdog()
 
     def _start_edge_triggers(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -341,18 +357,27 @@ class Daemon:
         cloud = ("cloud not configured" if self.sync is None else
                  "cloud connected" if self.sync.connected else "cloud offline")
         waiting = counts.get("waiting_approval", 0)
+        store = "" if self.writer is None or self.writer.health.state == "ok" else \
+            f", store {self.writer.health.line()}"
         return (f"{self.engine.active} runs active, {waiting} waiting approval, "
-                f"outbox {pending} pending, {cloud}")
+                f"outbox {pending} pending, {cloud}{store}")
 
     def _handlers(self) -> dict[str, Any]:
         async def status(req: dict[str, Any]) -> Any:
-            return {"pid": os.getpid(), "uptime_s": time.time() - self.started_at,
-                    "version": __version__, "config": str(self.config.path),
-                    "active": self.engine.active if self.engine else 0,
-                    "sync": sync_status(self.store, self.sync) if self.store else None,
-                    "models": sorted(self.config.models),
-                    "models_unavailable": unavailable_models(self.config),
-                    "status_line": self.status_line()}
+            out = {"pid": os.getpid(), "uptime_s": time.time() - self.started_at,
+                   "version": __version__, "config": str(self.config.path),
+                   "active": self.engine.active if self.engine else 0,
+                   "store": self.writer.health.as_dict() if self.writer else None,
+                   "runner": self.leases.owner if self.leases is not None else None,
+                   "models": sorted(self.config.models),
+                   "models_unavailable": unavailable_models(self.config)}
+            try:  # off the loop, and not waited for while the store is retrying
+                sync, line = await asyncio.wait_for(asyncio.to_thread(
+                    lambda: (sync_status(self.store, self.sync) if self.store else None,
+                             self.status_line())), STATUS_WAIT_S)
+            except Exception as exc:  # noqa: BLE001 - a status answers whatever happens
+                sync, line = None, f"store unavailable: {exc or type(exc).__name__}"
+            return {**out, "sync": sync, "status_line": line}
 
         async def wake(req: dict[str, Any]) -> Any:
             assert self.engine is not None
@@ -421,9 +446,12 @@ def run_engine(config: Config) -> int:
     from edge_agent.daemon.lock import AlreadyRunning, DataDirUnusable
     try:
         return asyncio.run(Daemon(config).run())
-    except (AlreadyRunning, DatabaseInUse) as exc:
+    except AlreadyRunning as exc:
         log.error("%s", exc)
         return 75  # EX_TEMPFAIL
+    except ConfigError as exc:  # found once running (the environment's settings)
+        log.error("%s", exc)
+        return ConfigError.exit_code
     except DataDirUnusable as exc:
         log.error("%s", exc)
         return DataDirUnusable.exit_code

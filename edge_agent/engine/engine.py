@@ -33,8 +33,10 @@ from edge_agent.engine.nodes import NodeRunner
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.engine.timeouts import ApprovalTimeouts
+from edge_agent.errors import StoreError
 from edge_agent.store import Prepared
 from edge_agent.store.backend import Database, Writer
+from edge_agent.store.leases import LeaseLost, Leases, RunScoped, SoleRunner, scoped
 from edge_agent.telemetry.logs import current as log_ids
 from edge_agent.telemetry.logs import log_context
 from sync.dbapi import Connection
@@ -64,9 +66,12 @@ class Engine:
                  agent_runner: AgentRunner | None = None, notify: Callable[[], None] | None = None,
                  outbox_limits: Mapping[str, int] | None = None, max_workers: int = 32,
                  device_id: str | None = None, clock: Callable[[], float] = time.time,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, leases: Leases | None = None
+                 ) -> None:
         self.store = store
         self.writer = writer
+        # which runs this engine may drive (all, unless runners share the database)
+        self.leases: Leases = leases or SoleRunner()
         self.catalog = Catalog(store, workflows, tools)
         self.agent_runner = agent_runner
         self.notify = notify or (lambda: None)
@@ -75,6 +80,7 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.journal = ToolJournal(store, writer, tools, clock)
+        self.journal.scoped = self.scoped
         self.timeouts = ApprovalTimeouts(
             clock, lambda a: self._in_pool(lambda: self.nodes.out.approval_timed_out(a)),
             self.wake)
@@ -97,6 +103,7 @@ class Engine:
         self._accepting = False
         self.stopping = threading.Event()
         self._listeners: list[Callable[[str], None]] = []
+        self._adopting: asyncio.Task[None] | None = None
         self.nodes = NodeRunner(self)
 
     # lifecycle --------------------------------------------------------------------------------
@@ -119,6 +126,20 @@ class Engine:
         self.timeouts.start(self._loop, await self._in_pool(self._pending_timeouts))
         for run_id in await self._in_pool(lambda: self.store.read(q.unfinished_run_ids)):
             self.wake(run_id)
+        if self.leases.shared:
+            self._adopting = self._loop.create_task(self._adopt_orphans(), name="orphans")
+
+    async def _adopt_orphans(self) -> None:
+        """Runners share the database: every half lease, wake the runs in flight that no live
+        runner holds (a dead runner's, once its leases expire); the claim decides who gets
+        each."""
+        while self._accepting:
+            await asyncio.sleep(self.leases.lease_s / 2)
+            try:
+                for run_id in await self._in_pool(self.leases.orphans):
+                    self.wake(run_id)
+            except Exception as exc:  # noqa: BLE001 - the next round looks again
+                log.warning("looking for orphaned runs failed: %s", exc)
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking work, let in-flight steps reach their checkpoint, then stop."""
@@ -126,6 +147,8 @@ class Engine:
             return
         self._accepting = False
         self.stopping.set()
+        if self._adopting is not None:
+            self._adopting.cancel()
         for handle in self._sleepers.values():
             handle.cancel()
         self._sleepers.clear()
@@ -245,10 +268,20 @@ class Engine:
         outcome: Any = None
         try:
             try:
+                if resume is None and not self.leases.claim(run_id):
+                    return  # another runner drives it
                 outcome = self._steps(run_id, fut, resume)
             except Exception as exc:  # a bug fails one run, not the daemon
                 outcome = None
                 with log_context(run_id=run_id, device_id=self.device_id):
+                    if isinstance(exc, LeaseLost):
+                        log.info("run %s is another runner's now; leaving it", run_id)
+                        return
+                    if isinstance(exc, StoreError) and getattr(exc, "retryable", False):
+                        # the store stopped waiting out a transient error (it is closing):
+                        # the run stays where its last commit left it, and resumes there
+                        log.warning("run %s paused: %s", run_id, exc)
+                        return
                     log.exception("run %s failed inside the engine", run_id)
                     self.finish(run_id, FAILED, error=f"engine error: {exc}")
         finally:
@@ -273,7 +306,8 @@ class Engine:
             if armed is not None:
                 # stopping before a call whose intent rode on the last commit: the call is
                 # not made, and its intent goes (else the restart would find it unanswered)
-                self.write(lambda c: c.execute(*q.intent_withdraw(armed.key, armed.attempt)))
+                self.write(lambda c: c.execute(*q.intent_withdraw(armed.key, armed.attempt)),
+                           run_id)
             return None
         finally:
             _local.drive = None
@@ -309,7 +343,7 @@ class Engine:
                 intent = transitions.intent_for(run_id, start, 1, run.context, self.clock()) \
                     if start.kind == "tool" and self.fenced(start) else None
                 self.write(lambda c: self._begin(c, run, wf, span, remember=True,
-                                                 intent=intent))
+                                                 intent=intent), run_id)
                 if intent is not None:
                     self._armed[run_id] = intent
                 return True
@@ -329,7 +363,7 @@ class Engine:
         finally:
             begin = self._begins.pop(run_id, None)
             if begin is not None:  # a path that wrote nothing for the run: start it alone
-                self.write(begin)
+                self.write(begin, run_id)
 
     def _begin(self, conn: Connection, run: Run, wf: WorkflowConfig, span: str,
                remember: bool = False, at: float | None = None,
@@ -356,10 +390,16 @@ class Engine:
             def fn(conn: Connection) -> Any:
                 begin(conn)
                 return inner(conn)
+        if run_id is not None:
+            fn = self.scoped(run_id, fn)
         with self.sched.blocking():
             result = self.writer.write(fn)
         self.notify()
         return result
+
+    def scoped(self, run_id: str, fn: Tx) -> Tx:
+        """A write of the run's: its lease's fence first, when runners share the database."""
+        return scoped(self.leases, run_id, fn)
 
     def blocking(self, blocks: bool = True) -> Any:
         """`with engine.blocking():` around anything a driving worker waits for."""
@@ -408,10 +448,16 @@ class Engine:
         now = t.at
         if t.finish and t.fields["status"] == FAILED:
             log.warning("run failed: %s", t.fields["error"])
-        ops: list[Statement] = [] if result is None else [result]
+        fence = self.leases.fence(rid)
+        ops: list[Statement] = [] if fence is None else [fence]
+        if result is not None:
+            ops.append(result)
         ops += [q.step_row(rid, s) for s in t.steps]
         ops.append(q.run_update(rid, now, **t.fields) if t.finish else
                    q.checkpoint_update(rid, now, **t.fields))
+        release = self.leases.release(rid) if t.finish else None
+        if release is not None:
+            ops.append(release)
         intent = t.intent
         if intent is not None:
             ops.append(q.intent_insert(key=intent.key, attempt=intent.attempt, run_id=rid,
@@ -425,6 +471,8 @@ class Engine:
         fn: Tx = cast(Tx, prepared)
         if extra is not None:
             fn = partial(_both, extra, fn)
+        if fence is not None:
+            fn = RunScoped(fn, rid)
         fresh, records = t.next, t.records
         # the run's trace id for its `run completed` line, which may be logged after the
         # commit, outside this step's log context
@@ -440,6 +488,8 @@ class Engine:
                 def fn(conn: Connection) -> Any:
                     begin(conn)
                     return inner(conn)
+                if fence is not None:
+                    fn = RunScoped(fn, rid)
             fut = drive[1]
 
             def landed(ok: bool, value: Any) -> None:
@@ -509,6 +559,9 @@ class Engine:
             if status == CANCELLED:
                 conn.execute("UPDATE approvals SET status = 'cancelled', decided_at = ? WHERE"
                              " run_id = ? AND status = 'pending'", (now, run_id))
+            release = self.leases.release(run_id)
+            if release is not None:
+                conn.execute(*release)
             self.emit(conn, "checkpoints", "run.finished", {
                 "run_id": run_id, "workflow": run.workflow, "node": run.node,
                 "run_status": status, "error": error, "ts": now})

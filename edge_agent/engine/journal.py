@@ -64,6 +64,9 @@ class ToolJournal:
         self.writer = writer
         self.tools = tools
         self.clock = clock
+        # a run's write with its lease's fence (set by the engine when runners share a database)
+        self.scoped: Callable[[str, Callable[[Any], Any]], Callable[[Any], Any]] = \
+            lambda run_id, fn: fn
 
     def execute(self, *, run_id: str, node: str, key: str, attempt: int, name: str,
                 args: dict[str, Any], write_result: bool,
@@ -73,9 +76,9 @@ class ToolJournal:
         binding = self.tools[name]
         started = self.clock()
         if not binding.idempotent and not intent_committed:
-            self.writer.write(lambda c: q.journal_intent(
+            self.writer.write(self.scoped(run_id, lambda c: q.journal_intent(
                 c, key=key, attempt=attempt, run_id=run_id, node=node, tool=name, args=args,
-                now=started))
+                now=started)))
         try:
             value = binding.tool.call(args, idempotency_key=key)
             res = CallResult(True, dict(value), None, None, False, started)
@@ -91,9 +94,9 @@ class ToolJournal:
                         "outcome unknown" if res.unknown else "failed", res.kind,
                         ", retryable" if res.retryable else "", res.error, extra={"tool": name})
         if write_result and not res.unknown:  # an unknown outcome leaves its intent standing
-            self.writer.write(lambda c: self.record(c, run_id=run_id, node=node, key=key,
-                                                    attempt=attempt, name=name, args=args,
-                                                    res=res))
+            self.writer.write(self.scoped(run_id, lambda c: self.record(
+                c, run_id=run_id, node=node, key=key, attempt=attempt, name=name, args=args,
+                res=res)))
         return res
 
     def record(self, conn: Any, *, run_id: str, node: str, key: str, attempt: int, name: str,
@@ -131,7 +134,8 @@ class DurableAgentContext:
             return dict(found)
         value = compute()
         now = self.journal.clock()
-        self.journal.writer.write(lambda c: q.memo_put(c, self.run_id, self.node, key, value, now))
+        self.journal.writer.write(self.journal.scoped(
+            self.run_id, lambda c: q.memo_put(c, self.run_id, self.node, key, value, now)))
         return value
 
     def call_tool(self, name: str, args: dict[str, Any], *, turn: int,

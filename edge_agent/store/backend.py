@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
+from edge_agent.store.health import StoreHealth
 from sync.dbapi import Connection
 
 T = TypeVar("T")
@@ -54,6 +55,9 @@ class Writer(Protocol):
 
     def shutdown(self) -> None: ...
 
+    @property
+    def health(self) -> StoreHealth:
+        """`ok`, or `retrying` a transient error (for `status`)."""
 
 
 

@@ -11,11 +11,13 @@ from edge_agent.store.writer import GroupCommitter
 
 
 def open_database(target: str | Path, *, synchronous: str = "FULL",
-                  readonly: bool = False) -> Database:
+                  readonly: bool = False, retry: bool = False) -> Database:
     """The engine's database at `target`: a `postgresql://` URL (the cloud runner's
-    PostgreSQL store), else the path of a SQLite file."""
+    PostgreSQL store), else the path of a SQLite file. With `retry` (a runner's store) a
+    transient error once open is waited out, not raised (`PgStore.patiently`); the SQLite
+    writer waits out a full disk either way."""
     if isinstance(target, str) and is_url(target):
-        return PgStore(target, readonly=readonly)
+        return PgStore(target, readonly=readonly, retry=retry)
     return Store(target, synchronous=synchronous, readonly=readonly)
 
 

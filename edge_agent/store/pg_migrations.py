@@ -161,4 +161,53 @@ PG_V1 = (
     )""",
 )
 
-PG_MIGRATIONS: list[tuple[int, Sequence[str]]] = [(1, PG_V1)]
+# 2: runners that share one database. A run is driven by the runner holding its lease row
+# (owner, expires_at in seconds since the epoch, by the server's clock); every write of a
+# run's step goes through run_lease_check first, which locks the lease row (writes to one
+# run are serialized by that lock, not by one lock for the database), renews it, and fails
+# with SQLSTATE EA001 when another runner holds it now.
+PG_V2 = (
+    """CREATE TABLE run_leases (
+        run_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX run_leases_owner ON run_leases (owner)",
+    """CREATE FUNCTION run_lease_claim(p_run TEXT, p_owner TEXT, p_lease DOUBLE PRECISION)
+    RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        now_s DOUBLE PRECISION := extract(epoch FROM clock_timestamp());
+        held RECORD;
+    BEGIN
+        -- a plain read first: it never waits, where an insert would wait for a writer's
+        -- uncommitted new version of the row
+        SELECT owner INTO held FROM run_leases WHERE run_id = p_run;
+        IF NOT FOUND THEN
+            INSERT INTO run_leases (run_id, owner, expires_at)
+                VALUES (p_run, p_owner, now_s + p_lease) ON CONFLICT (run_id) DO NOTHING;
+            RETURN FOUND;  -- not found: another runner claimed it just now
+        END IF;
+        IF held.owner = p_owner THEN
+            RETURN TRUE;  -- ours already (its writes renew it)
+        END IF;
+        SELECT owner, expires_at INTO held FROM run_leases WHERE run_id = p_run
+            FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND OR held.expires_at > now_s THEN
+            RETURN FALSE;  -- being written by its holder, or held by a live runner
+        END IF;
+        UPDATE run_leases SET owner = p_owner, expires_at = now_s + p_lease
+            WHERE run_id = p_run;
+        RETURN TRUE;
+    END $$""",
+    """CREATE FUNCTION run_lease_check(p_run TEXT, p_owner TEXT, p_lease DOUBLE PRECISION)
+    RETURNS VOID LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE run_leases SET expires_at = extract(epoch FROM clock_timestamp()) + p_lease
+            WHERE run_id = p_run AND owner = p_owner;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'run % is leased to another runner', p_run USING ERRCODE = 'EA001';
+        END IF;
+    END $$""",
+)
+
+PG_MIGRATIONS: list[tuple[int, Sequence[str]]] = [(1, PG_V1), (2, PG_V2)]

@@ -2,11 +2,13 @@
 
 The engine's SQL is written once, with `?` placeholders (`sync.dbapi`); each connection
 here is wrapped so that it takes that SQL and hands back rows that index by position and
-by name, as `sqlite3.Row` does. Writers are serialized the way SQLite's BEGIN IMMEDIATE
-serializes them: each write transaction first takes one transaction-scoped advisory lock,
-so the engine's rules see the same one-writer database on both backends (and a CLI in
-another process waits its turn). PostgreSQL makes each COMMIT durable before it returns
-(`synchronous_commit` on, its default), so `PgWriter.durable()` has nothing left to do.
+by name, as `sqlite3.Row` does. Several runners may share the database (`pg_leases`): the
+writes of a run's steps (`RunScoped`) are serialized per run by the lock on the run's lease
+row; every other write transaction (the CLI's commands, telemetry watermarks, workflow
+versions, a hand-off's child run) first takes one transaction-scoped advisory lock, so the
+rules that read then write see one writer at a time, as under SQLite's BEGIN IMMEDIATE.
+PostgreSQL makes each COMMIT durable before it returns (`synchronous_commit` on, its
+default), so `PgWriter.durable()` has nothing left to do.
 """
 
 from __future__ import annotations
@@ -15,31 +17,23 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
+from edge_agent.store.health import Backoff, StoreHealth
+from edge_agent.store.leases import LeaseLost, RunScoped
 from edge_agent.store.merge import Prepared
+from edge_agent.store.pg_errors import CommitUnknown, StoreTransient, connection_lost, transient
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
 from sync.dbapi import Connection, redact, scrub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-WRITE_LOCK = 0x65646765  # the advisory lock every write transaction takes first
-ENGINE_LOCK = 0x656E6731  # held for its life by the one engine that drives this database's runs
-
-
-class DatabaseInUse(StoreError):
-    """Another engine drives the runs of this database (the data-dir lock's analogue)."""
-
-    exit_code = 75  # EX_TEMPFAIL, as a second daemon on one data directory
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        super().__init__(f"another edge-agent engine holds {where} (one engine per database:"
-                         " give each cloud runner its own)")
+WRITE_LOCK = 0x65646765  # the advisory lock of every write that is not a run's step
 Migration = tuple[int, Sequence[str]]
 
 
@@ -118,7 +112,7 @@ class PgStore:
     """One PostgreSQL database; a connection per thread; numbered migrations at open."""
 
     def __init__(self, url: str, *, migrations: Sequence[Migration] = PG_MIGRATIONS,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, retry: bool = False) -> None:
         try:
             import psycopg  # noqa: F401 - the cloud extra
         except ImportError as exc:
@@ -130,6 +124,9 @@ class PgStore:
         self._local = threading.local()
         self._conns: list[PgConnection] = []
         self._lock = threading.Lock()
+        self.health = StoreHealth()
+        self.retry = False  # opening fails fast: a wrong URL is not waited out
+        self._closing = False
         self.schema_version = max((v for v, _ in migrations), default=0)
         self._migrations = migrations
         self._fresh = False
@@ -137,10 +134,65 @@ class PgStore:
             self._fresh = self.read(self._check_version) == 0
         else:
             self._migrate(migrations)
+        self.retry = retry
 
     def translate(self, exc: Exception) -> StoreError:
-        """psycopg's error as ours, naming the database (its password redacted)."""
+        """psycopg's error as ours, naming the database (its password redacted); a transient
+        one (`pg_errors.transient`) as `StoreTransient`."""
+        if getattr(exc, "sqlstate", None) == "EA001":
+            return LeaseLost(self.path, scrub(str(exc).strip(), self.url))
+        reason = transient(exc)
+        if reason is not None:
+            return StoreTransient(self.path, scrub(reason, self.url))
         return StoreError(f"{self.path}: {scrub(str(exc).strip(), self.url) or type(exc).__name__}")
+
+    # waiting out transient errors ------------------------------------------------------------
+    @property
+    def patient(self) -> bool:
+        """Whether a transient error is waited out (the runner's store, until it closes)
+        rather than raised (the CLI's, which should say so at once)."""
+        return self.retry and not self._closing
+
+    def wait_out(self, exc: StoreTransient, backoff: Backoff) -> None:
+        """One pause of a transient error: this thread's connection goes (the next use
+        opens a fresh one), `status` says what is waited out, then the backoff's wait."""
+        self._forget()
+        if self.health.state == "ok":
+            log.warning("store: %s; retrying until it answers", exc.reason)
+        self.health.retrying(exc.reason)
+        backoff.wait()
+
+    def recovered(self) -> None:
+        if self.health.state != "ok":
+            log.warning("store: answering again after %d retries", self.health.retries)
+        self.health.ok()
+
+    def patiently(self, once: Callable[[], T]) -> T:
+        """`once()`, tried again after each transient error while the store is patient."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                value = once()
+            except StoreTransient as exc:
+                if not self.patient or int(getattr(self._local, "depth", 0)):
+                    raise  # the CLI's store, or inside a transaction: the caller decides
+                backoff = backoff or Backoff()
+                self.wait_out(exc, backoff)
+                continue
+            if backoff is not None:
+                self.recovered()
+            return value
+
+    def _forget(self) -> None:
+        """Drop this thread's connection (lost, or in a state nobody should reuse)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn, self._local.depth = None, 0
+        if conn is not None:
+            with self._lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # connections -----------------------------------------------------------------------------
     def _open(self) -> PgConnection:
@@ -148,8 +200,9 @@ class PgStore:
         try:
             raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.path}: cannot connect: {scrub(str(exc).strip(), self.url)}"
-                             ) from None
+            what = "connection lost: cannot reconnect" if self.patient else "cannot connect"
+            reason = scrub(" ".join(str(exc).split()), self.url)
+            raise StoreTransient(self.path, f"{what}: {reason}") from exc
         conn = PgConnection(raw)
         with self._lock:
             self._conns.append(conn)
@@ -169,18 +222,8 @@ class PgStore:
         return self.read(lambda c: c.execute("SELECT pg_current_wal_insert_lsn()::text")
                          .fetchone()[0])
 
-    def hold_engine_lock(self) -> None:
-        """Claim this database for the engine of this process, until `close()`: a session
-        advisory lock on a connection of its own, dropped by PostgreSQL when the process
-        dies, so a SIGKILLed runner does not keep the next one out."""
-        conn = self._open()
-        if not conn.execute(f"SELECT pg_try_advisory_lock({ENGINE_LOCK})").fetchone()[0]:
-            with self._lock:
-                self._conns.remove(conn)
-            conn.close()
-            raise DatabaseInUse(self.path)
-
     def close(self) -> None:
+        self._closing = True  # a wait for the database ends with its error
         with self._lock:
             conns, self._conns = self._conns, []
         for c in conns:
@@ -190,15 +233,21 @@ class PgStore:
 
     # transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[PgConnection]:
-        """A write transaction (one writer at a time); nested calls become savepoints."""
+    def atomic(self, lock: bool = True) -> Iterator[PgConnection]:
+        """A write transaction (with `lock`, one such writer at a time); nested calls become
+        savepoints."""
         import psycopg
         conn = self.conn
         depth = self._local.depth
         name = f"sp{depth}"
+        xid = None
         try:
             if depth == 0:  # one round trip: simple query protocol, two statements
-                conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+                cur = conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}),"
+                                   " pg_current_xact_id()::text" if lock else
+                                   "BEGIN; SELECT 1, pg_current_xact_id()::text")
+                cur.nextset()
+                xid = cur.fetchone()[1]  # asked about if the COMMIT's answer is lost
             else:
                 conn.execute(f"SAVEPOINT {name}")
         except psycopg.Error as exc:
@@ -225,25 +274,54 @@ class PgStore:
             if depth == 0:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
+                if xid is not None and connection_lost(exc):
+                    raise CommitUnknown(xid, self.translate(exc)) from exc
             raise self.translate(exc) from exc
 
-    def write(self, fn: WriteFn) -> Any:
-        """Run fn inside one transaction, translating PostgreSQL's errors."""
+    def transaction(self, fn: WriteFn, lock: bool = True) -> Any:
+        """fn in one transaction, PostgreSQL's errors translated. When the connection is lost
+        during COMMIT, a patient store asks the server (once it answers) whether that
+        transaction committed, and hands back fn's value if it did: a write is never made
+        twice, nor lost, for want of COMMIT's answer."""
         import psycopg
+        value: Any = None
         try:
-            with self.atomic() as conn:
-                return fn(conn)
+            with self.atomic(lock) as conn:
+                value = fn(conn)
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
+        except CommitUnknown as unknown:
+            if self.patient and self._committed(unknown.xid):
+                return value
+            raise unknown.error from None
+        return value
+
+    def _committed(self, xid: str) -> bool:
+        while True:
+            status = self.read(lambda c: c.execute(
+                "SELECT pg_xact_status(?::xid8)", (xid,)).fetchone()[0])
+            if status != "in progress":  # the old session may still be finishing it
+                log.info("store: the transaction whose COMMIT went unanswered %s",
+                         "committed" if status == "committed" else "did not commit")
+                return bool(status == "committed")
+            time.sleep(0.05)
+
+    def write(self, fn: WriteFn) -> Any:
+        """Run fn inside one transaction, translating PostgreSQL's errors (a transient one
+        waited out while the store is patient)."""
+        return self.patiently(lambda: self.transaction(fn, not isinstance(fn, RunScoped)))
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         import psycopg
-        try:
-            if self._fresh:
-                return self._read_fresh(fn)
-            return fn(self.conn)
-        except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+
+        def once() -> T:
+            try:
+                if self._fresh:
+                    return self._read_fresh(fn)
+                return fn(self.conn)
+            except psycopg.Error as exc:
+                raise self.translate(exc) from exc
+        return self.patiently(once)
 
     def _read_fresh(self, fn: Callable[[Connection], T]) -> T:
         """Read a database nothing has migrated yet (the engine never ran on it) as the
@@ -328,6 +406,10 @@ class PgWriter:
     def store(self) -> PgStore:
         return self._store
 
+    @property
+    def health(self) -> StoreHealth:
+        return self._store.health
+
     def write(self, fn: WriteFn) -> Any:
         """Run fn in a committed transaction (shared with concurrent writers); blocking."""
         own = _Write(fn)
@@ -367,40 +449,66 @@ class PgWriter:
                     return
 
     def _commit(self, batch: list[_Write]) -> None:
-        import psycopg
+        """One transaction for the batch. A transient error (a lost connection, a full disk, a
+        serialization failure) rolls it back and the same batch is tried again, after a
+        pause, for as long as the error lasts: the writers wait, their runs pause, and none
+        of them fails for it. Any other error: each write alone, its error its own."""
         store = self._store
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with store.atomic() as conn:
-                for w in batch:
-                    if len(batch) == 1 or isinstance(w.fn, Prepared):
-                        outcomes.append((True, w.fn(conn)))  # a failure: each alone, below
-                        continue
-                    try:
-                        with store.atomic() as sp:
-                            outcomes.append((True, w.fn(sp)))
-                    except psycopg.Error as exc:
-                        outcomes.append((False, store.translate(exc)))
-                    except Exception as exc:  # noqa: BLE001 - the write's own outcome
-                        outcomes.append((False, exc))
-        except Exception as exc:  # noqa: BLE001 - handed to the writers
-            if len(batch) > 1:
-                for w in batch:  # the batch failed as a whole: each write on its own
-                    try:
-                        value = store.write(w.fn)
-                    except Exception as one:  # noqa: BLE001
-                        w.settle(False, one)
-                    else:
-                        self.commits += 1
-                        w.settle(True, value)
+        backoff: Backoff | None = None
+        while True:
+            try:
+                outcomes = store.transaction(lambda conn: self._body(batch, conn), lock=not all(
+                    isinstance(w.fn, RunScoped) for w in batch))
+            except StoreTransient as exc:
+                if store.patient:
+                    backoff = backoff or Backoff()
+                    store.wait_out(exc, backoff)
+                    continue
+                failure: Exception = exc
+            except Exception as exc:  # noqa: BLE001 - handed to the writers
+                failure = exc
+            else:
+                break
+            if len(batch) == 1:
+                batch[0].settle(False, failure)
                 return
-            batch[0].settle(False, store.translate(exc) if isinstance(exc, psycopg.Error)
-                            else exc)
+            for w in batch:  # the batch failed as a whole: each write on its own
+                try:
+                    value = store.write(w.fn)
+                except Exception as one:  # noqa: BLE001
+                    w.settle(False, one)
+                else:
+                    self.commits += 1
+                    w.settle(True, value)
             return
+        if backoff is not None:
+            store.recovered()
         self.commits += 1
         self.writes += len(batch)
         for w, (ok, value) in zip(batch, outcomes, strict=True):
             w.settle(ok, value)
+
+    def _body(self, batch: list[_Write], conn: Connection) -> list[tuple[bool, Any]]:
+        import psycopg
+        store = self._store
+        outcomes: list[tuple[bool, Any]] = []
+        for w in batch:
+            inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
+            if len(batch) == 1 or isinstance(inner, Prepared):
+                outcomes.append((True, w.fn(conn)))  # a failure: each alone, above
+                continue
+            try:
+                with store.atomic() as sp:
+                    outcomes.append((True, w.fn(sp)))
+            except psycopg.Error as exc:
+                if transient(exc) is not None:
+                    raise  # not this write's fault: the batch is tried again
+                outcomes.append((False, store.translate(exc)))
+            except StoreTransient:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the write's own outcome
+                outcomes.append((False, exc))
+        return outcomes
 
     def submit(self, fn: WriteFn) -> Future[Any]:
         return self._pool.submit(self.write, fn)
@@ -415,4 +523,4 @@ class PgWriter:
         self._pool.shutdown(wait=True)
 
 
-__all__ = ["DatabaseInUse", "PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]
+__all__ = ["PgConnection", "PgStore", "PgWriter", "Row", "is_url", "redact"]

@@ -47,8 +47,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from edge_agent.errors import StoreError
+from edge_agent.errors import StoreError, StoreFull
 from edge_agent.store.db import Store, translate
+from edge_agent.store.health import Backoff, StoreHealth
 from edge_agent.store.merge import Prepared, merged
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,14 @@ Then = Callable[[bool, Any], None]
 # many more, before the sync thread syncs them, unless a commit somebody waits for comes
 LAZY_S = 0.002
 LAZY_COMMITS = 16
+
+
+class _Full(Exception):
+    """A batch met a full disk: rolled back, to be written again once there is room."""
+
+    def __init__(self, error: StoreFull) -> None:
+        self.error = error
+        super().__init__(str(error))
 
 
 class _Slot:
@@ -135,6 +144,7 @@ class GroupCommitter:
         self.commits = 0
         self.writes = 0
         self.syncs = 0
+        self.health = StoreHealth()  # `retrying` while a full disk holds the writes back
 
     def write(self, fn: WriteFn) -> Any:
         """Run fn in a committed transaction (shared with concurrent writers); blocking."""
@@ -403,14 +413,33 @@ class GroupCommitter:
                 self._defer = True
             self._conn = conn
         conn = self._conn
-        self._press.acquire()
-        self._pressing = True
-        try:
-            self._write_batch(conn, batch)
-        finally:
-            if self._pressing:
-                self._pressing = False
-                self._press.release()
+        backoff: Backoff | None = None
+        while True:
+            self._press.acquire()
+            self._pressing = True
+            try:
+                self._write_batch(conn, batch)
+            except _Full as full:
+                # a full disk: SQLite rolled the batch back and the same batch is written
+                # again once there is room; its writers wait, and no run fails for it
+                if self._closed:
+                    for slot in batch:
+                        slot.settle(False, full.error)
+                    return
+                if backoff is None:
+                    backoff = Backoff()
+                    log.warning("%s; retrying until there is room", full.error)
+                self.health.retrying(f"disk full: {full.error}")
+            else:
+                if backoff is not None:
+                    log.warning("%s: writing again after a full disk", self.store.path)
+                    self.health.ok()
+                return
+            finally:
+                if self._pressing:
+                    self._pressing = False
+                    self._press.release()
+            backoff.wait()
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Slot]) -> None:
         single = len(batch) == 1
@@ -432,6 +461,10 @@ class GroupCommitter:
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
                     if isinstance(exc, sqlite3.Error):
                         exc = translate(self.store.path, exc)
+                    if isinstance(exc, StoreFull):  # not the write's fault: all again
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise _Full(exc) from None
                     if single or not conn.in_transaction:
                         # the whole transaction is gone: one write, or one that SQLite
                         # rolled back entirely (a full disk), taking the batch with it
@@ -462,6 +495,8 @@ class GroupCommitter:
                 except sqlite3.Error:
                     pass
             err = translate(self.store.path, exc)
+            if isinstance(err, StoreFull):
+                raise _Full(err) from None
             for slot in batch:
                 if not slot.done:
                     slot.settle(False, err)

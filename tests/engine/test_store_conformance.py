@@ -1,7 +1,8 @@
 """The engine's store conformance suite: every test here runs the real engine on both of its
 stores, a SQLite file (the device's) and a fresh database in a throwaway PostgreSQL cluster
 (the cloud runner's), and asserts the same behaviour of each: durability across a restart,
-the tool journal, durable timers, approvals, and recovery from SIGKILL."""
+the tool journal, durable timers, approvals, and recovery from SIGKILL. On PostgreSQL the
+suite runs a second time with two runners sharing the database (run leases)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from support.engine import (
     Harness,
     LedgerError,
     LedgerTool,
+    SharedTarget,
     fast_retry,
     interrupted_call,
     ledger_lines,
@@ -39,12 +41,15 @@ from edge_agent.store.opening import open_database
 TESTS = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-2-runners"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The engine's database, empty: a SQLite file's path or a postgresql:// URL."""
+    """The engine's database, empty: a SQLite file's path or a postgresql:// URL; with
+    `postgresql-2-runners` the harness runs two engines sharing that database through run
+    leases (a SIGKILLed child process is one runner: the harness that recovers is two)."""
     if request.param == "sqlite":
         return str(tmp_path / "edge-agent.db")
-    return fresh_pg_url(request.getfixturevalue("pg_cluster"))
+    url = fresh_pg_url(request.getfixturevalue("pg_cluster"))
+    return SharedTarget(url) if request.param == "postgresql-2-runners" else url
 
 
 def run(coro: Any) -> Any:

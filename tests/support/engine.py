@@ -79,6 +79,27 @@ def ledger(tmp_path: Path) -> Path:
     return tmp_path / "ledger.jsonl"
 
 
+class SharedTarget(str):
+    """A postgresql:// URL that `Harness` serves with `runners` engines sharing it."""
+
+    runners = 2
+
+
+class AllRunners:
+    """The engines of runners sharing one database, as one: `wake` goes to each (the run's
+    lease decides which drives it); anything else is the first's."""
+
+    def __init__(self, engines: list[Engine]) -> None:
+        self.engines = engines
+
+    def wake(self, run_id: str | None = None) -> None:
+        for engine in self.engines:
+            engine.wake(run_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engines[0], name)
+
+
 class Harness:
     """Starts an engine over a store, and waits for runs to settle."""
 
@@ -95,15 +116,41 @@ class Harness:
         self.engine: Engine | None = None
 
     async def start(self) -> Engine:
+        """One engine; or, for a target with `runners` > 1 (a `SharedTarget`), that many
+        runners sharing the PostgreSQL database through leases, `engine` waking them all."""
         self.store = open_database(self.db_path)
         self.writer = writer_for(self.store)
-        self.engine = Engine(store=self.store, writer=self.writer, workflows=self.workflows,
-                             tools=self.tools, agent_runner=self.agent_runner)
-        await self.engine.start()
-        return self.engine
+        runners = int(getattr(self.db_path, "runners", 1))
+        if runners == 1:
+            self.engine = Engine(store=self.store, writer=self.writer,
+                                 workflows=self.workflows, tools=self.tools,
+                                 agent_runner=self.agent_runner)
+            await self.engine.start()
+            return self.engine
+        from edge_agent.store.pg_leases import RunLeases
+        self._runners = []
+        for i in range(runners):
+            store = self.store if i == 0 else open_database(self.db_path)
+            writer = self.writer if i == 0 else writer_for(store)
+            leases = RunLeases(store, f"runner-{i}", lease_s=2.0).start()
+            engine = Engine(store=store, writer=writer, workflows=self.workflows,
+                            tools=self.tools, agent_runner=self.agent_runner, leases=leases)
+            await engine.start()
+            self._runners.append((engine, leases, writer, store))
+        self.engine = AllRunners([e for e, _, _, _ in self._runners])  # type: ignore[assignment]
+        return self._runners[0][0]
 
     async def stop(self) -> None:
-        if self.engine:
+        runners = getattr(self, "_runners", [])
+        if runners:
+            for engine, leases, writer, store in runners:
+                await engine.shutdown(timeout=5)
+                leases.close()
+                if writer is not self.writer:
+                    writer.shutdown()
+                    store.close()
+            self._runners = []
+        elif self.engine:
             await self.engine.shutdown(timeout=5)
         if self.writer:
             self.writer.shutdown()

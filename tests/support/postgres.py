@@ -48,12 +48,25 @@ class Postgres:
         data = self.root / "data"
         self._run(str(self.bin / "initdb"), "-D", str(data), "--auth=trust", "-U", self.user,
                   "--no-sync")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-w", "-l",
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-w", "-l",
                   str(self.root / "log"), "-o",
                   f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
                   + ("" if self.fsync else " -c fsync=off"),
                   "start")
-        return self
+
+    def crash(self) -> None:
+        """Stop the server at once (`-m immediate`: no checkpoint, every session cut, as a
+        crash), keeping its data for `start_again`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m",
+                  "immediate", "stop")
+
+    def start_again(self) -> None:
+        """Start the server again on the same port (it recovers from its WAL)."""
+        self._pg_ctl_start()
 
     @property
     def url(self) -> str:

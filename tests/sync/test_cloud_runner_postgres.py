@@ -124,29 +124,42 @@ def test_a_postgresql_store_it_cannot_reach_is_reported_not_a_traceback(
     assert "cannot connect" in out and "pw" not in out.replace("pwd", ""), out
 
 
-def test_one_engine_per_postgresql_database(tmp_path: Path, pg_cluster: Postgres) -> None:
-    """Two runners on one database would drive the same runs twice: the second is refused
-    (exit 75, as a second daemon on one data directory), and once the first is SIGKILLed
-    the database is free again."""
+def test_two_runners_share_one_postgresql_database(tmp_path: Path,
+                                                   pg_cluster: Postgres) -> None:
+    """Runners are stateless workers around PostgreSQL (issue 30): a second runner on the
+    same database starts (it used to exit 75), a run waiting for a person is approved
+    whichever runner holds it, and when the runner that drove it is SIGKILLed the other one
+    takes the run over once its lease expires."""
     url = fresh_pg_url(pg_cluster)
     cfg = setup(tmp_path, url)
     other = tmp_path / "other"
     other.mkdir()
     cfg2 = setup(other, url)
-    r = runner(tmp_path, cfg).start()
+    fast = {"EDGE_AGENT_LEASE_S": "2"}
+    first = DaemonProcess(cfg, tmp_path, env=fast, argv=[
+        sys.executable, "-m", "edge_agent", "cloud-run", "--config", str(cfg)], cwd=tmp_path)
+    second = DaemonProcess(cfg2, other, env=fast, argv=[
+        sys.executable, "-m", "edge_agent", "cloud-run", "--config", str(cfg2)], cwd=other)
     try:
-        r.wait_for("READY=1", timeout=60)
-        second = subprocess.run([EXE, "cloud-run", "--config", str(cfg2)], capture_output=True,
-                                text=True, timeout=60, cwd=other)
-        out = second.stdout + second.stderr
-        assert second.returncode == 75, out
-        assert "another edge-agent engine holds postgresql://" in out, out
-        assert "Traceback" not in out, out
-        r.kill()
-        r = runner(other, cfg2).start()
-        r.wait_for("READY=1", timeout=60)
+        first.start().wait_for("READY=1", timeout=60)
+        second.start().wait_for("READY=1", timeout=60)
+        assert cli_json(cfg, "status")["runner"] != cli_json(cfg2, "status")["runner"]
+        rids = [cli_json(cfg, "start", "review", "--input", f'{{"lot": {i}}}')["run_id"]
+                for i in range(4)]
+        for rid in rids:
+            status(cfg, rid, "waiting_approval")
+        first.kill()  # SIGKILL: its leases stay until they expire
+        for rid in rids:  # the CLI writes whichever runner holds the run
+            cli(cfg2, "approve", rid, "--by", "qa")
+        for rid in rids:
+            run = status(cfg2, rid, "completed", "failed", "cancelled", timeout=90)
+            assert run["status"] == "completed", run
+            assert [s["node"] for s in run["steps"]] == ["verdict", "sign", "done"]
+        log = second.output()
+        assert "Traceback" not in log and "ERROR" not in log, log
     finally:
-        r.close()
+        first.close()
+        second.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
