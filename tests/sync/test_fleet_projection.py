@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sync.cloud import views
 from sync.cloud.cli import main as cloud_main
 from sync.cloud.projection import empty_row, fold, reindex
-from sync.cloud.run_records import Event
+from sync.cloud.run_records import NARROW_BYTES, Event, decode
 from sync.cloud.store import SqlCloudStore
 from sync.envelope import Batch, WireRecord
 
@@ -135,6 +135,24 @@ def test_fold_is_the_same_in_any_order_and_grouping(order: list[Event], cut: int
     expected = fold(empty_row(0.0), EVENTS)
     assert fold(fold(empty_row(0.0), order[:cut]), order[cut:]) == expected
     assert fold(empty_row(0.0), EVENTS[:-1])["approval_id"] == 2  # the newest open gate
+
+
+def test_a_large_record_is_read_narrowly_and_projects_as_a_small_one() -> None:
+    """A step's large output (and bytes no one reads, even invalid UTF-8) is skipped
+    undecoded: the event holds the fields the projection folds, and the row is the same."""
+    fields = {"run_id": "r", "node": "a", "next": "b", "visit": 1, "attempt": 1,
+              "status": "completed", "workflow": "w", "ts": T0}
+    small = WireRecord(1, "step.completed", msgpack.packb(fields), T0)
+    padded = msgpack.packb({**fields, "output": {"rows": list(range(500)), "text": "x" * 4000},
+                            "blob": b"\xff\xfe" * 100})
+    large = WireRecord(1, "step.completed", padded, T0)
+    got = decode("checkpoints", [large])
+    assert len(large.payload) > NARROW_BYTES and not got.skipped
+    assert "output" not in got.events[0].rec and got.events[0].rec["next"] == "b"
+    assert fold(empty_row(0.0), got.events) == fold(
+        empty_row(0.0), decode("checkpoints", [small]).events)
+    broken = WireRecord(2, "step.completed", padded[:-3], T0)  # cut short: undecodable
+    assert decode("checkpoints", [broken]).skipped == {"undecodable": 1}
 
 
 def test_records_the_projection_cannot_use_are_counted_and_never_block_the_batch(
