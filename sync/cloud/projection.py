@@ -17,7 +17,9 @@ two streams of one device may be stored at once by two workers).
 A record the projection cannot use (an unknown kind, a payload over 1 MiB, one that is not a
 msgpack map, invalid UTF-8, no run id) is counted per device and reason in `fleet_skips`
 and skipped: it never fails the batch. A run whose records never include a start
-(`run.queued` or `run.started`) keeps a row that views do not list (`no_start`).
+(`run.queued` or `run.started`) keeps a row that views do not list (`no_start`). Each
+device's listed runs are counted by status in `fleet_device_runs`, changed with the rows
+(the devices view reads it, not a count over every run).
 """
 
 from __future__ import annotations
@@ -260,15 +262,30 @@ def _runs(store: Any, c: Any, device: str, epoch: str, events: Sequence[Event],
     for row in found:
         held[row[0]] = dict(zip(COLUMNS, row[1:], strict=True))
     rows = []
+    by_status: Counter[str] = Counter()  # the device's listed runs, by status: the change
     for rid in rids:
-        row = fold(held.get(rid) or empty_row(by_run[rid][0].ts), by_run[rid])
-        if row["queued_at"] is None and row["started_at"] is None and any(
-                e.kind == "run.finished" for e in by_run[rid]):
+        old = held.get(rid)
+        row = fold(old or empty_row(by_run[rid][0].ts), by_run[rid])
+        if _listed(row):
+            by_status[str(row["status"])] += 1
+        elif any(e.kind == "run.finished" for e in by_run[rid]):
             skipped["no_start"] += 1
+        if old is not None and _listed(old):
+            by_status[str(old["status"])] -= 1
         rows.append((device, rid, epoch, *(row[k] for k in COLUMNS)))
     _upsert(store, c, "fleet_runs", ("device", "run_id", "epoch", *COLUMNS), rows,
             "ON CONFLICT (device, run_id, epoch) DO UPDATE SET "
             + ", ".join(f"{k} = excluded.{k}" for k in COLUMNS))
+    changed = [(device, status, n) for status, n in sorted(by_status.items()) if n]
+    if changed:
+        _upsert(store, c, "fleet_device_runs", ("device", "status", "count"), changed,
+                "ON CONFLICT (device, status) DO UPDATE SET count = fleet_device_runs.count"
+                " + excluded.count")
+
+
+def _listed(row: Mapping[str, Any]) -> bool:
+    """A run views list: the cloud has seen its start."""
+    return row["queued_at"] is not None or row["started_at"] is not None
 
 
 def _upsert(store: Any, c: Any, table: str, columns: Sequence[str],
@@ -298,7 +315,7 @@ def reindex(store: Any, device: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"devices": 0, "records": 0, "skipped": Counter()}
     for d in devices:
         with store.tx() as c:
-            for table in ("fleet_runs", "fleet_skips"):
+            for table in ("fleet_runs", "fleet_skips", "fleet_device_runs"):
                 store._exec(c, f"DELETE FROM {table} WHERE device = ?", (d,))
             keys = store._exec(c, "SELECT DISTINCT epoch, stream FROM records WHERE device = ?"
                                   " ORDER BY epoch, stream", (d,)).fetchall()

@@ -55,9 +55,9 @@ def store_all(store: SqlCloudStore, device: str, stream: str, recs: list[WireRec
                                 part, EP, 2))
 
 
-def table(store: SqlCloudStore, name: str) -> list[tuple[Any, ...]]:
+def table(store: SqlCloudStore, name: str, columns: str = "*") -> list[tuple[Any, ...]]:
     with store.tx() as c:
-        return sorted(tuple(r) for r in c.execute(f"SELECT * FROM {name}").fetchall())
+        return sorted(tuple(r) for r in c.execute(f"SELECT {columns} FROM {name}").fetchall())
 
 
 def test_runs_are_projected_with_each_batch_and_reindex_gives_the_same_rows(
@@ -87,6 +87,73 @@ def test_runs_are_projected_with_each_batch_and_reindex_gives_the_same_rows(
         assert table(store, "fleet_runs") == before
     finally:
         store.close()
+
+
+def counted(store: SqlCloudStore) -> dict[str, dict[str, int]]:
+    """Each device's listed runs by status, counted over every run (what the devices
+    view's counters must equal)."""
+    out: dict[str, dict[str, int]] = {}
+    for d, status, n in table(store, "fleet_runs WHERE queued_at IS NOT NULL OR started_at"
+                                     " IS NOT NULL GROUP BY device, status", "device, status,"
+                                     " count(*)"):
+        out.setdefault(d, {})[status] = n
+    return out
+
+
+def test_devices_count_runs_by_status_as_the_runs_say_in_any_order(cloud_url: str) -> None:
+    """The devices view's per-status counters follow each run through its statuses
+    (queued, running, waiting, failed or completed), whatever order batches come in,
+    never count a run the views do not list, and `reindex` gives the same counters."""
+    store = SqlCloudStore(cloud_url)
+    try:
+        batches = []
+        for i in range(6):
+            ck, ct = run_records(f"r{i}", fail=i % 3 == 1, t=T0 + i)
+            if i % 3 == 2:  # decided and completed
+                ct.append(rec(2, "approval.decided", T0 + i + 6, run_id=f"r{i}",
+                              approval_id=1, node="gate", decision="approved"))
+                ck.append(rec(5, "run.finished", T0 + i + 7, run_id=f"r{i}", node="end",
+                              visit=1, attempt=1, status="completed", run_status="completed"))
+            device = f"press-{i % 2}"
+            batches += [(device, "checkpoints", [r]) for r in ck] + [
+                (device, "control", [r]) for r in ct]
+        batches.append(("press-0", "checkpoints", [rec(
+            9, "run.finished", T0, run_id="no-start", run_status="failed")]))
+        random.Random(7).shuffle(batches)
+        for n, (device, stream, part) in enumerate(batches):
+            for r in part:  # seqs per device and stream, as the shuffle left them
+                store_all(store, device, stream, [WireRecord(100 * n + r.seq, r.kind,
+                                                             r.payload, r.created_at)])
+            if n % 5 == 0:
+                assert {d["device"]: d["runs"] for d in views.devices(store)
+                        if d["runs"]} == counted(store)
+        got = {d["device"]: d["runs"] for d in views.devices(store)}
+        assert got == counted(store) and sum(sum(r.values()) for r in got.values()) == 6
+        assert got["press-0"] == {"waiting_approval": 1, "completed": 1, "failed": 1}
+        assert reindex(store)["devices"] == 2
+        assert {d["device"]: d["runs"] for d in views.devices(store)} == got
+    finally:
+        store.close()
+
+
+def test_a_store_of_migration_3_gets_its_counters_from_its_runs(cloud_url: str) -> None:
+    store = SqlCloudStore(cloud_url)
+    try:
+        for i in range(2):
+            ck, ct = run_records(f"r{i}", fail=i == 1)
+            store_all(store, f"press-{i}", "checkpoints", ck)
+            store_all(store, f"press-{i}", "control", ct)
+        with store.tx() as c:  # as migration 3 left it
+            c.execute("DROP TABLE fleet_device_runs")
+            c.execute("UPDATE schema_version SET version = 3")
+    finally:
+        store.close()
+    again = SqlCloudStore(cloud_url)
+    try:
+        assert {d["device"]: d["runs"] for d in views.devices(again)} == {
+            "press-0": {"waiting_approval": 1}, "press-1": {"failed": 1}} == counted(again)
+    finally:
+        again.close()
 
 
 def test_any_arrival_order_gives_the_same_rows(tmp_path: Any) -> None:
