@@ -11,7 +11,7 @@ greatest key (terminal first, then the device's timestamp, then the kind's rank)
 are kept per id (requested, decided), so a decision that arrives before its request still
 answers it. The row also keeps, per stream, the least and greatest seq of the records about
 the run (its trace reads them back from `records`). The pure part is `fold`; the driver
-folds every run a batch touches in three statements (on PostgreSQL under a per-device lock:
+folds every run a batch touches in two round trips (on PostgreSQL under a per-device lock:
 two streams of one device may be stored at once by two workers).
 
 A record the projection cannot use (an unknown kind, a payload over 1 MiB, one that is not a

@@ -123,11 +123,12 @@ def build(head: Mapping[str, Any], events: Sequence[tuple[str, float, dict[str, 
                     else f"a late cloud result for {r.get('key')} (device: {r.get('local')})")
             step_of(r.get("node"), status="conflict", ts=ts)["children"].append(
                 {"conflict": text})
-    for i, st in enumerate(steps):  # a retry's record names no visit: the one it retried
+    later: dict[Any, Any] = {}  # node -> the visit of its next step that names one
+    for st in reversed(steps):  # a retry's record names no visit: the one it retried
         if st["visit"] is None and st["status"] == "failed":
-            st["visit"] = next((later["visit"] for later in steps[i + 1:]
-                                if later["node"] == st["node"] and later["visit"] is not None),
-                               None)
+            st["visit"] = later.get(st["node"])
+        elif st["visit"] is not None:
+            later[st["node"]] = st["visit"]
     trace_id = _with_spans(steps, spans)
     for st in steps:  # as the device lists them: calls and turns, then approvals
         st["children"].sort(key=lambda c: "approval" in c)
