@@ -11,19 +11,22 @@ greatest key (terminal first, then the device's timestamp, then the kind's rank)
 are kept per id (requested, decided), so a decision that arrives before its request still
 answers it. The row also keeps, per stream, the least and greatest seq of the records about
 the run (its trace reads them back from `records`). The pure part is `fold`; the driver
-folds every run a batch touches in three statements (on PostgreSQL under a per-device lock:
+folds every run a batch touches in two round trips (on PostgreSQL under a per-device lock:
 two streams of one device may be stored at once by two workers).
 
 A record the projection cannot use (an unknown kind, a payload over 1 MiB, one that is not a
 msgpack map, invalid UTF-8, no run id) is counted per device and reason in `fleet_skips`
 and skipped: it never fails the batch. A run whose records never include a start
-(`run.queued` or `run.started`) keeps a row that views do not list (`no_start`).
+(`run.queued` or `run.started`) keeps a row that views do not list (`no_start`). Each
+device's listed runs are counted by status in `fleet_device_runs`, changed with the rows
+(the devices view reads it, not a count over every run).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -42,6 +45,7 @@ HEAD_KINDS = {"run.queued": "queued", "run.started": "running", "step.completed"
               "step.retry": "running", "tool.request": "running",
               "handoff.request": "running", "approval.requested": "waiting_approval",
               "approval.decided": "running"}
+GATE_KINDS = frozenset({"approval.requested", "approval.decided", "approval.conflict"})
 COLUMNS = ("workflow", "version", "origin", "status", "node", "error", "queued_at",
            "started_at", "updated_at", "finished_at", "steps", "retries", "conflicts", "seqs",
            "head", "gates", "approval_id", "approval_node", "approval_visit", "approval_kind",
@@ -70,54 +74,104 @@ def empty_row(ts: float) -> dict[str, Any]:
 
 
 def fold(row: Mapping[str, Any], events: Sequence[Event]) -> dict[str, Any]:
-    """The run's row after `events`; the same row whatever order the events come in."""
+    """The run's row after `events`; the same row whatever order the events come in.
+
+    One pass over the events: counters, first times and spans; the record that sets the
+    head (status, node, error) is the one with the greatest key, applied once. JSON columns
+    a batch leaves alone (gates, head) are neither parsed nor written again."""
     new = dict(row)
-    head = orjson.loads(new["head"] or "{}")
-    gates: dict[str, dict[str, Any]] = orjson.loads(new["gates"] or "{}")
+    head: dict[str, Any] | None = None  # parsed when a record needs it
+    gates: dict[str, dict[str, Any]] | None = None
     seqs: dict[str, list[int]] = orjson.loads(new["seqs"] or "{}")
+    updated, steps, retries = float(new["updated_at"] or 0.0), 0, 0
+    heads: list[tuple[list[Any], Event, str]] = []  # records that may set the head
     for e in events:
+        kind = e.kind
         span = seqs.get(e.stream)
-        seqs[e.stream] = [e.seq, e.seq] if span is None else [min(span[0], e.seq),
-                                                               max(span[1], e.seq)]
-        if e.kind == SPANS:
+        if span is None:
+            seqs[e.stream] = [e.seq, e.seq]
+        elif e.seq < span[0]:
+            span[0] = e.seq
+        elif e.seq > span[1]:
+            span[1] = e.seq
+        if kind == SPANS:
             continue
         r = e.rec
-        new["updated_at"] = max(float(new["updated_at"] or 0.0), e.ts)
+        if e.ts > updated:
+            updated = e.ts
         if new["workflow"] is None and isinstance(r.get("workflow"), str):
             new["workflow"] = _text(r["workflow"], 200)
-        if e.kind == "run.queued":
+        if kind == "step.completed":
+            steps += 1
+        elif kind == "step.retry":
+            retries += 1
+        elif kind == "run.finished":
+            steps += "attempt" in r
+        elif kind == "run.queued":
             new["queued_at"] = _least(new["queued_at"], e.ts)
             new["origin"] = _text(r.get("origin"), 64)
+            head = _loads(new, "head") if head is None else head
             if head.get("vts") is None:
                 new["version"] = _text(r.get("version"), 64)
-        elif e.kind == "run.started":
+        elif kind == "run.started":
             new["started_at"] = _least(new["started_at"], e.ts)
-        elif e.kind == "run.migrated" and e.ts >= (head.get("vts") or 0.0):
-            head["vts"] = e.ts
-            new["version"] = _text(r.get("to"), 64)
-        elif e.kind == "handoff.conflict":
+        elif kind == "run.migrated":
+            head = _loads(new, "head") if head is None else head
+            if e.ts >= (head.get("vts") or 0.0):
+                head["vts"] = e.ts
+                new["version"] = _text(r.get("to"), 64)
+        elif kind == "handoff.conflict":
+            head = _loads(new, "head") if head is None else head
             head.setdefault("handoffs", {})[_text(r.get("key"), 200) or "?"] = {
                 "node": _text(r.get("node"), 200), "local": _text(r.get("local"), 64),
                 "at": e.ts}
-        if e.kind == "step.completed" or (e.kind == "run.finished" and "attempt" in r):
-            new["steps"] += 1
-        elif e.kind == "step.retry":
-            new["retries"] += 1
-        _gate(gates, e)
-        status = "" if e.kind == "run.finished" else HEAD_KINDS.get(e.kind)
+        if kind in GATE_KINDS:
+            gates = _loads(new, "gates") if gates is None else gates
+            _gate(gates, e)
+        status = "" if kind == "run.finished" else HEAD_KINDS.get(kind)
         if status is not None:
-            _head(new, head, e, status)
-    if len(gates) > MAX_GATES:  # forget the oldest decided ones
+            heads.append(([1 if kind == "run.finished" else 0, e.ts, RUN_KINDS[kind],
+                           e.stream, e.seq], e, status))
+    new["updated_at"], new["steps"], new["retries"] = updated, new["steps"] + steps, \
+        new["retries"] + retries
+    if heads:
+        head = _loads(new, "head") if head is None else head
+        _heads(new, head, heads)
+    if gates is not None and len(gates) > MAX_GATES:  # forget the oldest decided ones
         for k in sorted((k for k, g in gates.items() if g.get("decided")), key=int)[
                 :len(gates) - MAX_GATES]:
             del gates[k]
-    new["conflicts"] = sum(1 for g in gates.values() if "conflict" in g) + len(
-        head.get("handoffs", {}))
-    new["head"] = orjson.dumps(head, option=orjson.OPT_SORT_KEYS).decode()
-    new["gates"] = orjson.dumps(gates, option=orjson.OPT_SORT_KEYS).decode()
+    if head is not None:
+        new["head"] = orjson.dumps(head, option=orjson.OPT_SORT_KEYS).decode()
+    if gates is not None:
+        new["gates"] = orjson.dumps(gates, option=orjson.OPT_SORT_KEYS).decode()
+    if head is not None or gates is not None:
+        if gates is None:
+            gates = _loads(new, "gates")
+        new["conflicts"] = sum(1 for g in gates.values() if "conflict" in g) + len(
+            (head if head is not None else _loads(new, "head")).get("handoffs", {}))
     new["seqs"] = orjson.dumps(seqs, option=orjson.OPT_SORT_KEYS).decode()
-    _pending(new, gates)
+    if gates is not None or new["gates"] not in (None, "", "{}"):  # else: no gate, none pending
+        _pending(new, _loads(new, "gates") if gates is None else gates)
     return new
+
+
+def _loads(row: Mapping[str, Any], column: str) -> dict[str, Any]:
+    got: dict[str, Any] = orjson.loads(row[column] or "{}")
+    return got
+
+
+def _heads(new: dict[str, Any], head: dict[str, Any],
+           heads: Sequence[tuple[list[Any], Event, str]]) -> None:
+    """Status, node and error follow the record with the greatest key. Only the greatest
+    is applied, unless it is a decision that names no node (it keeps the node before it):
+    then all of them, in order, as one at a time would."""
+    top = max(heads, key=lambda h: h[0])
+    if top[1].kind == "approval.decided" and top[1].rec.get("node") is None:
+        for key, e, status in heads:
+            _head(new, head, key, e, status)
+    else:
+        _head(new, head, *top)
 
 
 def _gate(gates: dict[str, dict[str, Any]], e: Event) -> None:
@@ -139,9 +193,8 @@ def _gate(gates: dict[str, dict[str, Any]], e: Event) -> None:
             g["conflict"].update(at=e.ts, node=_text(r.get("node"), 200))
 
 
-def _head(new: dict[str, Any], head: dict[str, Any], e: Event, status: str) -> None:
-    """Status, node and error follow the record with the greatest key."""
-    key = [1 if e.kind == "run.finished" else 0, e.ts, RUN_KINDS[e.kind], e.stream, e.seq]
+def _head(new: dict[str, Any], head: dict[str, Any], key: list[Any], e: Event,
+          status: str) -> None:
     if head.get("key") is not None and key <= head["key"]:
         return
     head["key"] = key
@@ -190,7 +243,8 @@ def project(store: Any, c: Any, device: str, epoch: str, stream: str,
 def _runs(store: Any, c: Any, device: str, epoch: str, events: Sequence[Event],
           skipped: Counter[str]) -> None:
     """Fold the batch's events into their runs' rows: lock the device (PostgreSQL), read
-    the rows, write them back; three statements whatever the number of runs."""
+    the rows, write them back with the device's counters; two round trips on PostgreSQL
+    whatever the number of runs."""
     by_run: dict[str, list[Event]] = {}
     for e in events:
         by_run.setdefault(e.run_id, []).append(e)
@@ -210,15 +264,31 @@ def _runs(store: Any, c: Any, device: str, epoch: str, events: Sequence[Event],
     for row in found:
         held[row[0]] = dict(zip(COLUMNS, row[1:], strict=True))
     rows = []
+    by_status: Counter[str] = Counter()  # the device's listed runs, by status: the change
     for rid in rids:
-        row = fold(held.get(rid) or empty_row(by_run[rid][0].ts), by_run[rid])
-        if row["queued_at"] is None and row["started_at"] is None and any(
-                e.kind == "run.finished" for e in by_run[rid]):
+        old = held.get(rid)
+        row = fold(old or empty_row(by_run[rid][0].ts), by_run[rid])
+        if _listed(row):
+            by_status[str(row["status"])] += 1
+        elif any(e.kind == "run.finished" for e in by_run[rid]):
             skipped["no_start"] += 1
+        if old is not None and _listed(old):
+            by_status[str(old["status"])] -= 1
         rows.append((device, rid, epoch, *(row[k] for k in COLUMNS)))
-    _upsert(store, c, "fleet_runs", ("device", "run_id", "epoch", *COLUMNS), rows,
-            "ON CONFLICT (device, run_id, epoch) DO UPDATE SET "
-            + ", ".join(f"{k} = excluded.{k}" for k in COLUMNS))
+    changed = [(device, status, n) for status, n in sorted(by_status.items()) if n]
+    with c.pipeline() if store.dialect == "postgresql" else nullcontext():  # one round trip
+        _upsert(store, c, "fleet_runs", ("device", "run_id", "epoch", *COLUMNS), rows,
+                "ON CONFLICT (device, run_id, epoch) DO UPDATE SET "
+                + ", ".join(f"{k} = excluded.{k}" for k in COLUMNS))
+        if changed:
+            _upsert(store, c, "fleet_device_runs", ("device", "status", "count"), changed,
+                    "ON CONFLICT (device, status) DO UPDATE SET count ="
+                    " fleet_device_runs.count + excluded.count")
+
+
+def _listed(row: Mapping[str, Any]) -> bool:
+    """A run views list: the cloud has seen its start."""
+    return row["queued_at"] is not None or row["started_at"] is not None
 
 
 def _upsert(store: Any, c: Any, table: str, columns: Sequence[str],
@@ -248,7 +318,7 @@ def reindex(store: Any, device: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"devices": 0, "records": 0, "skipped": Counter()}
     for d in devices:
         with store.tx() as c:
-            for table in ("fleet_runs", "fleet_skips"):
+            for table in ("fleet_runs", "fleet_skips", "fleet_device_runs"):
                 store._exec(c, f"DELETE FROM {table} WHERE device = ?", (d,))
             keys = store._exec(c, "SELECT DISTINCT epoch, stream FROM records WHERE device = ?"
                                   " ORDER BY epoch, stream", (d,)).fetchall()

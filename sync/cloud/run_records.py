@@ -18,6 +18,11 @@ import msgpack
 from sync.envelope import WireRecord
 
 MAX_PROJECTED_BYTES = 1 << 20  # a larger record is skipped (`too_large`), never decoded
+NARROW_BYTES = 512  # a larger record is read narrowly: only the fields the projection uses
+# the fields of a run record the projection reads (sync/cloud/projection.py's fold)
+PROJECTED = frozenset({"run_id", "ts", "workflow", "version", "origin", "to", "node", "next",
+                       "attempt", "run_status", "error", "key", "local", "cloud", "resolved",
+                       "rule", "approval_id", "visit", "kind", "prompt", "timeout_at"})
 DATA_CHARS = 500  # a text field of an event as a trace shows it
 
 # kind -> rank among records of the same timestamp (a later phase of a run ranks higher)
@@ -56,12 +61,16 @@ def ts_of(v: Any, default: float) -> float:
 
 
 def decode(stream: str, records: Iterable[WireRecord]) -> Decoded:
-    """What the projection can use of a batch's records, and what it skips (by reason)."""
+    """What the projection can use of a batch's records, and what it skips (by reason).
+    A record's map holds the fields the projection reads (PROJECTED) at least: a large one
+    is read narrowly, its other values skipped undecoded."""
     out = Decoded()
+    events, skipped = out.events, out.skipped
     for r in records:
-        if r.kind in NOT_RUNS or (r.kind == "cmd.result" and stream != "control"):
+        kind = r.kind
+        if kind in NOT_RUNS or (kind == "cmd.result" and stream != "control"):
             continue
-        if r.kind == SPANS:
+        if kind == SPANS:
             try:
                 runs = {s[3] for s in spans_of(r.payload) if s[3]}
             except Exception:  # noqa: BLE001 - a device's bytes: whatever protobuf says
@@ -70,25 +79,32 @@ def decode(stream: str, records: Iterable[WireRecord]) -> Decoded:
             out.events += [Event(stream, r.seq, SPANS, rid, r.created_at, {})
                            for rid in sorted(runs) if len(rid) <= 200]
             continue
-        rec = one(r, out.skipped)
+        rec = one(r, skipped, narrow=True)
         if rec is not None:
-            rid = rec.get("run_id")
-            out.events.append(Event(stream, r.seq, r.kind, str(rid).replace("\x00", ""),
-                                    ts_of(rec.get("ts"), r.created_at), rec))
+            ts = rec.get("ts")
+            if type(ts) is not float or not 0 <= ts < 1e11:  # a float: the common case
+                ts = ts_of(ts, r.created_at)
+            events.append(Event(stream, r.seq, kind, rec["run_id"].replace("\x00", ""), ts,
+                                rec))
     return out
 
 
-def one(r: WireRecord, skipped: Counter[str]) -> dict[str, Any] | None:
+def one(r: WireRecord, skipped: Counter[str], *, narrow: bool = False
+        ) -> dict[str, Any] | None:
     """A run record's map (a command's result: its fields and the result's), or None
-    (counted in `skipped` when it is a record the projection cannot use)."""
+    (counted in `skipped` when it is a record the projection cannot use). `narrow`: a large
+    run record's map holds only the PROJECTED fields (the others are not decoded)."""
     if r.kind not in RUN_KINDS and r.kind != "cmd.result":
         skipped["unknown_kind" if r.kind != "stub" else "stub"] += 1
         return None
     if len(r.payload) > MAX_PROJECTED_BYTES:
         skipped["too_large"] += 1
         return None
+    rec = _narrow(r.payload) if narrow and len(r.payload) > NARROW_BYTES and \
+        r.kind != "cmd.result" else None
     try:
-        rec = msgpack.unpackb(r.payload, raw=False, strict_map_key=False)
+        rec = rec if rec is not None else msgpack.unpackb(r.payload, raw=False,
+                                                          strict_map_key=False)
     except (ValueError, msgpack.UnpackException, TypeError):
         skipped["undecodable"] += 1
         return None
@@ -106,6 +122,25 @@ def one(r: WireRecord, skipped: Counter[str]) -> dict[str, Any] | None:
         skipped["no_run_id"] += 1
         return None
     return rec
+
+
+def _narrow(payload: bytes) -> dict[str, Any] | None:
+    """The PROJECTED fields of a msgpack map, the other values skipped undecoded; None when
+    the payload is not a whole, well-formed map with text keys (the full read then says
+    what it is)."""
+    u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(payload))
+    u.feed(payload)
+    out: dict[str, Any] = {}
+    try:
+        for _ in range(u.read_map_header()):
+            k = u.unpack()
+            if isinstance(k, str) and k in PROJECTED:
+                out[k] = u.unpack()
+            else:
+                u.skip()
+    except (ValueError, msgpack.UnpackException, TypeError):
+        return None
+    return out if u.tell() == len(payload) else None
 
 
 def bounded(rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,9 +124,21 @@ _V5 = (
         updated_at DOUBLE PRECISION NOT NULL)""",
     "UPDATE schema_version SET version = 5",
 )
+# Each device's listed runs by status, kept by the projection with its rows (what the
+# fleet's devices view shows without counting every run), filled from the rows it has.
+_V6 = (
+    """CREATE TABLE fleet_device_runs (device TEXT NOT NULL, status TEXT NOT NULL,
+        count BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (device, status))""",
+    """INSERT INTO fleet_device_runs (device, status, count)
+        SELECT device, COALESCE(status, 'None'), count(*) FROM fleet_runs
+        WHERE queued_at IS NOT NULL OR started_at IS NOT NULL
+        GROUP BY device, COALESCE(status, 'None')""",
+    "UPDATE schema_version SET version = 6",
+)
 MIGRATIONS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
-    d: [(1, _V1), (2, _V2[d]), (3, _V3), (4, _V4), (5, _V5)] for d in ("sqlite", "postgresql")}
-LATEST = 5
+    d: [(1, _V1), (2, _V2[d]), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
+    for d in ("sqlite", "postgresql")}
+LATEST = 6
 
 
 def current_version(tables: set[str], version_row: Any) -> int:

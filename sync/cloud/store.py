@@ -232,25 +232,31 @@ class SqlCloudStore:
                                     ).fetchall()
             epochs = self._exec(c, "SELECT device, epoch, first_seen, protocol FROM epochs"
                                    " ORDER BY first_seen, epoch").fetchall()
-            held = dict(self._exec(c, "SELECT device, count(*) FROM quarantine WHERE device"
-                                      " IS NOT NULL GROUP BY device").fetchall())
+            quarantined = dict(self._exec(c, "SELECT device, count(*) FROM quarantine WHERE"
+                                             " device IS NOT NULL GROUP BY device").fetchall())
+        by_device: dict[str, list[dict[str, Any]]] = {}  # a device's epochs, oldest first
+        for d, e, f, p in epochs:
+            by_device.setdefault(d, []).append({"epoch": e, "first_seen": f,
+                                                "protocol": int(p)})
+        held: dict[tuple[str, str | None], list[Any]] = {}  # (device, epoch) -> its streams
+        for row in streams:
+            held.setdefault((row[0], row[1]), []).append(row)
         out = []
+        now = time.time()
         for device, online, first, last in devs:
-            mine = [{"epoch": e, "first_seen": f, "protocol": int(p)}
-                    for d, e, f, p in epochs if d == device]
+            mine = by_device.get(device, [])
             # None: nothing of the device stored yet (not protocol 1's epoch "")
             current = mine[-1]["epoch"] if mine else None
             streams_now = {s: {"received_seq": int(r), "acked_seq": int(a),
-                               "lag_s": None if lc is None else max(0.0, time.time() - lc),
+                               "lag_s": None if lc is None else max(0.0, now - lc),
                                "conflicts": int(cf), "stubs": int(st)}
-                           for d, e, s, r, a, lc, cf, st in streams
-                           if d == device and e == current}
+                           for _, _, s, r, a, lc, cf, st in held.get((device, current), [])}
             resets = [{"at": b["first_seen"], "from": a["epoch"], "to": b["epoch"],
                        "upgrade": a["epoch"] == ""} for a, b in itertools.pairwise(mine)]
             out.append({"device_id": device, "online": bool(online), "first_seen": first,
                         "last_seen": last, "epoch": current, "streams": streams_now,
                         "epochs": mine, "resets": resets,
-                        "quarantined": int(held.get(device, 0))})
+                        "quarantined": int(quarantined.get(device, 0))})
         return out
 
     def records(self, device: str, stream: str,

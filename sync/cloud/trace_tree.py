@@ -5,7 +5,8 @@ Steps come from the checkpoint records (`step.completed`, `step.retry`, a `run.f
 that ends a step); approvals, hand-offs, remote tool requests and conflicts from the control
 records; tool calls, model turns and each step's timing from the spans the device sent on
 its traces stream (a step whose span the cloud lacks shows no duration). A gate or a
-hand-off still open has no step yet: it shows as a step `waiting` / `handed_off`.
+hand-off still open has no step yet: it shows as a step `waiting` / `handed_off`, which the
+step's checkpoint replaces once it ends (one step, as the device shows it).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _ms(a: float, b: float) -> float:
 def build(head: Mapping[str, Any], events: Sequence[tuple[str, float, dict[str, Any]]],
           spans: Sequence[Span]) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []  # each step: its fields and `children`
+    open_steps: dict[Any, dict[str, Any]] = {}  # node -> a step no checkpoint ended yet
 
     def step_of(node: Any, *, status: str, ts: float) -> dict[str, Any]:
         found = [held for held in steps if held["node"] == node]
@@ -74,6 +76,7 @@ def build(head: Mapping[str, Any], events: Sequence[tuple[str, float, dict[str, 
                              "error": None, "error_kind": None, "duration_ms": None,
                              "started_at": ts, "children": []}
         steps.append(s)
+        open_steps[node] = s
         return s
 
     approvals: dict[Any, dict[str, Any]] = {}
@@ -81,12 +84,17 @@ def build(head: Mapping[str, Any], events: Sequence[tuple[str, float, dict[str, 
         if kind in ("step.completed", "step.retry") or (kind == "run.finished"
                                                           and "attempt" in r):
             failed = kind == "step.retry"
-            steps.append({"node": r.get("node"), "visit": r.get("visit"),
-                          "attempt": int(r.get("attempt") or 1),
-                          "status": "failed" if failed else str(r.get("status") or "completed"),
-                          "error": r.get("error") if failed else None,
-                          "error_kind": r.get("kind") if failed else None,
-                          "duration_ms": None, "started_at": ts, "children": []})
+            done = {"node": r.get("node"), "visit": r.get("visit"),
+                    "attempt": int(r.get("attempt") or 1),
+                    "status": "failed" if failed else str(r.get("status") or "completed"),
+                    "error": r.get("error") if failed else None,
+                    "error_kind": r.get("kind") if failed else None,
+                    "duration_ms": None, "started_at": ts}
+            held = open_steps.pop(r.get("node"), None)
+            if held is not None:  # the gate (hand-off, remote call) it waited at, ended
+                held.update(done)
+            else:
+                steps.append({**done, "children": []})
         elif kind == "approval.requested":
             s = step_of(r.get("node"), status="waiting", ts=ts)
             child: dict[str, Any] = {"approval": r.get("kind") or "approval", "prompt": r.get("prompt"),
@@ -115,7 +123,15 @@ def build(head: Mapping[str, Any], events: Sequence[tuple[str, float, dict[str, 
                     else f"a late cloud result for {r.get('key')} (device: {r.get('local')})")
             step_of(r.get("node"), status="conflict", ts=ts)["children"].append(
                 {"conflict": text})
+    later: dict[Any, Any] = {}  # node -> the visit of its next step that names one
+    for st in reversed(steps):  # a retry's record names no visit: the one it retried
+        if st["visit"] is None and st["status"] == "failed":
+            st["visit"] = later.get(st["node"])
+        elif st["visit"] is not None:
+            later[st["node"]] = st["visit"]
     trace_id = _with_spans(steps, spans)
+    for st in steps:  # as the device lists them: calls and turns, then approvals
+        st["children"].sort(key=lambda c: "approval" in c)
     return {"run_id": head["run_id"], "workflow": head["workflow"],
             "version": head.get("version"), "status": head["status"], "trace_id": trace_id,
             "error": head.get("error"), "steps": steps, "device": head["device"],

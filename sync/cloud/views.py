@@ -158,9 +158,9 @@ def devices(store: Any, *, groups: Mapping[str, Sequence[str]] | None = None
         for d, reason, n in store._exec(c, "SELECT device, reason, count FROM fleet_skips"):
             skipped.setdefault(d, {})[reason] = int(n)
         counts: dict[str, dict[str, int]] = {}
-        for d, status, n in store._exec(c, f"SELECT device, status, count(*) FROM fleet_runs"
-                                           f" WHERE {LISTED} GROUP BY device, status"):
-            counts.setdefault(d, {})[str(status)] = int(n)
+        for d, status, n in store._exec(c, "SELECT device, status, count FROM"
+                                           " fleet_device_runs WHERE count <> 0"):
+            counts.setdefault(d, {})[status] = int(n)
     out = []
     for d in store.devices():
         name = d["device_id"]

@@ -10,13 +10,14 @@ import time
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.cloud import views
 from sync.cloud.cli import main as cloud_main
 from sync.cloud.projection import empty_row, fold, reindex
-from sync.cloud.run_records import Event
+from sync.cloud.run_records import NARROW_BYTES, Event, decode
 from sync.cloud.store import SqlCloudStore
 from sync.envelope import Batch, WireRecord
 
@@ -55,9 +56,9 @@ def store_all(store: SqlCloudStore, device: str, stream: str, recs: list[WireRec
                                 part, EP, 2))
 
 
-def table(store: SqlCloudStore, name: str) -> list[tuple[Any, ...]]:
+def table(store: SqlCloudStore, name: str, columns: str = "*") -> list[tuple[Any, ...]]:
     with store.tx() as c:
-        return sorted(tuple(r) for r in c.execute(f"SELECT * FROM {name}").fetchall())
+        return sorted(tuple(r) for r in c.execute(f"SELECT {columns} FROM {name}").fetchall())
 
 
 def test_runs_are_projected_with_each_batch_and_reindex_gives_the_same_rows(
@@ -89,12 +90,83 @@ def test_runs_are_projected_with_each_batch_and_reindex_gives_the_same_rows(
         store.close()
 
 
-def test_any_arrival_order_gives_the_same_rows(tmp_path: Any) -> None:
+def counted(store: SqlCloudStore) -> dict[str, dict[str, int]]:
+    """Each device's listed runs by status, counted over every run (what the devices
+    view's counters must equal)."""
+    out: dict[str, dict[str, int]] = {}
+    for d, status, n in table(store, "fleet_runs WHERE queued_at IS NOT NULL OR started_at"
+                                     " IS NOT NULL GROUP BY device, status", "device, status,"
+                                     " count(*)"):
+        out.setdefault(d, {})[status] = n
+    return out
+
+
+def test_devices_count_runs_by_status_as_the_runs_say_in_any_order(cloud_url: str) -> None:
+    """The devices view's per-status counters follow each run through its statuses
+    (queued, running, waiting, failed or completed), whatever order batches come in,
+    never count a run the views do not list, and `reindex` gives the same counters."""
+    store = SqlCloudStore(cloud_url)
+    try:
+        batches = []
+        for i in range(6):
+            ck, ct = run_records(f"r{i}", fail=i % 3 == 1, t=T0 + i)
+            if i % 3 == 2:  # decided and completed
+                ct.append(rec(2, "approval.decided", T0 + i + 6, run_id=f"r{i}",
+                              approval_id=1, node="gate", decision="approved"))
+                ck.append(rec(5, "run.finished", T0 + i + 7, run_id=f"r{i}", node="end",
+                              visit=1, attempt=1, status="completed", run_status="completed"))
+            device = f"press-{i % 2}"
+            batches += [(device, "checkpoints", [r]) for r in ck] + [
+                (device, "control", [r]) for r in ct]
+        batches.append(("press-0", "checkpoints", [rec(
+            9, "run.finished", T0, run_id="no-start", run_status="failed")]))
+        random.Random(7).shuffle(batches)
+        for n, (device, stream, part) in enumerate(batches):
+            for r in part:  # seqs per device and stream, as the shuffle left them
+                store_all(store, device, stream, [WireRecord(100 * n + r.seq, r.kind,
+                                                             r.payload, r.created_at)])
+            if n % 5 == 0:
+                assert {d["device"]: d["runs"] for d in views.devices(store)
+                        if d["runs"]} == counted(store)
+        got = {d["device"]: d["runs"] for d in views.devices(store)}
+        assert got == counted(store) and sum(sum(r.values()) for r in got.values()) == 6
+        assert got["press-0"] == {"waiting_approval": 1, "completed": 1, "failed": 1}
+        assert reindex(store)["devices"] == 2
+        assert {d["device"]: d["runs"] for d in views.devices(store)} == got
+    finally:
+        store.close()
+
+
+def test_a_store_of_migration_5_gets_its_counters_from_its_runs(cloud_url: str) -> None:
+    store = SqlCloudStore(cloud_url)
+    try:
+        for i in range(2):
+            ck, ct = run_records(f"r{i}", fail=i == 1)
+            store_all(store, f"press-{i}", "checkpoints", ck)
+            store_all(store, f"press-{i}", "control", ct)
+        with store.tx() as c:  # as migration 5 left it (6 adds the counters)
+            c.execute("DROP TABLE fleet_device_runs")
+            c.execute("UPDATE schema_version SET version = 5")
+    finally:
+        store.close()
+    again = SqlCloudStore(cloud_url)
+    try:
+        assert {d["device"]: d["runs"] for d in views.devices(again)} == {
+            "press-0": {"waiting_approval": 1}, "press-1": {"failed": 1}} == counted(again)
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_any_arrival_order_gives_the_same_rows(backend: str, tmp_path: Any,
+                                               request: pytest.FixtureRequest) -> None:
     """Shared subscriptions reorder batches and two streams are stored side by side: the
-    rows do not depend on it (compared with the in-order rows)."""
+    rows (and the device's counters) do not depend on it (compared with the in-order rows),
+    on either store."""
     rows = []
     for n, seed in enumerate((None, 1, 2, 3)):
-        store = SqlCloudStore(f"sqlite:///{tmp_path / f'{n}.db'}")
+        store = SqlCloudStore(f"sqlite:///{tmp_path / f'{n}.db'}" if backend == "sqlite"
+                              else request.getfixturevalue("new_pg_url")())
         try:
             ck, ct = run_records("r1")
             ct.append(rec(2, "approval.decided", T0 + 6, run_id="r1", approval_id=1,
@@ -106,7 +178,8 @@ def test_any_arrival_order_gives_the_same_rows(tmp_path: Any) -> None:
                 random.Random(seed).shuffle(batches)
             for stream, part in batches:
                 store_all(store, "d", stream, part)
-            rows.append(table(store, "fleet_runs"))
+            rows.append(table(store, "fleet_runs")
+                        + table(store, "fleet_device_runs WHERE count <> 0"))
         finally:
             store.close()
     assert all(r == rows[0] for r in rows)
@@ -135,6 +208,24 @@ def test_fold_is_the_same_in_any_order_and_grouping(order: list[Event], cut: int
     expected = fold(empty_row(0.0), EVENTS)
     assert fold(fold(empty_row(0.0), order[:cut]), order[cut:]) == expected
     assert fold(empty_row(0.0), EVENTS[:-1])["approval_id"] == 2  # the newest open gate
+
+
+def test_a_large_record_is_read_narrowly_and_projects_as_a_small_one() -> None:
+    """A step's large output (and bytes no one reads, even invalid UTF-8) is skipped
+    undecoded: the event holds the fields the projection folds, and the row is the same."""
+    fields = {"run_id": "r", "node": "a", "next": "b", "visit": 1, "attempt": 1,
+              "status": "completed", "workflow": "w", "ts": T0}
+    small = WireRecord(1, "step.completed", msgpack.packb(fields), T0)
+    padded = msgpack.packb({**fields, "output": {"rows": list(range(500)), "text": "x" * 4000},
+                            "blob": b"\xff\xfe" * 100})
+    large = WireRecord(1, "step.completed", padded, T0)
+    got = decode("checkpoints", [large])
+    assert len(large.payload) > NARROW_BYTES and not got.skipped
+    assert "output" not in got.events[0].rec and got.events[0].rec["next"] == "b"
+    assert fold(empty_row(0.0), got.events) == fold(
+        empty_row(0.0), decode("checkpoints", [small]).events)
+    broken = WireRecord(2, "step.completed", padded[:-3], T0)  # cut short: undecodable
+    assert decode("checkpoints", [broken]).skipped == {"undecodable": 1}
 
 
 def test_records_the_projection_cannot_use_are_counted_and_never_block_the_batch(
