@@ -12,6 +12,7 @@ from edge_agent import __version__
 from edge_agent.cli import db
 from edge_agent.cli.context import CliError, Context, parse_args
 from edge_agent.errors import ConfigError, EdgeAgentError
+from sync.argv_text import undecodable
 
 
 def _options(default: bool) -> argparse.ArgumentParser:
@@ -140,6 +141,9 @@ def manual() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     ctx = Context(args.config, args.json)
+    odd = undecodable(args)
+    if odd is not None:
+        return ctx.fail(odd, 64)
     try:
         return _dispatch(ctx, args)
     except ConfigError as exc:

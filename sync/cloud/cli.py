@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sync.argv_text import undecodable
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.store import CloudStoreError, SqlCloudStore
 from sync.cloud.wiring import store_of, worker
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
+    odd = undecodable(args)
+    if odd is not None:
+        return _fail(args, odd, 64)
     if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:
