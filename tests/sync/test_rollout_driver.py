@@ -166,3 +166,38 @@ def test_rules() -> None:
     assert answered_state("failed", "rolled_back", "apply", "applied") is None
     assert answered_state("running", "pending", "apply", "rejected") == "rejected"
     assert answered_state("failed", "rollback_pending", "rollback", "unchanged") == "rolled_back"
+
+
+def test_deploy_reads_only_a_regular_file_of_one_deployment(tmp_path: Any, capsys: Any
+                                                            ) -> None:
+    """`deploy /dev/zero` read without end (the process was killed for memory) and a FIFO
+    would wait for a writer: both are refused as unreadable (66); a fragment over the limit
+    and a version label of 1,000 characters are usage errors (64); nothing is recorded."""
+    import json
+    import os
+
+    from sync.cloud.cli import main as cloud_main
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\nurl = "{url}"\n')
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (deps.MAX_FRAGMENT_BYTES + 1))
+    small = tmp_path / "small.toml"
+    small.write_text("[tools]\n")
+    for path, extra, code, said in [("/dev/zero", [], 66, "not a regular file"),
+                                    (str(fifo), [], 66, "not a regular file"),
+                                    (str(tmp_path), [], 66, "not a regular file"),
+                                    (str(big), [], 64, "over 49152 bytes"),
+                                    (str(small), ["--version", "v" * 1000], 64,
+                                     "--version: 1 to 128 characters")]:
+        got = cloud_main(["deploy", path, "--devices", "a", *extra, "--config", str(cfg),
+                          "--json"])
+        err = json.loads(capsys.readouterr().err)
+        assert got == code and said in err["error"], (path, err)
+    store = SqlCloudStore(url)
+    try:
+        assert deps.deployments(store) == []
+    finally:
+        store.close()
