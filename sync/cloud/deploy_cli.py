@@ -58,7 +58,9 @@ def run(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) -> i
             return _list(args, store)
         if args.action == "abort":
             if not deps.abort(store, args.id):
-                return fail(args, f"deployment {args.id} is not running", 1)
+                held = deps.deployment(store, args.id)
+                return fail(args, f"no deployment {args.id}" if held is None else
+                            f"deployment {args.id} is not running (it is {held['state']})", 1)
             _out(args, {"id": args.id, "state": "aborted"}, f"{args.id} aborted")
             return 0
         return _show(args, store, fail)

@@ -201,3 +201,29 @@ def test_deploy_reads_only_a_regular_file_of_one_deployment(tmp_path: Any, capsy
         assert deps.deployments(store) == []
     finally:
         store.close()
+
+
+def test_deployment_abort_says_which_id_is_unknown_and_which_stopped(tmp_path: Any,
+                                                                     capsys: Any) -> None:
+    """`deployment abort ID` of an id the cloud never held said "is not running"; it now says
+    there is no such deployment, and of a stopped one, its state (exit 1 both)."""
+    import json
+
+    from sync.cloud.cli import main as cloud_main
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\n'
+                   f'url = "sqlite:///{tmp_path / "cloud.db"}"\n')
+    small = tmp_path / "small.toml"
+    small.write_text("[tools]\n")
+
+    def cloud(*words: str) -> tuple[int, Any]:
+        code = cloud_main([*words, "--config", str(cfg), "--json"])
+        out = capsys.readouterr()
+        return code, json.loads(out.out if code == 0 else out.err)
+    code, dep = cloud("deploy", str(small), "--devices", "a")
+    assert code == 0
+    assert cloud("deployment", "abort", dep["id"]) == (0, {"id": dep["id"], "state": "aborted"})
+    code, err = cloud("deployment", "abort", dep["id"])
+    assert code == 1 and err["error"] == f"deployment {dep['id']} is not running (it is aborted)"
+    code, err = cloud("deployment", "abort", "nope")
+    assert code == 1 and err["error"] == "no deployment nope"
