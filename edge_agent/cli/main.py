@@ -13,6 +13,7 @@ from edge_agent.cli import db
 from edge_agent.cli.context import CliError, Context, parse_args
 from edge_agent.cli.exit_codes import EXIT_CODES
 from edge_agent.errors import ConfigError, EdgeAgentError
+from sync.argv_text import undecodable
 
 
 def _options(default: bool) -> argparse.ArgumentParser:
@@ -141,6 +142,9 @@ def manual() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     ctx = Context(args.config, args.json)
+    odd = undecodable(args)
+    if odd is not None:
+        return ctx.fail(odd, 64)
     try:
         return _dispatch(ctx, args)
     except ConfigError as exc:

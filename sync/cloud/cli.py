@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sync.argv_text import undecodable
 from sync.cloud.arguments import ArgumentProblem, check_arguments
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.store import CloudStoreError, SqlCloudStore
@@ -432,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
+    odd = undecodable(args)
+    if odd is not None:
+        return _fail(args, odd, 64)
     try:
         check_arguments(args)
     except ArgumentProblem as exc:

@@ -23,6 +23,8 @@ from typing import Any
 
 from sync.cloud.views import gates, run
 
+MAX_APPROVAL_ID = 2**63 - 1  # the store's integer; a larger one cannot name an approval
+
 
 class DecisionError(Exception):
     """The cloud will not send the decision (or cannot); `exit_code` for the CLI."""
@@ -34,6 +36,9 @@ class DecisionError(Exception):
 
 def target(store: Any, device: str, run_id: str, approval_id: int | None) -> dict[str, Any]:
     """The gate a decision names: {approval_id, node, visit}, from what the cloud saw."""
+    if approval_id is not None and not 0 < approval_id <= MAX_APPROVAL_ID:
+        raise DecisionError(f"--approval: an approval id, 1 to {MAX_APPROVAL_ID} (got "
+                            f"{approval_id})", 64)
     if approval_id is None:
         seen = run(store, device, run_id)
         gate = seen["pending_approval"] if seen is not None else None

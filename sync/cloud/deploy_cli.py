@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import stat
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sync.cloud import deployments as deps
@@ -57,7 +58,9 @@ def run(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) -> i
             return _list(args, store)
         if args.action == "abort":
             if not deps.abort(store, args.id):
-                return fail(args, f"deployment {args.id} is not running", 1)
+                held = deps.deployment(store, args.id)
+                return fail(args, f"no deployment {args.id}" if held is None else
+                            f"deployment {args.id} is not running (it is {held['state']})", 1)
             _out(args, {"id": args.id, "state": "aborted"}, f"{args.id} aborted")
             return 0
         return _show(args, store, fail)
@@ -69,7 +72,7 @@ def _deploy(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) 
     from sync.cloud.fleet import FleetError, select_devices
     try:
         devices = select_devices(cfg.groups, devices=args.devices, group=args.group)
-        fragment = Path(args.fragment).read_text()
+        fragment = read_fragment(args.fragment)
         dep_id = deps.create(store, fragment=fragment, devices=devices, version=args.label,
                              waves=args.waves, bake_s=args.bake, abort_if=args.abort_if,
                              min_runs=args.min_runs, expires_in_s=args.expires_in)
@@ -82,6 +85,21 @@ def _deploy(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) 
     _out(args, d, f"{dep_id}  version {d['version']}  {len(devices)} device(s) in waves "
          f"{d['waves']}; edge-agent-cloud deployment show {dep_id}")
     return 0
+
+
+def read_fragment(path: str) -> str:
+    """The fragment's text: a regular file of at most one deployment's bytes, read without
+    waiting on a FIFO or reading a device such as /dev/zero without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(deps.MAX_FRAGMENT_BYTES + 1)
+    if len(data) > deps.MAX_FRAGMENT_BYTES:
+        raise RolloutError(f"the fragment is over {deps.MAX_FRAGMENT_BYTES} bytes; a "
+                           "deployment carries at most that (one signed command)")
+    return data.decode()
 
 
 def _list(args: argparse.Namespace, store: Any) -> int:

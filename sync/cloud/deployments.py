@@ -42,6 +42,7 @@ from sync.cloud.store import SqlCloudStore, clean
 
 log = logging.getLogger(__name__)
 MAX_FRAGMENT_BYTES = 48 << 10  # one signed command (64 KiB) with room for its other fields
+MAX_LABEL = 128  # a version label is for people, and travels in the same signed command
 RESEND_S = 30.0  # a command not answered is published again this often (and at reconnect)
 TICK_S = 1.0
 Send = Callable[[str, str, dict[str, Any], float], None]  # device, command id, args, ttl_s
@@ -60,6 +61,8 @@ def create(store: SqlCloudStore, *, fragment: str, devices: Sequence[str],
         tomllib.loads(fragment)
     except tomllib.TOMLDecodeError as exc:
         raise RolloutError(f"the fragment is not TOML: {exc}") from exc
+    if version is not None and not 0 < len(version) <= MAX_LABEL:
+        raise RolloutError(f"--version: 1 to {MAX_LABEL} characters (got {len(version)})")
     if min_runs < 0:
         raise RolloutError(f"--min-runs: must be >= 0 (got {min_runs})")
     check_gate(abort_if)

@@ -41,6 +41,8 @@ RUN_FIELDS = ("device", "epoch", "run_id", "workflow", "version", "origin", "sta
               "approval_prompt", "approval_at", "approval_expires_at")
 LISTED = "(queued_at IS NOT NULL OR started_at IS NOT NULL)"
 MAX_LIMIT = 10000
+# the statuses a run shows (the device's own: edge_agent.engine.records.STATUSES)
+STATUSES = ("queued", "running", "waiting_approval", "completed", "failed", "cancelled")
 
 
 class ViewError(Exception):
@@ -79,6 +81,8 @@ def runs(store: Any, *, device: str | None = None, group: str | None = None,
     """Runs across the fleet, newest first (by the last record the cloud has of each)."""
     if not 0 < limit <= MAX_LIMIT:
         raise ViewError(f"--limit: between 1 and {MAX_LIMIT} (got {limit})", 64)
+    if status is not None and status not in STATUSES:
+        raise ViewError(f"--status: one of {', '.join(STATUSES)} (got {status!r})", 64)
     where, args = [LISTED], list[Any]()
     if device is not None:
         where.append("device = ?")

@@ -140,3 +140,14 @@ def test_the_connection_cannot_write(tmp_path: Path) -> None:
     Store(db).close()
     with _open(db) as handle, pytest.raises(sqlite3.OperationalError, match="readonly"):
         handle["runs"].insert({"run_id": "x"})
+
+
+def test_words_that_are_not_utf8_are_usage_errors(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 as a run id reach argv as a lone surrogate, which SQLite
+    cannot take: exit 64 naming the argument, not a traceback."""
+    config = setup(tmp_path)
+    Store(tmp_path / "data" / "edge-agent.db").close()
+    for args in (["db", "export", "runs", "--run", "\udcff"], ["runs", "show", "\udcff"]):
+        r = cli(config, *args, "--json", check=False)
+        assert r.returncode == 64 and "Traceback" not in r.stderr, (args, r)
+        assert "not valid UTF-8 text" in json.loads(r.stderr)["error"]

@@ -261,3 +261,23 @@ def test_token_commands(tmp_path: Path) -> None:
     assert cloud(cfg, "console", "token", "revoke", "ana").returncode == 0
     r = cloud(cfg, "console", "token", "revoke", "ana", "--json")
     assert r.returncode == 1 and "no token named 'ana'" in json.loads(r.stderr)["error"]
+
+
+def test_odd_ids_and_values_are_refused_without_a_server_error(
+        console: tuple[TestClient, Decisions], tokens: TokenFile) -> None:
+    """A run or deployment the cloud does not hold is a 404 page, whatever its id; an
+    approval id no store integer can hold is a 400, nothing sent (it was a 500)."""
+    client, decisions = console
+    csrf = login(client, tokens.add("ana", "operator"))
+    for path in ("/runs/press-7/nope", "/runs/%00/%ff", "/deployments/nope",
+                 "/deployments/%ff", "/deployments/" + "a" * 5000):
+        r = client.get(path)
+        assert r.status_code == 404, (path, r.status_code)
+        assert "The cloud holds no" in r.text
+    for approval_id in (str(2**70), "-1", "0"):
+        r = client.post("/approvals/decide",
+                        data={**DECISION, "approval_id": approval_id, "csrf": csrf})
+        assert r.status_code == 400 and "approval_id: an approval id" in r.text, r.text
+    assert decisions.sent == []
+    r = client.get("/runs", params={"status": "bogus"})
+    assert r.status_code == 200 and "status: one of queued" in r.text

@@ -330,3 +330,29 @@ def test_cli_views_and_the_approve_the_cloud_refuses(tmp_path: Any, capsys: Any)
     assert code == 1 and "has not seen that run" in json.loads(err)["error"]
     code, _, err = run("runs", "--group", "nope", "--json")
     assert code == 64
+
+
+def test_cli_words_that_are_not_text_and_odd_values_are_usage_errors(
+        tmp_path: Any, capsys: Any) -> None:
+    """Bytes that are not UTF-8 on the command line (a lone surrogate in argv), an unknown
+    --status and an --approval no store can hold exit 64 with a JSON error, no traceback."""
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text('[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\n'
+                   f'url = "sqlite:///{tmp_path / "cloud.db"}"\n')
+    fragment = tmp_path / "f.toml"
+    fragment.write_text("[tools]\n")
+    bad = "\udcff"
+    for words, named in [(["runs", "--workflow", bad], "workflow"),
+                         (["trace", "--device", bad, bad], "device"),
+                         (["export", "--since", "1h", "--device", bad], "device"),
+                         (["reindex", "--device", bad], "device"),
+                         (["deployment", "show", bad], "id"),
+                         (["deploy", str(fragment), "--devices", "a", "--version", bad],
+                          "--version"),
+                         (["runs", "--status", "bogus"], "--status: one of queued"),
+                         (["approve", "--device", "d", "r", "--approval", str(2**70)],
+                          "--approval: an approval id")]:
+        code = cloud_main([*words, "--config", str(cfg), "--json"])
+        err = json.loads(capsys.readouterr().err)
+        assert code == 64 and err["exit_code"] == 64, (words, err)
+        assert err["error"].startswith(named), (words, err)

@@ -166,3 +166,64 @@ def test_rules() -> None:
     assert answered_state("failed", "rolled_back", "apply", "applied") is None
     assert answered_state("running", "pending", "apply", "rejected") == "rejected"
     assert answered_state("failed", "rollback_pending", "rollback", "unchanged") == "rolled_back"
+
+
+def test_deploy_reads_only_a_regular_file_of_one_deployment(tmp_path: Any, capsys: Any
+                                                            ) -> None:
+    """`deploy /dev/zero` read without end (the process was killed for memory) and a FIFO
+    would wait for a writer: both are refused as unreadable (66); a fragment over the limit
+    and a version label of 1,000 characters are usage errors (64); nothing is recorded."""
+    import json
+    import os
+
+    from sync.cloud.cli import main as cloud_main
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\nurl = "{url}"\n')
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (deps.MAX_FRAGMENT_BYTES + 1))
+    small = tmp_path / "small.toml"
+    small.write_text("[tools]\n")
+    for path, extra, code, said in [("/dev/zero", [], 66, "not a regular file"),
+                                    (str(fifo), [], 66, "not a regular file"),
+                                    (str(tmp_path), [], 66, "not a regular file"),
+                                    (str(big), [], 64, "over 49152 bytes"),
+                                    (str(small), ["--version", "v" * 1000], 64,
+                                     "--version: 1 to 128 characters")]:
+        got = cloud_main(["deploy", path, "--devices", "a", *extra, "--config", str(cfg),
+                          "--json"])
+        err = json.loads(capsys.readouterr().err)
+        assert got == code and said in err["error"], (path, err)
+    store = SqlCloudStore(url)
+    try:
+        assert deps.deployments(store) == []
+    finally:
+        store.close()
+
+
+def test_deployment_abort_says_which_id_is_unknown_and_which_stopped(tmp_path: Any,
+                                                                     capsys: Any) -> None:
+    """`deployment abort ID` of an id the cloud never held said "is not running"; it now says
+    there is no such deployment, and of a stopped one, its state (exit 1 both)."""
+    import json
+
+    from sync.cloud.cli import main as cloud_main
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\n'
+                   f'url = "sqlite:///{tmp_path / "cloud.db"}"\n')
+    small = tmp_path / "small.toml"
+    small.write_text("[tools]\n")
+
+    def cloud(*words: str) -> tuple[int, Any]:
+        code = cloud_main([*words, "--config", str(cfg), "--json"])
+        out = capsys.readouterr()
+        return code, json.loads(out.out if code == 0 else out.err)
+    code, dep = cloud("deploy", str(small), "--devices", "a")
+    assert code == 0
+    assert cloud("deployment", "abort", dep["id"]) == (0, {"id": dep["id"], "state": "aborted"})
+    code, err = cloud("deployment", "abort", dep["id"])
+    assert code == 1 and err["error"] == f"deployment {dep['id']} is not running (it is aborted)"
+    code, err = cloud("deployment", "abort", "nope")
+    assert code == 1 and err["error"] == "no deployment nope"

@@ -30,7 +30,7 @@ from sync.cloud.console import auth, formats
 from sync.cloud.console.auth import Refused
 from sync.cloud.console.fleet import Fleet
 from sync.cloud.console.tokens import Holder, TokenFile
-from sync.cloud.decisions import DecisionError
+from sync.cloud.decisions import MAX_APPROVAL_ID, DecisionError
 
 FRAGMENT = "x-console-fragment"
 SESSION_S = 12 * 3600
@@ -80,9 +80,10 @@ class Console:
             raise Refused(401, "log in first")
         return holder
 
-    def page(self, template: str, load: Callable[[Request], dict[str, Any]]) -> Callable[
-            [Request], Any]:
-        """A GET route: who is asking, then the view's data into its template."""
+    def page(self, template: str, load: Callable[[Request], dict[str, Any]],
+             missing: str | None = None) -> Callable[[Request], Any]:
+        """A GET route: who is asking, then the view's data into its template; the page of
+        an id the cloud does not hold (its `missing` key None) answers 404."""
         def route(request: Request) -> Response:
             try:
                 holder = self.who(request)
@@ -90,7 +91,9 @@ class Console:
                 if request.headers.get(FRAGMENT) == "1":
                     return Response("log in again", status_code=401)
                 return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-            return self.render(request, template, holder, **load(request))
+            data = load(request)
+            status = 404 if missing is not None and data.get(missing) is None else 200
+            return self.render(request, template, holder, status=status, **data)
         return route
 
     # --- login -----------------------------------------------------------------------------
@@ -128,8 +131,10 @@ class Console:
         try:
             approval_id = int(form.get("approval_id", ""))
         except ValueError:
-            raise Refused(400, f"approval_id: an integer (got {form.get('approval_id')!r})"
-                          ) from None
+            approval_id = 0
+        if not 0 < approval_id <= MAX_APPROVAL_ID:
+            raise Refused(400, f"approval_id: an approval id, 1 to {MAX_APPROVAL_ID} (got "
+                          f"{form.get('approval_id')!r})")
         patch = None
         if approve and form.get("patch", "").strip():
             try:
@@ -177,12 +182,12 @@ class Console:
             Route("/devices", self.page("devices.html", lambda r: f.devices())),
             Route("/runs", self.page("runs.html", runs)),
             Route("/runs/{device}/{run_id}", self.page("run.html", lambda r: f.run(
-                r.path_params["device"], r.path_params["run_id"]))),
+                r.path_params["device"], r.path_params["run_id"]), missing="run")),
             Route("/approvals", self.page("approvals.html", lambda r: f.approvals())),
             Route("/approvals/decide", self.decide, methods=["POST"]),
             Route("/deployments", self.page("deployments.html", lambda r: f.deployments())),
             Route("/deployments/{dep_id}", self.page("deployment.html", lambda r: f.deployment(
-                r.path_params["dep_id"]))),
+                r.path_params["dep_id"]), missing="deployment")),
             Route("/deployments/{dep_id}/abort", self.abort, methods=["POST"]),
             Route("/conflicts", self.page("conflicts.html", lambda r: f.conflicts())),
         ]

@@ -39,7 +39,7 @@ class Fleet:
         filters = {"device": device, "group": group, "status": status, "workflow": workflow,
                    "since": since, "limit": limit}
         out: dict[str, Any] = {"filters": filters, "groups": sorted(self.groups), "runs": [],
-                               "error": None}
+                               "statuses": views.STATUSES, "error": None}
         try:
             after = None if since is None else parse_since(since)
             out["runs"] = views.runs(self.store, device=device, group=group, status=status,
