@@ -18,6 +18,7 @@ edge_agent (and of llama.cpp) and leaves `workflow:` handoffs to this command.
 from __future__ import annotations
 
 import logging
+import os
 import string
 import threading
 import time
@@ -145,29 +146,46 @@ def run_cloud(config_path: str | None, cloud_config_path: str | None) -> int:
     stopping = threading.Event()
     workers: list[Any] = []
     stores: list[Any] = []
+    work: Any = None
+    sweeper: Any = None
     if cloud_config_path:
-        from sync.cloud.cli import store_of, worker
         from sync.cloud.config import CloudConfigError, load_cloud_config
+        from sync.cloud.deploy_cli import start_driver
+        from sync.cloud.sweep import Sweeper
+        from sync.cloud.wiring import store_of, worker
+        from sync.cloud.work import Work
         try:
             cloud = load_cloud_config(cloud_config_path)
             handoffs = handoff_targets(config, cloud.handoffs, stopping)
-            stores = [store_of(cloud) for _ in range(cloud.workers)]
-            workers = [worker(cloud, s, handoffs=handoffs) for s in stores]
+            # as `edge-agent-cloud run`: one set of bounded pools for the workers, the sweep
+            # (commands expire at their expiry, `status` shows the pools) and the rollouts' driver
+            stores = [store_of(cloud) for _ in range(cloud.workers + 1)]
+            work = Work(cloud.limits)
+            workers = [worker(cloud, s, handoffs=handoffs, work=work) for s in stores[:-1]]
         except (CloudConfigError, HandoffTargetError) as exc:
             for s in stores:
                 s.close()
+            if work is not None:
+                work.shutdown()
             print(exc, flush=True)
             return int(getattr(exc, "exit_code", ConfigError.exit_code))
         for w in workers:
             w.start()
+        sweeper = Sweeper(stores[-1], work, f"{os.uname().nodename}:{os.getpid()}")
+        sweeper.start()
+        start_driver(store_of(cloud), workers[0], stopping)
         log.info("cloud runner: %d ingest worker(s) on %s:%d, handoffs %s", len(workers),
                  cloud.host, cloud.port, ", ".join(sorted(handoffs)) or "none")
     try:
         return run_engine(config)
     finally:
         stopping.set()
+        if sweeper is not None:
+            sweeper.shutdown()
         for w in workers:
             w.shutdown()
+        if work is not None:
+            work.shutdown()
         for s in stores:
             s.close()
 

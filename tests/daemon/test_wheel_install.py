@@ -77,7 +77,9 @@ def test_core_install_holds_only_core_dependencies(venv: Path) -> None:
                     "common-expression-language", "pyserial", "pymodbus",
                     "opentelemetry-proto", "cryptography", "sqlite-utils"}
     assert extras["llm"] == {"llama-cpp-python", "gguf"}
-    assert extras["cloud"] == {"psycopg"}
+    # the ingest on PostgreSQL, and the web console: an ASGI framework, its server, templates
+    assert extras["cloud"] == {"psycopg", "starlette", "uvicorn", "jinja2", "python-multipart",
+                               "itsdangerous"}
     assert extras["gpio"] == {"gpiod"}
     assert "telemetry" not in extras  # built in: an empty extra declares nothing
     r = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=json"],

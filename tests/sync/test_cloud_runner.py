@@ -7,6 +7,7 @@ comes back as the device node's output."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -183,6 +184,19 @@ def test_a_device_hands_a_step_to_a_cloud_workflow(tmp_path: Path, broker: Broke
         text = subprocess.run([EXE, "--config", str(dcfg), "trace", rid], capture_output=True, check=False,
                               text=True, timeout=30).stdout
         assert f"handed to cloud:reviewer: cloud run {child_id}" in text, text
+        # the runner's ingest sweeps as `edge-agent-cloud run` does: its pools' counters
+        # reach `status` (commands expire at their expiry by the same sweep)
+        deadline = time.time() + 30
+        while True:
+            st = subprocess.run([str(Path(EXE).parent / "edge-agent-cloud"), "status",
+                                 "--config", str(cloud_toml), "--json"], capture_output=True,
+                                text=True, timeout=30, check=False, cwd=tmp_path)
+            assert st.returncode == 0, st.stderr
+            work = json.loads(st.stdout)["work"]
+            if work.get("processes", 0) >= 1:
+                break
+            assert time.time() < deadline, work
+            time.sleep(0.5)
         deadline = time.time() + 60
         want = {"run inspect", "execute_tool cloud:reviewer", "run review"}
         while not want <= {s["name"] for s in otlp.spans}:

@@ -48,9 +48,10 @@ def wait_retrying(cfg: Path, r: DaemonProcess, words: str, timeout: float = 60) 
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str, owner: str | None = None) -> Iterator[Path]:
-    """A small tmpfs at `path` (root only; the test is skipped where it cannot mount)."""
+    """A small tmpfs at `path` (root only; the test is skipped where it cannot mount), mode
+    0700 (a daemon refuses a data directory others may write) and given to `owner`."""
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs",
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
                         str(path)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
