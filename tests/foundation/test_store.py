@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +105,18 @@ def test_group_commit_shares_commits_and_isolates_failures(tmp_path: Path) -> No
             raise KeyError("nope")
         gate = threading.Event()  # holds the writer, so the writes below queue up behind it
         first = w.submit(lambda c: gate.wait(10))
-        futures = [w.submit(lambda c, i=i: c.execute("INSERT INTO t (v) VALUES (?)", (str(i),)))
-                   for i in range(500)]
+        # 20 writers at once, 25 writes each (submit alone has two threads: only one write
+        # would wait behind the gate at a time, and nothing could be shared)
+        pool = ThreadPoolExecutor(max_workers=20)
+        futures = [pool.submit(w.write, lambda c, i=i: c.execute(
+            "INSERT INTO t (v) VALUES (?)", (str(i),))) for i in range(500)]
         failing = w.submit(bad)
+        time.sleep(0.2)  # the writers are queued behind the gate
         gate.set()
         first.result(timeout=10)
         for f in futures:
             f.result(timeout=10)
+        pool.shutdown()
         with pytest.raises(KeyError):
             failing.result(timeout=10)
         assert s.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 500
