@@ -151,6 +151,19 @@ def _inference(r: dict[str, Any]) -> list[Row]:
 
 
 def _batch(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for size in r.get("sizes", [r]):
+        rows += _batch_size(size, f" ({size['model']})" if "model" in size else "")
+    full = sum(1 for v in r["grammar"].values() if v.startswith("100%"))
+    again = sum(1 for v in r["grammar"].values() if "100% with resampling" in v)
+    if r["grammar"]:
+        rows.append(("grammar: keyword families valid in 100/100 batched samples",
+                     f"{full} of {len(r['grammar'])}",
+                     f"+ {again} with resampling (the families left to validation)", ""))
+    return rows
+
+
+def _batch_size(r: dict[str, Any], model: str) -> list[Row]:
     p, pairs = r["paths"], r["paired"]
 
     def paired(key: str) -> str:
@@ -159,24 +172,19 @@ def _batch(r: dict[str, Any]) -> list[Row]:
     rows = []
     for n in (n for n in (1, 2, 4, 8) if f"batched {n}" in p):
         ours, serial = p[f"batched {n}"], p[f"serialized {n}"]
-        rows.append((f"{n} parallel agents on one model, aggregate (batched)",
+        rows.append((f"{n} parallel agents on one model{model}, aggregate (batched)",
                      _rate(ours["tps"], "tokens/s"), f"serialized {serial['tps']:,.0f}/s",
                      paired(f"batched / serialized, {n} agents")))
         server = p.get(f"llama-server {n}")
         if server:
-            rows.append((f"{n} parallel agents, batched vs llama-server --parallel {n}",
+            rows.append((f"{n} parallel agents{model}, batched vs llama-server --parallel {n}",
                          _rate(ours["tps"], "tokens/s"), f"llama-server {server['tps']:,.0f}/s",
                          paired(f"batched / llama-server, {n} agents")))
-    rows.append(("4 parallel agents, per-agent p95 latency",
-                 f"{p['batched 4']['latency_p95_s'] * 1000:.0f} ms",
-                 f"an agent alone {p['batched 1']['latency_p95_s'] * 1000:.0f} ms",
-                 paired("batched per-agent p95 latency, 4 agents / one alone")))
-    full = sum(1 for v in r["grammar"].values() if v.startswith("100%"))
-    again = sum(1 for v in r["grammar"].values() if "100% with resampling" in v)
-    if r["grammar"]:
-        rows.append(("grammar: keyword families valid in 100/100 batched samples",
-                     f"{full} of {len(r['grammar'])}",
-                     f"+ {again} with resampling (the families left to validation)", ""))
+    if "batched 4" in p:
+        rows.append((f"4 parallel agents{model}, per-agent p95 latency",
+                     f"{p['batched 4']['latency_p95_s'] * 1000:.0f} ms",
+                     f"an agent alone {p['batched 1']['latency_p95_s'] * 1000:.0f} ms",
+                     paired("batched per-agent p95 latency, 4 agents / one alone")))
     return rows
 
 

@@ -4,12 +4,16 @@ the same vendored llama.cpp (bench/llama_server_build.py), on the same model and
 
 For N = 1, 2, 4, 8 agents asking at once: the aggregate tokens/s (all tokens over the wall
 time), each agent's time to first token (from its request to its first token, queueing
-included) and its latency (request to answer). Rounds interleave the three paths; figures
-are medians over rounds with the lowest and highest round. Then grammar validity: 100
-samples per keyword family (tests/support/grammar_cases.py) drawn 8 at a time in one batch,
-no resampling.
+included) and its latency (request to answer). Two models by default: the test model
+(256x4, 11 MB: its weights sit in the CPU's caches, so a decode is bound by arithmetic) and a
+wider, deeper one (1024x12, 483 MiB: each decode streams its weights from memory, the regime
+of a real GGUF on a device). Rounds interleave the three paths and the two models; figures
+are medians over rounds with the lowest and highest round, ratios taken within a round.
+Then grammar validity: 100 samples per keyword family (tests/support/grammar_cases.py) drawn
+8 at a time in one batch, no resampling.
 
 Run: .venv/bin/python -m bench.inference_batch_bench [--rounds 3] [--samples 100]
+     [--sizes 256x4 1024x12] [--agents 1 2 4 8] [--server-bin PATH]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.grammar_cases import CASES
 
 NS = (1, 2, 4, 8)
+SIZES = ((256, 4), (1024, 12))  # the test model; one that outgrows the CPU caches
 N_CTX = 1024
 MAX_TOKENS = 96
 Sample = tuple[int, float, float]  # tokens, time to first token, latency
@@ -87,14 +92,14 @@ def provider_call(p: Any, schema: dict[str, Any], seed0: int) -> Callable[[int],
 class Server:
     """llama-server --parallel n on a free loopback port, asked like the providers."""
 
-    def __init__(self, binary: Path, model: Path, n: int) -> None:
+    def __init__(self, binary: Path, model: Path, n: int, threads: int) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
             [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
              "--parallel", str(n), "-c", str(N_CTX * n), "-fa", "off",
-             "-t", "1", "-b", "512", "-ub", "512", "--no-webui", "--log-disable"],
+             "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512", "--no-webui", "--log-disable"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -216,78 +221,131 @@ def _valid_answer(p: BatchedLlamaProvider, msgs: list[dict[str, str]],
     return call
 
 
+Runs = dict[tuple[str, int], list[tuple[float, list[Sample]]]]
+
+
+class Size:
+    """One model and every path on it: the serialized provider, a batched provider and a
+    llama-server per N."""
+
+    def __init__(self, label: str, model: Path, ns: list[int], threads: int,
+                 server_bin: Path | None) -> None:
+        self.label, self.model, self.ns = label, model, ns
+        self.mib = model.stat().st_size / 2**20
+        self.serial = LlamaProvider("serial", model, n_ctx=N_CTX, n_threads=threads)
+        self.batched = {n: BatchedLlamaProvider(f"b{n}", model, parallel=n, n_ctx=N_CTX,
+                                                n_threads=threads) for n in ns}
+        self.servers: dict[int, Server] = {}
+        self.server_skip = ""
+        if server_bin is not None:
+            try:
+                self.servers = {n: Server(server_bin, model, n, threads) for n in ns}
+            except RuntimeError as exc:
+                self.server_skip = str(exc)
+        self.runs: Runs = {}
+
+    def round(self, rnd: int, schema: dict[str, Any], grammar: str) -> None:
+        """One round: for each N, the paths back to back, in an order that turns."""
+        tokens = lambda i: self.batched[1].tokens(messages(i))[0]  # noqa: E731
+        for n in self.ns:
+            seed0 = 1000 * rnd
+            paths: list[tuple[str, Callable[[int], Sample]]] = [
+                ("serialized", provider_call(self.serial, schema, seed0)),
+                ("batched", provider_call(self.batched[n], schema, seed0))]
+            if n in self.servers:
+                paths.append(("llama-server", self.servers[n].call(tokens, grammar, seed0)))
+            for name, call in paths[rnd % len(paths):] + paths[:rnd % len(paths)]:
+                self.runs.setdefault((name, n), []).append(at_once(n, call))
+
+    def close(self) -> None:
+        for s in self.servers.values():
+            s.close()
+        self.serial.close()
+        for p in self.batched.values():
+            p.close()
+
+    def report(self) -> dict[str, Any]:
+        table = {f"{name} {n}": summarize(r) for (name, n), r in self.runs.items()}
+        return {"model": self.label, "model_mib": round(self.mib, 1), "paths": table,
+                "server_skip": self.server_skip, "paired": paired(self.runs, self.ns)}
+
+
+def print_size(r: dict[str, Any]) -> None:
+    print(f"\nmodel {r['model']} ({r['model_mib']:.0f} MiB of F32 weights)")
+    print(f"{'path, agents':18} {'tokens/s':>9} {'(min-max)':>15} {'ttft p50':>9} "
+          f"{'p95 latency':>12}")
+    for key, v in r["paths"].items():
+        lo, hi = v["tps_spread"]
+        print(f"{key:18} {v['tps']:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} "
+              f"{v['ttft_p50_s'] * 1000:7.0f}ms {v['latency_p95_s'] * 1000:10.0f}ms")
+    if r["server_skip"]:
+        print(f"llama-server row skipped: {r['server_skip']}")
+    print("paired in each round (the paths ran back to back), median (min-max) over rounds:")
+    for key, (med, lo, hi) in r["paired"].items():
+        print(f"  {key:44} {med:5.2f}x ({lo:.2f}-{hi:.2f})")
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    try:
+        embd, layers = (int(x) for x in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size is EMBDxLAYERS, e.g. 1024x12 (got {text!r})"
+                                         ) from None
+    return embd, layers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--n-embd", type=int, default=256, help="model width (768: the weights "
-                    "outgrow the CPU caches and decoding turns memory-bound)")
-    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--sizes", type=size_arg, nargs="+", default=list(SIZES),
+                    help="models as n_embd x n_layer (default: the test model 256x4, 11 MB, "
+                    "whose weights sit in the CPU caches, and 1024x12, 483 MiB, whose "
+                    "weights do not: decoding it is bound by memory bandwidth)")
     ap.add_argument("--agents", type=int, nargs="+", default=list(NS),
                     help="the Ns to measure (1 is always measured: the 'alone' figure)")
+    ap.add_argument("--server-bin", type=Path, help="a llama-server built from the same "
+                    "llama.cpp (default: build it, bench/llama_server_build.py)")
     args = ap.parse_args()
-    from bench.llama_server_build import build
-    try:
-        server_bin: Path | None = build()
-        server_skip = ""
-    except Exception as exc:  # noqa: BLE001 - the row is skipped with the reason
-        server_bin, server_skip = None, f"llama-server not built: {exc}"
+    server_bin, server_skip = args.server_bin, ""
+    if server_bin is None:
+        from bench.llama_server_build import build
+        try:
+            server_bin = build()
+        except Exception as exc:  # noqa: BLE001 - the row is skipped with the reason
+            server_bin, server_skip = None, f"llama-server not built: {exc}"
     schema = SCHEMA
     ns = sorted({1, *args.agents})
     grammar = grammar_for(schema)
     results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds,
-                               "max_tokens": MAX_TOKENS, "n_embd": args.n_embd,
-                               "n_layer": args.n_layer}
+                               "max_tokens": MAX_TOKENS}
     with tempfile.TemporaryDirectory() as d:
-        model = make_test_model(Path(d) / "bench.gguf", n_embd=args.n_embd,
-                                n_layer=args.n_layer, n_ff=2 * args.n_embd, n_head=8)
-        serial = LlamaProvider("serial", model, n_ctx=N_CTX, n_threads=args.threads)
-        batched = {n: BatchedLlamaProvider(f"b{n}", model, parallel=n, n_ctx=N_CTX,
-                                           n_threads=args.threads) for n in ns}
-        servers: dict[int, Server] = {}
-        if server_bin is not None:
-            try:
-                servers = {n: Server(server_bin, model, n) for n in ns}
-            except RuntimeError as exc:
-                server_skip = str(exc)
-        tokens = lambda i: batched[1].tokens(messages(i))[0]  # noqa: E731
-        runs: dict[tuple[str, int], list[tuple[float, list[Sample]]]] = {}
-        for rnd in range(args.rounds):
-            for n in ns:
-                seed0 = 1000 * rnd
-                paths: list[tuple[str, Callable[[int], Sample]]] = [
-                    ("serialized", provider_call(serial, schema, seed0)),
-                    ("batched", provider_call(batched[n], schema, seed0))]
-                if n in servers:
-                    paths.append(("llama-server", servers[n].call(tokens, grammar, seed0)))
-                for name, call in paths[rnd % len(paths):] + paths[:rnd % len(paths)]:
-                    runs.setdefault((name, n), []).append(at_once(n, call))
-        for s in servers.values():
-            s.close()
-        serial.close()
-        for p in batched.values():
-            p.close()
+        sizes = []
+        for embd, layers in args.sizes:
+            model = make_test_model(Path(d) / f"bench-{embd}x{layers}.gguf", n_embd=embd,
+                                    n_layer=layers, n_ff=2 * embd, n_head=8)
+            sizes.append(Size(f"{embd}x{layers}", model, ns, args.threads, server_bin))
+        try:
+            for rnd in range(args.rounds):  # the sizes take turns too, round by round
+                for size in sizes:
+                    size.round(rnd, schema, grammar)
+        finally:
+            for size in sizes:
+                size.close()
         # the grammar keywords' own model (bench.inference_grammar_keywords)
         small = BatchedLlamaProvider("grammar", make_test_model(Path(d) / "small.gguf"),
                                      parallel=8, n_ctx=N_CTX, n_threads=args.threads)
         results["grammar"] = grammar_validity(small, args.samples) if args.samples else {}
         small.close()
-    table = {f"{name} {n}": summarize(r) for (name, n), r in runs.items()}
-    results["paths"] = table
-    results["server_skip"] = server_skip
-    results["paired"] = paired(runs, ns)
-    print(f"{'path, agents':18} {'tokens/s':>9} {'(min-max)':>15} {'ttft p50':>9} "
-          f"{'p95 latency':>12}")
-    for key, v in table.items():
-        lo, hi = v["tps_spread"]
-        print(f"{key:18} {v['tps']:9.0f} {f'({lo:.0f}-{hi:.0f})':>15} "
-              f"{v['ttft_p50_s'] * 1000:7.0f}ms {v['latency_p95_s'] * 1000:10.0f}ms")
-    if server_skip:
-        print(f"llama-server row skipped: {server_skip}")
-    print("paired in each round (the paths ran back to back), median (min-max) over rounds:")
-    for key, (med, lo, hi) in results["paired"].items():
-        print(f"  {key:44} {med:5.2f}x ({lo:.2f}-{hi:.2f})")
+    reports = [s.report() for s in sizes]
+    for r in reports:
+        r["server_skip"] = r["server_skip"] or server_skip
+        print_size(r)
+    # the first size's figures at the top level (the summary table reads them), every
+    # size's under "sizes"
+    results.update({k: reports[0][k] for k in ("model", "paths", "paired", "server_skip")})
+    results["sizes"] = reports
     print("goals: 4 agents >= 2.5x serialized, >= 0.9x llama-server; p95 at 4 <= 1.5x alone")
     if results["grammar"]:
         full = sum(1 for v in results["grammar"].values() if v.startswith("100%"))

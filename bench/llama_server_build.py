@@ -1,5 +1,6 @@
 """Build llama.cpp's own llama-server from the llama-cpp-python sdist's vendored source (the
-same llama.cpp the provider runs), once, into .bench-venvs/llama-server/.
+same llama.cpp the provider runs) for the instruction sets the installed library was compiled
+for, once, into .bench-venvs/llama-server/.
 
 Only the server target is built (no tests, examples or other tools). The result is the path
 of the binary, or the reason it could not be built (the benchmark then skips that row).
@@ -38,12 +39,37 @@ def _sdist(version: str) -> Path:
     return found[0]
 
 
+# llama_print_system_info's names and the cmake options that turn them on
+FEATURES = {"AVX": "GGML_AVX", "AVX2": "GGML_AVX2", "F16C": "GGML_F16C", "FMA": "GGML_FMA",
+            "BMI2": "GGML_BMI2", "AVX_VNNI": "GGML_AVX_VNNI", "AVX512": "GGML_AVX512",
+            "AVX512_VBMI": "GGML_AVX512_VBMI", "AVX512_VNNI": "GGML_AVX512_VNNI",
+            "AVX512_BF16": "GGML_AVX512_BF16", "AMX_INT8": "GGML_AMX_INT8",
+            "AMX_BF16": "GGML_AMX_BF16", "LLAMAFILE": "GGML_LLAMAFILE",
+            "OPENMP": "GGML_OPENMP"}
+
+
+def same_cpu_flags() -> list[str]:
+    """The cmake options that give the server the CPU kernels of the installed
+    llama-cpp-python: the instruction sets its library was compiled for, not -march=native
+    (a native build on a CPU with AVX-512 would time other kernels than the provider's)."""
+    import llama_cpp
+    info = llama_cpp.llama_print_system_info().decode()
+    on = {k.strip() for k, _, v in (p.partition("=") for p in info.split("|"))
+          if v.strip() == "1"}
+    return ["-DGGML_NATIVE=OFF"] + [f"-D{opt}={'ON' if name in on else 'OFF'}"
+                                    for name, opt in FEATURES.items()]
+
+
 def build(jobs: int = 2) -> Path:
     """Return the llama-server binary built from the installed llama-cpp-python's vendored
-    llama.cpp; raise with the reason when it cannot be built."""
+    llama.cpp, for the same instruction sets; raise with the reason when it cannot be
+    built."""
     version = metadata.version("llama-cpp-python")
     src = CACHE / f"llama_cpp_python-{version}"
-    out = CACHE / f"build-{version}"
+    cpu = same_cpu_flags()
+    tag = "-".join(f.split("_", 1)[1].split("=")[0].lower() for f in cpu[1:]
+                   if f.endswith("=ON"))
+    out = CACHE / f"build-{version}-{tag}"
     if _binary(out).exists():
         return _binary(out)
     if shutil.which("cmake") is None:
@@ -55,7 +81,7 @@ def build(jobs: int = 2) -> Path:
     vendored = src / "vendor" / "llama.cpp"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF",
              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF",
-             "-DBUILD_SHARED_LIBS=OFF"]
+             "-DBUILD_SHARED_LIBS=OFF", *cpu]
     env = dict(os.environ)
     subprocess.run(["cmake", "-S", str(vendored), "-B", str(out), *flags], check=True,
                    capture_output=True, env=env)

@@ -63,6 +63,7 @@ class BatchScheduler:
         self.seqs = [Sequence(i) for i in range(parallel)]
         self.stats = BatchStats()
         self._grammars: dict[str, Any] = {}
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes, looked up once
         self._inbox: queue.Queue[SeqRequest | None] = queue.Queue()
         self._waiting: deque[SeqRequest] = deque()
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -94,10 +95,11 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             active = any(s.req is not None for s in self.seqs)
-            try:
-                self._take(block=not active and not self._waiting)
-            except queue.Empty:
-                pass
+            if not active or self._inbox.qsize():  # no exception raised per step
+                try:
+                    self._take(block=not active and not self._waiting)
+                except queue.Empty:
+                    pass
             if self._stopping:
                 break
             self._admit()
@@ -231,11 +233,9 @@ class BatchScheduler:
         if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
             self._finish(seq, finish="stop")
             return
-        seq.out.append(self._piece(tok))
-        seq.n_out += 1
+        seq.add(self._piece(tok))
         seq.last = now
-        if seq.req.stop and any(s in b"".join(seq.out).decode("utf-8", "replace")
-                                for s in seq.req.stop):
+        if seq.req.stop and seq.stopped():
             self._finish(seq, finish="stop")
         elif seq.n_out >= seq.req.max_tokens or len(seq.cached) + 1 >= self.n_ctx:
             self._finish(seq, finish="length")
@@ -243,6 +243,12 @@ class BatchScheduler:
             seq.next_token = tok
 
     def _piece(self, tok: int) -> bytes:
+        piece = self._pieces.get(tok)
+        if piece is None:
+            piece = self._pieces[tok] = self._detokenize(tok)
+        return piece
+
+    def _detokenize(self, tok: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
         if n < 0:

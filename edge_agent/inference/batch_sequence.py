@@ -75,6 +75,8 @@ class Sequence:
         self.pending: list[int] = []  # prompt tokens not yet evaluated
         self.next_token: int | None = None  # sampled, to be evaluated in the next step
         self.out: list[bytes] = []
+        self.raw = bytearray()  # the pieces of `out`, joined as they come
+        self.stop_reach = 0  # the bytes a stop string can span, plus an unfinished character
         self.n_out = 0
         self.logit_index = -1
         self.started = self.first = self.last = 0.0
@@ -87,9 +89,22 @@ class Sequence:
         self.reused = keep
         self.chain = chain
         self.next_token = None
-        self.out, self.n_out = [], 0
+        self.out, self.n_out, self.raw = [], 0, bytearray()
+        self.stop_reach = max((len(s.encode()) for s in req.stop), default=0) + 3
         self.started = time.perf_counter()
         self.first = self.last = 0.0
+
+    def add(self, piece: bytes) -> None:
+        self.out.append(piece)
+        self.raw += piece
+        self.n_out += 1
+
+    def stopped(self) -> bool:
+        """Whether a stop string is in the text. It was not before the last piece, so a new
+        one ends in that piece: only the text's last bytes are decoded, not all of it."""
+        assert self.req is not None
+        tail = self.raw[-(len(self.out[-1]) + self.stop_reach):].decode("utf-8", "replace")
+        return any(s in tail for s in self.req.stop)
 
     def result(self, finish: str) -> SeqResult:
         assert self.req is not None
