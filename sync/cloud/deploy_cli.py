@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,9 @@ def register(sub: Any, common: argparse.ArgumentParser, duration: Any) -> None:
     which.add_argument("--group", help="a group of cloud.toml's [groups] table")
     s.add_argument("--version", dest="label", help="a label for people (default: the digest)")
     s.add_argument("--waves", default=DEFAULT_WAVES, help="cumulative device counts or shares"
-                   f" per wave (default {DEFAULT_WAVES})")
+                   " per wave, each larger than the one before (a share that rounds to the"
+                   " count before adds no wave; devices the last leaves out form one more"
+                   f" wave) (default {DEFAULT_WAVES.replace('%', '%%')})")
     s.add_argument("--bake", type=duration, default=600.0,
                    help="how long each wave runs before its gate is read (default 10m)")
     s.add_argument("--abort-if", default=DEFAULT_ABORT_IF, help="CEL over failed_rate, started,"
@@ -82,6 +85,11 @@ def _deploy(cfg: CloudConfig, args: argparse.Namespace, store: Any, fail: Fail) 
         return fail(args, f"{args.fragment}: cannot read: {exc}", 66)
     d = deps.deployment(store, dep_id)
     assert d is not None
+    d["never_seen"] = unseen = deps.never_seen(store, devices)
+    if unseen and not args.json:
+        print(f"warning: the cloud has never seen {', '.join(unseen)}: the deployment waits"
+              f" for {'it' if len(unseen) == 1 else 'them'} until it expires at "
+              f"{_iso(d['expires_at'])}", file=sys.stderr)
     _out(args, d, f"{dep_id}  version {d['version']}  {len(devices)} device(s) in waves "
          f"{d['waves']}; edge-agent-cloud deployment show {dep_id}")
     return 0

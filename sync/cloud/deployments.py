@@ -58,9 +58,11 @@ def create(store: SqlCloudStore, *, fragment: str, devices: Sequence[str],
         raise RolloutError(f"the fragment is {size} bytes; a deployment carries at most "
                            f"{MAX_FRAGMENT_BYTES} (one signed command)")
     try:
-        tomllib.loads(fragment)
+        parsed = tomllib.loads(fragment)
     except tomllib.TOMLDecodeError as exc:
         raise RolloutError(f"the fragment is not TOML: {exc}") from exc
+    if not parsed:
+        raise RolloutError("the fragment is empty (no table, no key): nothing to deploy")
     if version is not None and not 0 < len(version) <= MAX_LABEL:
         raise RolloutError(f"--version: 1 to {MAX_LABEL} characters (got {len(version)})")
     if min_runs < 0:
@@ -82,6 +84,14 @@ def create(store: SqlCloudStore, *, fragment: str, devices: Sequence[str],
                            " updated_at) VALUES (?, ?, ?, 'waiting', ?)",
                         (dep_id, device, wave, now))
     return dep_id
+
+
+def never_seen(store: SqlCloudStore, devices: Sequence[str]) -> list[str]:
+    """Those of `devices` the cloud has never heard from (a deployment waits for them until
+    it expires)."""
+    with store.tx() as c:
+        known = {r[0] for r in store._exec(c, "SELECT device FROM devices").fetchall()}
+    return [d for d in devices if d not in known]
 
 
 def abort(store: SqlCloudStore, dep_id: str, now: float | None = None) -> bool:
@@ -277,7 +287,8 @@ def deployments(store: SqlCloudStore) -> list[dict[str, Any]]:
     return out
 
 
-def deployment(store: SqlCloudStore, dep_id: str) -> dict[str, Any] | None:
+def deployment(store: SqlCloudStore, dep_id: str, now: float | None = None
+               ) -> dict[str, Any] | None:
     """One deployment and each of its devices: state, reason, latest health."""
     with store.tx() as c:
         row = store._exec(c, f"SELECT {', '.join(_FIELDS)} FROM deployments WHERE id = ?",
@@ -291,11 +302,12 @@ def deployment(store: SqlCloudStore, dep_id: str) -> dict[str, Any] | None:
                            ).fetchall()
     d = _deployment(row)
     d["devices"] = []
+    expired = (time.time() if now is None else now) > d["expires_at"]
     for device, wave, state, reason, previous, health, updated, online in devs:
         h = json.loads(health) if health else None
         d["devices"].append({"device": device, "wave": int(wave) + 1, "state": state,
                              "shown": shown_state(state, h, None if online is None
-                                                  else bool(online)),
+                                                  else bool(online), expired),
                              "reason": reason, "previous": previous, "health": h,
                              "updated_at": updated})
     return d

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from sync.cloud.run_records import RUN_KINDS, SPANS, Event, decode, ts_of
+from sync.cloud.views import ViewError
 from sync.envelope import WireRecord
 
 TEXT_CHARS = 2000  # an error or a prompt, as the projection keeps it
@@ -311,10 +312,15 @@ def _upsert(store: Any, c: Any, table: str, columns: Sequence[str],
 
 def reindex(store: Any, device: str | None = None) -> dict[str, Any]:
     """Rebuild the projection (of one device, or all) from the stored records: the rows the
-    ingest keeps. Each device in one transaction of its own."""
+    ingest keeps. Each device in one transaction of its own. ViewError (exit 1) for a
+    device the cloud holds no records of."""
+    one = "" if device is None else " WHERE device = ?"
     with store.tx() as c:
-        devices = [device] if device is not None else [
-            r[0] for r in store._exec(c, "SELECT DISTINCT device FROM epochs ORDER BY device")]
+        devices = [r[0] for r in store._exec(
+            c, f"SELECT DISTINCT device FROM epochs{one} ORDER BY device",
+            () if device is None else (device,))]
+    if device is not None and not devices:
+        raise ViewError(f"no device {device!r}: the cloud holds no records of it")
     out: dict[str, Any] = {"devices": 0, "records": 0, "skipped": Counter()}
     for d in devices:
         with store.tx() as c:

@@ -28,10 +28,13 @@ class RolloutError(ValueError):
 
 def plan_waves(spec: str, n: int) -> list[int]:
     """Cumulative device counts per wave: `1,10%,50%,100%` over 40 devices is [1, 4, 20, 40].
-    A count or share that adds nobody is dropped; the last wave always takes every device."""
+    Each wave must reach further than the one before (shares resolved against the n
+    devices: a share that rounds to the count already reached adds nobody and is dropped);
+    a count over n is every device; devices the last wave leaves out form one more wave."""
     if n < 1:
         raise RolloutError("a deployment needs at least one device")
     out: list[int] = []
+    before = 0
     for item in (s.strip() for s in spec.split(",")):
         try:
             if item.endswith("%"):
@@ -46,9 +49,13 @@ def plan_waves(spec: str, n: int) -> list[int]:
         except ValueError:
             raise RolloutError(f"--waves: each wave is a device count (>= 1) or a share "
                                f"(1%..100%) (got {item!r} in {spec!r})") from None
-        count = min(count, n)
-        if not out or count > out[-1]:
-            out.append(count)
+        if count < before or (count == before and not item.endswith("%")):
+            raise RolloutError(f"--waves: each wave counts the devices of all waves so far "
+                               f"and must be larger than the one before (got {item!r}, "
+                               f"{count} device(s), after {before}, in {spec!r})")
+        before = count
+        if not out or min(count, n) > out[-1]:
+            out.append(min(count, n))
     if out[-1] < n:
         out.append(n)
     return out
@@ -120,10 +127,18 @@ def answered_state(deployment: str, mine: str, action: str, status: str) -> str 
     return "rejected"
 
 
-def shown_state(state: str, health: Mapping[str, Any] | None, online: bool | None) -> str:
-    """A device's line in `deployment show`."""
-    if state == "pending" and online is False:
-        return "offline"
+def shown_state(state: str, health: Mapping[str, Any] | None, online: bool | None,
+                expired: bool = False) -> str:
+    """A device's line in `deployment show`: `online` None is a device the cloud has never
+    seen; `expired`, a deployment past its expiry, which a device that has not answered
+    will refuse (it never comes)."""
+    if state in ("waiting", "pending"):
+        if expired:
+            return "expired"
+        if online is None:
+            return "never seen"
+        if state == "pending" and online is False:
+            return "offline"
     if state == "applied" and health:
         if int(health.get("failed", 0)) > 0:
             return "failing"

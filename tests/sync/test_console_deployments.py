@@ -48,6 +48,8 @@ def ignore(*_: Any) -> None:
 def failed_one(store: SqlCloudStore, t: float) -> str:
     """A deployment stopped by its gate after wave 1: d1 applied and rolled back, d2
     rejected with the device's reason, d5 never sent."""
+    for device in ["d1", "d2", "d5"]:  # devices the cloud has heard from
+        store.seen(device, online=True)
     dep = deps.create(store, fragment=FRAGMENT, devices=["d1", "d2", "d5"], version="v2",
                       waves="2,100%", bake_s=10, now=t)
     deps.tick(store, ignore, now=t + 1)
@@ -62,6 +64,8 @@ def failed_one(store: SqlCloudStore, t: float) -> str:
 def running_one(store: SqlCloudStore, t: float) -> str:
     """A deployment baking its first wave: d3 offline, d4 healthy, d6 applied, d7 pending;
     d5 waits for wave 2."""
+    for device in ["d3", "d4", "d6", "d7", "d5"]:  # devices the cloud has heard from
+        store.seen(device, online=True)
     dep = deps.create(store, fragment=FRAGMENT, devices=["d3", "d4", "d6", "d7", "d5"],
                       version="v3", waves="4,100%", bake_s=3600, now=t)
     deps.tick(store, ignore, now=t + 1)

@@ -294,9 +294,9 @@ def test_views_filter_and_trace(cloud_url: str) -> None:
         store.close()
 
 
-def test_cli_views_and_the_approve_the_cloud_refuses(tmp_path: Any, capsys: Any) -> None:
-    """`runs`, `approvals`, `trace`, `export`, `reindex` with --json; `approve` of a run the
-    cloud sees no gate on is refused (exit 1, nothing sent: the broker is not even asked)."""
+def cloud_with_r7(tmp_path: Any, capsys: Any) -> tuple[str, Any]:
+    """A cloud store holding press-1's run r7 (waiting at its gate), and `run(*words)`:
+    edge-agent-cloud over it, giving (exit code, stdout, stderr)."""
     url = f"sqlite:///{tmp_path / 'cloud.db'}"
     store = SqlCloudStore(url)
     ck, ct = run_records("r7")
@@ -310,6 +310,13 @@ def test_cli_views_and_the_approve_the_cloud_refuses(tmp_path: Any, capsys: Any)
         code = cloud_main([*words, "--config", str(cfg)])
         out = capsys.readouterr()
         return code, out.out, out.err
+    return url, run
+
+
+def test_cli_views_and_the_approve_the_cloud_refuses(tmp_path: Any, capsys: Any) -> None:
+    """`runs`, `approvals`, `trace`, `export`, `reindex` with --json; `approve` of a run the
+    cloud sees no gate on is refused (exit 1, nothing sent: the broker is not even asked)."""
+    _, run = cloud_with_r7(tmp_path, capsys)
     code, out, _ = run("runs", "--status", "waiting_approval", "--since", "1h", "--json")
     assert code == 0 and [r["run_id"] for r in json.loads(out)["runs"]] == ["r7"]
     code, out, _ = run("approvals", "--json")
@@ -356,3 +363,29 @@ def test_cli_words_that_are_not_text_and_odd_values_are_usage_errors(
         err = json.loads(capsys.readouterr().err)
         assert code == 64 and err["exit_code"] == 64, (words, err)
         assert err["error"].startswith(named), (words, err)
+
+
+def test_reindex_of_an_unknown_device_and_approve_of_approval_0_are_refused(
+        tmp_path: Any, capsys: Any) -> None:
+    """`reindex --device nosuch` said "reindexed 1 device(s) from 0 record(s)" (exit 0): it is
+    now "no device" (exit 1, the error as JSON under --json). `approve --approval -1` and `0`
+    are usage errors (64) before anything is sent: no command is recorded."""
+    url, run = cloud_with_r7(tmp_path, capsys)
+    code, _, err = run("reindex", "--device", "nosuch", "--json")
+    assert code == 1 and json.loads(err) == {
+        "error": "no device 'nosuch': the cloud holds no records of it", "exit_code": 1}
+    code, out, err = run("reindex", "--device", "nosuch")
+    assert code == 1 and out == "" and "no device 'nosuch'" in err
+    code, out, _ = run("reindex", "--device", "press-1", "--json")
+    assert code == 0 and json.loads(out)["devices"] == 1 and json.loads(out)["records"] == 5
+    for approval in ("-1", "0"):
+        code, _, err = run("approve", "--device", "press-1", "r7", "--approval", approval,
+                           "--json")
+        assert code == 64 and json.loads(err)["error"].startswith(
+            f"--approval: an approval id, 1 to {2**63 - 1} (got {approval})"), err
+    store = SqlCloudStore(url)
+    try:
+        with store.tx() as c:
+            assert store._exec(c, "SELECT count(*) FROM commands").fetchone()[0] == 0
+    finally:
+        store.close()

@@ -53,6 +53,8 @@ def test_waves_gates_and_rollback(cloud_url: str) -> None:
     a, b = SqlCloudStore(cloud_url), SqlCloudStore(cloud_url)  # two ingest processes
     try:
         devices = ["d1", "d2", "d3", "d4"]
+        for device in devices:  # devices the cloud has heard from
+            a.seen(device, online=True)
         dep = deps.create(a, fragment=FRAGMENT, devices=devices, version="v2",
                           waves="1,100%", bake_s=10, now=T0)
         sent = Sent()
@@ -143,9 +145,10 @@ def test_no_runs_is_not_healthy_unless_min_runs_is_0_and_abort(cloud_url: str) -
 def test_rules() -> None:
     assert plan_waves("1,10%,50%,100%", 40) == [1, 4, 20, 40]
     assert plan_waves("1,40%,100%", 5) == [1, 2, 5]
-    assert plan_waves("10%", 3) == [1, 3]  # the last wave always takes everyone
-    assert plan_waves("5,2", 3) == [3]
-    for bad in ("0", "x", "150%", ""):
+    assert plan_waves("10%", 3) == [1, 3]  # the devices left out form one more wave
+    assert plan_waves("1,10%,50%,100%", 5) == [1, 3, 5]  # 10% of 5 rounds to 1: no wave
+    assert plan_waves("5,10", 3) == [3]  # a count over the target is every device
+    for bad in ("0", "x", "150%", "", "-1"):
         with pytest.raises(RolloutError, match="--waves"):
             plan_waves(bad, 3)
     with pytest.raises(RolloutError, match="boolean"):
@@ -227,3 +230,102 @@ def test_deployment_abort_says_which_id_is_unknown_and_which_stopped(tmp_path: A
     assert code == 1 and err["error"] == f"deployment {dep['id']} is not running (it is aborted)"
     code, err = cloud("deployment", "abort", "nope")
     assert code == 1 and err["error"] == "no deployment nope"
+
+
+def test_waves_must_grow_as_given(tmp_path: Any, capsys: Any) -> None:
+    """`--waves 5,1` became [2] without a word: a wave smaller than the one before (shares
+    resolved against the target), or a count repeated, is a usage error (64) naming it;
+    `deploy --help` says the rule."""
+    import json
+
+    from sync.cloud.cli import main as cloud_main
+    for spec, n, named in [("5,1", 2, "'1'"), ("3,3", 5, "'3'"), ("50%,1", 10, "'1'"),
+                           ("2,10%", 10, "'10%'"), ("1,0", 5, "'0'")]:
+        with pytest.raises(RolloutError, match=f"--waves: .*{named}"):
+            plan_waves(spec, n)
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\n'
+                   f'url = "sqlite:///{tmp_path / "cloud.db"}"\n')
+    small = tmp_path / "small.toml"
+    small.write_text("[tools]\n")
+    code = cloud_main(["deploy", str(small), "--devices", "a,b", "--waves", "5,1",
+                       "--config", str(cfg), "--json"])
+    err = json.loads(capsys.readouterr().err)
+    assert code == 64 and "--waves" in err["error"] and "'1'" in err["error"], err
+    # the rule is in `deploy --help`, which died of the default's `%` (a traceback)
+    with pytest.raises(SystemExit) as done:
+        cloud_main(["deploy", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0 and "each larger than the one before" in said
+    assert "devices the last leaves out form one more wave) (default 1,10%,50%,100%)" in said
+
+
+def test_an_empty_fragment_is_refused(tmp_path: Any, capsys: Any) -> None:
+    """A fragment with no table and no key deployed "nothing" to every device; it is now
+    refused as the other unusable fragments are (64, with --json the error as JSON)."""
+    import json
+
+    from sync.cloud.cli import main as cloud_main
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\nurl = "{url}"\n')
+    for text in ("", "# only a comment\n\n"):
+        empty = tmp_path / "empty.toml"
+        empty.write_text(text)
+        code = cloud_main(["deploy", str(empty), "--devices", "a", "--config", str(cfg),
+                           "--json"])
+        err = json.loads(capsys.readouterr().err)
+        assert code == 64 and "nothing to deploy" in err["error"], err
+    store = SqlCloudStore(url)
+    try:
+        assert deps.deployments(store) == []
+    finally:
+        store.close()
+
+
+def test_a_device_never_seen_is_shown_so_and_expires(cloud_url: str, tmp_path: Any,
+                                                     capsys: Any) -> None:
+    """`deploy --devices nosuch` showed "waiting" forever: deploy warns of a device the cloud
+    has never heard from (still queued, it may come), `deployment show` says `never seen`,
+    and once the deployment expires its unanswered devices show `expired`."""
+    import json
+
+    from sync.cloud.cli import main as cloud_main
+    store = SqlCloudStore(cloud_url)
+    try:
+        store.seen("d1", True)
+        cfg = tmp_path / "cloud.toml"
+        cfg.write_text(f'[mqtt]\nbroker = "127.0.0.1:1"\ninsecure = true\n[store]\n'
+                       f'url = "{cloud_url}"\n')
+        frag = tmp_path / "f.toml"
+        frag.write_text(FRAGMENT)
+        code = cloud_main(["deploy", str(frag), "--devices", "d1,nosuch-dev", "--waves",
+                           "1", "--bake", "10s", "--min-runs", "0", "--config", str(cfg)])
+        out = capsys.readouterr()
+        assert code == 0 and "warning: the cloud has never seen nosuch-dev" in out.err
+        dep_id = out.out.split()[0]
+        code = cloud_main(["deploy", str(frag), "--devices", "nosuch-dev", "--config",
+                           str(cfg), "--json"])
+        assert code == 0 and json.loads(capsys.readouterr().out)["never_seen"] == ["nosuch-dev"]
+        d = deps.deployment(store, dep_id)
+        assert d is not None
+        assert [(x["device"], x["shown"]) for x in d["devices"]] == [
+            ("d1", "waiting"), ("nosuch-dev", "never seen")]
+        sent = Sent()
+        for after in (1, 20, 40):  # wave 1 (d1), wave 2 (nosuch-dev), completed
+            deps.tick(store, sent, now=d["created_at"] + after)
+        d = deps.deployment(store, dep_id)
+        assert d is not None and d["state"] == "completed"
+        assert [x["shown"] for x in d["devices"]] == ["pending", "never seen"]
+        assert {"d1", "nosuch-dev"} == set(sent.devices())
+        n = len(sent.calls)
+        later = d["expires_at"] + 1
+        deps.tick(store, sent, now=later)
+        assert len(sent.calls) == n  # nothing more once it expired
+        d = deps.deployment(store, dep_id, now=later)
+        assert d is not None and [x["shown"] for x in d["devices"]] == ["expired", "expired"]
+        assert cloud_main(["deployment", "show", dep_id, "--config", str(cfg)]) == 0
+        shown = capsys.readouterr().out
+        assert "nosuch-dev" in shown and "waiting" not in shown
+    finally:
+        store.close()
