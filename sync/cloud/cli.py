@@ -420,10 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="the downlink signing key: `keys init`"
                        " makes it ([signing] key), `keys show` prints its public key")
     s.add_argument("action", choices=("init", "show"))
-    from sync.cloud import export, views_cli
+    from sync.cloud import export, metrics_cli, views_cli
     from sync.cloud.console import cli as console
     from sync.cloud.deploy_cli import register as register_deploy
-    for view in (views_cli, export, console):  # the fleet's projection: runs, approvals, ...
+    for view in (views_cli, export, metrics_cli, console):  # the fleet's projection: runs, approvals, ...
         view.register(sub, common)
     register_deploy(sub, common, duration)  # rollouts: deploy, deployments, deployment
     from sync.cloud.commands_cli import add_parser as add_commands

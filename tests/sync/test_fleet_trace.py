@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from support.engine import Harness, LedgerError, LedgerTool, fast_retry, record_spans
+from support.to_cloud import to_cloud
 
 from edge_agent.cli.trace import build_trace
 from edge_agent.engine import ToolBinding, decide_approval
 from edge_agent.engine.graph import Workflow, tool_config
 from sync.cloud import views
 from sync.cloud.store import SqlCloudStore
-from sync.envelope import Batch, WireRecord
-from sync.outbox import Outbox, epoch
 
 STEP = ("node", "visit", "attempt", "status", "error", "error_kind")
 CHILD = ("approval", "prompt", "decision", "by", "origin", "note", "tool", "status",
@@ -27,18 +26,6 @@ def shape(trace: dict[str, Any]) -> list[tuple[Any, ...]]:
     """What both trees must agree on: each step and its children, in order."""
     return [(tuple(s.get(k) for k in STEP),
              [tuple(c.get(k) for k in CHILD) for c in s["children"]]) for s in trace["steps"]]
-
-
-def to_cloud(store: Any, cloud: SqlCloudStore, device: str) -> None:
-    """Every record the device's outbox holds, stored in the cloud as a device sends it."""
-    ep = epoch(store.conn)
-    outbox = Outbox(store.conn)
-    for stream in ("checkpoints", "control", "traces"):
-        recs = tuple(WireRecord(r.seq, r.kind, r.payload, r.created_at)
-                     for r in outbox.pending(stream, after=0, limit=10000))
-        if recs:
-            cloud.store_batch(Batch(device, stream, recs[0].seq - 1, recs[0].seq,
-                                    recs[-1].seq, recs, ep, 2))
 
 
 def test_the_clouds_trace_of_a_run_with_a_decided_gate_is_the_devices(tmp_path: Path) -> None:
