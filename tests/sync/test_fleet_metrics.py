@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.engine import Harness, LedgerError, LedgerTool, fast_retry, record_spans
 from support.to_cloud import to_cloud
 
 from edge_agent.engine import ToolBinding
 from edge_agent.engine.graph import Workflow, tool_config
-from edge_agent.telemetry.summary import collect
+from edge_agent.telemetry.summary import collect, percentile
 from sync.cloud import fleet_metrics
 from sync.cloud.cli import main as cloud_main
 from sync.cloud.store import SqlCloudStore
@@ -152,3 +154,38 @@ def test_device_group_and_since_choose_what_is_counted(fleet: Any, tmp_path: Pat
     code = cloud_main(["metrics", "--config", str(cfg)])
     out = capsys.readouterr().out
     assert code == 0 and "tool stamp" in out and out.splitlines()[1] == "fleet"
+
+
+def span(name: str, start: float, seconds: float, **attrs: Any) -> Any:
+    return ("t", name, None, attrs.get("edge_agent.run_id"), name, start, start + seconds,
+            attrs)
+
+
+def test_known_timings_give_known_percentiles_and_older_spans_are_left_out() -> None:
+    """Twenty steps of 1..20 s: p50 10 s, p95 19 s, max 20 s (nearest rank, the device's);
+    calls ok / error / unknown; a retry is an attempt after the first; a span that started
+    before `since` is not counted."""
+    t = 1000.0
+    spans = [span("step a", t + i, float(i), **{
+        "edge_agent.node": "a", "edge_agent.workflow": "w", "edge_agent.node_kind": "tool",
+        "edge_agent.attempt": 2 if i in (3, 4) else 1, "edge_agent.run_id": f"r{i % 2}",
+        "edge_agent.step_status": "failed" if i == 5 else "completed"}) for i in range(1, 21)]
+    spans += [span("execute_tool x", t, 2.0, **{"gen_ai.operation.name": "execute_tool",
+                                                "gen_ai.tool.name": "x",
+                                                "edge_agent.outcome": o})
+              for o in ("ok", "ok", "confirmed", "error", "intent")]
+    spans.append(span("step a", t - 1, 99.0, **{"edge_agent.node": "a",
+                                                "edge_agent.workflow": "w"}))
+    got = fleet_metrics.figures(spans, since=t)
+    assert got["steps"] == [{"workflow": "w", "node": "a", "kind": "tool", "failed": 1,
+                             "duration_s": {"count": 20, "p50": 10.0, "p95": 19.0,
+                                            "max": 20.0}}]
+    assert got["retries"] == {"total": 2, "runs": 2, "by_node": {"a": 2}}
+    assert got["tools"] == [{"tool": "x", "calls": 5, "ok": 3, "failed": 1, "unknown": 1,
+                             "success_rate": 0.75, "duration_s": {
+                                 "count": 4, "p50": 2.0, "p95": 2.0, "max": 2.0}}]
+
+
+@given(st.lists(st.floats(0, 1e4), max_size=50), st.floats(0, 100))
+def test_the_percentile_is_the_devices(values: list[float], q: float) -> None:
+    assert fleet_metrics.percentile(values, q) == percentile(values, q)
