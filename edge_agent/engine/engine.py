@@ -30,6 +30,7 @@ from edge_agent.engine.catalog import Catalog
 from edge_agent.engine.control import RunBusy, emit, pack
 from edge_agent.engine.journal import ToolJournal
 from edge_agent.engine.nodes import NodeRunner
+from edge_agent.engine.orphans import OrphanWatch
 from edge_agent.engine.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run
 from edge_agent.engine.scheduler import Scheduler
 from edge_agent.engine.timeouts import ApprovalTimeouts
@@ -103,7 +104,7 @@ class Engine:
         self._accepting = False
         self.stopping = threading.Event()
         self._listeners: list[Callable[[str], None]] = []
-        self._adopting: asyncio.Task[None] | None = None
+        self.orphans = OrphanWatch(self.leases, self._in_pool, self.wake)
         self.nodes = NodeRunner(self)
 
     # lifecycle --------------------------------------------------------------------------------
@@ -126,20 +127,7 @@ class Engine:
         self.timeouts.start(self._loop, await self._in_pool(self._pending_timeouts))
         for run_id in await self._in_pool(lambda: self.store.read(q.unfinished_run_ids)):
             self.wake(run_id)
-        if self.leases.shared:
-            self._adopting = self._loop.create_task(self._adopt_orphans(), name="orphans")
-
-    async def _adopt_orphans(self) -> None:
-        """Runners share the database: every half lease, wake the runs in flight that no live
-        runner holds (a dead runner's, once its leases expire); the claim decides who gets
-        each."""
-        while self._accepting:
-            await asyncio.sleep(self.leases.lease_s / 2)
-            try:
-                for run_id in await self._in_pool(self.leases.orphans):
-                    self.wake(run_id)
-            except Exception as exc:  # noqa: BLE001 - the next round looks again
-                log.warning("looking for orphaned runs failed: %s", exc)
+        self.orphans.start(self._loop)
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking work, let in-flight steps reach their checkpoint, then stop."""
@@ -147,8 +135,7 @@ class Engine:
             return
         self._accepting = False
         self.stopping.set()
-        if self._adopting is not None:
-            self._adopting.cancel()
+        self.orphans.shutdown()
         for handle in self._sleepers.values():
             handle.cancel()
         self._sleepers.clear()
@@ -176,13 +163,7 @@ class Engine:
         return await self._loop.run_in_executor(self.pool, contextvars.copy_context().run, fn)
 
     def _pending_timeouts(self) -> list[tuple[float, int, str]]:
-        rows = self.store.read(q.due_approval_timeouts)
-        out = []
-        for at, approval_id in rows:
-            appr = self.store.read(partial(q.get_approval, approval_id=approval_id))
-            if appr:
-                out.append((at, approval_id, appr["run_id"]))
-        return out
+        return self.store.read(q.due_approval_timeouts)
 
     # waking and driving (loop side) -----------------------------------------------------------
     def wake(self, run_id: str | None = None) -> None:

@@ -181,9 +181,10 @@ def _approval(row: Any) -> dict[str, Any]:
     return out
 
 
-def due_approval_timeouts(conn: Connection) -> list[tuple[float, int]]:
-    return [(r[0], r[1]) for r in conn.execute(
-        "SELECT timeout_at, id FROM approvals WHERE status = 'pending'"
+def due_approval_timeouts(conn: Connection) -> list[tuple[float, int, str]]:
+    """(due time, approval id, run id) of every pending approval with a timeout."""
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT timeout_at, id, run_id FROM approvals WHERE status = 'pending'"
         " AND timeout_at IS NOT NULL")]
 
 
