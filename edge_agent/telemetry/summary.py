@@ -10,28 +10,15 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from sync.dbapi import Connection
+from sync.distribution import dist
 
 # A call's final states: what counts towards a tool's success rate.
 _OK = ("ok", "confirmed")
 _FAILED = ("error", "assumed_failed", "timed_out")
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), nearest rank; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _dist(values: Sequence[float]) -> dict[str, Any]:
-    return {"count": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
-            "max": max(values) if values else None}
 
 
 def collect(conn: Connection, *, since: float,
@@ -61,7 +48,7 @@ def _tools(conn: Connection, since: float) -> list[dict[str, Any]]:
         decided = c["ok"] + c["failed"]
         out.append({"tool": tool, "calls": sum(c.values()), **c,
                     "success_rate": c["ok"] / decided if decided else None,
-                    "duration_s": _dist(durations[tool])})
+                    "duration_s": dist(durations[tool])})
     return out
 
 
@@ -88,7 +75,7 @@ def _steps(conn: Connection, since: float,
         durations[key].append(max(0.0, finished - started))
         failed[key] += status == "failed"
     return [{"workflow": w, "node": n, "kind": k, "failed": failed[(w, n, k)],
-             "duration_s": _dist(durations[(w, n, k)])}
+             "duration_s": dist(durations[(w, n, k)])}
             for (w, n, k) in sorted(durations)]
 
 
@@ -107,7 +94,7 @@ def _agents(conn: Connection, since: float,
             handoffs += 1
         else:
             times.append(max(0.0, finished - started))
-    return {"handoffs": handoffs, "execution_s": _dist(times)}
+    return {"handoffs": handoffs, "execution_s": dist(times)}
 
 
 def _models(conn: Connection, since: float) -> list[dict[str, Any]]:
@@ -131,8 +118,8 @@ def _models(conn: Connection, since: float) -> list[dict[str, Any]]:
         if comp.get("ttft_s") is not None:
             m["ttft"].append(float(comp["ttft_s"]))
     return [{"model": name, "turns": m["turns"], "input_tokens": m["input_tokens"],
-             "output_tokens": m["output_tokens"], "tokens_per_s": _dist(m["tps"]),
-             "time_to_first_token_s": _dist(m["ttft"])} for name, m in sorted(per.items())]
+             "output_tokens": m["output_tokens"], "tokens_per_s": dist(m["tps"]),
+             "time_to_first_token_s": dist(m["ttft"])} for name, m in sorted(per.items())]
 
 
 def one_line(data: Mapping[str, Any]) -> str:

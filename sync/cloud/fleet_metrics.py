@@ -19,31 +19,18 @@ records; only that seq range is read (by the records' primary key), and of it on
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sync.cloud.run_records import SPANS, Span, spans_of
 from sync.cloud.views import ViewError, _members
+from sync.distribution import dist, percentile
 
 STREAM = "traces"
 # a call's final states, as the device counts them towards a tool's success rate
 OK = ("ok", "confirmed")
 FAILED = ("error", "assumed_failed", "timed_out")
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), nearest rank (the device's); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
-
-
-def dist(values: Sequence[float]) -> dict[str, Any]:
-    return {"count": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
-            "max": max(values) if values else None}
 
 
 def figures(spans: Iterable[Span], since: float) -> dict[str, Any]:

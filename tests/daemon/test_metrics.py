@@ -14,7 +14,8 @@ from edge_agent.cli import main
 from edge_agent.config.model import AgentConfig
 from edge_agent.engine import ToolBinding
 from edge_agent.engine.graph import Workflow, tool_config
-from edge_agent.telemetry.summary import collect, one_line, parse_duration, percentile
+from edge_agent.telemetry.summary import collect, one_line, parse_duration
+from sync.distribution import percentile
 
 CONFIG = """
 [device]

@@ -21,10 +21,11 @@ from support.to_cloud import to_cloud
 
 from edge_agent.engine import ToolBinding
 from edge_agent.engine.graph import Workflow, tool_config
-from edge_agent.telemetry.summary import collect, percentile
+from edge_agent.telemetry.summary import collect
 from sync.cloud import fleet_metrics
 from sync.cloud.cli import main as cloud_main
 from sync.cloud.store import SqlCloudStore
+from sync.distribution import percentile
 
 FIGURES = ("tools", "retries", "steps")
 
@@ -188,4 +189,13 @@ def test_known_timings_give_known_percentiles_and_older_spans_are_left_out() -> 
 
 @given(st.lists(st.floats(0, 1e4), max_size=50), st.floats(0, 100))
 def test_the_percentile_is_the_devices(values: list[float], q: float) -> None:
+    """One definition serves both sides (sync.distribution); it is the nearest rank: a value
+    of the list with at least q% of the values at or below it, and fewer below it."""
     assert fleet_metrics.percentile(values, q) == percentile(values, q)
+    p = percentile(values, q)
+    if not values:
+        assert p is None
+        return
+    assert p in values
+    assert sum(v <= p for v in values) >= q / 100 * len(values)
+    assert sum(v < p for v in values) < max(1, q / 100 * len(values))
