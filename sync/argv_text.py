@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Collection
 
+from sync.json_arguments import JsonArgumentError, check_text
+
 PATHS = frozenset({"config", "cloud_config", "path", "db", "root", "fragment"})
 SHOWN = {"rest": "argument", "label": "--version"}  # dests whose name says little
 
@@ -24,9 +26,7 @@ def undecodable(args: argparse.Namespace, paths: Collection[str] = PATHS) -> str
             if not isinstance(text, str):
                 continue
             try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                shown = SHOWN.get(name, name.replace("_", "-"))
-                return (f"{shown}: not valid UTF-8 text (a lone surrogate "
-                        f"at position {exc.start})")
+                check_text(SHOWN.get(name, name.replace("_", "-")), text)
+            except JsonArgumentError as exc:
+                return str(exc)
     return None

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import re
 
+from sync.argv_text import undecodable
 from sync.envelope import MAX_COMMAND_BYTES
-from sync.json_arguments import JsonArgumentError, check_text, parse_json_argument
+from sync.json_arguments import JsonArgumentError, parse_json_argument
 
 # a device id names MQTT topics: the device's own config rule ([device] id)
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # what a command's JSON argument may take, leaving room for the envelope and the seal
 MAX_JSON_ARGUMENT_BYTES = MAX_COMMAND_BYTES - 4096
 JSON_OPTIONS = ("input", "patch", "value")
-PATHS = ("config", "root")  # file names: any bytes the system allows
 
 
 class ArgumentProblem(Exception):
@@ -28,13 +28,6 @@ class ArgumentProblem(Exception):
     def __init__(self, message: str, exit_code: int = 64) -> None:
         self.exit_code = exit_code
         super().__init__(message)
-
-
-def _text(name: str, value: str) -> None:
-    try:
-        check_text(name, value)
-    except JsonArgumentError as exc:
-        raise ArgumentProblem(str(exc)) from None
 
 
 def _device(name: str, value: str) -> None:
@@ -58,9 +51,9 @@ def _json(name: str, text: str) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise ArgumentProblem for the first argument that cannot be used."""
-    for key, value in sorted(vars(args).items()):
-        if isinstance(value, str) and key not in PATHS:
-            _text(f"--{key.replace('_', '-')}", value)
+    odd = undecodable(args)  # any word but a file name that is not UTF-8 text
+    if odd is not None:
+        raise ArgumentProblem(odd)
     if getattr(args, "device", None) is not None:
         _device("--device", args.device)
     if getattr(args, "devices", None) is not None:

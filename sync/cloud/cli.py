@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sync.argv_text import undecodable
 from sync.cloud.arguments import ArgumentProblem, check_arguments
 from sync.cloud.config import CloudConfig, CloudConfigError, load_cloud_config
 from sync.cloud.store import CloudStoreError, SqlCloudStore
@@ -433,13 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
-    odd = undecodable(args)
-    if odd is not None:
-        return _fail(args, odd, 64)
     try:
         check_arguments(args)
     except ArgumentProblem as exc:
-        return _fail(args, f"edge-agent-cloud: {exc}", exc.exit_code)
+        return _fail(args, str(exc), exc.exit_code)
     if args.command in ("install-service", "uninstall-service"):
         return cmd_install_service(args)
     try:
