@@ -102,12 +102,23 @@ async def engine_steps(target: str, runs: int, concurrency: int, *, shared: bool
             await engine.settle(rid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     rate = runs * STEPS / (time.perf_counter() - start)
+    if start_at is None:  # alone on its database: every run it queued must have completed
+        completed(store, runs)
     await engine.shutdown()
     if leases is not None:
         leases.close()
     writer.shutdown()
     store.close()
     return rate
+
+
+def completed(store: Any, runs: int) -> None:
+    """Stop the benchmark when the runs did not all complete: a figure of steps that were
+    not taken is no figure."""
+    done = store.read(lambda c: c.execute(
+        "SELECT count(*) FROM runs WHERE status = 'completed'").fetchone()[0])
+    if done != runs:
+        raise SystemExit(f"engine_stores: {done} of {runs} runs completed")
 
 
 def runners_steps(url: str, runners: int, runs: int) -> float:
@@ -121,6 +132,11 @@ def runners_steps(url: str, runners: int, runs: int) -> float:
     for p in procs:
         out, _ = p.communicate(timeout=900)
         ends.append(json.loads(out.strip().splitlines()[-1])["end"])
+    store = PgStore(url)
+    try:
+        completed(store, runners * runs)
+    finally:
+        store.close()
     return float(runners * runs * STEPS / (max(ends) - start_at))
 
 
@@ -146,7 +162,7 @@ def round_trips_per_step(url: str, runs: int, concurrency: int) -> float:
         return real_many(self, *a)
     PgConnection.execute, PgConnection.executemany = execute, executemany  # type: ignore[method-assign]
     try:
-        asyncio.run(engine_steps(url, runs, concurrency))
+        asyncio.run(engine_steps(url, runs, concurrency, shared=True))
     finally:
         PgConnection.execute, PgConnection.executemany = real, real_many  # type: ignore[method-assign]
     return count[0] / (runs * STEPS)
@@ -156,7 +172,9 @@ def one_round(pg: Postgres, tmp: Path, i: int, runs: int, dbos: bool) -> dict[st
     out: dict[str, Any] = {}
     for name, conc in (("seq", 1), ("16", 16)):
         out[f"raw_pg_{name}"] = raw_pg_commits(fresh_pg_url(pg), runs * STEPS, conc)
-        out[f"pg_{name}"] = asyncio.run(engine_steps(fresh_pg_url(pg), runs, conc))
+        # the runner's configuration: run leases, as `edge-agent cloud-run` has on PostgreSQL
+        out[f"pg_{name}"] = asyncio.run(engine_steps(fresh_pg_url(pg), runs, conc,
+                                                     shared=True))
         out[f"sqlite_{name}"] = asyncio.run(engine_steps(str(tmp / f"r{i}-{name}.db"), runs,
                                                          conc))
         if dbos:

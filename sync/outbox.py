@@ -122,6 +122,16 @@ class StreamStats:
     dropped: int
 
 
+def has_reader(conn: Connection) -> bool:
+    """Whether anything will read what is appended through `conn`. The outbox's one reader
+    is the device's sync; a database that cannot have one (the cloud runner's PostgreSQL:
+    `[sync]` is refused with a database URL) says so with `outbox_reader = False` on its
+    connections, and appends there write nothing: a record nobody reads would only grow the
+    table until a stream that refuses is full, and every step would update its stream's
+    one row (which serializes runners that share the database)."""
+    return getattr(conn, "outbox_reader", True) is not False
+
+
 _BUMP = ("UPDATE outbox_streams SET last_seq = last_seq + 1, pending_count = pending_count + 1,"
          " pending_bytes = pending_bytes + ? WHERE stream = ?")
 
@@ -132,6 +142,8 @@ def append(conn: Connection, stream: str, kind: str, payload: bytes, *,
     two statements); returns its sequence number. Limit and policy default to the stream's."""
     if stream not in DEFAULT_LIMITS:
         raise UnknownStream(stream)
+    if not has_reader(conn):
+        return 0
     size = len(payload)
     if limit is None:
         limit = DEFAULT_LIMITS[stream]
@@ -162,6 +174,8 @@ def append_many(conn: Connection, stream: str, records: list[tuple[str, bytes]],
     append them one by one under the stream's policy."""
     if stream not in DEFAULT_LIMITS:
         raise UnknownStream(stream)
+    if not has_reader(conn):
+        return True
     n, total = len(records), sum(len(payload) for _, payload in records)
     row = conn.execute(
         "UPDATE outbox_streams SET last_seq = last_seq + ?, pending_count = pending_count + ?,"

@@ -77,6 +77,8 @@ class Engine:
         self.agent_runner = agent_runner
         self.notify = notify or (lambda: None)
         self.outbox_limits = outbox_limits
+        # a database whose outbox nobody reads (PostgreSQL) gets no records (sync.outbox)
+        self.records = getattr(store, "outbox_reader", True) is not False
         self.device_id = device_id
         self.clock = clock
         self.rand = rand
@@ -446,7 +448,7 @@ class Engine:
                                        now=intent.at))
         limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
         prepared = Prepared(ops, [("checkpoints", kind, pack(payload), limit)
-                                  for kind, payload in t.records])
+                                  for kind, payload in t.records] if self.records else ())
         # a Prepared alone is mergeable with other runs' transitions
         # (mypy does not see a NamedTuple's __call__, hence the cast; Prepared is a Tx)
         fn: Tx = cast(Tx, prepared)

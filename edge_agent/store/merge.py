@@ -35,6 +35,7 @@ class Prepared(NamedTuple):
 
 _INSERT = re.compile(r"(INSERT INTO \w+ \([\w, ]+\) VALUES )(\((?:\?, )*\?\))")
 _UPDATE = re.compile(r"UPDATE (\w+) SET (.+) WHERE (\w+) = \?")
+_CALL = re.compile(r"SELECT (\w+)\(((?:\?, )*\?)\)")
 _ASSIGN = re.compile(r"(\w+) = (\?|'[^',]*'|\w+)")
 # each multi-row statement stays well under SQLite's bound on variables (32,766)
 _MAX_VARS = 30000
@@ -51,8 +52,10 @@ _forms: dict[str, _Form | None] = {}
 def _form(sql: str) -> _Form | None:
     """How a one-row statement repeats for many rows: `INSERT ... VALUES (?, ...)` takes
     more value tuples; `UPDATE t SET c = ?, ... WHERE k = ?` becomes the equivalent
-    `UPDATE t SET c = v.column1, ... FROM (VALUES ...) AS v WHERE t.k = v.columnN`. None
-    for any other statement (it runs row by row)."""
+    `UPDATE t SET c = v.column1, ... FROM (VALUES ...) AS v WHERE t.k = v.columnN`; a
+    function's call `SELECT f(?, ...)` (PostgreSQL's lease fence) becomes `SELECT
+    f(v.column1, ...) FROM (VALUES ...) AS v`, once per row. None for any other statement
+    (it runs row by row)."""
     if sql in _forms:
         return _forms[sql]
     form: _Form | None = None
@@ -72,6 +75,11 @@ def _form(sql: str) -> _Form | None:
             form = _Form(f"UPDATE {table} SET {', '.join(out)} FROM (VALUES ",
                          "(" + ", ".join("?" * (n + 1)) + ")",
                          f") AS v WHERE {table}.{key} = v.column{n + 1}", n)
+    elif m := _CALL.fullmatch(sql):
+        n = m.group(2).count("?")
+        args = ", ".join(f"v.column{i}" for i in range(1, n + 1))
+        form = _Form(f"SELECT {m.group(1)}({args}) FROM (VALUES ",
+                     "(" + ", ".join("?" * n) + ")", ") AS v", None)
     if len(_forms) < 512:  # the engine's statements are a small fixed set
         _forms[sql] = form
     return form
@@ -97,6 +105,31 @@ class _Unmergeable(Exception):
     """The merged form of a batch's prepared writes cannot be used; run them one by one."""
 
 
+def write_merged(conn: Any, writes: Sequence[Prepared]) -> None:
+    """Run prepared writes as one multi-row statement per SQL text and one outbox append
+    per stream; raises when that cannot be done (a write's own error, two bounds for one
+    stream, a stream over its bound), leaving the transaction for the caller to roll
+    back."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    records: dict[tuple[str, int | None], list[tuple[str, bytes]]] = {}
+    for write in writes:
+        for sql, params in write.statements:
+            rows.setdefault(sql, []).append(params)
+        for stream, kind, payload, limit in write.records:
+            records.setdefault((stream, limit), []).append((kind, payload))
+    if len({stream for stream, _ in records}) != len(records):
+        raise _Unmergeable  # one stream under two bounds
+    for sql, params_list in rows.items():
+        multi = _multi_row(sql, params_list)
+        if multi is None:
+            conn.executemany(sql, params_list)
+        else:
+            conn.execute(*multi)
+    for (stream, limit), recs in records.items():
+        if not append_many(conn, stream, recs, limit=limit):
+            raise _Unmergeable  # over the bound: each write meets the policy
+
+
 def merged(conn: sqlite3.Connection, writes: Sequence[Prepared]) -> bool:
     """Run the batch's prepared writes as one multi-row statement per SQL text and one
     outbox append per stream. They go first in a fresh transaction, so when that fails
@@ -104,24 +137,7 @@ def merged(conn: sqlite3.Connection, writes: Sequence[Prepared]) -> bool:
     and so a trip through the GIL, on the path every writer waits on) and False is
     returned, for each write to run alone in its own savepoint, as any write."""
     try:
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        records: dict[tuple[str, int | None], list[tuple[str, bytes]]] = {}
-        for write in writes:
-            for sql, params in write.statements:
-                rows.setdefault(sql, []).append(params)
-            for stream, kind, payload, limit in write.records:
-                records.setdefault((stream, limit), []).append((kind, payload))
-        if len({stream for stream, _ in records}) != len(records):
-            raise _Unmergeable  # one stream under two bounds
-        for sql, params_list in rows.items():
-            multi = _multi_row(sql, params_list)
-            if multi is None:
-                conn.executemany(sql, params_list)
-            else:
-                conn.execute(*multi)
-        for (stream, limit), recs in records.items():
-            if not append_many(conn, stream, recs, limit=limit):
-                raise _Unmergeable  # over the bound: each write meets the policy
+        write_merged(conn, writes)
     except Exception:  # noqa: BLE001 - any failure: each write runs alone instead
         if conn.in_transaction:  # else SQLite rolled it back itself (a full disk)
             conn.execute("ROLLBACK")

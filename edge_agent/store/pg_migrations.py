@@ -210,4 +210,43 @@ PG_V2 = (
     END $$""",
 )
 
-PG_MIGRATIONS: list[tuple[int, Sequence[str]]] = [(1, PG_V1), (2, PG_V2)]
+# 3: a claim does not wait for the disk. A claim is a run's lease row and nothing else; if
+# the server loses it in a crash, the claimant's first write of the run fails its fence
+# (LeaseLost: nothing written) and the run is claimed again by whichever runner's scan for
+# orphans finds it. So the claim commits without waiting for its WAL flush
+# (synchronous_commit off for its own transaction), as a durable write of the run's would
+# be needed for nothing; every write of a run's steps still waits for the disk.
+PG_V3 = (
+    """CREATE OR REPLACE FUNCTION run_lease_claim(p_run TEXT, p_owner TEXT,
+        p_lease DOUBLE PRECISION)
+    RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        now_s DOUBLE PRECISION := extract(epoch FROM clock_timestamp());
+        held RECORD;
+        leased BOOLEAN;
+    BEGIN
+        -- a plain read first: it never waits, where an insert would wait for a writer's
+        -- uncommitted new version of the row
+        SELECT owner INTO held FROM run_leases WHERE run_id = p_run;
+        leased := FOUND;
+        IF leased AND held.owner = p_owner THEN
+            RETURN TRUE;  -- ours already (its writes renew it)
+        END IF;
+        PERFORM set_config('synchronous_commit', 'off', true);  -- this transaction's only
+        IF NOT leased THEN
+            INSERT INTO run_leases (run_id, owner, expires_at)
+                VALUES (p_run, p_owner, now_s + p_lease) ON CONFLICT (run_id) DO NOTHING;
+            RETURN FOUND;  -- not found: another runner claimed it just now
+        END IF;
+        SELECT owner, expires_at INTO held FROM run_leases WHERE run_id = p_run
+            FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND OR held.expires_at > now_s THEN
+            RETURN FALSE;  -- being written by its holder, or held by a live runner
+        END IF;
+        UPDATE run_leases SET owner = p_owner, expires_at = now_s + p_lease
+            WHERE run_id = p_run;
+        RETURN TRUE;
+    END $$""",
+)
+
+PG_MIGRATIONS: list[tuple[int, Sequence[str]]] = [(1, PG_V1), (2, PG_V2), (3, PG_V3)]

@@ -26,7 +26,7 @@ from edge_agent.errors import SchemaTooNew, StoreError
 from edge_agent.store.backend import Then, WriteFn
 from edge_agent.store.health import Backoff, StoreHealth
 from edge_agent.store.leases import LeaseLost, RunScoped
-from edge_agent.store.merge import Prepared
+from edge_agent.store.merge import Prepared, write_merged
 from edge_agent.store.pg_errors import CommitUnknown, StoreTransient, connection_lost, transient
 from edge_agent.store.pg_migrations import PG_MIGRATIONS
 from sync.dbapi import Connection, redact, scrub
@@ -84,7 +84,10 @@ def _sql(sql: str) -> str:
 
 
 class PgConnection:
-    """A psycopg connection that speaks `sync.dbapi.Connection`."""
+    """A psycopg connection that speaks `sync.dbapi.Connection`. Nothing reads an outbox
+    here (`sync.outbox.has_reader`): appends write nothing."""
+
+    outbox_reader = False
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -110,6 +113,8 @@ class PgConnection:
 
 class PgStore:
     """One PostgreSQL database; a connection per thread; numbered migrations at open."""
+
+    outbox_reader = False  # see PgConnection
 
     def __init__(self, url: str, *, migrations: Sequence[Migration] = PG_MIGRATIONS,
                  readonly: bool = False, retry: bool = False) -> None:
@@ -365,14 +370,16 @@ class PgStore:
 
 
 class _Write:
-    __slots__ = ("done", "fn", "ok", "then", "value")
+    __slots__ = ("done", "fn", "ok", "settled", "then", "value")
 
     def __init__(self, fn: WriteFn, then: Then | None = None) -> None:
         self.fn, self.then, self.done, self.ok = fn, then, False, False
         self.value: Any = None
+        self.settled = threading.Event()
 
     def settle(self, ok: bool, value: Any) -> None:
         self.ok, self.value, self.done = ok, value, True
+        self.settled.set()
         if self.then is not None:
             try:
                 self.then(ok, value)
@@ -388,9 +395,12 @@ class PgWriter:
     write committed already. `write_then` does not wait: when somebody leads, its write
     joins the next batch and its continuation runs on the leader's thread after the COMMIT
     (PostgreSQL has made it durable by then); when nobody does, it commits on the caller's
-    thread. Prepared writes (the engine's transitions) run one after another; any other
-    write runs in its own savepoint, so its failure is its own. When a prepared write
-    fails, the transaction is rolled back and each write of the batch runs alone."""
+    thread; a blocking writer whose write another leader took waits for its own result, not
+    in a convoy on the lead. Prepared writes (the engine's transitions) are merged, one
+    statement per table for the whole batch (`merge.write_merged`: the lease fences in one
+    statement too); any other write runs in its own savepoint, so its failure is its own.
+    When the merged writes fail, the transaction is rolled back and each write of the batch
+    runs alone."""
 
     def __init__(self, store: PgStore, *, max_batch: int = 256) -> None:
         self._store = store
@@ -415,9 +425,17 @@ class PgWriter:
         own = _Write(fn)
         with self._mutex:
             self._queue.append(own)
-        with self._lead:
-            while not own.done:
-                self._commit(self._take())
+        while not own.done:
+            if not self._lead.acquire(blocking=False):
+                # somebody leads, and will take this write (or leaves it for us): wait for
+                # our own result, not in a convoy on the lead
+                own.settled.wait(0.05)
+                continue
+            try:
+                while not own.done and (batch := self._take()):
+                    self._commit(batch)
+            finally:
+                self._lead.release()
         self._drain()  # writes queued without waiting while we led
         if own.ok:
             return own.value
@@ -491,24 +509,35 @@ class PgWriter:
     def _body(self, batch: list[_Write], conn: Connection) -> list[tuple[bool, Any]]:
         import psycopg
         store = self._store
-        outcomes: list[tuple[bool, Any]] = []
-        for w in batch:
+        outcomes: list[tuple[bool, Any] | None] = [None] * len(batch)
+        prepared: dict[int, Prepared] = {}
+        for i, w in enumerate(batch):
+            inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
+            if isinstance(inner, Prepared):
+                prepared[i] = inner
+        if len(prepared) > 1:  # the transitions of many runs: a statement per table
+            write_merged(conn, list(prepared.values()))  # a failure: each alone, above
+            for i in prepared:
+                outcomes[i] = (True, None)
+        for i, w in enumerate(batch):
+            if outcomes[i] is not None:
+                continue
             inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
             if len(batch) == 1 or isinstance(inner, Prepared):
-                outcomes.append((True, w.fn(conn)))  # a failure: each alone, above
+                outcomes[i] = (True, w.fn(conn))  # a failure: each alone, above
                 continue
             try:
                 with store.atomic() as sp:
-                    outcomes.append((True, w.fn(sp)))
+                    outcomes[i] = (True, w.fn(sp))
             except psycopg.Error as exc:
                 if transient(exc) is not None:
                     raise  # not this write's fault: the batch is tried again
-                outcomes.append((False, store.translate(exc)))
+                outcomes[i] = (False, store.translate(exc))
             except StoreTransient:
                 raise
             except Exception as exc:  # noqa: BLE001 - the write's own outcome
-                outcomes.append((False, exc))
-        return outcomes
+                outcomes[i] = (False, exc)
+        return [o for o in outcomes if o is not None]
 
     def submit(self, fn: WriteFn) -> Future[Any]:
         return self._pool.submit(self.write, fn)
