@@ -147,24 +147,41 @@ def one_runner(url: str, runs: int, start_at: float) -> None:
 
 
 def round_trips_per_step(url: str, runs: int, concurrency: int) -> float:
-    """Statements sent to PostgreSQL per step (each `execute` is one round trip), counted
-    on a run of its own, off the clock."""
+    """Round trips to PostgreSQL per step, counted on a run of its own, off the clock: each
+    `execute` outside a pipeline is one, and a pipelined transaction's BEGIN and statements
+    are one together (its COMMIT, sent after, counts as it goes)."""
+    import threading
+
     from edge_agent.store.postgres import PgConnection
     count = [0]
+    piped = threading.local()
     real, real_many = PgConnection.execute, PgConnection.executemany
+    real_piped = PgStore.pipelined
 
     def execute(self: PgConnection, *a: Any) -> Any:
-        count[0] += 1
+        count[0] += 0 if getattr(piped, "on", False) else 1
         return real(self, *a)
 
     def executemany(self: PgConnection, *a: Any) -> Any:
-        count[0] += 1
+        count[0] += 0 if getattr(piped, "on", False) else 1
         return real_many(self, *a)
+
+    def pipelined(self: PgStore, fn: Any, lock: bool = True) -> Any:
+        def inside(conn: Any) -> Any:
+            piped.on = True
+            try:
+                return fn(conn)
+            finally:
+                piped.on = False
+        count[0] += 1
+        return real_piped(self, inside, lock)
     PgConnection.execute, PgConnection.executemany = execute, executemany  # type: ignore[method-assign]
+    PgStore.pipelined = pipelined  # type: ignore[method-assign]
     try:
         asyncio.run(engine_steps(url, runs, concurrency, shared=True))
     finally:
         PgConnection.execute, PgConnection.executemany = real, real_many  # type: ignore[method-assign]
+        PgStore.pipelined = real_piped  # type: ignore[method-assign]
     return count[0] / (runs * STEPS)
 
 

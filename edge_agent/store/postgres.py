@@ -301,6 +301,43 @@ class PgStore:
             raise unknown.error from None
         return value
 
+    def pipelined(self, fn: WriteFn, lock: bool = True) -> Any:
+        """fn, a write that only sends statements (it reads no result back: the engine's
+        prepared transitions), in one transaction of two round trips: BEGIN, the lock and
+        transaction id and fn's statements go out together in psycopg's pipeline mode, then
+        COMMIT, with `transaction`'s rules for a COMMIT whose answer is lost."""
+        import psycopg
+        if int(getattr(self._local, "depth", 0)):
+            return self.transaction(fn, lock)  # inside a transaction: as any write
+        conn = self.conn
+        self._local.depth = 1
+        try:
+            with conn.raw.pipeline():
+                conn.raw.execute("BEGIN")
+                head = conn.raw.execute(
+                    f"SELECT pg_advisory_xact_lock({WRITE_LOCK}), pg_current_xact_id()::text"
+                    if lock else "SELECT 1, pg_current_xact_id()::text")
+                value = fn(conn)
+            xid = head.fetchone()[1]
+        except BaseException as exc:
+            with contextlib.suppress(psycopg.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, psycopg.Error):
+                raise self.translate(exc) from exc
+            raise
+        finally:
+            self._local.depth = 0
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+            if connection_lost(exc) and self.patient and self._committed(xid):
+                return value
+            raise self.translate(exc) from exc
+        return value
+
     def _committed(self, xid: str) -> bool:
         while True:
             status = self.read(lambda c: c.execute(
@@ -475,8 +512,12 @@ class PgWriter:
         backoff: Backoff | None = None
         while True:
             try:
-                outcomes = store.transaction(lambda conn: self._body(batch, conn), lock=not all(
-                    isinstance(w.fn, RunScoped) for w in batch))
+                lock = not all(isinstance(w.fn, RunScoped) for w in batch)
+                if all(isinstance(w.fn.fn if isinstance(w.fn, RunScoped) else w.fn, Prepared)
+                       for w in batch):  # statements only: BEGIN and them in one round trip
+                    outcomes = store.pipelined(lambda conn: self._body(batch, conn), lock)
+                else:
+                    outcomes = store.transaction(lambda conn: self._body(batch, conn), lock)
             except StoreTransient as exc:
                 if store.patient:
                     backoff = backoff or Backoff()

@@ -75,15 +75,22 @@ def in_one_batch(writer: PgWriter, writes: list[Any]) -> list[tuple[bool, Any]]:
 
 
 def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements sent, each marked `piped:` when it went out in pipeline mode (with
+    the statements around it, in one round trip)."""
+    from psycopg.pq import PipelineStatus
     sent: list[str] = []
     real, real_many = PgConnection.execute, PgConnection.executemany
 
+    def mark(self: PgConnection, sql: str) -> str:
+        piped = self.raw.pgconn.pipeline_status != PipelineStatus.OFF
+        return f"piped:{sql}" if piped else sql
+
     def execute(self: PgConnection, sql: str, *a: Any) -> Any:
-        sent.append(sql)
+        sent.append(mark(self, sql))
         return real(self, sql, *a)
 
     def executemany(self: PgConnection, sql: str, *a: Any) -> Any:
-        sent.append(sql)
+        sent.append(mark(self, sql))
         return real_many(self, sql, *a)
     monkeypatch.setattr(PgConnection, "execute", execute)
     monkeypatch.setattr(PgConnection, "executemany", executemany)
@@ -103,9 +110,12 @@ def test_a_batch_of_transitions_is_one_statement_per_table(
         writer.shutdown()
     assert [ok for ok, _ in outcomes] == [True] * 5
     fences = [s for s in sent if "run_lease_check" in s]
-    updates = [s for s in sent if s.startswith("UPDATE runs")]
+    updates = [s for s in sent if "UPDATE runs" in s]
     assert len(fences) == 1 and "FROM (VALUES" in fences[0]  # five fences, one statement
     assert len(updates) == 1 and "FROM (VALUES" in updates[0]
+    # BEGIN and the statements in one round trip (pipeline mode), then COMMIT alone
+    assert fences[0].startswith("piped:") and updates[0].startswith("piped:")
+    assert sent[-1] == "COMMIT"
     nodes = store.read(lambda c: c.execute(
         "SELECT DISTINCT node FROM runs WHERE run_id = ANY(?)", (rids,)).fetchall())
     assert [n[0] for n in nodes] == ["next"]
@@ -127,6 +137,23 @@ def test_a_lost_lease_in_a_batch_fails_only_its_own_run(store: PgStore) -> None:
     nodes = dict(store.read(lambda c: c.execute(
         "SELECT run_id, node FROM runs WHERE run_id IN (?, ?)", (kept, lost)).fetchall()))
     assert nodes[kept] == "moved" and nodes[lost] != "stolen"  # nothing of its written
+
+
+def test_a_lone_transition_on_a_lost_lease_writes_nothing_and_the_writer_goes_on(
+        store: PgStore) -> None:
+    mine, theirs = RunLeases(store, "runner-a"), RunLeases(store, "runner-b")
+    rid, other = a_run(store), a_run(store)
+    assert theirs.claim(rid) and mine.claim(other)
+    writer = PgWriter(store)
+    try:
+        with pytest.raises(LeaseLost):
+            writer.write(transition(mine, rid, "stolen"))
+        writer.write(transition(mine, other, "moved"))  # the same connection, usable
+    finally:
+        writer.shutdown()
+    nodes = dict(store.read(lambda c: c.execute(
+        "SELECT run_id, node FROM runs WHERE run_id IN (?, ?)", (rid, other)).fetchall()))
+    assert nodes == {rid: None, other: "moved"}
 
 
 class Noop:
