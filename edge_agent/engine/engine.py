@@ -38,6 +38,7 @@ from edge_agent.errors import StoreError
 from edge_agent.store import Prepared
 from edge_agent.store.backend import Database, Writer
 from edge_agent.store.leases import LeaseLost, Leases, RunScoped, SoleRunner, scoped
+from edge_agent.store.merge import joined
 from edge_agent.telemetry.logs import current as log_ids
 from edge_agent.telemetry.logs import log_context
 from sync.dbapi import Connection
@@ -333,7 +334,7 @@ class Engine:
             # the start goes with the first node's commit: a start node with no side effect
             # to fence needs no commit of its own (a crash before it leaves the run queued)
             at = self.clock()
-            self._begins[run_id] = partial(self._begin, run=run, wf=wf, span=span, at=at)
+            self._begins[run_id] = cast(Tx, self._started(run, wf, span, at))
             run = run.moved(status=RUNNING, node=wf.start, node_state={},
                             visits={wf.start: 1}, span_id=span)
         node = wf.nodes.get(run.node)  # type: ignore[arg-type]
@@ -351,17 +352,23 @@ class Engine:
     def _begin(self, conn: Connection, run: Run, wf: WorkflowConfig, span: str,
                remember: bool = False, at: float | None = None,
                intent: transitions.Intent | None = None) -> None:
-        now = self.clock() if at is None else at
         if intent is not None:
             conn.execute(*q.intent_insert(key=intent.key, attempt=intent.attempt,
                                           run_id=run.run_id, node=intent.scope,
                                           tool=intent.tool, args=intent.args, now=intent.at))
-        q.update_run(conn, run.run_id, now, status=RUNNING, node=wf.start,
-                     visits={wf.start: 1}, node_state={}, span_id=span)
-        self.emit(conn, "checkpoints", "run.started", {"run_id": run.run_id, "workflow": wf.name,
-                                                       "node": wf.start, "ts": now})
+        cast(Tx, self._started(run, wf, span, self.clock() if at is None else at))(conn)
         if remember:
             self.remember(conn, run.run_id)
+
+    def _started(self, run: Run, wf: WorkflowConfig, span: str, now: float) -> Prepared:
+        """A run's start as a prepared write (its row at the start node, `run.started`): on
+        the first step's commit it merges with the step (`merge.joined`)."""
+        limit = self.outbox_limits.get("checkpoints") if self.outbox_limits else None
+        return Prepared([q.run_update(run.run_id, now, status=RUNNING, node=wf.start,
+                                      visits={wf.start: 1}, node_state={}, span_id=span)],
+                        [("checkpoints", "run.started", pack({
+                            "run_id": run.run_id, "workflow": wf.name, "node": wf.start,
+                            "ts": now}), limit)] if self.records else ())
 
     # I/O helpers (worker threads) -------------------------------------------------------------
     def write(self, fn: Tx, run_id: str | None = None) -> Any:
@@ -465,14 +472,8 @@ class Engine:
             # driven by the scheduler: hand the commit over and free this worker; the run goes
             # on (or the error surfaces) once the commit that holds the step has landed
             begin = self._begins.pop(rid, None)
-            if begin is not None:
-                inner = fn
-
-                def fn(conn: Connection) -> Any:
-                    begin(conn)
-                    return inner(conn)
-                if fence is not None:
-                    fn = RunScoped(fn, rid)
+            if begin is not None:  # the run's start rides on this commit
+                fn = joined(begin, fn)
             fut = drive[1]
 
             def landed(ok: bool, value: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any, NamedTuple
 
+from edge_agent.store.leases import RunScoped
 from sync.outbox import append, append_many
 
 
@@ -105,6 +106,43 @@ class _Unmergeable(Exception):
     """The merged form of a batch's prepared writes cannot be used; run them one by one."""
 
 
+def joined(first: Any, then: Any) -> Any:
+    """`first`, then `then`, as one write (a run's start and its first step): two prepared
+    writes become one prepared write, mergeable with other runs' transitions; `then`'s run
+    scope (its lease's fence) is kept."""
+    inner = then.fn if isinstance(then, RunScoped) else then
+    both: Any
+    if isinstance(first, Prepared) and isinstance(inner, Prepared):
+        both = Prepared([*first.statements, *inner.statements],
+                        [*first.records, *inner.records])
+    else:
+        def both(conn: Any) -> Any:
+            first(conn)
+            return inner(conn)
+    return RunScoped(both, then.run_id) if isinstance(then, RunScoped) else both
+
+
+def _in_order(writes: Sequence[Prepared]) -> list[str]:
+    """The SQL texts of the writes in an order that keeps each write's own order (two
+    statements of one write on the same row must not swap): the order they first appear in,
+    moved where a write needs one before another. Raises _Unmergeable when no order keeps
+    every write's (one write has A before B, another B before A)."""
+    after: dict[str, set[str]] = {}
+    for write in writes:
+        texts = [sql for sql, _ in write.statements]
+        for i, sql in enumerate(texts):
+            after.setdefault(sql, set()).update(t for t in texts[:i] if t != sql)
+    order: list[str] = []
+    placed: set[str] = set()
+    while len(order) < len(after):
+        ready = [sql for sql in after if sql not in placed and after[sql] <= placed]
+        if not ready:
+            raise _Unmergeable
+        order.append(ready[0])
+        placed.add(ready[0])
+    return order
+
+
 def write_merged(conn: Any, writes: Sequence[Prepared]) -> None:
     """Run prepared writes as one multi-row statement per SQL text and one outbox append
     per stream; raises when that cannot be done (a write's own error, two bounds for one
@@ -119,7 +157,8 @@ def write_merged(conn: Any, writes: Sequence[Prepared]) -> None:
             records.setdefault((stream, limit), []).append((kind, payload))
     if len({stream for stream, _ in records}) != len(records):
         raise _Unmergeable  # one stream under two bounds
-    for sql, params_list in rows.items():
+    for sql in _in_order(writes):
+        params_list = rows[sql]
         multi = _multi_row(sql, params_list)
         if multi is None:
             conn.executemany(sql, params_list)

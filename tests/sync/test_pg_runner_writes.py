@@ -18,7 +18,7 @@ from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding, queue_run
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.store.leases import LeaseLost, RunScoped
-from edge_agent.store.merge import Prepared
+from edge_agent.store.merge import Prepared, joined
 from edge_agent.store.opening import open_database, writer_for
 from edge_agent.store.pg_leases import RunLeases
 from edge_agent.store.postgres import PgConnection, PgStore, PgWriter
@@ -119,6 +119,28 @@ def test_a_batch_of_transitions_is_one_statement_per_table(
     nodes = store.read(lambda c: c.execute(
         "SELECT DISTINCT node FROM runs WHERE run_id = ANY(?)", (rids,)).fetchall())
     assert [n[0] for n in nodes] == ["next"]
+
+
+def test_a_runs_start_merged_with_its_first_step_keeps_its_order(store: PgStore) -> None:
+    """A run's start (its row at the start node) rides on its first step's commit; merged
+    with another run's transition that came first, the start's UPDATE still goes before the
+    step's, or the run would be written back to its start node."""
+    leases = RunLeases(store, "runner-a")
+    going, starting = a_run(store), a_run(store)
+    assert leases.claim(going) and leases.claim(starting)
+    start = Prepared([("UPDATE runs SET status = ?, node = ?, updated_at = ? WHERE run_id = ?",
+                       ("running", "first", 1.0, starting))])
+    writer = PgWriter(store)
+    try:
+        outcomes = in_one_batch(writer, [transition(leases, going, "second"),
+                                         joined(start, transition(leases, starting, "second"))])
+    finally:
+        writer.shutdown()
+    assert [ok for ok, _ in outcomes] == [True, True]
+    rows = dict(store.read(lambda c: c.execute(
+        "SELECT run_id, node || ' ' || status FROM runs WHERE run_id IN (?, ?)",
+        (going, starting)).fetchall()))
+    assert rows == {going: "second queued", starting: "second running"}
 
 
 def test_a_lost_lease_in_a_batch_fails_only_its_own_run(store: PgStore) -> None:
