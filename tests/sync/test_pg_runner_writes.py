@@ -7,6 +7,7 @@ runners sharing the database)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -220,3 +221,108 @@ def test_the_runner_keeps_no_outbox_records_and_its_runs_complete(pg_cluster: Po
     completed, records, last = asyncio.run(runs(str(tmp_path / "device.db")))
     assert completed == 8 and records >= 8 * 4 and last >= 8 * 4
     assert asyncio.run(runs(fresh_pg_url(pg_cluster))) == (8, 0, 0)
+
+
+class CommitCutter:
+    """A TCP proxy in front of PostgreSQL that, once armed, cuts the client's connection at
+    its next COMMIT: `answer_lost` forwards the COMMIT and cuts when the server answers
+    (committed, the client never hears so); otherwise it cuts without forwarding it (the
+    server rolls the transaction back when it finds the client gone)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        self.target = port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.armed: str | None = None
+        self.cuts = 0
+        self._socks: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._socks += [client, upstream]
+            swallow = threading.Event()
+            threading.Thread(target=self._up, args=(client, upstream, swallow),
+                             daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, swallow),
+                             daemon=True).start()
+
+    def _up(self, client: Any, upstream: Any, swallow: threading.Event) -> None:
+        try:
+            while data := client.recv(65536):
+                if self.armed and b"COMMIT\x00" in data:
+                    mode, self.armed = self.armed, None
+                    self.cuts += 1
+                    if mode == "answer_lost":
+                        swallow.set()  # the answer is dropped and both ends cut
+                        upstream.sendall(data)
+                        continue
+                    break  # cut before the server sees it
+                upstream.sendall(data)
+        except OSError:
+            pass
+        if not swallow.is_set():
+            self._close(client, upstream)
+
+    def _down(self, upstream: Any, client: Any, swallow: threading.Event) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if swallow.is_set():
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        self._close(client, upstream)
+
+    @staticmethod
+    def _close(*socks: Any) -> None:
+        import socket
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._close(*self._socks)
+
+
+@pytest.mark.parametrize("cut", ["answer_lost", "never_sent"])
+def test_a_commit_cut_off_is_written_once(pg_cluster: Postgres, cut: str) -> None:
+    """The connection is lost at a transition's COMMIT (its BEGIN and statements went out in
+    one pipeline before it): when the server had committed, the writer learns so from the
+    transaction's id and the step is not written again; when it had not, the transition
+    is written once the database answers. Either way: one step row, no error."""
+    url = fresh_pg_url(pg_cluster)
+    proxy = CommitCutter(int(url.rsplit(":", 1)[1].split("/")[0]))
+    through = url.replace(f":{proxy.target}/", f":{proxy.port}/")
+    store = PgStore(through, retry=True)
+    writer = PgWriter(store)
+    try:
+        leases = RunLeases(store, "runner-a")
+        rid = a_run(store)
+        assert leases.claim(rid)
+        fence = leases.fence(rid)
+        assert fence is not None
+        step = RunScoped(Prepared([fence, (
+            "INSERT INTO steps (run_id, node, attempt, status, started_at, finished_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (rid, "a", 1, "completed", 1.0, 2.0))]), rid)
+        proxy.armed = cut
+        writer.write(step)
+        assert proxy.cuts == 1
+        assert store.read(lambda c: c.execute(
+            "SELECT count(*) FROM steps WHERE run_id = ?", (rid,)).fetchone()[0]) == 1
+    finally:
+        writer.shutdown()
+        store.close()
+        proxy.close()
