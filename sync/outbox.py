@@ -122,11 +122,12 @@ class StreamStats:
     dropped: int
 
 
-def has_reader(conn: Connection) -> bool:
-    """Whether anything will read what is appended through `conn`. The outbox's one reader
-    is the device's sync; a database that cannot have one (the cloud runner's PostgreSQL:
-    `[sync]` is refused with a database URL) says so with `outbox_reader = False` on its
-    connections, and appends there write nothing: a record nobody reads would only grow the
+def has_reader(conn: object) -> bool:
+    """Whether anything will read what is appended through `conn` (a connection, or the
+    store that makes them). The outbox's one reader is the device's sync; a database that
+    cannot have one (the cloud runner's PostgreSQL: `[sync]` is refused with a database
+    URL) says so with `outbox_reader = False` on its store and connections, and appends
+    there write nothing: a record nobody reads would only grow the
     table until a stream that refuses is full, and every step would update its stream's
     one row (which serializes runners that share the database)."""
     return getattr(conn, "outbox_reader", True) is not False

@@ -42,6 +42,7 @@ from edge_agent.store.merge import joined
 from edge_agent.telemetry.logs import current as log_ids
 from edge_agent.telemetry.logs import log_context
 from sync.dbapi import Connection
+from sync.outbox import has_reader
 
 log = logging.getLogger(__name__)
 Tx = Callable[[Connection], Any]
@@ -78,8 +79,8 @@ class Engine:
         self.agent_runner = agent_runner
         self.notify = notify or (lambda: None)
         self.outbox_limits = outbox_limits
-        # a database whose outbox nobody reads (PostgreSQL) gets no records (sync.outbox)
-        self.records = getattr(store, "outbox_reader", True) is not False
+        # a database whose outbox nobody reads (PostgreSQL) gets no records
+        self.records = has_reader(store)
         self.device_id = device_id
         self.clock = clock
         self.rand = rand

@@ -4,10 +4,10 @@ Each runner has an id. Before it drives a run it claims the run's lease row
 (`run_lease_claim`: a fresh row, its own, or one whose lease has expired, taken with
 SELECT ... FOR UPDATE SKIP LOCKED; committed without waiting for the disk, since a claim
 the server loses fails the claimant's next fence and nothing else); every write of the
-run's steps starts with `run_lease_check`, which locks that row (so writes to one run are serialized by a row lock,
-and writes to different runs do not wait for each other), renews the lease, and fails with
-`LeaseLost` when another runner took the run over; the write that finishes the run deletes
-the row. A thread renews the leases of the runs this runner holds but is not writing (a run
+run's steps starts with `run_lease_check`, which locks that row (so writes to one run are
+serialized by a row lock, and writes to different runs do not wait for each other), renews
+the lease, and fails with `LeaseLost` when another runner took the run over; the write that
+finishes the run deletes the row. A thread renews the leases of the runs this runner holds but is not writing (a run
 waiting for a person, or sleeping until its retry), every third of the lease. A runner that
 dies stops renewing: once its leases expire, the other runners' scan for orphans (every half
 lease) finds its runs and takes them over, resuming from their last commit by the same rules

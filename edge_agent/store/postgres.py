@@ -37,6 +37,13 @@ WRITE_LOCK = 0x65646765  # the advisory lock of every write that is not a run's 
 Migration = tuple[int, Sequence[str]]
 
 
+def _head(lock: bool) -> str:
+    """A write transaction's first statement: the write lock (with `lock`) and the
+    transaction's id, asked about if the COMMIT's answer is lost."""
+    return (f"SELECT pg_advisory_xact_lock({WRITE_LOCK}), pg_current_xact_id()::text" if lock
+            else "SELECT 1, pg_current_xact_id()::text")
+
+
 def is_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
@@ -248,9 +255,7 @@ class PgStore:
         xid = None
         try:
             if depth == 0:  # one round trip: simple query protocol, two statements
-                cur = conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}),"
-                                   " pg_current_xact_id()::text" if lock else
-                                   "BEGIN; SELECT 1, pg_current_xact_id()::text")
+                cur = conn.execute(f"BEGIN; {_head(lock)}")
                 cur.nextset()
                 xid = cur.fetchone()[1]  # asked about if the COMMIT's answer is lost
             else:
@@ -273,15 +278,33 @@ class PgStore:
                     conn.execute(f"RELEASE SAVEPOINT {name}")
             raise
         self._local.depth = depth
+        if depth == 0:
+            assert xid is not None
+            self._finish(conn, xid)
+            return
         try:
-            conn.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
+            conn.execute(f"RELEASE SAVEPOINT {name}")
         except psycopg.Error as exc:
-            if depth == 0:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-                if xid is not None and connection_lost(exc):
-                    raise CommitUnknown(xid, self.translate(exc)) from exc
             raise self.translate(exc) from exc
+
+    def _finish(self, conn: PgConnection, xid: str) -> None:
+        """COMMIT; `CommitUnknown` when the connection is lost before its answer."""
+        import psycopg
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+            if connection_lost(exc):
+                raise CommitUnknown(xid, self.translate(exc)) from exc
+            raise self.translate(exc) from exc
+
+    def _answered(self, unknown: CommitUnknown, value: Any) -> Any:
+        """A COMMIT whose answer was lost: a patient store asks the server (once it answers)
+        whether that transaction committed, and hands back the write's value if it did."""
+        if self.patient and self._committed(unknown.xid):
+            return value
+        raise unknown.error from None
 
     def transaction(self, fn: WriteFn, lock: bool = True) -> Any:
         """fn in one transaction, PostgreSQL's errors translated. When the connection is lost
@@ -296,9 +319,7 @@ class PgStore:
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
         except CommitUnknown as unknown:
-            if self.patient and self._committed(unknown.xid):
-                return value
-            raise unknown.error from None
+            return self._answered(unknown, value)
         return value
 
     def pipelined(self, fn: WriteFn, lock: bool = True) -> Any:
@@ -314,9 +335,7 @@ class PgStore:
         try:
             with conn.raw.pipeline():
                 conn.raw.execute("BEGIN")
-                head = conn.raw.execute(
-                    f"SELECT pg_advisory_xact_lock({WRITE_LOCK}), pg_current_xact_id()::text"
-                    if lock else "SELECT 1, pg_current_xact_id()::text")
+                head = conn.raw.execute(_head(lock))
                 value = fn(conn)
             xid = head.fetchone()[1]
         except BaseException as exc:
@@ -329,13 +348,9 @@ class PgStore:
         finally:
             self._local.depth = 0
         try:
-            conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("ROLLBACK")
-            if connection_lost(exc) and self.patient and self._committed(xid):
-                return value
-            raise self.translate(exc) from exc
+            self._finish(conn, xid)
+        except CommitUnknown as unknown:
+            return self._answered(unknown, value)
         return value
 
     def _committed(self, xid: str) -> bool:
@@ -422,6 +437,12 @@ class _Write:
                 self.then(ok, value)
             except Exception:  # a continuation must not break the batch
                 log.exception("write continuation failed")
+
+
+def _prepared(w: _Write) -> Prepared | None:
+    """The write's statements as data, when it is a prepared write (fenced or not)."""
+    inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
+    return inner if isinstance(inner, Prepared) else None
 
 
 class PgWriter:
@@ -513,8 +534,7 @@ class PgWriter:
         while True:
             try:
                 lock = not all(isinstance(w.fn, RunScoped) for w in batch)
-                if all(isinstance(w.fn.fn if isinstance(w.fn, RunScoped) else w.fn, Prepared)
-                       for w in batch):  # statements only: BEGIN and them in one round trip
+                if all(_prepared(w) is not None for w in batch):  # statements only
                     outcomes = store.pipelined(lambda conn: self._body(batch, conn), lock)
                 else:
                     outcomes = store.transaction(lambda conn: self._body(batch, conn), lock)
@@ -550,21 +570,15 @@ class PgWriter:
     def _body(self, batch: list[_Write], conn: Connection) -> list[tuple[bool, Any]]:
         import psycopg
         store = self._store
-        outcomes: list[tuple[bool, Any] | None] = [None] * len(batch)
-        prepared: dict[int, Prepared] = {}
-        for i, w in enumerate(batch):
-            inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
-            if isinstance(inner, Prepared):
-                prepared[i] = inner
+        prepared = {i: p for i, w in enumerate(batch) if (p := _prepared(w)) is not None}
+        outcomes: dict[int, tuple[bool, Any]] = {}
         if len(prepared) > 1:  # the transitions of many runs: a statement per table
             write_merged(conn, list(prepared.values()))  # a failure: each alone, above
-            for i in prepared:
-                outcomes[i] = (True, None)
+            outcomes = dict.fromkeys(prepared, (True, None))
         for i, w in enumerate(batch):
-            if outcomes[i] is not None:
+            if i in outcomes:
                 continue
-            inner = w.fn.fn if isinstance(w.fn, RunScoped) else w.fn
-            if len(batch) == 1 or isinstance(inner, Prepared):
+            if len(batch) == 1 or i in prepared:
                 outcomes[i] = (True, w.fn(conn))  # a failure: each alone, above
                 continue
             try:
@@ -578,7 +592,7 @@ class PgWriter:
                 raise
             except Exception as exc:  # noqa: BLE001 - the write's own outcome
                 outcomes[i] = (False, exc)
-        return [o for o in outcomes if o is not None]
+        return [outcomes[i] for i in range(len(batch))]
 
     def submit(self, fn: WriteFn) -> Future[Any]:
         return self._pool.submit(self.write, fn)

@@ -37,6 +37,7 @@ from edge_agent.engine import queries as q
 from edge_agent.engine.graph import Workflow, tool_config
 from edge_agent.errors import StoreError
 from edge_agent.store.opening import open_database
+from sync.outbox import has_reader
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -50,12 +51,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "edge-agent.db")
     url = fresh_pg_url(request.getfixturevalue("pg_cluster"))
     return SharedTarget(url) if request.param == "postgresql-2-runners" else url
-
-
-def outbox_read(store: Any) -> bool:
-    """Whether the store keeps outbox records: a device's SQLite file (its sync reads them),
-    not the cloud runner's PostgreSQL (`[sync]` is refused there: nothing would read them)."""
-    return getattr(store, "outbox_reader", True) is not False
 
 
 def run(coro: Any) -> Any:
@@ -98,7 +93,7 @@ def test_a_run_survives_a_restart_and_its_record_is_whole(target: str, ledger: P
             assert stamp.calls == 2 and len(ledger_lines(ledger)) == 2  # nothing redone
             kinds = [r[0] for r in h.store.conn.execute(
                 "SELECT kind FROM outbox WHERE stream = 'checkpoints' ORDER BY seq")]
-            if outbox_read(h.store):
+            if has_reader(h.store):
                 assert kinds[:2] == ["run.queued", "run.started"]
                 assert kinds[-1] == "run.finished"
             else:  # the cloud runner's database: nothing reads its outbox, nothing is kept
@@ -128,7 +123,7 @@ def test_many_runs_at_once_each_commit_every_step_once(target: str, ledger: Path
             seqs = [r[0] for r in h.store.conn.execute(
                 "SELECT seq FROM outbox WHERE stream = 'checkpoints' ORDER BY seq")]
             assert seqs == list(range(1, len(seqs) + 1))  # contiguous, none lost, none twice
-            assert (len(seqs) >= 30 * 3) == outbox_read(h.store)  # queued, started, finished
+            assert (len(seqs) >= 30 * 3) == has_reader(h.store)  # queued, started, finished
         finally:
             await h.stop()
     run(main())
@@ -157,7 +152,7 @@ def test_the_journal_records_each_attempt_and_each_call(target: str, ledger: Pat
             assert len(ledger_lines(ledger)) == 1
             retries = h.store.conn.execute(
                 "SELECT count(*) FROM outbox WHERE kind = 'step.retry'").fetchone()[0]
-            assert retries == (2 if outbox_read(h.store) else 0)
+            assert retries == (2 if has_reader(h.store) else 0)
         finally:
             await h.stop()
     run(main())

@@ -23,6 +23,7 @@ from edge_agent.engine import queries as q
 from edge_agent.store.opening import open_database
 from support.crash_child import IDEMPOTENT
 from support.engine import ledger_lines
+from sync.outbox import has_reader
 
 TESTS = Path(__file__).resolve().parents[1]
 RUNS = 12
@@ -80,7 +81,7 @@ def outbox_holds_every_transition(c: Any, runs: list[Any]) -> None:
     step has its record (`step.completed`, or `run.finished` for the step that ends the
     run) and every finished run its `run.finished`. A database whose outbox nothing reads
     (PostgreSQL, the cloud runner's) holds no record at all, and no stream moved."""
-    if getattr(c, "outbox_reader", True) is False:
+    if not has_reader(c):
         assert c.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
         assert c.execute("SELECT max(last_seq) FROM outbox_streams").fetchone()[0] == 0
         return

@@ -18,6 +18,7 @@ from edge_agent.engine import Engine, ToolBinding
 from edge_agent.engine import queries as q
 from edge_agent.store import GroupCommitter, Store
 from edge_agent.store.opening import open_database, writer_for
+from sync.outbox import has_reader
 
 # the params schema of the ledger tools the engine tests call "stamp"
 STAMP = {"type": "object", "properties": {"part": {"type": "string"}}, "required": ["part"]}
@@ -225,7 +226,7 @@ def spans_in(store: Store) -> list[dict[str, Any]]:
     (PostgreSQL), the spans handed to the collector."""
     from edge_agent.telemetry.spans import decode
     out: list[dict[str, Any]] = []
-    if getattr(store, "outbox_reader", True) is False:
+    if not has_reader(store):
         assert store.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
         for payload in _exported.get(id(store), []):
             out += decode(payload)

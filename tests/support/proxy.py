@@ -32,10 +32,11 @@ class Proxy:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target))
             self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
 
-    def _pipe(self, a, b) -> None:
+    def _pipe(self, a, b, up: bool) -> None:
+        """Forward what `a` sends to `b` (`up`: from the client) until either end closes."""
         try:
             while data := a.recv(65536):
                 b.sendall(data)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.postgres import Postgres, fresh_pg_url
+from support.proxy import Proxy
 
 from edge_agent.config.model import RetryPolicy
 from edge_agent.engine import Engine, ToolBinding, queue_run
@@ -223,78 +225,40 @@ def test_the_runner_keeps_no_outbox_records_and_its_runs_complete(pg_cluster: Po
     assert asyncio.run(runs(fresh_pg_url(pg_cluster))) == (8, 0, 0)
 
 
-class CommitCutter:
+class CommitCutter(Proxy):
     """A TCP proxy in front of PostgreSQL that, once armed, cuts the client's connection at
     its next COMMIT: `answer_lost` forwards the COMMIT and cuts when the server answers
     (committed, the client never hears so); otherwise it cuts without forwarding it (the
     server rolls the transaction back when it finds the client gone)."""
 
     def __init__(self, port: int) -> None:
-        import socket
-        self.target = port
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.port = self.sock.getsockname()[1]
         self.armed: str | None = None
         self.cuts = 0
-        self._socks: list[Any] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._swallow: dict[Any, threading.Event] = {}  # client socket -> answer dropped
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        import socket
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self._socks += [client, upstream]
-            swallow = threading.Event()
-            threading.Thread(target=self._up, args=(client, upstream, swallow),
-                             daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, swallow),
-                             daemon=True).start()
-
-    def _up(self, client: Any, upstream: Any, swallow: threading.Event) -> None:
+    def _pipe(self, a: Any, b: Any, up: bool) -> None:
+        swallow = self._swallow.setdefault(a if up else b, threading.Event())
         try:
-            while data := client.recv(65536):
-                if self.armed and b"COMMIT\x00" in data:
+            while data := a.recv(65536):
+                if up and self.armed and b"COMMIT\x00" in data:
                     mode, self.armed = self.armed, None
                     self.cuts += 1
-                    if mode == "answer_lost":
-                        swallow.set()  # the answer is dropped and both ends cut
-                        upstream.sendall(data)
-                        continue
-                    break  # cut before the server sees it
-                upstream.sendall(data)
+                    if mode != "answer_lost":
+                        break  # cut before the server sees it
+                    swallow.set()  # its answer is dropped, and both ends cut
+                elif swallow.is_set():
+                    break  # the server's answer to the COMMIT
+                b.sendall(data)
         except OSError:
             pass
-        if not swallow.is_set():
-            self._close(client, upstream)
-
-    def _down(self, upstream: Any, client: Any, swallow: threading.Event) -> None:
-        try:
-            while data := upstream.recv(65536):
-                if swallow.is_set():
-                    break
-                client.sendall(data)
-        except OSError:
-            pass
-        self._close(client, upstream)
-
-    @staticmethod
-    def _close(*socks: Any) -> None:
-        import socket
-        for s in socks:
+        if up and swallow.is_set():
+            return  # the other direction cuts, once the server has answered
+        for s in (a, b):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
-
-    def close(self) -> None:
-        self.sock.close()
-        self._close(*self._socks)
 
 
 @pytest.mark.parametrize("cut", ["answer_lost", "never_sent"])

@@ -67,6 +67,19 @@ def wait(cfg: Path, rid: str, statuses: set[str], timeout: float = 30) -> dict:
         time.sleep(0.1)
 
 
+def slow_cloud(tmp: Path) -> subprocess.Popen[bytes]:
+    """`edge-agent-cloud run` whose price tool takes its time, with one place per device in
+    its tool pool."""
+    cloud_toml = tmp / "cloud.toml"
+    cloud_toml.write_text(cloud_toml.read_text().replace("cloud_tools:price",
+                                                         "cloud_tools:slow_price")
+                          + "[limits]\nper_device_in_flight = 1\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.Popen([CLOUD, "run", "--config", str(cloud_toml)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_the_cloud_answers_remote_tools(tmp_path: Path, broker: Broker) -> None:
     cfg = setup(tmp_path, broker.port, timeout=30, fallback=False)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # cloud_tools, and the code under test
@@ -157,14 +170,7 @@ def test_a_busy_cloud_answers_at_once_and_the_tool_falls_back(tmp_path: Path,
     is answered `busy` at once (not run, not queued behind the others): the step takes the
     tool's fallback then, not at timeout_s."""
     cfg = setup(tmp_path, broker.port, timeout=60, fallback=True)
-    cloud_toml = tmp_path / "cloud.toml"
-    cloud_toml.write_text(cloud_toml.read_text().replace("cloud_tools:price",
-                                                         "cloud_tools:slow_price")
-                          + "[limits]\nper_device_in_flight = 1\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_toml)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ingest = slow_cloud(tmp_path)
     d = DaemonProcess(cfg, tmp_path).start()
     try:
         d.wait_for("READY=1")
@@ -192,14 +198,7 @@ def test_a_busy_answer_without_fallback_is_retried_by_the_node_policy(
         'args_from = { part = "input.part" }\n',
         'args_from = { part = "input.part" }\n'
         'retry = { max_attempts = 5, initial_delay_s = 2, multiplier = 1, jitter = 0 }\n'))
-    cloud_toml = tmp_path / "cloud.toml"
-    cloud_toml.write_text(cloud_toml.read_text().replace("cloud_tools:price",
-                                                         "cloud_tools:slow_price")
-                          + "[limits]\nper_device_in_flight = 1\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    ingest = subprocess.Popen([CLOUD, "run", "--config", str(cloud_toml)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ingest = slow_cloud(tmp_path)
     d = DaemonProcess(cfg, tmp_path).start()
     try:
         d.wait_for("READY=1")

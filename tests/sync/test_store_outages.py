@@ -81,6 +81,24 @@ def fill(path: Path) -> Path:
     return filler
 
 
+def rides_out_a_full_disk(tmp: Path, cfg: Path, r: DaemonProcess, space: Path) -> str:
+    """Runs queued, `space` filled under them: they pause (none fails) while `status` says
+    the store is retrying a full disk, and once the space is freed all complete, each call
+    made once. Returns the error `status` showed."""
+    rids = queue_runs(cfg, RUNS)
+    filler = fill(space)
+    try:
+        error = wait_retrying(cfg, r, "disk full")
+        assert "failed" not in cli_json(cfg, "status")["runs"]
+    finally:
+        os.unlink(filler)
+    all_completed(cfg, rids, r)
+    until(lambda: store_state(cfg)["state"] == "ok", timeout=30, why=r.output)
+    assert_each_call_once(tmp, RUNS)
+    assert "failed inside the engine" not in r.output(), r.output()
+    return error
+
+
 @pytest.fixture
 def own_cluster() -> Iterator[Postgres]:
     """A cluster of this test's own: it is crashed and its disk filled."""
@@ -138,18 +156,8 @@ def test_the_postgresql_runner_waits_for_disk_space(tmp_path: Path,
         cfg = setup(tmp_path, database=url)
         r = start_runner(tmp_path, cfg, "cloud-run")
         try:
-            rids = queue_runs(cfg, RUNS)
-            filler = fill(space)
-            try:
-                error = wait_retrying(cfg, r, "disk full")
-                assert "could not extend file" in error, error
-                assert "failed" not in cli_json(cfg, "status")["runs"]
-            finally:
-                os.unlink(filler)
-            all_completed(cfg, rids, r)
-            until(lambda: store_state(cfg)["state"] == "ok", timeout=30, why=r.output)
-            assert_each_call_once(tmp_path, RUNS)
-            assert "failed inside the engine" not in r.output(), r.output()
+            error = rides_out_a_full_disk(tmp_path, cfg, r, space)
+            assert "could not extend file" in error, error
         finally:
             r.close()
             with psycopg.connect(own_cluster.url, autocommit=True) as c:
@@ -166,16 +174,6 @@ def test_the_sqlite_daemon_waits_for_disk_space(tmp_path: Path) -> None:
         cfg = setup(tmp_path)
         r = start_runner(tmp_path, cfg, "run")
         try:
-            rids = queue_runs(cfg, RUNS)
-            filler = fill(data)
-            try:
-                wait_retrying(cfg, r, "disk full")
-                assert "failed" not in cli_json(cfg, "status")["runs"]
-            finally:
-                os.unlink(filler)
-            all_completed(cfg, rids, r)
-            until(lambda: store_state(cfg)["state"] == "ok", timeout=30, why=r.output)
-            assert_each_call_once(tmp_path, RUNS)
-            assert "failed inside the engine" not in r.output(), r.output()
+            rides_out_a_full_disk(tmp_path, cfg, r, data)
         finally:
             r.close()
